@@ -1,0 +1,278 @@
+//! Credentials for a registry, found where docker and crane find them: `$DOCKER_CONFIG/config.json`
+//! or `~/.docker/config.json` — `credHelpers`, then `credsStore`, then `auths`.
+//!
+//! The credential type is oci-client's `RegistryAuth`, whose `Debug` redacts secrets; nothing
+//! here formats a secret into a message.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use base64::Engine as _;
+use oci_client::secrets::RegistryAuth;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+
+/// Docker Hub's key in config files and the server URL its helpers expect.
+const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// Credentials for `registry` (a `host[:port]` as written in the reference), or anonymous when
+/// none are configured. A helper that is configured but missing or failing is an error, not a
+/// silent anonymous request that the registry then refuses with a confusing 401.
+pub async fn lookup(registry: &str) -> Result<RegistryAuth> {
+    let Some(path) = config_path() else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) => return Err(Error::io("read docker config", &path, &e).into_auth()),
+    };
+    let config: Value = serde_json::from_str(&text).map_err(|e| {
+        Error::auth(format!(
+            "cannot parse docker config `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    let server = server_url(registry);
+    let helper = config
+        .get("credHelpers")
+        .and_then(|h| h.as_object())
+        .and_then(|h| {
+            h.iter()
+                .find(|(k, _)| normalise_key(k) == normalise_key(registry))
+                .map(|(_, v)| v)
+        })
+        .or_else(|| config.get("credsStore"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    if let Some(helper) = helper {
+        if let Some(auth) = run_helper(helper, &server, registry, &path).await? {
+            return Ok(auth);
+        }
+        // The helper knows nothing of this registry: an inline entry may still (docker would
+        // stop here; CI files often carry both, and using the inline one is what users mean).
+    }
+    from_auths(&config, registry, &path)
+}
+
+fn config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+fn is_docker_hub(host: &str) -> bool {
+    matches!(
+        host,
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    )
+}
+
+/// `https://host:port/v1/` and `host:port` name the same registry in config files.
+fn normalise_key(key: &str) -> String {
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
+    if is_docker_hub(&host) {
+        "docker.io".into()
+    } else {
+        host
+    }
+}
+
+fn server_url(registry: &str) -> String {
+    if is_docker_hub(registry) {
+        DOCKER_HUB_KEY.into()
+    } else {
+        registry.into()
+    }
+}
+
+fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<RegistryAuth> {
+    let Some(entry) = config
+        .get("auths")
+        .and_then(Value::as_object)
+        .and_then(|a| {
+            a.iter()
+                .find(|(k, _)| normalise_key(k) == normalise_key(registry))
+                .map(|(_, v)| v)
+        })
+    else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let bad = |why: &str| {
+        Error::auth(format!(
+            "the `auths` entry for {registry} in `{}` {why}",
+            path.display()
+        ))
+    };
+    let get = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(token) = get("registrytoken") {
+        return Ok(RegistryAuth::Bearer(token.to_string()));
+    }
+    if get("identitytoken").is_some() {
+        return Err(bad("holds an OAuth2 identity token, which layerup cannot use yet; log in with a username and password or an access token"));
+    }
+    if let Some(encoded) = get("auth") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| bad("has an `auth` value that is not base64"))?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| bad("has an `auth` value that is not UTF-8"))?;
+        let (user, pass) = decoded
+            .split_once(':')
+            .ok_or_else(|| bad("has an `auth` value that is not `user:password`"))?;
+        return Ok(RegistryAuth::Basic(user.into(), pass.into()));
+    }
+    match (get("username"), get("password")) {
+        (Some(u), Some(p)) => Ok(RegistryAuth::Basic(u.into(), p.into())),
+        _ => Ok(RegistryAuth::Anonymous),
+    }
+}
+
+/// Runs `docker-credential-<helper> get` (docker-credential-helpers protocol: server URL on
+/// stdin, `{"Username","Secret"}` on stdout). `Ok(None)` when the helper has no entry.
+async fn run_helper(
+    helper: &str,
+    server: &str,
+    registry: &str,
+    config: &std::path::Path,
+) -> Result<Option<RegistryAuth>> {
+    let program = format!("docker-credential-{helper}");
+    let named = || {
+        format!(
+            "credential helper `{program}` (configured for {registry} in `{}`)",
+            config.display()
+        )
+    };
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::auth(format!("{} is not on PATH", named()))
+            } else {
+                Error::auth(format!(
+                    "{} could not start: {}",
+                    named(),
+                    crate::error::os_reason(&e)
+                ))
+            }
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading its input is reported by its exit status below.
+        let _ = stdin.write_all(server.as_bytes()).await;
+    }
+    let out = child.wait_with_output().await.map_err(|e| {
+        Error::auth(format!(
+            "{} failed: {}",
+            named(),
+            crate::error::os_reason(&e)
+        ))
+    })?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(if out.stdout.is_empty() {
+            &out.stderr
+        } else {
+            &out.stdout
+        });
+        if said.to_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        let first = said.lines().next().unwrap_or("").trim();
+        let first: String = first.chars().take(200).collect();
+        return Err(Error::auth(format!(
+            "{} failed ({}){}",
+            named(),
+            out.status,
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!(": {first}")
+            }
+        )));
+    }
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|_| Error::auth(format!("{} printed something that is not JSON", named())))?;
+    let user = answer.get("Username").and_then(Value::as_str).unwrap_or("");
+    let secret = answer.get("Secret").and_then(Value::as_str).unwrap_or("");
+    if secret.is_empty() {
+        return Ok(None);
+    }
+    if user == "<token>" {
+        return Err(Error::auth(format!(
+            "{} returned an OAuth2 identity token, which layerup cannot use yet",
+            named()
+        )));
+    }
+    Ok(Some(RegistryAuth::Basic(user.into(), secret.into())))
+}
+
+impl Error {
+    fn into_auth(self) -> Error {
+        Error::auth(self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("https://index.docker.io/v1/", "docker.io")]
+    #[case("docker.io", "docker.io")]
+    #[case("https://127.0.0.1:5000/v2/", "127.0.0.1:5000")]
+    #[case("Registry.Example.com", "registry.example.com")]
+    fn config_keys_are_normalised_as_docker_does(#[case] key: &str, #[case] host: &str) {
+        assert_eq!(normalise_key(key), host);
+    }
+
+    fn auths(entry: Value) -> Value {
+        serde_json::json!({ "auths": { "https://127.0.0.1:5000": entry } })
+    }
+
+    #[test]
+    fn inline_auth_is_decoded() {
+        let config = auths(serde_json::json!({ "auth": "Ym9iOnMzY3I6ZXQ=" })); // bob:s3cr:et
+        let got = from_auths(&config, "127.0.0.1:5000", "c.json".as_ref()).unwrap();
+        assert_eq!(got, RegistryAuth::Basic("bob".into(), "s3cr:et".into()));
+    }
+
+    #[test]
+    fn other_registries_stay_anonymous() {
+        let config = auths(serde_json::json!({ "auth": "Ym9iOnB3" }));
+        let got = from_auths(&config, "127.0.0.1:5001", "c.json".as_ref()).unwrap();
+        assert_eq!(got, RegistryAuth::Anonymous);
+    }
+
+    #[test]
+    fn malformed_auth_names_the_file_not_the_value() {
+        let config = auths(serde_json::json!({ "auth": "not base64!!" }));
+        let err = from_auths(&config, "127.0.0.1:5000", "c.json".as_ref()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the `auths` entry for 127.0.0.1:5000 in `c.json` has an `auth` value that is not base64"
+        );
+    }
+
+    #[test]
+    fn debug_output_of_credentials_hides_the_secret() {
+        let shown = format!("{:?}", RegistryAuth::Basic("bob".into(), "hunter2".into()));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

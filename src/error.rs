@@ -1,0 +1,130 @@
+//! The error every stage returns, its one-line message, and the documented exit code it maps to.
+
+use std::path::Path;
+
+/// Exit codes, documented in README.md ("Exit codes"). Scripts and inner-loop tools branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Something layerup did not expect (a bug, or the machine itself failing).
+    Internal = 1,
+    /// The command line: flags, references, mappings.
+    Usage = 2,
+    /// The files to add: missing, unreadable, unsupported type, bad ignore file.
+    Input = 3,
+    /// A registry could not be reached (DNS, connection, TLS, timeout).
+    Unreachable = 4,
+    /// Credentials missing, refused (401/403) or a credential helper failed.
+    Auth = 5,
+    /// The base image (tag, digest, repository or layout) does not exist.
+    NotFound = 6,
+    /// The base image exists but cannot be used: schema1, unknown media type, not a runnable image,
+    /// bytes that do not match their digest.
+    Image = 7,
+    /// A registry answered a write with an error (quota, invalid manifest, server error).
+    Registry = 8,
+}
+
+/// One failure, worded as a single line that names what failed and where.
+///
+/// The message never holds a credential: registries and helpers are named by host, URLs pass
+/// through [`redact_url`], and credential values are never formatted.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    code: ExitCode,
+    message: String,
+}
+
+impl Error {
+    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ExitCode::Usage, message)
+    }
+
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new(ExitCode::Input, message)
+    }
+
+    pub fn image(message: impl Into<String>) -> Self {
+        Self::new(ExitCode::Image, message)
+    }
+
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self::new(ExitCode::Auth, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ExitCode::Internal, message)
+    }
+
+    /// A local file operation failed; names the path and the OS reason in plain words.
+    pub fn io(action: &str, path: &Path, err: &std::io::Error) -> Self {
+        let code = match err.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory => ExitCode::Internal,
+            _ => ExitCode::Input,
+        };
+        Self::new(
+            code,
+            format!("cannot {action} `{}`: {}", path.display(), os_reason(err)),
+        )
+    }
+
+    pub fn code(&self) -> ExitCode {
+        self.code
+    }
+
+    /// Prefixes the message with what was being done, keeping the exit code.
+    pub fn context(mut self, what: impl std::fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+/// The OS reason without Rust's "(os error 2)" suffix.
+pub fn os_reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A URL fit to print: no user-info, no query (upload URLs carry opaque state tokens).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "<unprintable URL>".to_string(),
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_url_drops_userinfo_and_query() {
+        let shown = redact_url(
+            "https://bob:hunter2@reg.example/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1",
+        );
+        assert_eq!(shown, "https://reg.example/v2/a/blobs/uploads/x");
+    }
+
+    #[test]
+    fn os_reason_has_no_error_number() {
+        let err = std::io::Error::from_raw_os_error(2);
+        assert_eq!(os_reason(&err), "No such file or directory");
+    }
+}

@@ -1,0 +1,515 @@
+//! Source trees → the sorted entries one layer holds: each path's kind, mode and owner.
+//!
+//! Nothing here follows a symlink inside a source tree (symlinks are stored as symlinks), and no
+//! entry path ever holds `..`: image paths are cleaned and clamped at `/` before use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::layer::ignore::IgnoreRules;
+
+/// One `SRC[:DEST]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub src: PathBuf,
+    /// An absolute, cleaned path in the image.
+    pub dest: String,
+    /// A file source lands inside `dest` (DEST omitted, or ending in `/`) rather than at it.
+    pub into_dir: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The path in the layer: relative, `/`-separated, no `.` or `..` parts.
+    pub path: String,
+    pub kind: Kind,
+    /// Permission bits (`0o7777`), as on disk.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File {
+        src: PathBuf,
+        size: u64,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    /// A second name of a file stored earlier in the layer, at `target`.
+    Hardlink {
+        target: String,
+    },
+}
+
+/// `Path::join` for image paths, then cleaned: `.` dropped, `..` applied, never above `/`.
+pub fn clean_image_path(base: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let joined = if rel.starts_with('/') {
+        rel.to_string()
+    } else {
+        format!("{base}/{rel}")
+    };
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+struct Found {
+    entry: Entry,
+    /// (device, inode) of a regular file with more than one name, for hardlinks.
+    inode: Option<(u64, u64)>,
+}
+
+/// Walks every mapping and returns the layer's entries in byte order of their paths, parents
+/// before children. Later mappings win over earlier ones at the same path.
+pub fn collect(mappings: &[Mapping], owner: Option<(u32, u32)>) -> Result<Vec<Entry>> {
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    // Directories left out by ignore rules, remembered in case a `!` rule keeps something inside.
+    let mut skipped_dirs: HashMap<String, Entry> = HashMap::new();
+    let owned = |meta: &std::fs::Metadata, path: String, kind: Kind| {
+        let (uid, gid) = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
+        Entry {
+            path,
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid,
+            gid,
+        }
+    };
+    for m in mappings {
+        // The source itself is what the user named: follow it if it is a symlink.
+        let meta = std::fs::metadata(&m.src).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::input(format!("source `{}` does not exist", m.src.display()))
+            }
+            _ => Error::io("read source", &m.src, &e),
+        })?;
+        let dest = m.dest.trim_start_matches('/').to_string();
+        if meta.is_file() {
+            let path = if m.into_dir || dest.is_empty() {
+                let name = m.src.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                    Error::input(format!(
+                        "source `{}` has no usable file name",
+                        m.src.display()
+                    ))
+                })?;
+                join(&dest, name)
+            } else {
+                dest
+            };
+            let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+            let entry = owned(
+                &meta,
+                path.clone(),
+                Kind::File {
+                    src: m.src.clone(),
+                    size: meta.len(),
+                },
+            );
+            found.insert(path, Found { entry, inode });
+            continue;
+        }
+        if !meta.is_dir() {
+            return Err(unsupported(&m.src, meta.file_type()));
+        }
+        if !dest.is_empty() {
+            found.insert(
+                dest.clone(),
+                Found {
+                    entry: owned(&meta, dest.clone(), Kind::Dir),
+                    inode: None,
+                },
+            );
+        }
+        let rules = IgnoreRules::load(&m.src)?;
+        let mut walk = walkdir::WalkDir::new(&m.src)
+            .follow_links(false)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(item) = walk.next() {
+            let item = item.map_err(|e| {
+                let path = e.path().unwrap_or(&m.src).to_path_buf();
+                match e.into_io_error() {
+                    Some(io) => Error::io("read", &path, &io),
+                    None => Error::input(format!("cannot walk `{}`", path.display())),
+                }
+            })?;
+            let rel = item
+                .path()
+                .strip_prefix(&m.src)
+                .expect("walkdir yields paths under its root")
+                .to_str()
+                .ok_or_else(|| {
+                    Error::input(format!(
+                        "`{}` has a name that is not UTF-8; layerup stores only UTF-8 paths",
+                        item.path().display()
+                    ))
+                })?
+                .to_string();
+            let ftype = item.file_type();
+            let path = join(&dest, &rel);
+            if rules.excludes(&rel) {
+                if ftype.is_dir() {
+                    if rules.has_exceptions() {
+                        let meta = item.metadata().map_err(|e| walk_error(item.path(), e))?;
+                        skipped_dirs.insert(path.clone(), owned(&meta, path, Kind::Dir));
+                    } else {
+                        walk.skip_current_dir();
+                    }
+                }
+                continue;
+            }
+            let meta = item.metadata().map_err(|e| walk_error(item.path(), e))?;
+            let (kind, inode) = if ftype.is_dir() {
+                (Kind::Dir, None)
+            } else if ftype.is_file() {
+                let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+                (
+                    Kind::File {
+                        src: item.path().to_path_buf(),
+                        size: meta.len(),
+                    },
+                    inode,
+                )
+            } else if ftype.is_symlink() {
+                let target = std::fs::read_link(item.path())
+                    .map_err(|e| Error::io("read symlink", item.path(), &e))?;
+                (Kind::Symlink { target }, None)
+            } else {
+                return Err(unsupported(item.path(), ftype));
+            };
+            found.insert(
+                path.clone(),
+                Found {
+                    entry: owned(&meta, path, kind),
+                    inode,
+                },
+            );
+        }
+    }
+    add_parents(&mut found, &skipped_dirs)?;
+    Ok(link_hardlinks(found))
+}
+
+fn join(dest: &str, rel: &str) -> String {
+    if dest.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{dest}/{rel}")
+    }
+}
+
+fn walk_error(path: &Path, e: walkdir::Error) -> Error {
+    match e.into_io_error() {
+        Some(io) => Error::io("read", path, &io),
+        None => Error::input(format!("cannot read `{}`", path.display())),
+    }
+}
+
+fn unsupported(path: &Path, t: std::fs::FileType) -> Error {
+    let what = if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "of an unknown file type"
+    };
+    Error::input(format!(
+        "`{}` is {what}; a layer holds only files, directories and symlinks (list it in {} to leave it out)",
+        path.display(),
+        crate::layer::ignore::FILE_NAME
+    ))
+}
+
+/// Every entry's parent directories are in the layer, as runtimes and `tar -x` expect. Parents
+/// above a mapping's destination are `0755 root`; the image's own metadata for them is unknown
+/// because base layers are never downloaded.
+fn add_parents(
+    found: &mut BTreeMap<String, Found>,
+    skipped: &HashMap<String, Entry>,
+) -> Result<()> {
+    let mut missing: BTreeMap<String, Entry> = BTreeMap::new();
+    for path in found.keys() {
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            parent = p;
+            match found.get(parent) {
+                Some(f) if f.entry.kind == Kind::Dir => break,
+                Some(_) => {
+                    return Err(Error::input(format!(
+                        "`/{path}` needs `/{parent}` to be a directory, but another mapping puts a file there"
+                    )))
+                }
+                None => {
+                    missing.entry(parent.to_string()).or_insert_with(|| {
+                        skipped.get(parent).cloned().unwrap_or(Entry {
+                            path: parent.to_string(),
+                            kind: Kind::Dir,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        })
+                    });
+                }
+            }
+        }
+    }
+    for (path, entry) in missing {
+        found.insert(path, Found { entry, inode: None });
+    }
+    Ok(())
+}
+
+/// The first name of a multiply-linked file (in layer order) holds its bytes; later names become
+/// hardlink entries pointing at it, as `tar` itself writes them.
+fn link_hardlinks(found: BTreeMap<String, Found>) -> Vec<Entry> {
+    let mut first_name: HashMap<(u64, u64), String> = HashMap::new();
+    found
+        .into_values()
+        .map(|f| match f.inode {
+            Some(id) => match first_name.get(&id) {
+                Some(target) => Entry {
+                    kind: Kind::Hardlink {
+                        target: target.clone(),
+                    },
+                    ..f.entry
+                },
+                None => {
+                    first_name.insert(id, f.entry.path.clone());
+                    f.entry
+                }
+            },
+            None => f.entry,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[rstest]
+    #[case("/app", "src", "/app/src")]
+    #[case("/app", "/etc/x", "/etc/x")]
+    #[case("/app", "../../../x", "/x")]
+    #[case("/", "./a/./b/", "/a/b")]
+    #[case("/app", "..", "/")]
+    fn image_paths_are_cleaned_and_never_climb_above_root(
+        #[case] base: &str,
+        #[case] rel: &str,
+        #[case] out: &str,
+    ) {
+        assert_eq!(clean_image_path(base, rel), out);
+    }
+
+    fn mapping(src: &Path, dest: &str) -> Mapping {
+        Mapping {
+            src: src.into(),
+            dest: dest.into(),
+            into_dir: false,
+        }
+    }
+
+    fn paths(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_directory_lands_under_dest_with_parents_sorted() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("b/c")).unwrap();
+        std::fs::write(t.path().join("b/c/f.txt"), "x").unwrap();
+        std::fs::write(t.path().join("a.txt"), "y").unwrap();
+        let got = collect(&[mapping(t.path(), "/srv/app")], None).unwrap();
+        assert_eq!(
+            paths(&got),
+            [
+                "srv",
+                "srv/app",
+                "srv/app/a.txt",
+                "srv/app/b",
+                "srv/app/b/c",
+                "srv/app/b/c/f.txt"
+            ]
+        );
+        assert_eq!(got[0].mode, 0o755);
+    }
+
+    #[test]
+    fn symlinks_are_stored_not_followed_even_out_of_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("/etc", t.path().join("etc-link")).unwrap();
+        symlink("../../outside", t.path().join("up")).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        let kinds: Vec<_> = got.iter().skip(1).map(|e| e.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Symlink {
+                    target: "/etc".into()
+                },
+                Kind::Symlink {
+                    target: "../../outside".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn hardlinks_point_at_the_first_name_in_layer_order() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("z"), "data").unwrap();
+        std::fs::hard_link(t.path().join("z"), t.path().join("a")).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        assert!(
+            matches!(got[1].kind, Kind::File { .. }),
+            "app/a holds the bytes"
+        );
+        assert_eq!(
+            got[2].kind,
+            Kind::Hardlink {
+                target: "app/a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn modes_are_kept_and_owner_is_root_unless_chowned() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("run.sh");
+        std::fs::write(&f, "#!/bin/sh").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4750)).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        assert_eq!((got[1].mode, got[1].uid, got[1].gid), (0o4750, 0, 0));
+        let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000))).unwrap();
+        assert_eq!((got[1].uid, got[1].gid), (1000, 2000));
+    }
+
+    #[test]
+    fn a_file_source_lands_in_or_at_dest() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("config.yaml");
+        std::fs::write(&f, "k: v").unwrap();
+        let into = Mapping {
+            src: f.clone(),
+            dest: "/etc/app".into(),
+            into_dir: true,
+        };
+        assert_eq!(
+            paths(&collect(&[into], None).unwrap()),
+            ["etc", "etc/app", "etc/app/config.yaml"]
+        );
+        let at = Mapping {
+            src: f,
+            dest: "/etc/app.yaml".into(),
+            into_dir: false,
+        };
+        assert_eq!(
+            paths(&collect(&[at], None).unwrap()),
+            ["etc", "etc/app.yaml"]
+        );
+    }
+
+    #[test]
+    fn a_later_mapping_overrides_a_file_of_an_earlier_one() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("app")).unwrap();
+        std::fs::write(t.path().join("app/cfg"), "old").unwrap();
+        std::fs::write(t.path().join("cfg"), "new").unwrap();
+        let got = collect(
+            &[
+                mapping(&t.path().join("app"), "/app"),
+                mapping(&t.path().join("cfg"), "/app/cfg"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            got[1].kind,
+            Kind::File {
+                src: t.path().join("cfg"),
+                size: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_file_where_a_directory_is_needed_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("d/x")).unwrap();
+        std::fs::write(t.path().join("d/x/f"), "").unwrap();
+        std::fs::write(t.path().join("file"), "").unwrap();
+        let err = collect(
+            &[
+                mapping(&t.path().join("d"), "/app"),
+                mapping(&t.path().join("file"), "/app/x"),
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`/app/x/f` needs `/app/x` to be a directory, but another mapping puts a file there"
+        );
+    }
+
+    #[test]
+    fn ignored_paths_are_left_out_and_exceptions_keep_their_parents() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("vendor/deep")).unwrap();
+        std::fs::write(t.path().join("vendor/deep/keep.txt"), "k").unwrap();
+        std::fs::write(t.path().join("vendor/drop.txt"), "d").unwrap();
+        std::fs::write(t.path().join("main.pyc"), "c").unwrap();
+        std::fs::write(
+            t.path().join(".layerupignore"),
+            "*.pyc\nvendor\n!vendor/deep/keep.txt\n",
+        )
+        .unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        assert_eq!(
+            paths(&got),
+            [
+                "app",
+                "app/.layerupignore",
+                "app/vendor",
+                "app/vendor/deep",
+                "app/vendor/deep/keep.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_socket_is_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(t.path().join("app.sock")).unwrap();
+        let err = collect(&[mapping(t.path(), "/app")], None).unwrap_err();
+        assert!(err.to_string().ends_with("app.sock` is a socket; a layer holds only files, directories and symlinks (list it in .layerupignore to leave it out)"), "{err}");
+        assert_eq!(err.code(), crate::error::ExitCode::Input);
+    }
+
+    #[test]
+    fn a_missing_source_is_named() {
+        let err = collect(&[mapping(Path::new("/nonexistent/src"), "/app")], None).unwrap_err();
+        assert_eq!(err.to_string(), "source `/nonexistent/src` does not exist");
+    }
+}

@@ -1,0 +1,190 @@
+//! layerup: append a layer of local files to a production image and push only what is new.
+//!
+//! The pipeline, in order: reference → auth → registry → base → layer → image → push.
+
+pub mod auth;
+pub mod base;
+pub mod cli;
+pub mod digest;
+pub mod error;
+pub mod image;
+pub mod layer;
+pub mod layout;
+pub mod manifest;
+pub mod platform;
+pub mod push;
+pub mod reference;
+pub mod registry;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oci_spec::image::Digest;
+
+use crate::cli::RawMapping;
+use crate::error::{Error, Result};
+use crate::image::{NewLayer, Provenance, Tweaks};
+use crate::layer::tree::{clean_image_path, Mapping};
+use crate::platform::Platform;
+use crate::reference::ImageRef;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// A validated `layerup push`.
+#[derive(Debug, Clone)]
+pub struct PushPlan {
+    pub base: ImageRef,
+    pub to: ImageRef,
+    pub mappings: Vec<RawMapping>,
+    pub platform: Platform,
+    pub tweaks: Tweaks,
+    pub owner: Option<(u32, u32)>,
+    /// Every entry's mtime and the image's `created` (Unix seconds).
+    pub mtime: u64,
+    pub insecure: bool,
+    pub jobs: usize,
+}
+
+#[derive(Debug)]
+pub struct Pushed {
+    /// The destination pinned by digest: what layerup prints.
+    pub reference: String,
+    pub digest: Digest,
+    pub layer_digest: Digest,
+    pub layer_size: u64,
+    pub layer_entries: usize,
+    pub report: push::Report,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Default)]
+pub struct Timings {
+    pub base: Duration,
+    pub layer: Duration,
+    pub push: Duration,
+}
+
+pub async fn push(plan: &PushPlan) -> Result<Pushed> {
+    let hosts: Vec<&str> = [plan.base.registry(), plan.to.registry()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let registry = Arc::new(Registry::new(&hosts, plan.insecure)?);
+    let source = Store::for_reading(&plan.base, &registry)?;
+    let mut timings = Timings::default();
+
+    // The layer needs the base only to place mappings without an absolute DEST; otherwise
+    // compressing it overlaps with the round trips to the base registry.
+    let needs_base = plan.tweaks.workdir.is_none()
+        && plan
+            .mappings
+            .iter()
+            .any(|m| !m.dest.as_deref().is_some_and(|d| d.starts_with('/')));
+    let fetch_base = async {
+        let started = Instant::now();
+        source.login(false, None).await?;
+        let base = base::resolve(&source, &plan.platform).await?;
+        Ok::<_, Error>((base, started.elapsed()))
+    };
+    let (base, layer) = if needs_base {
+        let (base, took) = fetch_base.await?;
+        timings.base = took;
+        let workdir = workdir(plan, base.working_dir());
+        let layer = build_layer(plan, &workdir).await?;
+        (base, layer)
+    } else {
+        let workdir = workdir(plan, None);
+        let (base, layer) = tokio::try_join!(fetch_base, build_layer(plan, &workdir))?;
+        timings.base = base.1;
+        (base.0, layer)
+    };
+    timings.layer = layer.1;
+    let layer = layer.0;
+
+    let new_layer = NewLayer {
+        digest: layer.digest.clone(),
+        diff_id: layer.diff_id.clone(),
+        size: layer.size,
+    };
+    let provenance = Provenance {
+        created: image::rfc3339(plan.mtime),
+        created_by: created_by(plan),
+    };
+    let image = image::build(&base, &new_layer, &plan.tweaks, &provenance)?;
+
+    let started = Instant::now();
+    let dest = Store::for_writing(&plan.to, &registry)?;
+    dest.login(true, Some(&source)).await?;
+    let report = push::push(
+        &dest,
+        &source,
+        &image,
+        &layer.digest,
+        &layer.file,
+        plan.jobs,
+    )
+    .await?;
+    timings.push = started.elapsed();
+
+    Ok(Pushed {
+        reference: plan.to.pinned(&image.digest),
+        digest: image.digest,
+        layer_digest: layer.digest.clone(),
+        layer_size: layer.size,
+        layer_entries: layer.entries,
+        report,
+        timings,
+    })
+}
+
+/// Where mappings without an absolute DEST land: `--workdir`, else the base's, else `/`.
+fn workdir(plan: &PushPlan, base: Option<&str>) -> String {
+    plan.tweaks
+        .workdir
+        .as_deref()
+        .or(base)
+        .unwrap_or("/")
+        .to_string()
+}
+
+async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, Duration)> {
+    let mappings: Vec<Mapping> = plan
+        .mappings
+        .iter()
+        .map(|m| Mapping {
+            src: m.src.clone(),
+            dest: clean_image_path(workdir, m.dest.as_deref().unwrap_or(".")),
+            into_dir: m.dest.as_deref().is_none_or(|d| d.ends_with('/')),
+        })
+        .collect();
+    let owner = plan.owner;
+    let mtime = plan.mtime;
+    let started = Instant::now();
+    let layer = tokio::task::spawn_blocking(move || {
+        layer::build(&mappings, owner, mtime, &std::env::temp_dir())
+    })
+    .await
+    .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))??;
+    Ok((layer, started.elapsed()))
+}
+
+/// The history entry: what was copied where, naming sources by their last component only, so
+/// the image records no local paths (home directories, user names) and matches across machines.
+fn created_by(plan: &PushPlan) -> String {
+    let parts: Vec<String> = plan
+        .mappings
+        .iter()
+        .map(|m| {
+            let name = m
+                .src
+                .file_name()
+                .map_or(".".into(), |n| n.to_string_lossy().into_owned());
+            match &m.dest {
+                Some(d) => format!("{name}:{d}"),
+                None => name,
+            }
+        })
+        .collect();
+    format!("layerup push {}", parts.join(" "))
+}

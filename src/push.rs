@@ -1,0 +1,130 @@
+//! The transfer: for every blob the new manifest names, present? skip : mountable? mount :
+//! copy or upload — layers (in parallel, bounded), then the config, then the manifest, so a
+//! failure at any point leaves no manifest naming a missing blob (go-containerregistry's order).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{StreamExt, TryStreamExt};
+use oci_spec::image::Digest;
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::manifest::Descriptor;
+use crate::store::Store;
+
+/// What happened to one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination already had it; nothing moved.
+    Present,
+    /// Linked from the base repository of the same registry; no bytes moved.
+    Mounted,
+    /// Streamed from the base's registry or layout to the destination.
+    Copied,
+    /// Sent from this machine (the new layer, the config).
+    Uploaded,
+    /// A foreign / non-distributable layer with URLs: referenced, never copied.
+    Referenced,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobReport {
+    pub digest: Digest,
+    pub size: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Layers in manifest order, each digest once.
+    pub layers: Vec<BlobReport>,
+    pub config: BlobReport,
+}
+
+impl Report {
+    /// Blob bytes that crossed a wire to the destination.
+    pub fn bytes_moved(&self) -> u64 {
+        self.layers
+            .iter()
+            .chain([&self.config])
+            .filter(|b| matches!(b.outcome, Outcome::Copied | Outcome::Uploaded))
+            .map(|b| b.size)
+            .sum()
+    }
+}
+
+/// Pushes `image` to `dest`. Base layers come from `source`; the new layer (`new_layer`, whose
+/// blob is the file at `layer_file`) from this machine. `jobs` bounds transfers in flight.
+pub async fn push(
+    dest: &Store,
+    source: &Store,
+    image: &Image,
+    new_layer: &Digest,
+    layer_file: &Path,
+    jobs: usize,
+) -> Result<Report> {
+    let mut seen = HashSet::new();
+    let layers: Vec<&Descriptor> = image
+        .layers
+        .iter()
+        .filter(|l| seen.insert(l.digest.clone()))
+        .collect();
+    let layers: Vec<BlobReport> = stream::iter(layers)
+        .map(|d| async move {
+            let outcome = if d.is_foreign() {
+                Outcome::Referenced
+            } else if dest.has_blob(&d.digest).await? {
+                Outcome::Present
+            } else if &d.digest == new_layer {
+                dest.put_blob(d, file_stream(layer_file).await?).await?;
+                Outcome::Uploaded
+            } else if dest.mount(&d.digest, source).await? {
+                Outcome::Mounted
+            } else {
+                dest.put_blob(d, source.blob_stream(d).await?).await?;
+                Outcome::Copied
+            };
+            tracing::info!(digest = %d.digest, size = d.size, ?outcome, "layer");
+            Ok::<_, Error>(BlobReport {
+                digest: d.digest.clone(),
+                size: d.size,
+                outcome,
+            })
+        })
+        .buffered(jobs.max(1))
+        .try_collect()
+        .await?;
+
+    // Every layer is confirmed in the destination (each arm above returns only once the
+    // registry or layout acknowledged it); only now may the config, then the manifest, follow.
+    let config = &image.config_descriptor;
+    let outcome = if dest.has_blob(&config.digest).await? {
+        Outcome::Present
+    } else {
+        let bytes = Bytes::from(image.config.clone());
+        dest.put_blob(config, stream::iter([Ok(bytes)]).boxed())
+            .await?;
+        Outcome::Uploaded
+    };
+    tracing::info!(digest = %config.digest, size = config.size, ?outcome, "config");
+    let config = BlobReport {
+        digest: config.digest.clone(),
+        size: config.size,
+        outcome,
+    };
+
+    dest.put_manifest(Bytes::from(image.manifest.clone()), image.media_type)
+        .await?;
+    tracing::info!(digest = %image.digest, "manifest");
+    Ok(Report { layers, config })
+}
+
+async fn file_stream(path: &Path) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io("read the layer from", path, &e))?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).boxed())
+}

@@ -1,0 +1,263 @@
+//! Image references: docker-style `name[:tag][@digest]` (normalised as docker does) and
+//! `oci:DIR[:TAG|@DIGEST]` for an OCI image layout on disk.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use oci_spec::distribution::Reference;
+use oci_spec::image::Digest;
+
+use crate::error::{Error, Result};
+
+/// Where an image is read from or written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// A repository in a registry; always has a tag or a digest (docker's default tag is `latest`).
+    Registry(Reference),
+    /// An OCI image layout directory (image-spec `image-layout.md`).
+    Layout(LayoutRef),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutRef {
+    pub dir: PathBuf,
+    /// The `org.opencontainers.image.ref.name` of the manifest in `index.json`.
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl ImageRef {
+    /// Parses what a user typed. `what` names the flag or argument for the error message.
+    pub fn parse(input: &str, what: &str) -> Result<Self> {
+        let bad = |reason: String| Error::usage(format!("invalid {what} `{input}`: {reason}"));
+        if let Some(rest) = input.strip_prefix("oci:") {
+            return parse_layout(rest).map(ImageRef::Layout).map_err(bad);
+        }
+        // skopeo users type the transport; it means the same thing here.
+        let name = input.strip_prefix("docker://").unwrap_or(input);
+        if name.trim() != name || name.is_empty() {
+            return Err(bad("a reference has no spaces and is not empty".into()));
+        }
+        let reference = Reference::try_from(name).map_err(|e| bad(explain(name, &e)))?;
+        if reference.repository().is_empty() {
+            return Err(bad("it has no repository name".into()));
+        }
+        // oci-spec takes `Prod/x` as docker.io/Prod/x; docker refuses it, and so do registries.
+        if reference
+            .repository()
+            .chars()
+            .any(|c| c.is_ascii_uppercase())
+        {
+            return Err(bad("repository names are lowercase".into()));
+        }
+        Ok(ImageRef::Registry(reference))
+    }
+
+    /// The same image, named by digest: what layerup prints, and what a workload should run.
+    pub fn pinned(&self, digest: &Digest) -> String {
+        match self {
+            ImageRef::Registry(r) => format!("{}/{}@{digest}", r.registry(), r.repository()),
+            ImageRef::Layout(l) => format!("oci:{}@{digest}", l.dir.display()),
+        }
+    }
+
+    /// The registry host (`host[:port]`), for registry references.
+    pub fn registry(&self) -> Option<&str> {
+        match self {
+            ImageRef::Registry(r) => Some(r.resolve_registry()),
+            ImageRef::Layout(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Registry(r) => write!(f, "{}", r.whole()),
+            ImageRef::Layout(l) => {
+                write!(f, "oci:{}", l.dir.display())?;
+                if let Some(t) = &l.tag {
+                    write!(f, ":{t}")?;
+                }
+                if let Some(d) = &l.digest {
+                    write!(f, "@{d}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// oci-spec reports most malformed names as "invalid reference format"; say which part is wrong.
+fn explain(name: &str, err: &oci_spec::distribution::ParseError) -> String {
+    let (path, digest) = match name.split_once('@') {
+        Some((p, d)) => (p, Some(d)),
+        None => (name, None),
+    };
+    if name.chars().any(char::is_whitespace) {
+        return "a reference has no spaces".into();
+    }
+    if let Some(d) = digest {
+        if d.parse::<Digest>().is_err() || !d.starts_with("sha256:") {
+            return format!("`{d}` is not a digest (sha256: followed by 64 hex digits)");
+        }
+    }
+    // The tag is what follows the last ':' after the last '/' (a ':' before it is a port).
+    let last = path.rsplit('/').next().unwrap_or(path);
+    let (repo_part, tag) = match last.split_once(':') {
+        Some((_, t)) => (&path[..path.len() - t.len() - 1], Some(t)),
+        None => (path, None),
+    };
+    if let Some(t) = tag {
+        if !is_tag(t) {
+            return format!("`{t}` is not a tag (up to 128 letters, digits, `_`, `.`, `-`)");
+        }
+    }
+    let repo_path = match repo_part.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
+        _ => repo_part,
+    };
+    if repo_path.chars().any(|c| c.is_ascii_uppercase()) {
+        return "repository names are lowercase".into();
+    }
+    match err {
+        oci_spec::distribution::ParseError::ReferenceInvalidFormat => {
+            "write [registry/]repository[:tag][@sha256:digest]".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn parse_layout(rest: &str) -> std::result::Result<LayoutRef, String> {
+    let (dir, tag, digest) = if let Some((dir, digest)) = rest.rsplit_once('@') {
+        let digest: Digest = digest
+            .parse()
+            .map_err(|e| format!("bad digest `{digest}`: {e}"))?;
+        (dir, None, Some(digest))
+    } else {
+        match rest.rsplit_once(':') {
+            // A path may hold ':' too; only a valid tag after the last one is taken as the tag.
+            Some((dir, tag)) if is_tag(tag) => (dir, Some(tag.to_string()), None),
+            _ => (rest, None, None),
+        }
+    };
+    if dir.is_empty() {
+        return Err("the layout directory is empty (write `oci:DIR[:TAG]`)".into());
+    }
+    Ok(LayoutRef {
+        dir: PathBuf::from(dir),
+        tag,
+        digest,
+    })
+}
+
+/// The distribution spec's tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn is_tag(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Registries on loopback are spoken to over plain HTTP, as docker does for `localhost` and
+/// `127.0.0.0/8` ("insecure registries" that need no configuration).
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        // [::1]:5000
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => registry.rsplit_once(':').map_or(registry, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                registry
+            }
+        }),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("alpine", "docker.io/library/alpine:latest")]
+    #[case("prod/app:1.0", "docker.io/prod/app:1.0")]
+    #[case("docker://prod/app:1.0", "docker.io/prod/app:1.0")]
+    #[case("localhost:5000/dev/app", "localhost:5000/dev/app:latest")]
+    #[case("127.0.0.1:5000/dev/app:dev", "127.0.0.1:5000/dev/app:dev")]
+    #[case(
+        "registry.example.com/prod/app:1.0",
+        "registry.example.com/prod/app:1.0"
+    )]
+    fn registry_references_follow_docker_normalisation(#[case] input: &str, #[case] whole: &str) {
+        assert_eq!(ImageRef::parse(input, "ref").unwrap().to_string(), whole);
+    }
+
+    #[rstest]
+    #[case("oci:./mirror", "./mirror", None)]
+    #[case("oci:./mirror:app", "./mirror", Some("app"))]
+    #[case("oci:/tmp/a:b/c", "/tmp/a:b/c", None)]
+    fn layout_references_split_dir_and_tag(
+        #[case] input: &str,
+        #[case] dir: &str,
+        #[case] tag: Option<&str>,
+    ) {
+        let ImageRef::Layout(l) = ImageRef::parse(input, "ref").unwrap() else {
+            panic!("not a layout")
+        };
+        assert_eq!(l.dir, PathBuf::from(dir));
+        assert_eq!(l.tag.as_deref(), tag);
+    }
+
+    #[test]
+    fn layout_reference_may_pin_a_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = ImageRef::parse(&format!("oci:out@{d}"), "ref").unwrap();
+        assert_eq!(r.to_string(), format!("oci:out@{d}"));
+    }
+
+    #[rstest]
+    #[case("Prod/App:1", "repository names are lowercase")]
+    #[case("Prod/x", "repository names are lowercase")]
+    #[case("app:bad tag", "a reference has no spaces")]
+    #[case("app@sha256:abc", "`sha256:abc` is not a digest")]
+    #[case("app:-x", "`-x` is not a tag")]
+    #[case(
+        "reg.example/a//b",
+        "write [registry/]repository[:tag][@sha256:digest]"
+    )]
+    #[case("", "not empty")]
+    #[case("oci:", "the layout directory is empty")]
+    fn malformed_references_say_why(#[case] input: &str, #[case] reason: &str) {
+        let err = ImageRef::parse(input, "--base").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("invalid --base `{input}`")),
+            "{err}"
+        );
+        assert!(err.contains(reason), "{err}");
+    }
+
+    #[test]
+    fn pinned_reference_names_registry_repository_and_digest() {
+        let r = ImageRef::parse("localhost:5000/dev/app:dev", "ref").unwrap();
+        let d = crate::digest::sha256(b"x");
+        assert_eq!(r.pinned(&d), format!("localhost:5000/dev/app@{d}"));
+    }
+
+    #[rstest]
+    #[case("localhost", true)]
+    #[case("localhost:5000", true)]
+    #[case("127.0.0.1:5000", true)]
+    #[case("127.8.9.10", true)]
+    #[case("[::1]:5000", true)]
+    #[case("registry.example.com", false)]
+    #[case("10.0.0.1:5000", false)]
+    #[case("localhost.evil.com:5000", false)]
+    fn loopback_registries_are_recognised(#[case] host: &str, #[case] expected: bool) {
+        assert_eq!(is_loopback(host), expected);
+    }
+}

@@ -1,0 +1,182 @@
+//! Where an image is read from or written to — a registry repository or an OCI layout — behind
+//! the one set of operations the pipeline uses.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use oci_spec::distribution::Reference;
+use oci_spec::image::Digest;
+
+use crate::error::Result;
+use crate::layout::Layout;
+use crate::manifest::Descriptor;
+use crate::reference::{ImageRef, LayoutRef};
+use crate::registry::{Fetched, Registry};
+
+pub enum Store {
+    Registry {
+        registry: Arc<Registry>,
+        repo: Reference,
+    },
+    Layout {
+        layout: Layout,
+        at: LayoutRef,
+    },
+}
+
+impl Store {
+    /// A store to read from: a layout must already exist.
+    pub fn for_reading(r: &ImageRef, registry: &Arc<Registry>) -> Result<Self> {
+        Ok(match r {
+            ImageRef::Registry(repo) => Store::Registry {
+                registry: registry.clone(),
+                repo: repo.clone(),
+            },
+            ImageRef::Layout(at) => Store::Layout {
+                layout: Layout::open(&at.dir)?,
+                at: at.clone(),
+            },
+        })
+    }
+
+    /// A store to write to: a layout is created when missing.
+    pub fn for_writing(r: &ImageRef, registry: &Arc<Registry>) -> Result<Self> {
+        Ok(match r {
+            ImageRef::Registry(repo) => Store::Registry {
+                registry: registry.clone(),
+                repo: repo.clone(),
+            },
+            ImageRef::Layout(at) => Store::Layout {
+                layout: Layout::create(&at.dir)?,
+                at: at.clone(),
+            },
+        })
+    }
+
+    pub fn image_ref(&self) -> ImageRef {
+        match self {
+            Store::Registry { repo, .. } => ImageRef::Registry(repo.clone()),
+            Store::Layout { at, .. } => ImageRef::Layout(at.clone()),
+        }
+    }
+
+    /// Sets up access before the first request (see [`Registry::login`]); layouts need none.
+    pub async fn login(&self, push: bool, mount_from: Option<&Store>) -> Result<()> {
+        if let Store::Registry { registry, repo } = self {
+            let from: Vec<&Reference> = match mount_from {
+                Some(s) if self.same_registry(s) => s.repo().into_iter().collect(),
+                _ => vec![],
+            };
+            registry.login(repo, push, &from).await?;
+        }
+        Ok(())
+    }
+
+    fn repo(&self) -> Option<&Reference> {
+        match self {
+            Store::Registry { repo, .. } => Some(repo),
+            Store::Layout { .. } => None,
+        }
+    }
+
+    /// Both are repositories of one registry, so a blob can be mounted rather than copied.
+    pub fn same_registry(&self, other: &Store) -> bool {
+        match (self.repo(), other.repo()) {
+            (Some(a), Some(b)) => a.resolve_registry() == b.resolve_registry(),
+            _ => false,
+        }
+    }
+
+    /// The manifest or index the reference names (its digest if it has one, else its tag).
+    pub async fn root(&self) -> Result<Fetched> {
+        match self {
+            Store::Registry { registry, repo } => {
+                let which = repo.digest().or(repo.tag()).unwrap_or("latest").to_string();
+                registry.manifest(repo, &which).await
+            }
+            Store::Layout { layout, at } => {
+                let d = layout.find(at.tag.as_deref(), at.digest.as_ref())?;
+                self.manifest(&d).await
+            }
+        }
+    }
+
+    /// A child manifest of an index, by its descriptor.
+    pub async fn manifest(&self, d: &Descriptor) -> Result<Fetched> {
+        match self {
+            Store::Registry { registry, repo } => registry.manifest(repo, d.digest.as_ref()).await,
+            Store::Layout { layout, .. } => Ok(Fetched {
+                bytes: layout.blob_bytes(&d.digest)?.into(),
+                digest: d.digest.clone(),
+                content_type: Some(d.media_type.clone()).filter(|m| !m.is_empty()),
+            }),
+        }
+    }
+
+    pub async fn blob_bytes(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry.blob_bytes(repo, &d.digest, d.size).await
+            }
+            Store::Layout { layout, .. } => layout.blob_bytes(&d.digest),
+        }
+    }
+
+    pub async fn blob_stream(
+        &self,
+        d: &Descriptor,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry.blob_stream(repo, &d.digest, d.size).await
+            }
+            Store::Layout { layout, .. } => layout.blob_stream(&d.digest, d.size).await,
+        }
+    }
+
+    pub async fn has_blob(&self, d: &Digest) -> Result<bool> {
+        match self {
+            Store::Registry { registry, repo } => registry.has_blob(repo, d).await,
+            Store::Layout { layout, .. } => Ok(layout.has_blob(d)),
+        }
+    }
+
+    /// Links a blob from `from` without moving its bytes; `false` if this store cannot.
+    pub async fn mount(&self, d: &Digest, from: &Store) -> Result<bool> {
+        match (self, from) {
+            (Store::Registry { registry, repo }, Store::Registry { repo: src, .. })
+                if self.same_registry(from) =>
+            {
+                registry.mount(repo, src, d).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub async fn put_blob(
+        &self,
+        d: &Descriptor,
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+    ) -> Result<()> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry.upload(repo, &d.digest, d.size, body).await
+            }
+            Store::Layout { layout, .. } => layout.put_blob(&d.digest, d.size, body).await,
+        }
+    }
+
+    /// Writes the manifest under the reference's tag (`latest` when it has none).
+    pub async fn put_manifest(&self, bytes: Bytes, media_type: &str) -> Result<()> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry.put_manifest(repo, bytes, media_type).await
+            }
+            Store::Layout { layout, at } => {
+                layout.put_manifest(&bytes, media_type, at.tag.as_deref().unwrap_or("latest"))?;
+                Ok(())
+            }
+        }
+    }
+}
