@@ -99,8 +99,8 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         timings.base = base.1;
         (base.0, layer)
     };
-    timings.layer = layer.1;
-    let layer = layer.0;
+    let (layer, history, took) = layer;
+    timings.layer = took;
 
     let new_layer = NewLayer {
         digest: layer.digest.clone(),
@@ -109,7 +109,7 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
     };
     let provenance = Provenance {
         created: image::rfc3339(plan.mtime),
-        created_by: created_by(plan),
+        created_by: history,
     };
     let image = image::build(&base, &new_layer, &plan.tweaks, &provenance)?;
 
@@ -148,7 +148,7 @@ fn workdir(plan: &PushPlan, base: Option<&str>) -> String {
         .to_string()
 }
 
-async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, Duration)> {
+async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, String, Duration)> {
     let mappings: Vec<Mapping> = plan
         .mappings
         .iter()
@@ -158,6 +158,7 @@ async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, Du
             into_dir: m.dest.as_deref().is_none_or(|d| d.ends_with('/')),
         })
         .collect();
+    let history = created_by(&mappings);
     let owner = plan.owner;
     let mtime = plan.mtime;
     let started = Instant::now();
@@ -166,25 +167,12 @@ async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, Du
     })
     .await
     .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))??;
-    Ok((layer, started.elapsed()))
+    Ok((layer, history, started.elapsed()))
 }
 
-/// The history entry: what was copied where, naming sources by their last component only, so
-/// the image records no local paths (home directories, user names) and matches across machines.
-fn created_by(plan: &PushPlan) -> String {
-    let parts: Vec<String> = plan
-        .mappings
-        .iter()
-        .map(|m| {
-            let name = m
-                .src
-                .file_name()
-                .map_or(".".into(), |n| n.to_string_lossy().into_owned());
-            match &m.dest {
-                Some(d) => format!("{name}:{d}"),
-                None => name,
-            }
-        })
-        .collect();
-    format!("layerup push {}", parts.join(" "))
+/// The history entry names where files went, never where they came from: the same files from
+/// another checkout (another directory name, another user's home) give the same image.
+fn created_by(mappings: &[Mapping]) -> String {
+    let dests: Vec<&str> = mappings.iter().map(|m| m.dest.as_str()).collect();
+    format!("layerup push to {}", dests.join(" "))
 }

@@ -1,0 +1,546 @@
+//! Test harness: real `docker-registry` instances on loopback, base images made by umoci, skopeo
+//! and buildah, results checked with skopeo, umoci and podman+runc. No part of layerup is used
+//! to check layerup.
+//!
+//! A tool that is missing fails the test with the command that installs it; nothing is skipped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Panics with the install command when `tool` is not on PATH.
+pub fn require(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is not installed: run `apt-get install -y {package}` (./scripts/test installs everything the tests need)"
+    );
+}
+
+/// Runs a command that must succeed, returning stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `docker-registry` (distribution 2.8) on a free loopback port, with its own storage and
+/// access log. It stops when this is dropped, or when the test process exits (the shell that
+/// started it waits on our pipe and kills the registry, by its pid, when the pipe closes).
+pub struct Registry {
+    pub host: String,
+    dir: tempfile::TempDir,
+    guard: Option<ChildStdin>,
+    shell: Child,
+}
+
+pub struct RegistryOptions {
+    pub htpasswd: Option<(String, String)>,
+    /// `auth.token` settings: (realm URL, service, issuer, root cert bundle path).
+    pub token: Option<(String, String, String, PathBuf)>,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        Self::start_with(RegistryOptions {
+            htpasswd: None,
+            token: None,
+        })
+    }
+
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Self {
+        Self::start_with(RegistryOptions {
+            htpasswd: Some((user.into(), password.into())),
+            token: None,
+        })
+    }
+
+    pub fn start_with(opts: RegistryOptions) -> Self {
+        require("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut auth = String::new();
+        if let Some((user, pass)) = &opts.htpasswd {
+            require("htpasswd", "apache2-utils");
+            let line = run(Command::new("htpasswd").args(["-Bbn", user, pass]));
+            std::fs::write(dir.path().join("htpasswd"), line.trim()).unwrap();
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            );
+        }
+        if let Some((realm, service, issuer, bundle)) = &opts.token {
+            auth = format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                bundle.display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: layerup-tests\n{auth}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut shell = Command::new("sh")
+            .args([
+                "-c",
+                r#"docker-registry serve "$1" >"$2" 2>&1 & pid=$!; read _ignored; kill "$pid"; wait "$pid""#,
+                "registry-watchdog",
+            ])
+            .arg(&config_path)
+            .arg(dir.path().join("log"))
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let guard = shell.stdin.take();
+        let reg = Registry {
+            host: format!("127.0.0.1:{port}"),
+            dir,
+            guard,
+            shell,
+        };
+        reg.wait_ready();
+        reg
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(&self.host) {
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("registry on {} did not start:\n{}", self.host, self.log());
+    }
+
+    /// Everything the registry logged, access log included.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// (method, path with query, status) of every request the registry answered.
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let start = line.find("] \"")? + 3;
+                let rest = &line[start..];
+                let (request, after) = rest.split_once("\" ")?;
+                let mut parts = request.split(' ');
+                let method = parts.next()?.to_string();
+                let path = parts.next()?.to_string();
+                let status = after.split(' ').next()?.parse().ok()?;
+                Some((method, path, status))
+            })
+            .collect()
+    }
+
+    /// Digests of blob uploads the registry completed (PUT on an upload session with `digest=`).
+    pub fn uploaded(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, p, s)| m == "PUT" && p.contains("/blobs/uploads/") && *s == 201)
+            .filter_map(|(_, p, _)| query_param(&p, "digest"))
+            .collect()
+    }
+
+    /// Digests the registry mounted from another repository (201 to `POST ?mount=`).
+    pub fn mounted(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, p, s)| m == "POST" && p.contains("mount=") && *s == 201)
+            .filter_map(|(_, p, _)| query_param(&p, "mount"))
+            .collect()
+    }
+
+    /// Requests that wrote anything: POST, PUT, PATCH, DELETE.
+    pub fn writes(&self) -> Vec<(String, String, u16)> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, _, _)| m != "GET" && m != "HEAD")
+            .collect()
+    }
+
+    pub fn reference(&self, repo_and_tag: &str) -> String {
+        format!("{}/{repo_and_tag}", self.host)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let _ = self.shell.wait();
+    }
+}
+
+fn query_param(path: &str, name: &str) -> Option<String> {
+    let query = path.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+}
+
+/// What layerup printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "layerup failed:\n{}", self.stderr);
+        self.stdout.trim()
+    }
+}
+
+/// layerup with a clean environment: an empty docker config unless a test gives one.
+pub struct Layerup {
+    cmd: Command,
+    _config: tempfile::TempDir,
+}
+
+impl Layerup {
+    pub fn new() -> Self {
+        let config = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerup"));
+        cmd.env("DOCKER_CONFIG", config.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("LAYERUP_LOG");
+        Layerup {
+            cmd,
+            _config: config,
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+
+    pub fn run(mut self) -> Run {
+        let out: Output = self.cmd.output().expect("run layerup");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// `layerup push ARGS...` with a clean environment.
+pub fn push(args: &[&str]) -> Run {
+    Layerup::new()
+        .arg_list(["push"])
+        .arg_list(args.iter().copied())
+        .run()
+}
+
+impl Layerup {
+    fn arg_list<'a>(self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args(args)
+    }
+}
+
+/// The production images every test builds on, made once per test binary with tools no one
+/// here wrote, in a registry of their own (read-only for the tests).
+pub struct Prod {
+    pub registry: Registry,
+    dir: tempfile::TempDir,
+    /// OCI media types: `prod/app:oci`.
+    pub oci: String,
+    /// Docker schema 2 media types, same layers: `prod/app:docker`.
+    pub docker: String,
+    /// An OCI index of linux/amd64 and linux/arm64: `prod/app:multi`.
+    pub multi: String,
+    /// The OCI layout the images were made in, tag `1`.
+    pub layout: PathBuf,
+}
+
+impl Prod {
+    /// Layer digests of the base, in order (the same for both flavours).
+    pub fn layers(&self) -> Vec<String> {
+        inspect(&self.oci)["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+pub fn prod() -> &'static Prod {
+    static PROD: OnceLock<Prod> = OnceLock::new();
+    PROD.get_or_init(make_prod)
+}
+
+/// Busybox as a root filesystem: a real static binary and the applets the tests call.
+fn busybox_rootfs(root: &Path) {
+    require("busybox", "busybox-static");
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap();
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "cat", "ls", "stat", "readlink", "id", "env", "echo", "test", "find", "sort", "pwd",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("srv")).unwrap();
+}
+
+fn make_prod() -> Prod {
+    for (tool, pkg) in [
+        ("umoci", "umoci"),
+        ("skopeo", "skopeo"),
+        ("buildah", "buildah"),
+    ] {
+        require(tool, pkg);
+    }
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let rootfs = dir.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/prod-release"), "prod 1.0\n").unwrap();
+    let img = format!("{}:1", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &img]));
+    run(Command::new("umoci")
+        .args(["insert", "--image", &img])
+        .arg(&rootfs)
+        .arg("/"));
+    run(Command::new("umoci")
+        .args(["insert", "--image", &img])
+        .arg(&extra)
+        .arg("/"));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &img,
+        "--config.workingdir",
+        "/srv",
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        "PATH=/bin",
+        "--config.env",
+        "TIER=prod",
+    ]));
+    let oci = registry.reference("prod/app:oci");
+    let docker = registry.reference("prod/app:docker");
+    let arm = registry.reference("prod/app:arm64");
+    let multi = registry.reference("prod/app:multi");
+    let from = format!("oci:{}:1", layout.display());
+    skopeo(&["copy", "-q", &from, &format!("docker://{oci}")]);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--format",
+        "v2s2",
+        &from,
+        &format!("docker://{docker}"),
+    ]);
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &img,
+        "--architecture",
+        "arm64",
+        "--tag",
+        "1-arm64",
+    ]));
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("oci:{}:1-arm64", layout.display()),
+        &format!("docker://{arm}"),
+    ]);
+    let storage = dir.path().join("buildah");
+    let buildah = |args: &[&str]| {
+        run(Command::new("buildah")
+            .arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args))
+    };
+    buildah(&["manifest", "create", "layerup-multi"]);
+    buildah(&[
+        "manifest",
+        "add",
+        "--tls-verify=false",
+        "layerup-multi",
+        &format!("docker://{oci}"),
+    ]);
+    buildah(&[
+        "manifest",
+        "add",
+        "--tls-verify=false",
+        "layerup-multi",
+        &format!("docker://{arm}"),
+    ]);
+    buildah(&[
+        "manifest",
+        "push",
+        "--all",
+        "--tls-verify=false",
+        "layerup-multi",
+        &format!("docker://{multi}"),
+    ]);
+    Prod {
+        registry,
+        dir,
+        oci,
+        docker,
+        multi,
+        layout,
+    }
+}
+
+pub fn skopeo(args: &[&str]) -> String {
+    require("skopeo", "skopeo");
+    // Registries here are plain HTTP on loopback; the flags must precede the image arguments.
+    let tls: &[&str] = if args[0] == "copy" {
+        &["--src-tls-verify=false", "--dest-tls-verify=false"]
+    } else {
+        &["--tls-verify=false"]
+    };
+    run(Command::new("skopeo")
+        .arg(args[0])
+        .args(tls)
+        .args(&args[1..]))
+}
+
+/// `skopeo inspect` of a registry image (`--config` and `--raw` variants below).
+pub fn inspect(image: &str) -> serde_json::Value {
+    serde_json::from_str(&skopeo(&["inspect", &format!("docker://{image}")])).unwrap()
+}
+
+pub fn inspect_raw(image: &str) -> serde_json::Value {
+    serde_json::from_str(&skopeo(&["inspect", "--raw", &format!("docker://{image}")])).unwrap()
+}
+
+pub fn inspect_config(image: &str) -> serde_json::Value {
+    serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--config",
+        &format!("docker://{image}"),
+    ]))
+    .unwrap()
+}
+
+/// Podman with storage and configuration of its own (never the machine's), running with runc.
+pub fn podman() -> Command {
+    require("podman", "podman");
+    require("runc", "runc");
+    static STATE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        // crun fails on cgroups here; without the ulimits line runc fails on RLIMIT_NOFILE.
+        std::fs::write(
+            d.path().join("containers.conf"),
+            "[containers]\ndefault_ulimits = []\n",
+        )
+        .unwrap();
+        d
+    });
+    let mut cmd = Command::new("podman");
+    cmd.env("CONTAINERS_CONF", state.path().join("containers.conf"))
+        .arg("--root")
+        .arg(state.path().join("root"))
+        .arg("--runroot")
+        .arg(state.path().join("run"))
+        .args(["--storage-driver", "vfs"]);
+    cmd
+}
+
+/// Runs `script` with `sh -c` in the image, pulled from the registry, and returns its stdout.
+pub fn run_in(image: &str, script: &str) -> String {
+    run(podman()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            "--network",
+            "none",
+            "--tls-verify=false",
+            "--pull",
+            "always",
+        ])
+        .arg(image)
+        .args(["sh", "-c", script]))
+}
+
+/// A source tree with the kinds of entries a layer must carry.
+pub fn app_tree() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    std::fs::create_dir_all(p.join("pkg/sub")).unwrap();
+    std::fs::write(p.join("VERSION"), "1.2.3\n").unwrap();
+    std::fs::write(p.join("pkg/mod.py"), "print('hello from layerup')\n").unwrap();
+    std::fs::write(p.join("pkg/sub/data.txt"), "data\n").unwrap();
+    std::fs::write(p.join("run.sh"), "#!/bin/sh\necho running $TIER\n").unwrap();
+    std::fs::write(p.join("secret.key"), "k\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(p.join("secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("pkg/mod.py", p.join("main.py")).unwrap();
+    std::fs::hard_link(p.join("pkg/sub/data.txt"), p.join("pkg/data-link.txt")).unwrap();
+    t
+}
+
+pub fn digest_of(pinned: &str) -> &str {
+    pinned.rsplit_once('@').expect("a pinned reference").1
+}

@@ -1,0 +1,471 @@
+//! `layerup push` against real registries: the result is read by skopeo and run by podman+runc,
+//! and what moved is read from the registries' own access logs.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use rstest::rstest;
+
+#[rstest]
+#[case::oci(&prod().oci, "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip")]
+#[case::docker(&prod().docker, "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")]
+fn pushed_image_runs_with_the_files_and_keeps_the_base(
+    #[case] base: &str,
+    #[case] manifest_type: &str,
+    #[case] layer_type: &str,
+) {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let to = dev.reference("dev/app:dev");
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        base,
+        "--to",
+        &to,
+    ])
+    .ok()
+    .to_string();
+    assert!(
+        pinned.starts_with(&format!("{}/dev/app@sha256:", dev.host)),
+        "{pinned}"
+    );
+    assert_eq!(digest_of(&pinned).len(), 71);
+
+    let raw = inspect_raw(&pinned);
+    assert_eq!(raw["mediaType"], manifest_type);
+    let layers = raw["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), prod().layers().len() + 1);
+    assert_eq!(layers.last().unwrap()["mediaType"], layer_type);
+    assert_eq!(
+        inspect(&to)["Digest"],
+        digest_of(&pinned),
+        "the tag names the pushed digest"
+    );
+
+    let out = run_in(
+        &pinned,
+        "cd /app && stat -c '%n %a %u:%g %s' VERSION run.sh secret.key pkg pkg/sub && readlink main.py \
+         && cat VERSION pkg/mod.py && ./run.sh && cat /etc/prod-release \
+         && test \"$(stat -c %i pkg/sub/data.txt)\" = \"$(stat -c %i pkg/data-link.txt)\" && echo hardlinked",
+    );
+    assert_eq!(
+        out,
+        "VERSION 644 0:0 6\nrun.sh 755 0:0 29\nsecret.key 600 0:0 2\npkg 755 0:0 4096\npkg/sub 755 0:0 4096\n\
+         pkg/mod.py\n1.2.3\nprint('hello from layerup')\nrunning prod\nprod 1.0\nhardlinked\n"
+    );
+}
+
+#[test]
+fn without_dest_a_directory_lands_in_the_base_working_directory() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let pinned = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:wd"),
+    ])
+    .ok()
+    .to_string();
+    assert_eq!(run_in(&pinned, "pwd && cat VERSION"), "/srv\n1.2.3\n");
+}
+
+#[test]
+fn several_mappings_make_one_layer() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(conf.path().join("app.conf"), "mode=dev\n").unwrap();
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        &format!("{}:/etc/app/", conf.path().join("app.conf").display()),
+        &format!("{}:/app/VERSION", conf.path().join("app.conf").display()),
+        "--base",
+        &prod().docker,
+        "--to",
+        &dev.reference("dev/app:multi-map"),
+    ])
+    .ok()
+    .to_string();
+    assert_eq!(
+        inspect(&pinned)["Layers"].as_array().unwrap().len(),
+        prod().layers().len() + 1
+    );
+    assert_eq!(
+        run_in(&pinned, "cat /etc/app/app.conf /app/VERSION"),
+        "mode=dev\nmode=dev\n",
+        "later mappings win"
+    );
+}
+
+#[test]
+fn base_layers_in_the_same_registry_are_mounted_not_uploaded() {
+    let reg = Registry::start();
+    let base = reg.reference("prod/app:1");
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("docker://{}", prod().oci),
+        &format!("docker://{base}"),
+    ]);
+    let uploads_before = reg.uploaded().len();
+    let tree = app_tree();
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &base,
+        "--to",
+        &reg.reference("dev/app:dev"),
+    ])
+    .ok()
+    .to_string();
+
+    let base_layers = prod().layers();
+    let mut mounted = reg.mounted();
+    mounted.sort();
+    let mut expected = base_layers.clone();
+    expected.sort();
+    assert_eq!(
+        mounted, expected,
+        "every base layer was mounted by the registry"
+    );
+    let uploads: Vec<String> = reg.uploaded()[uploads_before..].to_vec();
+    let new_layer = inspect(&pinned)["Layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = inspect_raw(&pinned)["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        uploads,
+        vec![new_layer, config],
+        "only the new layer, then the config, were uploaded"
+    );
+    assert!(run_in(&pinned, "cat /app/VERSION").contains("1.2.3"));
+}
+
+#[test]
+fn base_layers_missing_from_another_registry_are_copied_registry_to_registry() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().docker,
+        "--to",
+        &dev.reference("team/app:dev"),
+    ])
+    .ok()
+    .to_string();
+    let uploaded = dev.uploaded();
+    for layer in prod().layers() {
+        assert!(
+            uploaded.contains(&layer),
+            "base layer {layer} was copied into the dev registry"
+        );
+    }
+    assert!(dev.mounted().is_empty());
+    let blob_reads: Vec<_> = prod()
+        .registry
+        .requests()
+        .into_iter()
+        .filter(|(m, p, s)| m == "GET" && p.contains("/blobs/") && *s == 200)
+        .collect();
+    for layer in prod().layers() {
+        assert!(
+            blob_reads.iter().any(|(_, p, _)| p.ends_with(&layer)),
+            "layer {layer} was read from prod"
+        );
+    }
+    assert_eq!(run_in(&pinned, "cat /etc/prod-release"), "prod 1.0\n");
+}
+
+#[test]
+fn blobs_already_in_the_destination_are_not_uploaded_again() {
+    let dev = Registry::start();
+    let to = dev.reference("dev/app:dev");
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("docker://{}", prod().oci),
+        &format!("docker://{}", dev.reference("dev/app:base")),
+    ]);
+    let tree = app_tree();
+    let src = format!("{}:/app", tree.path().display());
+    let after_seed = dev.uploaded().len();
+
+    let first = push(&[&src, "--base", &prod().oci, "--to", &to])
+        .ok()
+        .to_string();
+    let first_uploads = dev.uploaded()[after_seed..].to_vec();
+    for layer in prod().layers() {
+        assert!(
+            !first_uploads.contains(&layer),
+            "base layer {layer} was uploaded again"
+        );
+    }
+    assert_eq!(
+        first_uploads.len(),
+        2,
+        "new layer and config only: {first_uploads:?}"
+    );
+
+    let second = push(&[&src, "--base", &prod().oci, "--to", &to])
+        .ok()
+        .to_string();
+    assert_eq!(second, first);
+    assert_eq!(
+        dev.uploaded().len(),
+        after_seed + 2,
+        "a repeated push uploads nothing"
+    );
+}
+
+#[test]
+fn the_same_inputs_give_the_same_digest_and_one_edit_changes_only_the_top_layer() {
+    let dev = Registry::start();
+    let to = dev.reference("dev/app:dev");
+    let tree = app_tree();
+    let a = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &to,
+    ])
+    .ok()
+    .to_string();
+
+    // The same files at another path, with other mtimes: the same image.
+    let copy = tempfile::tempdir().unwrap();
+    run(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", tree.path().display()))
+        .arg(copy.path()));
+    std::fs::write(copy.path().join("VERSION"), "1.2.3\n").unwrap();
+    let b = push(&[
+        &format!("{}:/app", copy.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &to,
+    ])
+    .ok()
+    .to_string();
+    assert_eq!(a, b);
+
+    std::fs::write(copy.path().join("pkg/mod.py"), "print('edited')\n").unwrap();
+    let c = push(&[
+        &format!("{}:/app", copy.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &to,
+    ])
+    .ok()
+    .to_string();
+    assert_ne!(a, c);
+    let la = inspect(&a)["Layers"].as_array().unwrap().clone();
+    let lc = inspect(&c)["Layers"].as_array().unwrap().clone();
+    assert_eq!(la.len(), lc.len());
+    assert_eq!(
+        la[..la.len() - 1],
+        lc[..lc.len() - 1],
+        "base layers are unchanged"
+    );
+    assert_ne!(la.last(), lc.last(), "the top layer changed");
+    assert_eq!(run_in(&c, "cat /app/pkg/mod.py"), "print('edited')\n");
+}
+
+#[rstest]
+#[case("linux/amd64", "amd64")]
+#[case("linux/arm64", "arm64")]
+fn a_multi_platform_base_gives_the_requested_platform(#[case] platform: &str, #[case] arch: &str) {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().multi,
+        "--to",
+        &dev.reference("dev/app:plat"),
+        "--platform",
+        platform,
+    ])
+    .ok()
+    .to_string();
+    let config = inspect_config(&pinned);
+    assert_eq!(config["architecture"], arch);
+    assert_eq!(config["os"], "linux");
+}
+
+#[test]
+fn image_tweaks_reach_the_running_container() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:tweaks"),
+        "--env",
+        "TIER=dev",
+        "--env",
+        "EXTRA=a b",
+        "--workdir",
+        "/app",
+        "--entrypoint",
+        r#"["sh", "-c", "echo \"$TIER|$EXTRA|$(pwd)|$(id -u):$(id -g)|$0\""]"#,
+        "--cmd",
+        "from-cmd",
+        "--label",
+        "team=web",
+        "--user",
+        "1000:1000",
+    ])
+    .ok()
+    .to_string();
+    let out = run(podman()
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            "runc",
+            "--network",
+            "none",
+            "--tls-verify=false",
+        ])
+        .arg(&pinned));
+    assert_eq!(out, "dev|a b|/app|1000:1000|from-cmd\n");
+    assert_eq!(inspect(&pinned)["Labels"]["team"], "web");
+}
+
+#[test]
+fn chown_and_source_date_epoch_set_owner_and_times() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let out = Layerup::new()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .args([
+            "push",
+            &format!("{}:/app", tree.path().display()),
+            "--base",
+            &prod().oci,
+        ])
+        .args([
+            "--to",
+            &dev.reference("dev/app:owned"),
+            "--chown",
+            "1000:2000",
+        ])
+        .run();
+    let pinned = out.ok().to_string();
+    assert_eq!(
+        run_in(&pinned, "stat -c '%u:%g %Y' /app /app/VERSION"),
+        "1000:2000 1700000000\n1000:2000 1700000000\n"
+    );
+    assert_eq!(inspect_config(&pinned)["created"], "2023-11-14T22:13:20Z");
+}
+
+#[test]
+fn the_ignore_file_leaves_out_what_it_names() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    std::fs::create_dir_all(tree.path().join("node_modules/x")).unwrap();
+    std::fs::write(tree.path().join("node_modules/x/i.js"), "x").unwrap();
+    std::fs::write(tree.path().join("debug.log"), "x").unwrap();
+    std::fs::write(
+        tree.path().join(".layerupignore"),
+        "node_modules\n*.log\nsecret.key\n",
+    )
+    .unwrap();
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:ign"),
+    ])
+    .ok()
+    .to_string();
+    let listing = run_in(&pinned, "cd /app && find . | sort");
+    assert_eq!(
+        listing,
+        ".\n./.layerupignore\n./VERSION\n./main.py\n./pkg\n./pkg/data-link.txt\n./pkg/mod.py\n./pkg/sub\n./pkg/sub/data.txt\n./run.sh\n"
+    );
+}
+
+#[test]
+fn an_oci_layout_serves_as_base_and_as_destination() {
+    require("umoci", "umoci");
+    let tree = app_tree();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("dev-layout");
+    let base = format!("oci:{}:1", prod().layout.display());
+    let pinned = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &base,
+        "--to",
+        &format!("oci:{}:dev", out.display()),
+    ])
+    .ok()
+    .to_string();
+    assert!(
+        pinned.starts_with(&format!("oci:{}@sha256:", out.display())),
+        "{pinned}"
+    );
+
+    // umoci reads and unpacks what layerup wrote: base layers copied from disk, the new layer on top.
+    let bundle = out_dir.path().join("bundle");
+    run(std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:dev", out.display())])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/VERSION")).unwrap(),
+        "1.2.3\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/prod-release")).unwrap(),
+        "prod 1.0\n"
+    );
+    let mode = std::fs::metadata(rootfs.join("app/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+
+    // And from the layout to a registry: base layers go up from disk.
+    let dev = Registry::start();
+    let remote = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &base,
+        "--to",
+        &dev.reference("dev/app:from-layout"),
+    ])
+    .ok()
+    .to_string();
+    assert_eq!(
+        digest_of(&remote),
+        digest_of(&pinned),
+        "the same image whichever way it goes"
+    );
+    assert_eq!(
+        run_in(&remote, "cat /app/VERSION /etc/prod-release"),
+        "1.2.3\nprod 1.0\n"
+    );
+}
