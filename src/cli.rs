@@ -25,7 +25,7 @@ Exit codes: 0 ok, 1 internal, 2 usage, 3 source files, 4 registry unreachable,
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// More detail on stderr: -v per blob, -vv every request.
+    /// More detail on stderr: -v per blob, -vv registry requests, -vvv HTTP internals.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Print only the result (and errors).

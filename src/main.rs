@@ -51,6 +51,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "warn,layerup=info",
+        (false, 2) => "info,layerup=debug,oci_client=debug",
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAYERUP_LOG")

@@ -135,6 +135,7 @@ impl Registry {
             Challenge::Open => return Ok(()),
             Challenge::Basic => match &creds {
                 RegistryAuth::Basic(user, pass) => {
+                    self.check_basic(host, user, pass).await?;
                     RegistryTokenType::Basic(user.clone(), pass.clone())
                 }
                 _ => {
@@ -155,14 +156,18 @@ impl Registry {
         // Keep the credentials with oci-client too, so it can fetch a fresh token by itself if
         // this one expires during a long transfer.
         self.oci.store_auth_if_needed(host, &creds).await;
-        let mut covered: Vec<(&Reference, RegistryOperation)> =
-            vec![(repo, RegistryOperation::Pull)];
+        // Only `repo`'s slots: a mount is authenticated as the destination (oci-client sends
+        // `mount_blob` with the destination's push token), and the mount source keeps the token
+        // its own login got, which may grant more than this one did.
+        self.oci
+            .tokens
+            .insert(repo, RegistryOperation::Pull, token.clone())
+            .await;
         if push {
-            covered.push((repo, RegistryOperation::Push));
-        }
-        covered.extend(mount_from.iter().map(|m| (*m, RegistryOperation::Pull)));
-        for (r, op) in covered {
-            self.oci.tokens.insert(r, op, token.clone()).await;
+            self.oci
+                .tokens
+                .insert(repo, RegistryOperation::Push, token.clone())
+                .await;
         }
         let mut value = match &token {
             RegistryTokenType::Basic(u, p) => {
@@ -180,17 +185,10 @@ impl Registry {
             ))
         })?;
         value.set_sensitive(true);
-        let mut headers = self.headers.lock().expect("headers lock");
-        headers.insert(
-            (host.to_string(), repo.repository().to_string()),
-            value.clone(),
-        );
-        for m in mount_from {
-            headers.insert(
-                (host.to_string(), m.repository().to_string()),
-                value.clone(),
-            );
-        }
+        self.headers
+            .lock()
+            .expect("headers lock")
+            .insert((host.to_string(), repo.repository().to_string()), value);
         Ok(())
     }
 
@@ -221,6 +219,28 @@ impl Registry {
             s => Err(Error::new(
                 ExitCode::Registry,
                 format!("{host} does not look like a registry: GET /v2/ answered {s}"),
+            )),
+        }
+    }
+
+    /// One `GET /v2/` with the credentials, so a wrong password is reported as that, up front.
+    async fn check_basic(&self, host: &str, user: &str, pass: &str) -> Result<()> {
+        let url = format!("{}://{host}/v2/", self.scheme(host));
+        let res = self
+            .http
+            .get(&url)
+            .basic_auth(user, Some(pass))
+            .send()
+            .await
+            .map_err(|e| transport_error(&e, host))?;
+        match res.status() {
+            s if s.is_success() => Ok(()),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(Error::auth(format!(
+                "registry {host} refused the username and password configured for it ({s})"
+            ))),
+            s => Err(Error::new(
+                ExitCode::Registry,
+                format!("registry {host} answered {s} to a login check"),
             )),
         }
     }
@@ -434,29 +454,25 @@ impl Registry {
     }
 
     /// Asks the registry to link a blob it already holds in `from` into `to`. `false` when it
-    /// would not (202 with an upload session, or it does not have the blob): copy it instead.
+    /// would not, and the blob must be copied instead: a 202 (an upload session instead of a
+    /// mount), a blob it does not have, or a refusal (a token without `pull` on `from` gets 401
+    /// from distribution). A mount only saves bytes; a real credential problem surfaces on the
+    /// upload that follows.
     pub async fn mount(&self, to: &Reference, from: &Reference, digest: &Digest) -> Result<bool> {
         match self.oci.mount_blob(to, from, digest.as_ref()).await {
             Ok(()) => Ok(true),
-            Err(OciDistributionError::SpecViolationError(_)) => Ok(false),
-            Err(OciDistributionError::ServerError { code: 404, .. }) => Ok(false),
-            Err(OciDistributionError::RegistryError { envelope, .. })
-                if envelope.errors.iter().all(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::BlobUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::Unsupported
-                    )
-                }) =>
-            {
+            Err(e) => {
+                let err = oci_error(
+                    e,
+                    &format!("mount of {digest} from {}", display(from)),
+                    to.resolve_registry(),
+                );
+                if err.code() == ExitCode::Unreachable {
+                    return Err(err);
+                }
+                tracing::debug!("not mounted, copying instead: {err}");
                 Ok(false)
             }
-            Err(e) => Err(oci_error(
-                e,
-                &format!("cannot mount blob {digest} into {}", display(to)),
-                to.resolve_registry(),
-            )),
         }
     }
 

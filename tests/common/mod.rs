@@ -5,6 +5,8 @@
 //! A tool that is missing fails the test with the command that installs it; nothing is skipped.
 #![allow(dead_code)]
 
+pub mod token;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -37,6 +39,9 @@ pub fn run(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The path the harness polls until a registry answers; left out of [`Registry::requests`].
+const READY_PROBE: &str = "/v2/?harness-ready";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -130,7 +135,7 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(mut s) = TcpStream::connect(&self.host) {
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let _ = s.write_all(format!("GET {READY_PROBE} HTTP/1.0\r\n\r\n").as_bytes());
                 let mut buf = [0u8; 12];
                 if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
                     return;
@@ -146,7 +151,8 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
-    /// (method, path with query, status) of every request the registry answered.
+    /// (method, path with query, status) of every request the registry answered, except the
+    /// harness's own readiness probe.
     pub fn requests(&self) -> Vec<(String, String, u16)> {
         self.log()
             .lines()
@@ -158,7 +164,7 @@ impl Registry {
                 let method = parts.next()?.to_string();
                 let path = parts.next()?.to_string();
                 let status = after.split(' ').next()?.parse().ok()?;
-                Some((method, path, status))
+                (path != READY_PROBE).then_some((method, path, status))
             })
             .collect()
     }

@@ -1,0 +1,382 @@
+//! Bad input ends in one readable line, a documented exit code, and nothing written to the
+//! destination — checked from the destination registry's own access log.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// The one line layerup printed on stderr, which must be its only output.
+fn one_error_line(run: &Run) -> &str {
+    assert!(
+        run.stdout.is_empty(),
+        "nothing on stdout on failure: {}",
+        run.stdout
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one line on stderr:\n{}",
+        run.stderr
+    );
+    lines[0]
+        .strip_prefix("error: ")
+        .expect("the line starts with `error: `")
+}
+
+fn assert_untouched(dev: &Registry) {
+    assert!(
+        dev.writes().is_empty(),
+        "nothing may be written to the destination: {:?}",
+        dev.writes()
+    );
+}
+
+#[test]
+fn a_malformed_reference_is_a_usage_error_before_any_request() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &prod().oci,
+        "--to",
+        &format!("{}/Dev/App:1", dev.host),
+    ]);
+    assert_eq!(run.code, 2);
+    assert_eq!(
+        one_error_line(&run),
+        format!(
+            "invalid --to `{}/Dev/App:1`: repository names are lowercase",
+            dev.host
+        )
+    );
+    assert!(
+        dev.requests().is_empty(),
+        "no request at all: {:?}",
+        dev.requests()
+    );
+}
+
+#[test]
+fn a_destination_with_a_digest_is_refused() {
+    let run = push(&[
+        ".",
+        "--base",
+        &prod().oci,
+        "--to",
+        &format!("127.0.0.1:1/a@sha256:{}", "a".repeat(64)),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(one_error_line(&run)
+        .ends_with("names a digest; give a tag (the digest is computed and printed)"));
+}
+
+#[test]
+fn a_missing_source_path_is_named_before_any_request() {
+    let dev = Registry::start();
+    let run = push(&[
+        "/nonexistent/src:/app",
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 3);
+    assert_eq!(
+        one_error_line(&run),
+        "source `/nonexistent/src` does not exist"
+    );
+    assert!(dev.requests().is_empty());
+}
+
+#[test]
+fn an_unreadable_file_is_named_and_nothing_is_pushed() {
+    require("setpriv", "util-linux");
+    let dev = Registry::start();
+    let tree = app_tree();
+    // The tree is readable by `nobody`, except one file; root reads everything, so run as nobody.
+    std::fs::set_permissions(tree.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in [
+        "VERSION",
+        "pkg",
+        "pkg/sub",
+        "pkg/mod.py",
+        "pkg/sub/data.txt",
+        "run.sh",
+    ] {
+        let p = tree.path().join(entry);
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let empty_config = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(empty_config.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_layerup"))
+        .args([
+            "push",
+            &format!("{}:/app", tree.path().display()),
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/app:x"),
+        ])
+        .env("DOCKER_CONFIG", empty_config.path())
+        .env("TMPDIR", "/tmp")
+        .output()
+        .unwrap();
+    let run = Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    };
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(
+        one_error_line(&run),
+        format!(
+            "cannot read `{}`: Permission denied",
+            tree.path().join("secret.key").display()
+        )
+    );
+    assert_untouched(&dev);
+}
+
+#[test]
+fn a_socket_in_the_tree_is_refused() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let _listener = std::os::unix::net::UnixListener::bind(tree.path().join("app.sock")).unwrap();
+    let run = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 3);
+    assert!(one_error_line(&run).ends_with("app.sock` is a socket; a layer holds only files, directories and symlinks (list it in .layerupignore to leave it out)"));
+    assert_untouched(&dev);
+}
+
+#[test]
+fn a_bad_ignore_file_names_file_and_line() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    std::fs::write(tree.path().join(".layerupignore"), "ok\n\n[unclosed\n").unwrap();
+    let run = push(&[
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 3);
+    assert_eq!(
+        one_error_line(&run),
+        format!(
+            "in `{}`: line 3: `[unclosed` has a `[` with no closing `]`",
+            tree.path().join(".layerupignore").display()
+        )
+    );
+    assert_untouched(&dev);
+}
+
+#[test]
+fn an_unreachable_registry_is_named() {
+    let dev = Registry::start();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let tree = app_tree();
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &format!("127.0.0.1:{closed}/prod/app:1"),
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 4);
+    assert_eq!(
+        one_error_line(&run),
+        format!("cannot reach registry 127.0.0.1:{closed}: Connection refused")
+    );
+    assert_untouched(&dev);
+}
+
+#[test]
+fn an_unknown_base_tag_is_not_found() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let base = prod().registry.reference("prod/app:no-such-tag");
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &base,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 6);
+    assert_eq!(
+        one_error_line(&run),
+        format!("cannot read manifest {base}: registry {} answered 404 Not Found, MANIFEST_UNKNOWN: manifest unknown", prod().registry.host)
+    );
+    assert_untouched(&dev);
+}
+
+#[test]
+fn a_platform_the_base_lacks_lists_those_it_has() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &prod().multi,
+        "--to",
+        &dev.reference("dev/app:x"),
+        "--platform",
+        "linux/s390x",
+    ]);
+    assert_eq!(run.code, 6);
+    assert_eq!(
+        one_error_line(&run),
+        format!("base index `{}` has no linux/s390x image; it has linux/amd64, linux/arm64 (choose one with --platform)", prod().multi)
+    );
+    assert_untouched(&dev);
+}
+
+/// An OCI layout holding one real document from shared/fixtures as its only manifest.
+fn layout_with(dir: &Path, fixture: &str, media_type: &str) {
+    let bytes = std::fs::read(format!(
+        "{}/fixtures/manifests/{fixture}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let digest = sha256_hex(&bytes);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(&digest), &bytes).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "1"}}]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = run(Command::new("sha256sum").arg("-").stdin_bytes(bytes));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+trait StdinBytes {
+    fn stdin_bytes(&mut self, bytes: &[u8]) -> &mut Self;
+}
+
+impl StdinBytes for Command {
+    fn stdin_bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), bytes).unwrap();
+        let file = std::fs::File::open(f.path()).unwrap();
+        self.stdin(file)
+    }
+}
+
+#[test]
+fn a_schema1_base_is_refused_with_what_to_do() {
+    let dev = Registry::start();
+    let layout = tempfile::tempdir().unwrap();
+    layout_with(
+        layout.path(),
+        "docker-schema1-signed--moby--good_manifest.json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    );
+    let tree = app_tree();
+    let base = format!("oci:{}:1", layout.path().display());
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &base,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 7);
+    assert_eq!(
+        one_error_line(&run),
+        format!("base image `{base}` is a Docker schema 1 manifest, which layerup does not read; re-push the image with a current docker, or convert it with `skopeo copy --format v2s2`")
+    );
+    assert_untouched(&dev);
+}
+
+#[test]
+fn an_artifact_is_not_a_base_image() {
+    let dev = Registry::start();
+    let layout = tempfile::tempdir().unwrap();
+    layout_with(
+        layout.path(),
+        "oci-artifact-manifest--notation--53b0191218aed9a3c1f7c661736ac40cfc8eb928642348fd843ba3f0483c0c20.json",
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let tree = app_tree();
+    let base = format!("oci:{}:1", layout.path().display());
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &base,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 7);
+    assert_eq!(
+        one_error_line(&run),
+        format!("base image `{base}` is an artifact (`application/vnd.unknown.artifact.v1`), not a container image")
+    );
+    assert_untouched(&dev);
+}
+
+#[test]
+fn a_base_blob_with_wrong_bytes_is_refused() {
+    let dev = Registry::start();
+    let layout = tempfile::tempdir().unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", prod().layout.display()))
+        .arg(layout.path()));
+    // Corrupt every config blob in the copy: the config is the first blob layerup reads.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.path().join("index.json")).unwrap()).unwrap();
+    for m in index["manifests"].as_array().unwrap() {
+        let d = m["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(layout.path().join("blobs/sha256").join(d)).unwrap(),
+        )
+        .unwrap();
+        let config = manifest["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let path = layout.path().join("blobs/sha256").join(config);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] = b' ';
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let tree = app_tree();
+    let base = format!("oci:{}:1", layout.path().display());
+    let run = push(&[
+        &tree.path().display().to_string(),
+        "--base",
+        &base,
+        "--to",
+        &dev.reference("dev/app:x"),
+    ]);
+    assert_eq!(run.code, 7);
+    assert!(
+        one_error_line(&run).contains("does not match its digest"),
+        "{}",
+        run.stderr
+    );
+    assert_untouched(&dev);
+}
