@@ -3,9 +3,10 @@
 //!
 //! Deterministic means the same tree gives the same bytes on every run and machine: entries in
 //! byte order of their paths, numeric owners (0:0 unless `--chown`), no user or group names,
-//! one fixed mtime, GNU headers, and a pinned compressor (zlib-rs, [`GZIP_LEVEL`], no gzip
-//! timestamp or name). Changing any of these changes every digest layerup produces.
+//! one fixed mtime, GNU headers, and a pinned compressor ([`gzip`]: zlib-rs at [`GZIP_LEVEL`] in
+//! fixed chunks, no gzip timestamp or name). Changing any of these changes every digest layerup produces.
 
+pub mod gzip;
 pub mod ignore;
 pub mod tree;
 
@@ -13,8 +14,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -22,10 +21,16 @@ use crate::digest;
 use crate::error::{Error, Result};
 pub use tree::{Entry, Kind, Mapping};
 
-/// gzip level 6 — zlib's default, the level docker, BuildKit and crane write — measured in
-/// docs/design.md against level 1: about twice the CPU time for about 10% fewer bytes on
-/// source trees, the right trade when bytes on the wire are the cost.
-pub const GZIP_LEVEL: u32 = 6;
+/// gzip level 5. Measured with zlib-rs, one core, on two real trees:
+///
+/// | tree (tar size)                         | level 1       | level 5       | level 6      |
+/// |-----------------------------------------|---------------|---------------|--------------|
+/// | Python 3.11 stdlib (256 MB, 7,733 files) | 216 MB/s 37.6% | 107 MB/s 29.2% | 87 MB/s 29.1% |
+/// | site-packages (386 MB, 38,534 files)     | —             | 121 MB/s 27.5% | 99 MB/s 27.4% |
+///
+/// Level 5 keeps all but 0.1 point of level 6's compression for about 20% less CPU; level 1 would
+/// send 29% more bytes than 5, which on a 20 Mbit/s link costs far more time than it saves.
+pub const GZIP_LEVEL: u32 = 5;
 
 /// The mtime of every entry unless `SOURCE_DATE_EPOCH` says otherwise: 1980-01-01T00:00:00Z, the
 /// earliest time a zip file can hold, so tools that zip files from the image (Python wheels)
@@ -95,7 +100,8 @@ pub fn write<W: Write>(
     out: W,
 ) -> std::result::Result<Sums, WriteError> {
     let compressed = Hashing::new(out);
-    let gz = GzEncoder::new(compressed, Compression::new(GZIP_LEVEL));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gz = gzip::ParallelGzip::new(compressed, GZIP_LEVEL, threads).map_err(WriteError::Sink)?;
     let tar_stream = BufWriter::with_capacity(256 << 10, Hashing::new(gz));
     let mut tar = tar::Builder::new(tar_stream);
     for e in entries {
