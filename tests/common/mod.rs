@@ -529,20 +529,28 @@ pub fn run_in(image: &str, script: &str) -> String {
         .args(["sh", "-c", script]))
 }
 
-/// A source tree with the kinds of entries a layer must carry.
+/// A source tree with the kinds of entries a layer must carry: `testdata/app` copied, with
+/// exact modes (a checkout's depend on umask), a 0600 file and a hardlink, which git cannot store.
 pub fn app_tree() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
     let t = tempfile::tempdir().unwrap();
     let p = t.path();
-    std::fs::create_dir_all(p.join("pkg/sub")).unwrap();
-    std::fs::write(p.join("VERSION"), "1.2.3\n").unwrap();
-    std::fs::write(p.join("pkg/mod.py"), "print('hello from layerup')\n").unwrap();
-    std::fs::write(p.join("pkg/sub/data.txt"), "data\n").unwrap();
-    std::fs::write(p.join("run.sh"), "#!/bin/sh\necho running $TIER\n").unwrap();
-    std::fs::write(p.join("secret.key"), "k\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(p.join("secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::os::unix::fs::symlink("pkg/mod.py", p.join("main.py")).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/app");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(p));
+    let mode = |rel: &str, m: u32| {
+        std::fs::set_permissions(p.join(rel), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    for dir in ["pkg", "pkg/sub"] {
+        mode(dir, 0o755);
+    }
+    for file in ["VERSION", "pkg/mod.py", "pkg/sub/data.txt"] {
+        mode(file, 0o644);
+    }
+    mode("run.sh", 0o755);
+    mode("secret.key", 0o600);
     std::fs::hard_link(p.join("pkg/sub/data.txt"), p.join("pkg/data-link.txt")).unwrap();
     t
 }
