@@ -34,6 +34,19 @@ fn assert_no_secret(run: &Run) {
     }
 }
 
+/// Copies the prod base into an authenticated registry at `base`, as CI would have put it there.
+fn seed_base(base: &str) {
+    let creds = format!("{USER}:{PASSWORD}");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-creds",
+        &creds,
+        &format!("docker://{}", prod().oci),
+        &format!("docker://{base}"),
+    ]);
+}
+
 fn push_with_config(config: &Path, extra_path: Option<&Path>, args: &[&str]) -> Run {
     let mut l = Layerup::new()
         .env("DOCKER_CONFIG", config)
@@ -124,14 +137,7 @@ fn creds_store_is_the_helper_for_every_registry() {
     // it, and base layers are mounted within it.
     let reg = Registry::start_with_htpasswd(USER, PASSWORD);
     let base = reg.reference("prod/app:1");
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        &format!("docker://{}", prod().oci),
-        &format!("docker://{base}"),
-    ]);
+    seed_base(&base);
     let config = tempfile::tempdir().unwrap();
     let bin = tempfile::tempdir().unwrap();
     helper(bin.path(), "store", &reg.host, USER, PASSWORD);
@@ -283,24 +289,9 @@ fn a_failing_helper_is_named_with_its_message() {
 #[test]
 fn a_bearer_token_covers_push_and_the_mount_source_in_one_request() {
     let tokens = token::TokenServer::start(USER, PASSWORD);
-    let reg = Registry::start_with(RegistryOptions {
-        htpasswd: None,
-        token: Some((
-            tokens.realm.clone(),
-            token::SERVICE.into(),
-            token::ISSUER.into(),
-            tokens.cert.clone(),
-        )),
-    });
+    let reg = tokens.registry();
     let base = reg.reference("prod/app:1");
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        &format!("docker://{}", prod().oci),
-        &format!("docker://{base}"),
-    ]);
+    seed_base(&base);
     tokens.requests.lock().unwrap().clear();
     let config = tempfile::tempdir().unwrap();
     docker_config(
@@ -348,15 +339,7 @@ fn a_bearer_token_covers_push_and_the_mount_source_in_one_request() {
 #[test]
 fn a_token_service_refusing_the_credentials_is_an_auth_error() {
     let tokens = token::TokenServer::start(USER, PASSWORD);
-    let reg = Registry::start_with(RegistryOptions {
-        htpasswd: None,
-        token: Some((
-            tokens.realm.clone(),
-            token::SERVICE.into(),
-            token::ISSUER.into(),
-            tokens.cert.clone(),
-        )),
-    });
+    let reg = tokens.registry();
     let config = tempfile::tempdir().unwrap();
     docker_config(
         config.path(),
@@ -386,24 +369,9 @@ fn a_token_service_refusing_the_credentials_is_an_auth_error() {
 #[test]
 fn a_mount_the_token_does_not_allow_falls_back_to_copying() {
     let tokens = token::TokenServer::start(USER, PASSWORD);
-    let reg = Registry::start_with(RegistryOptions {
-        htpasswd: None,
-        token: Some((
-            tokens.realm.clone(),
-            token::SERVICE.into(),
-            token::ISSUER.into(),
-            tokens.cert.clone(),
-        )),
-    });
+    let reg = tokens.registry();
     let base = reg.reference("prod/app:1");
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-creds",
-        &format!("{USER}:{PASSWORD}"),
-        &format!("docker://{}", prod().oci),
-        &format!("docker://{base}"),
-    ]);
+    seed_base(&base);
     let uploads_before = reg.uploaded().len();
     tokens
         .partial

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use rstest::rstest;
 
 /// The one line layerup printed on stderr, which must be its only output.
 fn one_error_line(run: &Run) -> &str {
@@ -40,13 +41,12 @@ fn assert_untouched(dev: &Registry) {
 fn a_malformed_reference_is_a_usage_error_before_any_request() {
     let dev = Registry::start();
     let tree = app_tree();
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
+    let run = push_tree(
+        tree.path(),
         &prod().oci,
-        "--to",
         &format!("{}/Dev/App:1", dev.host),
-    ]);
+        &[],
+    );
     assert_eq!(run.code, 2);
     assert_eq!(
         one_error_line(&run),
@@ -151,13 +151,7 @@ fn a_socket_in_the_tree_is_refused() {
     let dev = Registry::start();
     let tree = app_tree();
     let _listener = std::os::unix::net::UnixListener::bind(tree.path().join("app.sock")).unwrap();
-    let run = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
-        &prod().oci,
-        "--to",
-        &dev.reference("dev/app:x"),
-    ]);
+    let run = push_tree(tree.path(), &prod().oci, &dev.reference("dev/app:x"), &[]);
     assert_eq!(run.code, 3);
     assert!(one_error_line(&run).ends_with("app.sock` is a socket; a layer holds only files, directories and symlinks (list it in .layerupignore to leave it out)"));
     assert_untouched(&dev);
@@ -168,13 +162,7 @@ fn a_bad_ignore_file_names_file_and_line() {
     let dev = Registry::start();
     let tree = app_tree();
     std::fs::write(tree.path().join(".layerupignore"), "ok\n\n[unclosed\n").unwrap();
-    let run = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
-        &prod().oci,
-        "--to",
-        &dev.reference("dev/app:x"),
-    ]);
+    let run = push_tree(tree.path(), &prod().oci, &dev.reference("dev/app:x"), &[]);
     assert_eq!(run.code, 3);
     assert_eq!(
         one_error_line(&run),
@@ -194,13 +182,12 @@ fn an_unreachable_registry_is_named() {
         l.local_addr().unwrap().port()
     };
     let tree = app_tree();
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
+    let run = push_tree(
+        tree.path(),
         &format!("127.0.0.1:{closed}/prod/app:1"),
-        "--to",
         &dev.reference("dev/app:x"),
-    ]);
+        &[],
+    );
     assert_eq!(run.code, 4);
     assert_eq!(
         one_error_line(&run),
@@ -214,13 +201,7 @@ fn an_unknown_base_tag_is_not_found() {
     let dev = Registry::start();
     let tree = app_tree();
     let base = prod().registry.reference("prod/app:no-such-tag");
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
-        &base,
-        "--to",
-        &dev.reference("dev/app:x"),
-    ]);
+    let run = push_tree(tree.path(), &base, &dev.reference("dev/app:x"), &[]);
     assert_eq!(run.code, 6);
     assert_eq!(
         one_error_line(&run),
@@ -233,15 +214,12 @@ fn an_unknown_base_tag_is_not_found() {
 fn a_platform_the_base_lacks_lists_those_it_has() {
     let dev = Registry::start();
     let tree = app_tree();
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
+    let run = push_tree(
+        tree.path(),
         &prod().multi,
-        "--to",
         &dev.reference("dev/app:x"),
-        "--platform",
-        "linux/s390x",
-    ]);
+        &["--platform", "linux/s390x"],
+    );
     assert_eq!(run.code, 6);
     assert_eq!(
         one_error_line(&run),
@@ -285,55 +263,30 @@ impl StdinBytes for Command {
     }
 }
 
-#[test]
-fn a_schema1_base_is_refused_with_what_to_do() {
+#[rstest]
+#[case::schema1(
+    "docker-schema1-signed--moby--good_manifest.json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "is a Docker schema 1 manifest, which layerup does not read; re-push the image with a current docker, or convert it with `skopeo copy --format v2s2`"
+)]
+#[case::artifact(
+    "oci-artifact-manifest--notation--53b0191218aed9a3c1f7c661736ac40cfc8eb928642348fd843ba3f0483c0c20.json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "is an artifact (`application/vnd.unknown.artifact.v1`), not a container image"
+)]
+fn a_base_that_is_not_a_runnable_image_says_why(
+    #[case] fixture: &str,
+    #[case] media_type: &str,
+    #[case] why: &str,
+) {
     let dev = Registry::start();
     let layout = tempfile::tempdir().unwrap();
-    layout_with(
-        layout.path(),
-        "docker-schema1-signed--moby--good_manifest.json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    );
+    layout_with(layout.path(), fixture, media_type);
     let tree = app_tree();
     let base = format!("oci:{}:1", layout.path().display());
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
-        &base,
-        "--to",
-        &dev.reference("dev/app:x"),
-    ]);
+    let run = push_tree(tree.path(), &base, &dev.reference("dev/app:x"), &[]);
     assert_eq!(run.code, 7);
-    assert_eq!(
-        one_error_line(&run),
-        format!("base image `{base}` is a Docker schema 1 manifest, which layerup does not read; re-push the image with a current docker, or convert it with `skopeo copy --format v2s2`")
-    );
-    assert_untouched(&dev);
-}
-
-#[test]
-fn an_artifact_is_not_a_base_image() {
-    let dev = Registry::start();
-    let layout = tempfile::tempdir().unwrap();
-    layout_with(
-        layout.path(),
-        "oci-artifact-manifest--notation--53b0191218aed9a3c1f7c661736ac40cfc8eb928642348fd843ba3f0483c0c20.json",
-        "application/vnd.oci.image.manifest.v1+json",
-    );
-    let tree = app_tree();
-    let base = format!("oci:{}:1", layout.path().display());
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
-        &base,
-        "--to",
-        &dev.reference("dev/app:x"),
-    ]);
-    assert_eq!(run.code, 7);
-    assert_eq!(
-        one_error_line(&run),
-        format!("base image `{base}` is an artifact (`application/vnd.unknown.artifact.v1`), not a container image")
-    );
+    assert_eq!(one_error_line(&run), format!("base image `{base}` {why}"));
     assert_untouched(&dev);
 }
 
@@ -365,13 +318,7 @@ fn a_base_blob_with_wrong_bytes_is_refused() {
     }
     let tree = app_tree();
     let base = format!("oci:{}:1", layout.path().display());
-    let run = push(&[
-        &tree.path().display().to_string(),
-        "--base",
-        &base,
-        "--to",
-        &dev.reference("dev/app:x"),
-    ]);
+    let run = push_tree(tree.path(), &base, &dev.reference("dev/app:x"), &[]);
     assert_eq!(run.code, 7);
     assert!(
         one_error_line(&run).contains("does not match its digest"),

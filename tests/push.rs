@@ -19,15 +19,7 @@ fn pushed_image_runs_with_the_files_and_keeps_the_base(
     let dev = Registry::start();
     let tree = app_tree();
     let to = dev.reference("dev/app:dev");
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
-        base,
-        "--to",
-        &to,
-    ])
-    .ok()
-    .to_string();
+    let pinned = push_tree(tree.path(), base, &to, &[]).ok().to_string();
     assert!(
         pinned.starts_with(&format!("{}/dev/app@sha256:", dev.host)),
         "{pinned}"
@@ -62,15 +54,11 @@ fn pushed_image_runs_with_the_files_and_keeps_the_base(
 fn without_dest_a_directory_lands_in_the_base_working_directory() {
     let dev = Registry::start();
     let tree = app_tree();
-    let pinned = push(&[
-        &tree.path().display().to_string(),
-        "--base",
-        &prod().oci,
-        "--to",
-        &dev.reference("dev/app:wd"),
-    ])
-    .ok()
-    .to_string();
+    let src = tree.path().display().to_string();
+    let to = dev.reference("dev/app:wd");
+    let pinned = push(&[&src, "--base", &prod().oci, "--to", &to])
+        .ok()
+        .to_string();
     assert_eq!(run_in(&pinned, "pwd && cat VERSION"), "/srv\n1.2.3\n");
 }
 
@@ -114,15 +102,9 @@ fn base_layers_in_the_same_registry_are_mounted_not_uploaded() {
     ]);
     let uploads_before = reg.uploaded().len();
     let tree = app_tree();
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
-        &base,
-        "--to",
-        &reg.reference("dev/app:dev"),
-    ])
-    .ok()
-    .to_string();
+    let pinned = push_tree(tree.path(), &base, &reg.reference("dev/app:dev"), &[])
+        .ok()
+        .to_string();
 
     let base_layers = prod().layers();
     let mut mounted = reg.mounted();
@@ -158,13 +140,12 @@ fn base_layers_in_the_same_registry_are_mounted_not_uploaded() {
 fn base_layers_missing_from_another_registry_are_copied_registry_to_registry() {
     let dev = Registry::start();
     let tree = app_tree();
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
+    let pinned = push_tree(
+        tree.path(),
         &prod().docker,
-        "--to",
         &dev.reference("team/app:dev"),
-    ])
+        &[],
+    )
     .ok()
     .to_string();
     let uploaded = dev.uploaded();
@@ -236,15 +217,9 @@ fn the_same_inputs_give_the_same_digest_and_one_edit_changes_only_the_top_layer(
     let dev = Registry::start();
     let to = dev.reference("dev/app:dev");
     let tree = app_tree();
-    let a = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
-        &prod().oci,
-        "--to",
-        &to,
-    ])
-    .ok()
-    .to_string();
+    let a = push_tree(tree.path(), &prod().oci, &to, &[])
+        .ok()
+        .to_string();
 
     // The same files at another path, with other mtimes: the same image.
     let copy = tempfile::tempdir().unwrap();
@@ -253,27 +228,15 @@ fn the_same_inputs_give_the_same_digest_and_one_edit_changes_only_the_top_layer(
         .arg(format!("{}/.", tree.path().display()))
         .arg(copy.path()));
     std::fs::write(copy.path().join("VERSION"), "1.2.3\n").unwrap();
-    let b = push(&[
-        &format!("{}:/app", copy.path().display()),
-        "--base",
-        &prod().oci,
-        "--to",
-        &to,
-    ])
-    .ok()
-    .to_string();
+    let b = push_tree(copy.path(), &prod().oci, &to, &[])
+        .ok()
+        .to_string();
     assert_eq!(a, b);
 
     std::fs::write(copy.path().join("pkg/mod.py"), "print('edited')\n").unwrap();
-    let c = push(&[
-        &format!("{}:/app", copy.path().display()),
-        "--base",
-        &prod().oci,
-        "--to",
-        &to,
-    ])
-    .ok()
-    .to_string();
+    let c = push_tree(copy.path(), &prod().oci, &to, &[])
+        .ok()
+        .to_string();
     assert_ne!(a, c);
     let la = inspect(&a)["Layers"].as_array().unwrap().clone();
     let lc = inspect(&c)["Layers"].as_array().unwrap().clone();
@@ -293,15 +256,12 @@ fn the_same_inputs_give_the_same_digest_and_one_edit_changes_only_the_top_layer(
 fn a_multi_platform_base_gives_the_requested_platform(#[case] platform: &str, #[case] arch: &str) {
     let dev = Registry::start();
     let tree = app_tree();
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
+    let pinned = push_tree(
+        tree.path(),
         &prod().multi,
-        "--to",
         &dev.reference("dev/app:plat"),
-        "--platform",
-        platform,
-    ])
+        &["--platform", platform],
+    )
     .ok()
     .to_string();
     let config = inspect_config(&pinned);
@@ -313,40 +273,30 @@ fn a_multi_platform_base_gives_the_requested_platform(#[case] platform: &str, #[
 fn image_tweaks_reach_the_running_container() {
     let dev = Registry::start();
     let tree = app_tree();
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
+    let pinned = push_tree(
+        tree.path(),
         &prod().oci,
-        "--to",
         &dev.reference("dev/app:tweaks"),
-        "--env",
-        "TIER=dev",
-        "--env",
-        "EXTRA=a b",
-        "--workdir",
-        "/app",
-        "--entrypoint",
-        r#"["sh", "-c", "echo \"$TIER|$EXTRA|$(pwd)|$(id -u):$(id -g)|$0\""]"#,
-        "--cmd",
-        "from-cmd",
-        "--label",
-        "team=web",
-        "--user",
-        "1000:1000",
-    ])
+        &[
+            "--env",
+            "TIER=dev",
+            "--env",
+            "EXTRA=a b",
+            "--workdir",
+            "/app",
+            "--entrypoint",
+            r#"["sh", "-c", "echo \"$TIER|$EXTRA|$(pwd)|$(id -u):$(id -g)|$0\""]"#,
+            "--cmd",
+            "from-cmd",
+            "--label",
+            "team=web",
+            "--user",
+            "1000:1000",
+        ],
+    )
     .ok()
     .to_string();
-    let out = run(podman()
-        .args([
-            "run",
-            "--rm",
-            "--runtime",
-            "runc",
-            "--network",
-            "none",
-            "--tls-verify=false",
-        ])
-        .arg(&pinned));
+    let out = run(podman_run().arg(&pinned));
     assert_eq!(out, "dev|a b|/app|1000:1000|from-cmd\n");
     assert_eq!(inspect(&pinned)["Labels"]["team"], "web");
 }
@@ -390,15 +340,9 @@ fn the_ignore_file_leaves_out_what_it_names() {
         "node_modules\n*.log\nsecret.key\n",
     )
     .unwrap();
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
-        &prod().oci,
-        "--to",
-        &dev.reference("dev/app:ign"),
-    ])
-    .ok()
-    .to_string();
+    let pinned = push_tree(tree.path(), &prod().oci, &dev.reference("dev/app:ign"), &[])
+        .ok()
+        .to_string();
     let listing = run_in(&pinned, "cd /app && find . | sort");
     assert_eq!(
         listing,
@@ -413,13 +357,12 @@ fn an_oci_layout_serves_as_base_and_as_destination() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("dev-layout");
     let base = format!("oci:{}:1", prod().layout.display());
-    let pinned = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
+    let pinned = push_tree(
+        tree.path(),
         &base,
-        "--to",
         &format!("oci:{}:dev", out.display()),
-    ])
+        &[],
+    )
     .ok()
     .to_string();
     assert!(
@@ -450,13 +393,12 @@ fn an_oci_layout_serves_as_base_and_as_destination() {
 
     // And from the layout to a registry: base layers go up from disk.
     let dev = Registry::start();
-    let remote = push(&[
-        &format!("{}:/app", tree.path().display()),
-        "--base",
+    let remote = push_tree(
+        tree.path(),
         &base,
-        "--to",
         &dev.reference("dev/app:from-layout"),
-    ])
+        &[],
+    )
     .ok()
     .to_string();
     assert_eq!(

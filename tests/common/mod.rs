@@ -285,6 +285,12 @@ pub fn push(args: &[&str]) -> Run {
         .run()
 }
 
+/// `layerup push TREE:/app --base BASE --to TO EXTRA...` with a clean environment.
+pub fn push_tree(tree: &Path, base: &str, to: &str, extra: &[&str]) -> Run {
+    let mapping = format!("{}:/app", tree.display());
+    push(&[&[mapping.as_str(), "--base", base, "--to", to], extra].concat())
+}
+
 impl Layerup {
     fn arg_list<'a>(self, args: impl IntoIterator<Item = &'a str>) -> Self {
         self.args(args)
@@ -511,22 +517,24 @@ pub fn podman() -> Command {
     cmd
 }
 
+/// `podman run` as it works here: runc, no network, plain HTTP to the loopback registries.
+pub fn podman_run() -> Command {
+    let mut cmd = podman();
+    cmd.args([
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "--network",
+        "none",
+        "--tls-verify=false",
+    ]);
+    cmd
+}
+
 /// Runs `script` with `sh -c` in the image, pulled from the registry, and returns its stdout.
 pub fn run_in(image: &str, script: &str) -> String {
-    run(podman()
-        .args([
-            "run",
-            "--rm",
-            "--runtime",
-            "runc",
-            "--network",
-            "none",
-            "--tls-verify=false",
-            "--pull",
-            "always",
-        ])
-        .arg(image)
-        .args(["sh", "-c", script]))
+    run(podman_run().args(["--pull", "always", image, "sh", "-c", script]))
 }
 
 /// A source tree with the kinds of entries a layer must carry: `testdata/app` copied, with

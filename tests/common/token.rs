@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 
-use super::{require, run};
+use super::{require, run, Registry, RegistryOptions};
 
 pub const SERVICE: &str = "layerup-test-registry";
 pub const ISSUER: &str = "layerup-test-issuer";
@@ -19,7 +19,6 @@ pub const ISSUER: &str = "layerup-test-issuer";
 pub struct TokenServer {
     pub realm: String,
     pub cert: PathBuf,
-    key: PathBuf,
     /// The `scope` parameters of each token request, in order.
     pub requests: Arc<Mutex<Vec<Vec<String>>>>,
     /// Grant only the first scope of a request, as token services may ("grant less than asked").
@@ -133,15 +132,23 @@ impl TokenServer {
         TokenServer {
             realm,
             cert,
-            key,
             requests,
             partial,
             _dir: dir,
         }
     }
 
-    pub fn key(&self) -> &Path {
-        &self.key
+    /// A registry that trusts this token service (distribution `auth.token`).
+    pub fn registry(&self) -> Registry {
+        Registry::start_with(RegistryOptions {
+            htpasswd: None,
+            token: Some((
+                self.realm.clone(),
+                SERVICE.into(),
+                ISSUER.into(),
+                self.cert.clone(),
+            )),
+        })
     }
 }
 
