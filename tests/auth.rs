@@ -1,26 +1,86 @@
 //! Credentials as docker users keep them — `auths` in a docker config.json, a credential helper
-//! on PATH, `credsStore` — against a real registry with htpasswd basic auth. No credential may
-//! appear in any output, even with -vv.
+//! on PATH, `credsStore` — against real registries with htpasswd basic auth and with token auth.
+//! No credential may appear in any output, even with -vv.
 
 mod common;
 
-use common::token;
-
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::PathBuf;
 
 use base64::Engine as _;
+use common::token::TokenServer;
 use common::*;
 
 const USER: &str = "dev-bot";
 const PASSWORD: &str = "s3cret-Pa55word";
 
-fn docker_config(dir: &Path, json: serde_json::Value) {
-    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
-}
-
 fn basic_b64(user: &str, pass: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// A docker config directory, and a directory for credential helpers to put on PATH.
+struct Client {
+    config: tempfile::TempDir,
+    bin: tempfile::TempDir,
+}
+
+impl Client {
+    fn new(config: serde_json::Value) -> Self {
+        let c = Client {
+            config: tempfile::tempdir().unwrap(),
+            bin: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(c.config_file(), config.to_string()).unwrap();
+        c
+    }
+
+    fn config_file(&self) -> PathBuf {
+        self.config.path().join("config.json")
+    }
+
+    /// Installs `docker-credential-<name>` running `script` (POSIX sh).
+    fn helper_script(&self, name: &str, script: &str) {
+        let path = self.bin.path().join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{script}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A helper that answers for `host` only, and says "not found" otherwise, as real ones do.
+    fn helper(&self, name: &str, host: &str) {
+        self.helper_script(
+            name,
+            &format!(
+                "[ \"$1\" = get ] || exit 2\nread -r server\nif [ \"$server\" = \"{host}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n"
+            ),
+        );
+    }
+
+    /// `layerup push` of the app tree from `base` to `to`, as this client.
+    fn push(&self, base: &str, to: &str, extra: &[&str]) -> Run {
+        let tree = app_tree();
+        let path = format!(
+            "{}:{}",
+            self.bin.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        Layerup::new()
+            .env("DOCKER_CONFIG", self.config.path())
+            .env("PATH", path)
+            .args([
+                "push",
+                &format!("{}:/app", tree.path().display()),
+                "--base",
+                base,
+                "--to",
+                to,
+            ])
+            .args(extra)
+            .run()
+    }
+}
+
+fn auths(host: &str, entry: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "auths": { host: entry } })
 }
 
 /// No form of the secret is in what layerup printed.
@@ -47,51 +107,19 @@ fn seed_base(base: &str) {
     ]);
 }
 
-fn push_with_config(config: &Path, extra_path: Option<&Path>, args: &[&str]) -> Run {
-    let mut l = Layerup::new()
-        .env("DOCKER_CONFIG", config)
-        .args(["push"])
-        .args(args);
-    if let Some(bin) = extra_path {
-        l = l.env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        );
-    }
-    l.run()
-}
-
-/// A `docker-credential-<name>` script that answers only for `host`, and says so otherwise.
-fn helper(bin: &Path, name: &str, host: &str, user: &str, pass: &str) {
-    let script = format!(
-        "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\nif [ \"$server\" = \"{host}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{pass}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n"
-    );
-    let path = bin.join(format!("docker-credential-{name}"));
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+fn assert_refused(run: &Run, message: &str) {
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert_eq!(run.stderr.trim(), format!("error: {message}"));
 }
 
 #[test]
 fn credentials_from_docker_config_auths_push_to_a_basic_auth_registry() {
     let dev = Registry::start_with_htpasswd(USER, PASSWORD);
-    let config = tempfile::tempdir().unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"auths": {&dev.host: {"auth": basic_b64(USER, PASSWORD)}}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &format!("{}:/app", tree.path().display()),
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/app:dev"),
-            "-vv",
-        ],
-    );
+    let client = Client::new(auths(
+        &dev.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    ));
+    let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), &["-vv"]);
     let pinned = run.ok().to_string();
     assert_no_secret(&run);
     let manifest = skopeo(&[
@@ -107,54 +135,22 @@ fn credentials_from_docker_config_auths_push_to_a_basic_auth_registry() {
 #[test]
 fn a_credential_helper_on_path_supplies_the_password() {
     let dev = Registry::start_with_htpasswd(USER, PASSWORD);
-    let config = tempfile::tempdir().unwrap();
-    let bin = tempfile::tempdir().unwrap();
-    helper(bin.path(), "layerup-test", &dev.host, USER, PASSWORD);
-    docker_config(
-        config.path(),
-        serde_json::json!({"credHelpers": {&dev.host: "layerup-test"}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        Some(bin.path()),
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/app:dev"),
-            "-vv",
-        ],
-    );
+    let client = Client::new(serde_json::json!({"credHelpers": {&dev.host: "layerup-test"}}));
+    client.helper("layerup-test", &dev.host);
+    let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), &["-vv"]);
     run.ok();
     assert_no_secret(&run);
 }
 
 #[test]
 fn creds_store_is_the_helper_for_every_registry() {
-    // Base and destination on one authenticated registry: the helper is asked once per run for
-    // it, and base layers are mounted within it.
+    // Base and destination on one authenticated registry: base layers are mounted within it.
     let reg = Registry::start_with_htpasswd(USER, PASSWORD);
     let base = reg.reference("prod/app:1");
     seed_base(&base);
-    let config = tempfile::tempdir().unwrap();
-    let bin = tempfile::tempdir().unwrap();
-    helper(bin.path(), "store", &reg.host, USER, PASSWORD);
-    docker_config(config.path(), serde_json::json!({"credsStore": "store"}));
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        Some(bin.path()),
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &base,
-            "--to",
-            &reg.reference("dev/app:dev"),
-        ],
-    );
-    run.ok();
+    let client = Client::new(serde_json::json!({"credsStore": "store"}));
+    client.helper("store", &reg.host);
+    client.push(&base, &reg.reference("dev/app:dev"), &[]).ok();
     assert_eq!(
         reg.mounted().len(),
         prod().layers().len(),
@@ -165,23 +161,11 @@ fn creds_store_is_the_helper_for_every_registry() {
 #[test]
 fn no_credentials_for_a_basic_auth_registry_says_how_to_add_them() {
     let dev = Registry::start_with_htpasswd(USER, PASSWORD);
-    let config = tempfile::tempdir().unwrap();
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/app:dev"),
-        ],
-    );
-    assert_eq!(run.code, 5);
-    assert_eq!(
-        run.stderr.trim(),
-        format!("error: registry {h} requires a username and password, and none is configured for it (run `docker login {h}`, or add it to `auths` in your docker config)", h = dev.host)
+    let run =
+        Client::new(serde_json::json!({})).push(&prod().oci, &dev.reference("dev/app:dev"), &[]);
+    assert_refused(
+        &run,
+        &format!("registry {h} requires a username and password, and none is configured for it (run `docker login {h}`, or add it to `auths` in your docker config)", h = dev.host),
     );
     assert!(dev.writes().is_empty());
 }
@@ -189,30 +173,17 @@ fn no_credentials_for_a_basic_auth_registry_says_how_to_add_them() {
 #[test]
 fn a_wrong_password_is_reported_without_echoing_it() {
     let dev = Registry::start_with_htpasswd(USER, PASSWORD);
-    let config = tempfile::tempdir().unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"auths": {&dev.host: {"username": USER, "password": "wrong-Pa55word"}}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/app:dev"),
-            "-vv",
-        ],
-    );
+    let client = Client::new(auths(
+        &dev.host,
+        serde_json::json!({"username": USER, "password": "wrong-Pa55word"}),
+    ));
+    let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), &["-vv"]);
     assert_eq!(run.code, 5);
     assert!(
         run.stderr.trim_end().ends_with(&format!(
-        "error: registry {} refused the username and password configured for it (401 Unauthorized)",
-        dev.host
-    )),
+            "error: registry {} refused the username and password configured for it (401 Unauthorized)",
+            dev.host
+        )),
         "{}",
         run.stderr
     );
@@ -223,31 +194,15 @@ fn a_wrong_password_is_reported_without_echoing_it() {
 #[test]
 fn a_configured_helper_that_is_missing_is_an_error_not_anonymous() {
     let dev = Registry::start();
-    let config = tempfile::tempdir().unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"credHelpers": {&dev.host: "not-installed"}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/app:dev"),
-        ],
-    );
-    assert_eq!(run.code, 5);
-    assert_eq!(
-        run.stderr.trim(),
-        format!(
-            "error: credential helper `docker-credential-not-installed` (configured for {} in `{}`) is not on PATH",
+    let client = Client::new(serde_json::json!({"credHelpers": {&dev.host: "not-installed"}}));
+    let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), &[]);
+    assert_refused(
+        &run,
+        &format!(
+            "credential helper `docker-credential-not-installed` (configured for {} in `{}`) is not on PATH",
             dev.host,
-            config.path().join("config.json").display()
-        )
+            client.config_file().display()
+        ),
     );
     assert!(dev.writes().is_empty());
 }
@@ -255,70 +210,42 @@ fn a_configured_helper_that_is_missing_is_an_error_not_anonymous() {
 #[test]
 fn a_failing_helper_is_named_with_its_message() {
     let dev = Registry::start();
-    let config = tempfile::tempdir().unwrap();
-    let bin = tempfile::tempdir().unwrap();
-    let path = bin.path().join("docker-credential-broken");
-    std::fs::write(&path, "#!/bin/sh\necho 'keychain is locked' >&2\nexit 3\n").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"credHelpers": {&dev.host: "broken"}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        Some(bin.path()),
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/app:dev"),
-        ],
-    );
-    assert_eq!(run.code, 5);
-    assert!(
-        run.stderr
-            .trim()
-            .ends_with("failed (exit status: 3): keychain is locked"),
-        "{}",
-        run.stderr
+    let client = Client::new(serde_json::json!({"credHelpers": {&dev.host: "broken"}}));
+    client.helper_script("broken", "echo 'keychain is locked' >&2\nexit 3\n");
+    let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), &[]);
+    assert_refused(
+        &run,
+        &format!(
+            "credential helper `docker-credential-broken` (configured for {} in `{}`) failed (exit status: 3): keychain is locked",
+            dev.host,
+            client.config_file().display()
+        ),
     );
 }
 
 #[test]
 fn a_bearer_token_covers_push_and_the_mount_source_in_one_request() {
-    let tokens = token::TokenServer::start(USER, PASSWORD);
+    let tokens = TokenServer::start(USER, PASSWORD);
     let reg = tokens.registry();
     let base = reg.reference("prod/app:1");
     seed_base(&base);
     tokens.requests.lock().unwrap().clear();
-    let config = tempfile::tempdir().unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"auths": {&reg.host: {"auth": basic_b64(USER, PASSWORD)}}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &base,
-            "--to",
-            &reg.reference("dev/app:dev"),
-            "-vv",
-        ],
-    );
+    let client = Client::new(auths(
+        &reg.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    ));
+    let run = client.push(&base, &reg.reference("dev/app:dev"), &["-vv"]);
     let pinned = run.ok().to_string();
     assert_no_secret(&run);
     let asked = tokens.requests.lock().unwrap().clone();
+    let both = [
+        "repository:dev/app:pull,push".to_string(),
+        "repository:prod/app:pull".to_string(),
+    ];
     assert!(
         asked
             .iter()
-            .any(|s| s.contains(&"repository:dev/app:pull,push".to_string())
-                && s.contains(&"repository:prod/app:pull".to_string())),
+            .any(|scopes| both.iter().all(|s| scopes.contains(s))),
         "one token request covered the destination and the mount source: {asked:?}"
     );
     assert_eq!(
@@ -338,29 +265,16 @@ fn a_bearer_token_covers_push_and_the_mount_source_in_one_request() {
 
 #[test]
 fn a_token_service_refusing_the_credentials_is_an_auth_error() {
-    let tokens = token::TokenServer::start(USER, PASSWORD);
+    let tokens = TokenServer::start(USER, PASSWORD);
     let reg = tokens.registry();
-    let config = tempfile::tempdir().unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"auths": {&reg.host: {"username": USER, "password": "nope-nope"}}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &prod().oci,
-            "--to",
-            &reg.reference("dev/app:dev"),
-        ],
-    );
-    assert_eq!(run.code, 5);
-    assert_eq!(
-        run.stderr.trim(),
-        format!("error: the token service of registry {} refused the configured credentials for repository:dev/app:pull,push (401 Unauthorized)", reg.host)
+    let client = Client::new(auths(
+        &reg.host,
+        serde_json::json!({"username": USER, "password": "nope-nope"}),
+    ));
+    let run = client.push(&prod().oci, &reg.reference("dev/app:dev"), &[]);
+    assert_refused(
+        &run,
+        &format!("the token service of registry {} refused the configured credentials for repository:dev/app:pull,push (401 Unauthorized)", reg.host),
     );
     assert!(!run.stderr.contains("nope-nope"));
     assert!(reg.writes().is_empty());
@@ -368,7 +282,7 @@ fn a_token_service_refusing_the_credentials_is_an_auth_error() {
 
 #[test]
 fn a_mount_the_token_does_not_allow_falls_back_to_copying() {
-    let tokens = token::TokenServer::start(USER, PASSWORD);
+    let tokens = TokenServer::start(USER, PASSWORD);
     let reg = tokens.registry();
     let base = reg.reference("prod/app:1");
     seed_base(&base);
@@ -376,24 +290,11 @@ fn a_mount_the_token_does_not_allow_falls_back_to_copying() {
     tokens
         .partial
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let config = tempfile::tempdir().unwrap();
-    docker_config(
-        config.path(),
-        serde_json::json!({"auths": {&reg.host: {"auth": basic_b64(USER, PASSWORD)}}}),
-    );
-    let tree = app_tree();
-    let run = push_with_config(
-        config.path(),
-        None,
-        &[
-            &tree.path().display().to_string(),
-            "--base",
-            &base,
-            "--to",
-            &reg.reference("dev/app:dev"),
-        ],
-    );
-    run.ok();
+    let client = Client::new(auths(
+        &reg.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    ));
+    client.push(&base, &reg.reference("dev/app:dev"), &[]).ok();
     assert!(reg.mounted().is_empty(), "the registry refused every mount");
     let uploads = reg.uploaded()[uploads_before..].to_vec();
     for layer in prod().layers() {
@@ -402,4 +303,45 @@ fn a_mount_the_token_does_not_allow_falls_back_to_copying() {
             "base layer {layer} was copied instead"
         );
     }
+}
+
+#[test]
+fn docker_config_wins_over_home_and_home_is_the_fallback() {
+    // With DOCKER_CONFIG set, a password in ~/.docker/config.json is not used; without it, it is.
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".docker")).unwrap();
+    let stray = auths(
+        &dev.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    );
+    std::fs::write(home.path().join(".docker/config.json"), stray.to_string()).unwrap();
+    let client = Client::new(serde_json::json!({}));
+    let tree = app_tree();
+    let run = Layerup::new()
+        .env("DOCKER_CONFIG", client.config.path())
+        .env("HOME", home.path())
+        .args([
+            "push",
+            &format!("{}:/app", tree.path().display()),
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/app:x"),
+        ])
+        .run();
+    assert_eq!(run.code, 5);
+    let fallback = Layerup::new()
+        .env("HOME", home.path())
+        .env("DOCKER_CONFIG", "")
+        .args([
+            "push",
+            &format!("{}:/app", tree.path().display()),
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/app:x"),
+        ])
+        .run();
+    fallback.ok();
 }
