@@ -162,12 +162,15 @@ async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, St
     let owner = plan.owner;
     let mtime = plan.mtime;
     let started = Instant::now();
-    let layer = tokio::task::spawn_blocking(move || {
-        layer::build(&mappings, owner, mtime, &std::env::temp_dir())
-    })
-    .await
-    .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))??;
-    Ok((layer, history, started.elapsed()))
+    // The path stays here, so that dropping this future (Ctrl-C) deletes the file even while
+    // the blocking thread is still writing into it.
+    let (file, path) = layer::temp_file(&std::env::temp_dir())?;
+    let shown = path.to_path_buf();
+    let sums =
+        tokio::task::spawn_blocking(move || layer::write_to(&mappings, owner, mtime, file, &shown))
+            .await
+            .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))??;
+    Ok((layer::Layer::new(path, sums), history, started.elapsed()))
 }
 
 /// The history entry names where files went, never where they came from: the same files from

@@ -21,14 +21,28 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
+    let work = async {
         match &cli.command {
             Command::Push(args) => {
                 let plan = args.plan(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
                 layerup::push(&plan).await
             }
         }
+    };
+    // On Ctrl-C, drop the push (which deletes its temporary layer file) instead of dying with
+    // it on disk. Nothing half-written can be left in a registry: the manifest goes last.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = work => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
     });
+    let Some(result) = result else {
+        // The layer may still be compressing on a blocking thread: do not wait for it.
+        runtime.shutdown_background();
+        eprintln!("error: interrupted");
+        return ExitCode::from(130);
+    };
     match result {
         Ok(pushed) => {
             if !cli.quiet {

@@ -707,6 +707,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_is_used_except_on_loopback_or_when_insecure() {
+        let hosts = ["registry.example.com", "127.0.0.1:5000", "localhost:5000"];
+        let strict = Registry::new(&hosts, false).unwrap();
+        assert_eq!(strict.scheme("registry.example.com"), "https");
+        assert_eq!(strict.scheme("10.1.2.3:5000"), "https");
+        assert_eq!(strict.scheme("127.0.0.1:5000"), "http");
+        assert_eq!(strict.scheme("localhost:5000"), "http");
+        let insecure = Registry::new(&hosts, true).unwrap();
+        assert_eq!(insecure.scheme("registry.example.com"), "http");
+    }
+
+    #[test]
     fn bearer_challenge_gives_realm_and_service() {
         let c = parse_challenge(
             r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,

@@ -327,3 +327,67 @@ fn a_base_blob_with_wrong_bytes_is_refused() {
     );
     assert_untouched(&dev);
 }
+
+#[test]
+fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
+    let dev = Registry::start();
+    let tree = tempfile::tempdir().unwrap();
+    // 48 MiB that do not compress: seconds of work for a test build.
+    let mut seed: u64 = 1;
+    let noise: Vec<u8> = (0..48 << 20)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as u8
+        })
+        .collect();
+    std::fs::write(tree.path().join("noise.bin"), noise).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_layerup"))
+        .args([
+            "push",
+            &format!("{}:/app", tree.path().display()),
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/app:x"),
+        ])
+        .env("TMPDIR", tmp.path())
+        .env("DOCKER_CONFIG", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let layer_file = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("layerup-layer-")
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let started = |f: std::fs::DirEntry| f.metadata().unwrap().len() > 0;
+    while !layer_file().is_some_and(started) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the layer file never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: interrupted"
+    );
+    assert!(
+        layer_file().is_none(),
+        "the temporary layer file was deleted"
+    );
+    assert_untouched(&dev);
+}

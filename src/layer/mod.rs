@@ -51,31 +51,42 @@ pub struct Layer {
     pub tar_size: u64,
 }
 
-/// Collects the mappings' files and writes the layer into a temporary file in `tmp_dir`.
-pub fn build(
-    mappings: &[Mapping],
-    owner: Option<(u32, u32)>,
-    mtime: u64,
-    tmp_dir: &Path,
-) -> Result<Layer> {
-    let entries = tree::collect(mappings, owner)?;
+impl Layer {
+    pub fn new(file: tempfile::TempPath, sums: Sums) -> Self {
+        Layer {
+            file,
+            digest: sums.digest,
+            diff_id: sums.diff_id,
+            size: sums.size,
+            entries: sums.entries,
+            tar_size: sums.tar_size,
+        }
+    }
+}
+
+/// A temporary file in `tmp_dir` for a layer blob. The caller keeps the path (deleting the file
+/// when dropped) and hands the open file to [`write_to`], so that abandoning a push — Ctrl-C while
+/// the layer is still being compressed on another thread — deletes the file at once.
+pub fn temp_file(tmp_dir: &Path) -> Result<(File, tempfile::TempPath)> {
     let tmp = tempfile::Builder::new()
         .prefix("layerup-layer-")
         .tempfile_in(tmp_dir)
         .map_err(|e| Error::io("create a temporary file in", tmp_dir, &e))?;
-    let (file, path) = tmp.into_parts();
-    let sums =
-        write(&entries, mtime, BufWriter::with_capacity(1 << 20, file)).map_err(|e| match e {
-            WriteError::Source(e) => e,
-            WriteError::Sink(e) => Error::io("write the layer to", &path, &e),
-        })?;
-    Ok(Layer {
-        file: path,
-        digest: sums.digest,
-        diff_id: sums.diff_id,
-        size: sums.size,
-        entries: entries.len(),
-        tar_size: sums.tar_size,
+    Ok(tmp.into_parts())
+}
+
+/// Collects the mappings' files and writes the layer into `file` (named `path` in messages).
+pub fn write_to(
+    mappings: &[Mapping],
+    owner: Option<(u32, u32)>,
+    mtime: u64,
+    file: File,
+    path: &Path,
+) -> Result<Sums> {
+    let entries = tree::collect(mappings, owner)?;
+    write(&entries, mtime, BufWriter::with_capacity(1 << 20, file)).map_err(|e| match e {
+        WriteError::Source(e) => e,
+        WriteError::Sink(e) => Error::io("write the layer to", path, &e),
     })
 }
 
@@ -84,6 +95,7 @@ pub struct Sums {
     pub diff_id: Digest,
     pub size: u64,
     pub tar_size: u64,
+    pub entries: usize,
 }
 
 pub enum WriteError {
@@ -120,6 +132,7 @@ pub fn write<W: Write>(
         diff_id,
         size,
         tar_size,
+        entries: entries.len(),
     })
 }
 
