@@ -13,12 +13,15 @@ use crate::PushPlan;
 
 const EXAMPLES: &str = "\
 Examples:
-  layerup push ./src:/app --base registry.example.com/prod/app:1.0 --to dev-registry.example.com/dev/app:dev
+  layerup push ./src:/app --base registry.example.com/prod/app:1.0 \\
+      --to dev-registry.example.com/dev/app:dev
   layerup push ./src --base oci:./prod-layout:1.0 --to oci:./dev-layout:dev
-  layerup push ./build:/srv/www ./nginx.conf:/etc/nginx/conf.d/ --base prod/web:2 --to localhost:5000/web:dev --env MODE=dev
+  layerup push ./build:/srv/www ./nginx.conf:/etc/nginx/conf.d/ \\
+      --base prod/web:2 --to localhost:5000/web:dev --env MODE=dev
 
 Exit codes: 0 ok, 1 internal, 2 usage, 3 source files, 4 registry unreachable,
-5 authentication, 6 base image not found, 7 unusable image, 8 registry refused a write.";
+5 authentication, 6 base image not found, 7 unusable image, 8 registry refused a write,
+130 interrupted.";
 
 #[derive(Debug, Parser)]
 #[command(name = "layerup", version, about = "Append a layer of your files to a production image and push only what is new — no Docker", after_help = EXAMPLES)]

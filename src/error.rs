@@ -3,6 +3,7 @@
 use std::path::Path;
 
 /// Exit codes, documented in README.md ("Exit codes"). Scripts and inner-loop tools branch on them.
+/// (130, interrupted, is returned by `main` directly.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
     /// Something layerup did not expect (a bug, or the machine itself failing).
