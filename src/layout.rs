@@ -53,10 +53,6 @@ impl Layout {
         Ok(Layout { dir: dir.into() })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn index(&self) -> Result<Value> {
         let path = self.dir.join("index.json");
         let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, &e))?;

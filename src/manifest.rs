@@ -55,16 +55,6 @@ pub enum Kind {
     Index(Family),
 }
 
-impl Kind {
-    pub fn media_type(self) -> &'static str {
-        match self {
-            Kind::Manifest(f) => f.manifest(),
-            Kind::Index(Family::Oci) => OCI_INDEX,
-            Kind::Index(Family::Docker) => DOCKER_LIST,
-        }
-    }
-}
-
 /// Parses a manifest or index and says which it is. `content_type` is what the registry sent (or
 /// what a layout descriptor said); the document's own `mediaType` wins when both are present,
 /// and an OCI document may omit it (image-spec: "SHOULD be used"), so its shape decides.

@@ -88,10 +88,6 @@ impl IgnoreRules {
     pub fn has_exceptions(&self) -> bool {
         self.rules.iter().any(|r| r.exception)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
 }
 
 fn matches_self_or_parent(glob: &GlobMatcher, rel: &str) -> bool {
@@ -235,8 +231,8 @@ mod tests {
     #[test]
     fn comments_and_blank_lines_are_skipped() {
         let r = rules("# *.txt\n\n   \n");
-        assert!(r.is_empty());
         assert!(!r.excludes("a.txt"));
+        assert!(!r.excludes("# *.txt"));
     }
 
     #[rstest]
