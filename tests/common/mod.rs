@@ -2,7 +2,7 @@
 //! and buildah, results checked with skopeo, umoci and podman+runc. No part of layerup is used
 //! to check layerup.
 //!
-//! A tool that is missing fails the test with the command that installs it; nothing is skipped.
+//! A tool that is missing fails the test with the command that installs it.
 #![allow(dead_code)]
 
 pub mod token;
