@@ -27,7 +27,13 @@ pub async fn lookup(registry: &str) -> Result<RegistryAuth> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
-        Err(e) => return Err(Error::io("read docker config", &path, &e).into_auth()),
+        Err(e) => {
+            let reason = crate::error::os_reason(&e);
+            return Err(Error::auth(format!(
+                "cannot read docker config `{}`: {reason}",
+                path.display()
+            )));
+        }
     };
     let config: Value = serde_json::from_str(&text).map_err(|e| {
         Error::auth(format!(
@@ -220,12 +226,6 @@ async fn run_helper(
         )));
     }
     Ok(Some(RegistryAuth::Basic(user.into(), secret.into())))
-}
-
-impl Error {
-    fn into_auth(self) -> Error {
-        Error::auth(self.to_string())
-    }
 }
 
 #[cfg(test)]

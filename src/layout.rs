@@ -5,8 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use oci_spec::image::Digest;
 use serde_json::{json, Value};
@@ -15,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use crate::digest;
 use crate::error::{Error, ExitCode, Result};
 use crate::manifest::Descriptor;
+use crate::store::{file_stream, ByteStream};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -131,6 +130,16 @@ impl Layout {
             .join(d.digest())
     }
 
+    /// A blob that is not there is "not found"; any other failure names the file.
+    fn read_error(&self, d: &Digest, path: &Path, e: &std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            let dir = self.dir.display();
+            Error::new(ExitCode::NotFound, format!("layout `{dir}` lacks blob {d}"))
+        } else {
+            Error::io("read", path, e)
+        }
+    }
+
     pub fn has_blob(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()
     }
@@ -138,49 +147,24 @@ impl Layout {
     /// A small blob, whole and verified.
     pub fn blob_bytes(&self, d: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(d);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ExitCode::NotFound,
-                    format!("layout `{}` lacks blob {d}", self.dir.display()),
-                )
-            } else {
-                Error::io("read", &path, &e)
-            }
-        })?;
+        let bytes = std::fs::read(&path).map_err(|e| self.read_error(d, &path, &e))?;
         digest::verify(&bytes, d, &format!("blob `{}`", path.display()))?;
         Ok(bytes)
     }
 
     /// A blob as a verified stream.
-    pub async fn blob_stream(
-        &self,
-        d: &Digest,
-        size: u64,
-    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    pub async fn blob_stream(&self, d: &Digest, size: u64) -> Result<ByteStream> {
         let path = self.blob_path(d);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ExitCode::NotFound,
-                    format!("layout `{}` lacks blob {d}", self.dir.display()),
-                )
-            } else {
-                Error::io("read", &path, &e)
-            }
-        })?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
-        Ok(digest::Verified::new(stream, d, size, format!("blob `{}`", path.display()))?.boxed())
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.read_error(d, &path, &e))?;
+        let what = format!("blob `{}`", path.display());
+        Ok(digest::Verified::new(file_stream(file), d, size, what)?.boxed())
     }
 
     /// Writes a blob from a stream; it appears under its digest only once every byte is there
     /// and verified (temporary file, then rename).
-    pub async fn put_blob(
-        &self,
-        d: &Digest,
-        size: u64,
-        body: BoxStream<'static, std::io::Result<Bytes>>,
-    ) -> Result<()> {
+    pub async fn put_blob(&self, d: &Digest, size: u64, body: ByteStream) -> Result<()> {
         if self.has_blob(d) {
             return Ok(());
         }
@@ -312,7 +296,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::create(dir.path()).unwrap();
         let claimed = digest::sha256(b"right");
-        let body = futures_util::stream::iter(vec![Ok(Bytes::from_static(b"wrong"))]).boxed();
+        let body =
+            futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(b"wrong"))]).boxed();
         assert!(layout.put_blob(&claimed, 5, body).await.is_err());
         assert!(!layout.has_blob(&claimed));
     }

@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream};
+use futures_util::stream;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::Digest;
 
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::manifest::Descriptor;
-use crate::store::Store;
+use crate::store::{file_stream, ByteStream, Store};
 
 /// What happened to one blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub async fn push(
             } else if dest.has_blob(&d.digest).await? {
                 Outcome::Present
             } else if &d.digest == new_layer {
-                dest.put_blob(d, file_stream(layer_file).await?).await?;
+                dest.put_blob(d, layer_stream(layer_file).await?).await?;
                 Outcome::Uploaded
             } else if dest.mount(&d.digest, source).await? {
                 Outcome::Mounted
@@ -122,9 +122,9 @@ pub async fn push(
     Ok(Report { layers, config })
 }
 
-async fn file_stream(path: &Path) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+async fn layer_stream(path: &Path) -> Result<ByteStream> {
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Error::io("read the layer from", path, &e))?;
-    Ok(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).boxed())
+    Ok(file_stream(file))
 }

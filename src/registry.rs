@@ -19,7 +19,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -36,6 +35,7 @@ use crate::digest;
 use crate::error::{redact_url, Error, ExitCode, Result};
 use crate::manifest;
 use crate::reference::is_loopback;
+use crate::store::ByteStream;
 
 /// Manifests over 4 MiB are refused by distribution and most registries; never read more.
 const MANIFEST_LIMIT: usize = 4 << 20;
@@ -334,7 +334,7 @@ impl Registry {
         if let Some(h) = self.header_for(host, repo.repository()) {
             req = req.header(AUTHORIZATION, h);
         }
-        let what = format!("manifest {}", display(repo));
+        let what = format!("manifest {}", repo.whole());
         let res = req.send().await.map_err(|e| transport_error(&e, host))?;
         let status = res.status();
         if !status.is_success() {
@@ -386,7 +386,7 @@ impl Registry {
         })
     }
 
-    /// Reads a whole blob that is small by nature (an image config), verified, at most `limit`.
+    /// Reads a whole blob that is small by nature (an image config), verified, at most 32 MiB.
     pub async fn blob_bytes(
         &self,
         repo: &Reference,
@@ -397,7 +397,7 @@ impl Registry {
         if size > LIMIT {
             return Err(Error::image(format!(
                 "blob {digest} in {} claims {size} bytes; an image config is never that large",
-                display(repo)
+                repo.whole()
             )));
         }
         let mut stream = self.blob_stream(repo, digest, size).await?;
@@ -406,7 +406,7 @@ impl Registry {
             let chunk = chunk.map_err(|e| {
                 Error::image(format!(
                     "cannot read blob {digest} from {}: {}",
-                    display(repo),
+                    repo.whole(),
                     root_cause(&e)
                 ))
             })?;
@@ -421,7 +421,7 @@ impl Registry {
         repo: &Reference,
         digest: &Digest,
         size: u64,
-    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    ) -> Result<ByteStream> {
         let host = repo.resolve_registry().to_string();
         let d = digest.to_string();
         let sized = self
@@ -431,11 +431,11 @@ impl Registry {
             .map_err(|e| {
                 oci_error(
                     e,
-                    &format!("cannot read blob {digest} from {}", display(repo)),
+                    &format!("cannot read blob {digest} from {}", repo.whole()),
                     &host,
                 )
             })?;
-        let what = format!("blob {digest} from {}", display(repo));
+        let what = format!("blob {digest} from {}", repo.whole());
         Ok(digest::Verified::new(sized.stream, digest, size, what)?.boxed())
     }
 
@@ -447,7 +447,7 @@ impl Registry {
             .map_err(|e| {
                 oci_error(
                     e,
-                    &format!("cannot check for blob {digest} in {}", display(repo)),
+                    &format!("cannot check for blob {digest} in {}", repo.whole()),
                     host,
                 )
             })
@@ -464,7 +464,7 @@ impl Registry {
             Err(e) => {
                 let err = oci_error(
                     e,
-                    &format!("mount of {digest} from {}", display(from)),
+                    &format!("mount of {digest} from {}", from.whole()),
                     to.resolve_registry(),
                 );
                 if err.code() == ExitCode::Unreachable {
@@ -482,7 +482,7 @@ impl Registry {
         repo: &Reference,
         digest: &Digest,
         size: u64,
-        body: BoxStream<'static, std::io::Result<Bytes>>,
+        body: ByteStream,
     ) -> Result<()> {
         let body = body.map_err(OciDistributionError::IoError);
         self.oci
@@ -492,7 +492,7 @@ impl Registry {
             .map_err(|e| {
                 oci_error(
                     e,
-                    &format!("cannot upload blob {digest} to {}", display(repo)),
+                    &format!("cannot upload blob {digest} to {}", repo.whole()),
                     repo.resolve_registry(),
                 )
             })
@@ -514,7 +514,7 @@ impl Registry {
             .map_err(|e| {
                 oci_error(
                     e,
-                    &format!("cannot write manifest {}", display(repo)),
+                    &format!("cannot write manifest {}", repo.whole()),
                     repo.resolve_registry(),
                 )
             })
@@ -527,11 +527,6 @@ impl Registry {
             .get(&(host.to_string(), repository.to_string()))
             .cloned()
     }
-}
-
-/// `registry/repo:tag` as the user would write it, without docker.io expansion noise.
-pub fn display(r: &Reference) -> String {
-    r.whole()
 }
 
 /// Parses `WWW-Authenticate` (RFC 7235) with `http-auth`, taking the first scheme offered.

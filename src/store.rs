@@ -1,10 +1,12 @@
 //! Where an image is read from or written to — a registry repository or an OCI layout — behind
 //! the one set of operations the pipeline uses.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use oci_spec::distribution::Reference;
 use oci_spec::image::Digest;
 
@@ -13,6 +15,14 @@ use crate::layout::Layout;
 use crate::manifest::Descriptor;
 use crate::reference::{ImageRef, LayoutRef};
 use crate::registry::{Fetched, Registry};
+
+/// Blob bytes as they move between stores: streamed, never whole in memory.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A file's bytes as a [`ByteStream`], read 256 KiB at a time.
+pub fn file_stream(file: tokio::fs::File) -> ByteStream {
+    tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).boxed()
+}
 
 pub enum Store {
     Registry {
@@ -28,27 +38,26 @@ pub enum Store {
 impl Store {
     /// A store to read from: a layout must already exist.
     pub fn for_reading(r: &ImageRef, registry: &Arc<Registry>) -> Result<Self> {
-        Ok(match r {
-            ImageRef::Registry(repo) => Store::Registry {
-                registry: registry.clone(),
-                repo: repo.clone(),
-            },
-            ImageRef::Layout(at) => Store::Layout {
-                layout: Layout::open(&at.dir)?,
-                at: at.clone(),
-            },
-        })
+        Self::open(r, registry, Layout::open)
     }
 
     /// A store to write to: a layout is created when missing.
     pub fn for_writing(r: &ImageRef, registry: &Arc<Registry>) -> Result<Self> {
+        Self::open(r, registry, Layout::create)
+    }
+
+    fn open(
+        r: &ImageRef,
+        registry: &Arc<Registry>,
+        layout: fn(&Path) -> Result<Layout>,
+    ) -> Result<Self> {
         Ok(match r {
             ImageRef::Registry(repo) => Store::Registry {
                 registry: registry.clone(),
                 repo: repo.clone(),
             },
             ImageRef::Layout(at) => Store::Layout {
-                layout: Layout::create(&at.dir)?,
+                layout: layout(&at.dir)?,
                 at: at.clone(),
             },
         })
@@ -123,10 +132,7 @@ impl Store {
         }
     }
 
-    pub async fn blob_stream(
-        &self,
-        d: &Descriptor,
-    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    pub async fn blob_stream(&self, d: &Descriptor) -> Result<ByteStream> {
         match self {
             Store::Registry { registry, repo } => {
                 registry.blob_stream(repo, &d.digest, d.size).await
@@ -154,11 +160,7 @@ impl Store {
         }
     }
 
-    pub async fn put_blob(
-        &self,
-        d: &Descriptor,
-        body: BoxStream<'static, std::io::Result<Bytes>>,
-    ) -> Result<()> {
+    pub async fn put_blob(&self, d: &Descriptor, body: ByteStream) -> Result<()> {
         match self {
             Store::Registry { registry, repo } => {
                 registry.upload(repo, &d.digest, d.size, body).await

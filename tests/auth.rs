@@ -66,14 +66,7 @@ impl Client {
         Layerup::new()
             .env("DOCKER_CONFIG", self.config.path())
             .env("PATH", path)
-            .args([
-                "push",
-                &format!("{}:/app", tree.path().display()),
-                "--base",
-                base,
-                "--to",
-                to,
-            ])
+            .args(push_args(tree.path(), base, to))
             .args(extra)
             .run()
     }
@@ -107,6 +100,18 @@ fn seed_base(base: &str) {
     ]);
 }
 
+/// The manifest of an image in an authenticated registry, as skopeo reads it.
+fn raw_manifest(pinned: &str) -> String {
+    let creds = format!("{USER}:{PASSWORD}");
+    skopeo(&[
+        "inspect",
+        "--raw",
+        "--creds",
+        &creds,
+        &format!("docker://{pinned}"),
+    ])
+}
+
 fn assert_refused(run: &Run, message: &str) {
     assert_eq!(run.code, 5, "{}", run.stderr);
     assert_eq!(run.stderr.trim(), format!("error: {message}"));
@@ -122,13 +127,7 @@ fn credentials_from_docker_config_auths_push_to_a_basic_auth_registry() {
     let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), &["-vv"]);
     let pinned = run.ok().to_string();
     assert_no_secret(&run);
-    let manifest = skopeo(&[
-        "inspect",
-        "--raw",
-        "--creds",
-        &format!("{USER}:{PASSWORD}"),
-        &format!("docker://{pinned}"),
-    ]);
+    let manifest = raw_manifest(&pinned);
     assert!(manifest.contains("application/vnd.oci.image.layer.v1.tar+gzip"));
 }
 
@@ -253,13 +252,7 @@ fn a_bearer_token_covers_push_and_the_mount_source_in_one_request() {
         prod().layers().len(),
         "the registry accepted the token for every mount"
     );
-    let manifest = skopeo(&[
-        "inspect",
-        "--raw",
-        "--creds",
-        &format!("{USER}:{PASSWORD}"),
-        &format!("docker://{pinned}"),
-    ]);
+    let manifest = raw_manifest(&pinned);
     assert!(manifest.contains("layers"));
 }
 
@@ -321,27 +314,21 @@ fn docker_config_wins_over_home_and_home_is_the_fallback() {
     let run = Layerup::new()
         .env("DOCKER_CONFIG", client.config.path())
         .env("HOME", home.path())
-        .args([
-            "push",
-            &format!("{}:/app", tree.path().display()),
-            "--base",
+        .args(push_args(
+            tree.path(),
             &prod().oci,
-            "--to",
             &dev.reference("dev/app:x"),
-        ])
+        ))
         .run();
     assert_eq!(run.code, 5);
     let fallback = Layerup::new()
         .env("HOME", home.path())
         .env("DOCKER_CONFIG", "")
-        .args([
-            "push",
-            &format!("{}:/app", tree.path().display()),
-            "--base",
+        .args(push_args(
+            tree.path(),
             &prod().oci,
-            "--to",
             &dev.reference("dev/app:x"),
-        ])
+        ))
         .run();
     fallback.ok();
 }

@@ -118,14 +118,11 @@ fn an_unreadable_file_is_named_and_nothing_is_pushed() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_layerup"))
-        .args([
-            "push",
-            &format!("{}:/app", tree.path().display()),
-            "--base",
+        .args(push_args(
+            tree.path(),
             &prod().oci,
-            "--to",
             &dev.reference("dev/app:x"),
-        ])
+        ))
         .env("DOCKER_CONFIG", empty_config.path())
         .env("TMPDIR", "/tmp")
         .output()
@@ -345,14 +342,11 @@ fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
     std::fs::write(tree.path().join("noise.bin"), noise).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_layerup"))
-        .args([
-            "push",
-            &format!("{}:/app", tree.path().display()),
-            "--base",
+        .args(push_args(
+            tree.path(),
             &prod().oci,
-            "--to",
             &dev.reference("dev/app:x"),
-        ])
+        ))
         .env("TMPDIR", tmp.path())
         .env("DOCKER_CONFIG", tmp.path())
         .stdout(std::process::Stdio::piped())

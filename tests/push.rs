@@ -307,18 +307,12 @@ fn chown_and_source_date_epoch_set_owner_and_times() {
     let tree = app_tree();
     let out = Layerup::new()
         .env("SOURCE_DATE_EPOCH", "1700000000")
-        .args([
-            "push",
-            &format!("{}:/app", tree.path().display()),
-            "--base",
+        .args(push_args(
+            tree.path(),
             &prod().oci,
-        ])
-        .args([
-            "--to",
             &dev.reference("dev/app:owned"),
-            "--chown",
-            "1000:2000",
-        ])
+        ))
+        .args(["--chown", "1000:2000"])
         .run();
     let pinned = out.ok().to_string();
     assert_eq!(

@@ -48,7 +48,6 @@ pub struct Layer {
     /// Bytes of the compressed blob.
     pub size: u64,
     pub entries: usize,
-    pub tar_size: u64,
 }
 
 impl Layer {
@@ -59,7 +58,6 @@ impl Layer {
             diff_id: sums.diff_id,
             size: sums.size,
             entries: sums.entries,
-            tar_size: sums.tar_size,
         }
     }
 }

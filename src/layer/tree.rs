@@ -143,10 +143,7 @@ pub fn collect(mappings: &[Mapping], owner: Option<(u32, u32)>) -> Result<Vec<En
         while let Some(item) = walk.next() {
             let item = item.map_err(|e| {
                 let path = e.path().unwrap_or(&m.src).to_path_buf();
-                match e.into_io_error() {
-                    Some(io) => Error::io("read", &path, &io),
-                    None => Error::input(format!("cannot walk `{}`", path.display())),
-                }
+                walk_error(&path, e)
             })?;
             let rel = item
                 .path()

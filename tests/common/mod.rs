@@ -287,8 +287,16 @@ pub fn push(args: &[&str]) -> Run {
 
 /// `layerup push TREE:/app --base BASE --to TO EXTRA...` with a clean environment.
 pub fn push_tree(tree: &Path, base: &str, to: &str, extra: &[&str]) -> Run {
+    Layerup::new()
+        .args(push_args(tree, base, to))
+        .args(extra)
+        .run()
+}
+
+/// The arguments of `layerup push TREE:/app --base BASE --to TO`, for every way tests run it.
+pub fn push_args(tree: &Path, base: &str, to: &str) -> [String; 6] {
     let mapping = format!("{}:/app", tree.display());
-    push(&[&[mapping.as_str(), "--base", base, "--to", to], extra].concat())
+    ["push", &mapping, "--base", base, "--to", to].map(String::from)
 }
 
 impl Layerup {
