@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::image::Tweaks;
 use crate::platform::Platform;
 use crate::reference::ImageRef;
+use crate::stack::Squash;
 use crate::PushPlan;
 
 const EXAMPLES: &str = "\
@@ -41,6 +42,26 @@ pub enum Command {
     /// Add SRC files as a new layer on top of --base and push the image to --to.
     #[command(after_help = EXAMPLES)]
     Push(PushArgs),
+    /// Push as `push` does, then again on every change to the SRC files, until Ctrl-C.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(WatchArgs),
+}
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  layerup watch ./src:/app --base registry.example.com/prod/app:1.0 --to localhost:5000/app:dev
+
+Each push prints the new reference on stdout and one status line on stderr; a failed push is
+reported and watching goes on. Ctrl-C stops (exit 0).";
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub push: PushArgs,
+    /// How long the files must stay still before a push starts (milliseconds): a burst of
+    /// writes (a save, a `git checkout`) is one push.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub debounce: u64,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +108,15 @@ pub struct PushArgs {
     /// Blob transfers in flight at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
+    /// Push the full app layer (in parts), not a delta on the last push.
+    #[arg(long)]
+    pub full: bool,
+    /// Deltas stacked at most before the next push is a full one.
+    #[arg(long, default_value_t = Squash::default().max_deltas, value_name = "N")]
+    pub max_deltas: usize,
+    /// Push a full app layer instead once the deltas would weigh more than this share of it.
+    #[arg(long, default_value = "50%", value_name = "PERCENT")]
+    pub squash_at: String,
 }
 
 /// One `SRC[:DEST]` as typed, before the base's working directory is known.
@@ -170,6 +200,16 @@ impl PushArgs {
         if self.jobs == 0 {
             return Err(Error::usage("--jobs must be at least 1"));
         }
+        let share = self
+            .squash_at
+            .trim_end_matches('%')
+            .parse::<u64>()
+            .map_err(|_| {
+                Error::usage(format!(
+                    "--squash-at `{}` must be a whole percentage, like 50%",
+                    self.squash_at
+                ))
+            })?;
         Ok(PushPlan {
             base,
             to,
@@ -180,6 +220,11 @@ impl PushArgs {
             mtime,
             insecure: self.insecure,
             jobs: self.jobs,
+            full: self.full,
+            squash: Squash {
+                max_deltas: self.max_deltas,
+                share,
+            },
         })
     }
 }

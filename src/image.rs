@@ -1,5 +1,6 @@
-//! The new image, computed without I/O: the base's config and manifest with one layer appended,
-//! a history entry, and the user's tweaks — serialised once, hashed exactly as they will be sent.
+//! The new image, computed without I/O: the base's config and manifest with the app layers
+//! appended, a history entry each, and the user's tweaks — serialised once, hashed exactly as
+//! they will be sent.
 
 use oci_spec::image::Digest;
 use serde_json::{json, Map, Value};
@@ -20,20 +21,13 @@ pub struct Tweaks {
     pub user: Option<String>,
 }
 
-/// The appended layer as the manifest and config describe it.
-#[derive(Debug, Clone)]
+/// An appended layer as the manifest and config describe it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewLayer {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
-}
-
-/// The history entry and timestamps the new image records.
-#[derive(Debug, Clone)]
-pub struct Provenance {
-    /// RFC 3339; from `SOURCE_DATE_EPOCH` or the layer's fixed mtime, so rebuilds match.
-    pub created: String,
-    /// The command, as `docker history` shows it.
+    /// Its history entry, as `docker history` shows it.
     pub created_by: String,
 }
 
@@ -51,23 +45,22 @@ pub struct Image {
 const BASE_NAME: &str = "org.opencontainers.image.base.name";
 const BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
-pub fn build(
-    base: &Base,
-    layer: &NewLayer,
-    tweaks: &Tweaks,
-    provenance: &Provenance,
-) -> Result<Image> {
+/// `created` (RFC 3339) comes from `SOURCE_DATE_EPOCH` or the layers' fixed mtime, so rebuilds
+/// match.
+pub fn build(base: &Base, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> Result<Image> {
     let family = base.family;
-    let config = new_config(&base.config, layer, tweaks, provenance)?;
+    let config = new_config(&base.config, app, tweaks, created)?;
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialise");
     let config_descriptor = Descriptor::new(
         family.config(),
         digest::sha256(&config_bytes),
         config_bytes.len() as u64,
     );
-    let layer_descriptor = Descriptor::new(family.layer_gzip(), layer.digest.clone(), layer.size);
     let mut layers = base.layers.clone();
-    layers.push(layer_descriptor);
+    layers.extend(
+        app.iter()
+            .map(|l| Descriptor::new(family.layer_gzip(), l.digest.clone(), l.size)),
+    );
 
     let mut manifest = base.manifest.as_object().cloned().unwrap_or_default();
     manifest.insert("schemaVersion".into(), json!(2));
@@ -101,17 +94,12 @@ pub fn build(
     })
 }
 
-fn new_config(
-    base: &Value,
-    layer: &NewLayer,
-    tweaks: &Tweaks,
-    provenance: &Provenance,
-) -> Result<Value> {
+fn new_config(base: &Value, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> Result<Value> {
     let mut config = base.clone();
     let root = config
         .as_object_mut()
         .ok_or_else(|| Error::image("the base config is not a JSON object"))?;
-    root.insert("created".into(), json!(provenance.created));
+    root.insert("created".into(), json!(created));
 
     let rootfs = root
         .entry("rootfs")
@@ -120,14 +108,16 @@ fn new_config(
         .get_mut("diff_ids")
         .and_then(Value::as_array_mut)
         .ok_or_else(|| Error::image("the base config has no rootfs.diff_ids"))?
-        .push(json!(layer.diff_id.to_string()));
+        .extend(app.iter().map(|l| json!(l.diff_id.to_string())));
 
     let history = root.entry("history").or_insert_with(|| json!([]));
     if let Some(h) = history.as_array_mut() {
-        h.push(json!({
-            "created": provenance.created,
-            "created_by": provenance.created_by,
-            "comment": "layerup",
+        h.extend(app.iter().map(|l| {
+            json!({
+                "created": created,
+                "created_by": l.created_by,
+                "comment": "layerup",
+            })
         }));
     }
 
@@ -237,19 +227,17 @@ mod tests {
         }
     }
 
-    fn layer() -> NewLayer {
-        NewLayer {
+    fn layer() -> [NewLayer; 1] {
+        [NewLayer {
             digest: digest::sha256(b"blob"),
             diff_id: digest::sha256(b"tar"),
             size: 4,
-        }
+            created_by: "layerup push ./src:/app".into(),
+        }]
     }
 
-    fn provenance() -> Provenance {
-        Provenance {
-            created: rfc3339(crate::layer::DEFAULT_MTIME),
-            created_by: "layerup push ./src:/app".into(),
-        }
+    fn provenance() -> String {
+        rfc3339(crate::layer::DEFAULT_MTIME)
     }
 
     #[test]
@@ -275,7 +263,7 @@ mod tests {
         let diff_ids = c["rootfs"]["diff_ids"].as_array().unwrap();
         assert_eq!(
             diff_ids.last().unwrap(),
-            &json!(layer().diff_id.to_string())
+            &json!(layer()[0].diff_id.to_string())
         );
         let last = c["history"].as_array().unwrap().last().unwrap();
         assert_eq!(last["created_by"], "layerup push ./src:/app");

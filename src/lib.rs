@@ -1,6 +1,7 @@
 //! layerup: append a layer of local files to a production image and push only what is new.
 //!
-//! The pipeline, in order: reference → auth → registry → base → layer → image → push.
+//! The pipeline, in order: reference → auth → registry → base → layer (a delta on the last push,
+//! or the full app layer in parts) → image → push.
 
 pub mod auth;
 pub mod base;
@@ -8,6 +9,7 @@ pub mod cli;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod index;
 pub mod layer;
 pub mod layout;
 pub mod manifest;
@@ -15,8 +17,12 @@ pub mod platform;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod stack;
+pub mod state;
 pub mod store;
+pub mod watch;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,11 +30,13 @@ use oci_spec::image::Digest;
 
 use crate::cli::RawMapping;
 use crate::error::{Error, Result};
-use crate::image::{NewLayer, Provenance, Tweaks};
+use crate::image::{NewLayer, Tweaks};
 use crate::layer::tree::{clean_image_path, Mapping};
 use crate::platform::Platform;
 use crate::reference::ImageRef;
 use crate::registry::Registry;
+use crate::stack::{Mode, Squash};
+use crate::state::Loaded;
 use crate::store::Store;
 
 /// A validated `layerup push`.
@@ -44,6 +52,9 @@ pub struct PushPlan {
     pub mtime: u64,
     pub insecure: bool,
     pub jobs: usize,
+    /// Push the full app layer even when a delta could be stacked.
+    pub full: bool,
+    pub squash: Squash,
 }
 
 #[derive(Debug)]
@@ -51,9 +62,11 @@ pub struct Pushed {
     /// The destination pinned by digest: what layerup prints.
     pub reference: String,
     pub digest: Digest,
-    pub layer_digest: Digest,
-    pub layer_size: u64,
-    pub layer_entries: usize,
+    pub mode: Mode,
+    /// The layers this push made (the full app layer's parts, or the delta).
+    pub new_layers: Vec<NewLayer>,
+    /// Entries in the tree as walked.
+    pub entries: usize,
     pub report: push::Report,
     pub timings: Timings,
 }
@@ -72,105 +85,188 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         .collect();
     let registry = Arc::new(Registry::new(&hosts, plan.insecure)?);
     let source = Store::for_reading(&plan.base, &registry)?;
+    let dest = Store::for_writing(&plan.to, &registry)?;
+    let dest_name = plan.to.to_string();
+    let state_file = state::dir().map(|d| state::path(&d, &dest_name));
+    let loaded = match &state_file {
+        Some(p) if !plan.full => state::load(p),
+        _ => Loaded::Missing,
+    };
     let mut timings = Timings::default();
 
-    // The layer needs the base only to place mappings without an absolute DEST; otherwise
-    // compressing it overlaps with the round trips to the base registry.
-    let needs_base = plan.tweaks.workdir.is_none()
-        && plan
-            .mappings
-            .iter()
-            .any(|m| !m.dest.as_deref().is_some_and(|d| d.starts_with('/')));
+    // Three things at once: the base's manifest and config, the destination's answer to "do
+    // you still hold the last push's image?", and (when the base is not needed to place the
+    // files) the walk of the tree.
+    let last_image = match &loaded {
+        Loaded::Found(s) => Some(s.image.clone()),
+        _ => None,
+    };
     let fetch_base = async {
         let started = Instant::now();
         source.login(false, None).await?;
         let base = base::resolve(&source, &plan.platform).await?;
         Ok::<_, Error>((base, started.elapsed()))
     };
-    let (base, layer) = if needs_base {
-        let (base, took) = fetch_base.await?;
-        timings.base = took;
-        let workdir = workdir(plan, base.working_dir());
-        let layer = build_layer(plan, &workdir).await?;
-        (base, layer)
-    } else {
-        let workdir = workdir(plan, None);
-        let (base, layer) = tokio::try_join!(fetch_base, build_layer(plan, &workdir))?;
-        timings.base = base.1;
-        (base.0, layer)
+    let check_dest = async {
+        dest.login(true, Some(&source)).await?;
+        let Some(last) = &last_image else {
+            return Ok((None, false));
+        };
+        let at_tag = dest.manifest_digest(None).await?;
+        let held =
+            at_tag.as_ref() == Some(last) || dest.manifest_digest(Some(last)).await?.is_some();
+        Ok::<_, Error>((at_tag, held))
     };
-    let (layer, history, took) = layer;
-    timings.layer = took;
-
-    let new_layer = NewLayer {
-        digest: layer.digest.clone(),
-        diff_id: layer.diff_id.clone(),
-        size: layer.size,
-    };
-    let provenance = Provenance {
-        created: image::rfc3339(plan.mtime),
-        created_by: history,
-    };
-    let image = image::build(&base, &new_layer, &plan.tweaks, &provenance)?;
-
+    let needs_base = plan.tweaks.workdir.is_none()
+        && plan
+            .mappings
+            .iter()
+            .any(|m| !m.dest.as_deref().is_some_and(|d| d.starts_with('/')));
     let started = Instant::now();
-    let dest = Store::for_writing(&plan.to, &registry)?;
-    dest.login(true, Some(&source)).await?;
-    let report = push::push(
-        &dest,
-        &source,
-        &image,
-        &layer.digest,
-        &layer.file,
-        plan.jobs,
-    )
-    .await?;
+    let ((base, took), (at_tag, held), walked) = if needs_base {
+        let ((base, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
+        let walked = walk(plan, base.working_dir()).await?;
+        ((base, took), dest, walked)
+    } else {
+        tokio::try_join!(fetch_base, check_dest, walk(plan, None))?
+    };
+    timings.base = took;
+    let Walked {
+        mappings,
+        entries,
+        scanned_at,
+    } = walked;
+
+    // The last push's blobs are in the destination: its manifest, which names them all, is.
+    let mut present: HashSet<Digest> = HashSet::new();
+    if let (true, Loaded::Found(s)) = (held, &loaded) {
+        present.extend(s.layers().into_iter().map(|l| l.digest));
+        if s.base == base.digest {
+            present.extend(base.layers.iter().map(|l| l.digest.clone()));
+        }
+    }
+    let settings = stack::settings(&mappings, plan.owner, plan.mtime);
+    let prev = if plan.full {
+        Err(Some("--full".to_string()))
+    } else {
+        stack::usable(
+            loaded,
+            &settings,
+            &base.digest,
+            &base.name,
+            held,
+            &dest_name,
+        )
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("layerup-")
+        .tempdir()
+        .map_err(|e| Error::io("create a temporary directory in", &std::env::temp_dir(), &e))?;
+    let job = stack::Job {
+        roots: mappings
+            .iter()
+            .map(|m| m.dest.trim_start_matches('/').to_string())
+            .collect(),
+        entries,
+        scanned_at,
+        settings,
+        base: base.digest.clone(),
+        created_by: created_by(&mappings),
+        mtime: plan.mtime,
+        squash: plan.squash,
+        dir: tmp.path().to_path_buf(),
+    };
+    let stack::Built {
+        mode,
+        app,
+        uploads,
+        next: next_state,
+        entries,
+    } = blocking(move || stack::layers(job, prev)).await?;
+    timings.layer = started.elapsed().saturating_sub(timings.base);
+
+    let image = image::build(&base, &app, &plan.tweaks, &image::rfc3339(plan.mtime))?;
+    let started = Instant::now();
+    let report = if mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest) {
+        push::Report::unchanged(&image)
+    } else {
+        let files: Vec<push::Upload> = uploads
+            .iter()
+            .map(|(l, p)| push::Upload {
+                digest: &l.digest,
+                path: p,
+            })
+            .collect();
+        let delta = matches!(mode, Mode::Delta { .. } | Mode::Unchanged);
+        push::push(&dest, &source, &image, &files, &present, !delta, plan.jobs).await?
+    };
     timings.push = started.elapsed();
+
+    if let Some(file) = &state_file {
+        let mut next = next_state;
+        next.image = image.digest.clone();
+        if let Err(e) = state::save(file, &next) {
+            // The push succeeded; only the next one's speed is at stake.
+            tracing::warn!("{e}; the next push will be a full one");
+            state::remove(file);
+        }
+    }
 
     Ok(Pushed {
         reference: plan.to.pinned(&image.digest),
         digest: image.digest,
-        layer_digest: layer.digest.clone(),
-        layer_size: layer.size,
-        layer_entries: layer.entries,
+        mode,
+        new_layers: uploads.into_iter().map(|u| u.0).collect(),
+        entries,
         report,
         timings,
     })
 }
 
-/// Where mappings without an absolute DEST land: `--workdir`, else the base's, else `/`.
-fn workdir(plan: &PushPlan, base: Option<&str>) -> String {
-    plan.tweaks
-        .workdir
-        .as_deref()
-        .or(base)
-        .unwrap_or("/")
-        .to_string()
+struct Walked {
+    mappings: Vec<Mapping>,
+    entries: Vec<layer::Entry>,
+    /// When the walk started (ns since the epoch), for the index's racy-file guard.
+    scanned_at: i64,
 }
 
-async fn build_layer(plan: &PushPlan, workdir: &str) -> Result<(layer::Layer, String, Duration)> {
+/// Resolves the mappings (DEST relative to `--workdir`, else the base's, else `/`) and walks them.
+async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
+    let workdir = plan
+        .tweaks
+        .workdir
+        .as_deref()
+        .or(base_workdir)
+        .unwrap_or("/")
+        .to_string();
     let mappings: Vec<Mapping> = plan
         .mappings
         .iter()
         .map(|m| Mapping {
             src: m.src.clone(),
-            dest: clean_image_path(workdir, m.dest.as_deref().unwrap_or(".")),
+            dest: clean_image_path(&workdir, m.dest.as_deref().unwrap_or(".")),
             into_dir: m.dest.as_deref().is_none_or(|d| d.ends_with('/')),
         })
         .collect();
-    let history = created_by(&mappings);
     let owner = plan.owner;
-    let mtime = plan.mtime;
-    let started = Instant::now();
-    // The path stays here, so that dropping this future (Ctrl-C) deletes the file even while
-    // the blocking thread is still writing into it.
-    let (file, path) = layer::temp_file(&std::env::temp_dir())?;
-    let shown = path.to_path_buf();
-    let sums =
-        tokio::task::spawn_blocking(move || layer::write_to(&mappings, owner, mtime, file, &shown))
-            .await
-            .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))??;
-    Ok((layer::Layer::new(path, sums), history, started.elapsed()))
+    let maps = mappings.clone();
+    blocking(move || {
+        let scanned_at = stack::now_ns();
+        let entries = layer::tree::collect(&maps, owner)?;
+        Ok(Walked {
+            mappings: maps,
+            entries,
+            scanned_at,
+        })
+    })
+    .await
+}
+
+/// Runs file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))?
 }
 
 /// The history entry names where files went, never where they came from: the same files from

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use layerup::cli::{Cli, Command};
 use layerup::push::Outcome;
+use layerup::stack::Mode;
+use layerup::watch::Cycle;
 use layerup::Pushed;
 
 fn main() -> ExitCode {
@@ -21,16 +23,25 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let sde = std::env::var("SOURCE_DATE_EPOCH").ok();
+    let quiet = cli.quiet;
     let work = async {
         match &cli.command {
             Command::Push(args) => {
-                let plan = args.plan(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
-                layerup::push(&plan).await
+                let plan = args.plan(sde.as_deref())?;
+                layerup::push(&plan).await.map(Some)
+            }
+            Command::Watch(args) => {
+                let plan = args.push.plan(sde.as_deref())?;
+                let debounce = std::time::Duration::from_millis(args.debounce);
+                layerup::watch::watch(&plan, debounce, |cycle| report_cycle(cycle, quiet))
+                    .await
+                    .map(|()| None)
             }
         }
     };
-    // On Ctrl-C, drop the push (which deletes its temporary layer file) instead of dying with
-    // it on disk. Nothing half-written can be left in a registry: the manifest goes last.
+    // On Ctrl-C, drop the push (which deletes its temporary layer files) instead of dying with
+    // them on disk. Nothing half-written can be left in a registry: the manifest goes last.
     let result = runtime.block_on(async {
         tokio::select! {
             r = work => Some(r),
@@ -38,23 +49,74 @@ fn main() -> ExitCode {
         }
     });
     let Some(result) = result else {
-        // The layer may still be compressing on a blocking thread: do not wait for it.
+        // A layer may still be compressing on a blocking thread: do not wait for it.
         runtime.shutdown_background();
+        if matches!(cli.command, Command::Watch(_)) {
+            // Ctrl-C is how watching ends.
+            return ExitCode::SUCCESS;
+        }
         eprintln!("error: interrupted");
         return ExitCode::from(130);
     };
     match result {
-        Ok(pushed) => {
-            if !cli.quiet {
-                eprintln!("{}", summary(&pushed));
+        Ok(Some(pushed)) => {
+            if !quiet {
+                report_push(&pushed);
             }
             println!("{}", pushed.reference);
             ExitCode::SUCCESS
         }
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.code() as u8)
         }
+    }
+}
+
+fn report_push(pushed: &Pushed) {
+    if let Mode::Full {
+        reason: Some(why), ..
+    } = &pushed.mode
+    {
+        eprintln!("full push: {why}");
+    }
+    eprintln!("{}", summary(pushed));
+}
+
+/// One watch cycle: the status line on stderr, the new reference on stdout.
+fn report_cycle(cycle: Cycle, quiet: bool) {
+    match cycle.result {
+        Ok(pushed) => {
+            if !quiet {
+                if let Mode::Full {
+                    reason: Some(why), ..
+                } = &pushed.mode
+                {
+                    eprintln!("full push: {why}");
+                }
+                let files = match &pushed.mode {
+                    Mode::Full { .. } => format!("{} entries", pushed.entries),
+                    Mode::Delta {
+                        changed, deleted, ..
+                    } => format!("{changed} changed, {deleted} deleted"),
+                    Mode::Unchanged => "no changes".to_string(),
+                };
+                eprintln!(
+                    "{}: {files}, {} sent in {:.2}s → {}",
+                    match pushed.mode {
+                        Mode::Full { .. } => "full",
+                        Mode::Delta { .. } => "delta",
+                        Mode::Unchanged => "same",
+                    },
+                    human(pushed.report.bytes_moved()),
+                    cycle.took.as_secs_f64(),
+                    pushed.reference
+                );
+            }
+            println!("{}", pushed.reference);
+        }
+        Err(e) => eprintln!("error: {e} (still watching)"),
     }
 }
 
@@ -79,22 +141,46 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
+/// One line on what the push did: its kind, what moved, and where the time went.
 fn summary(p: &Pushed) -> String {
     let r = &p.report;
     let t = &p.timings;
-    let (new, base): (Vec<_>, Vec<_>) = r.layers.iter().partition(|b| b.digest == p.layer_digest);
+    let new: Vec<_> = p.new_layers.iter().map(|l| &l.digest).collect();
+    let base: Vec<_> = r
+        .layers
+        .iter()
+        .filter(|b| !new.contains(&&b.digest))
+        .collect();
     let count = |o: Outcome| base.iter().filter(|b| b.outcome == o).count();
+    let built: u64 = p.new_layers.iter().map(|l| l.size).sum();
+    let what = match &p.mode {
+        Mode::Full { parts, .. } => {
+            let uploaded = r
+                .layers
+                .iter()
+                .filter(|b| new.contains(&&b.digest) && b.outcome == Outcome::Uploaded)
+                .count();
+            format!(
+                "full: {} entries in {parts} layers ({}), {uploaded} uploaded, {} already there",
+                p.entries,
+                human(built),
+                parts - uploaded
+            )
+        }
+        Mode::Delta {
+            changed,
+            deleted,
+            depth,
+        } => format!(
+            "delta {depth}: {changed} changed, {deleted} deleted ({} layer)",
+            human(built)
+        ),
+        Mode::Unchanged => "no changes".to_string(),
+    };
     format!(
-        "new layer: {} entries, {} ({}); base layers: {} present, {} mounted, {} copied; \
-         {} sent; base {:.2}s, layer {:.2}s, push {:.2}s",
-        p.layer_entries,
-        human(p.layer_size),
-        if new.iter().all(|b| b.outcome == Outcome::Present) {
-            "already there"
-        } else {
-            "uploaded"
-        },
-        count(Outcome::Present),
+        "{what}; other layers: {} present, {} mounted, {} copied; {} sent; \
+         base {:.2}s, layer {:.2}s, push {:.2}s",
+        count(Outcome::Present) + count(Outcome::Referenced),
         count(Outcome::Mounted),
         count(Outcome::Copied),
         human(r.bytes_moved()),

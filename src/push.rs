@@ -1,5 +1,5 @@
 //! The transfer: for every blob the new manifest names, present? skip : mountable? mount :
-//! copy or upload — layers (in parallel, bounded), then the config, then the manifest, so a
+//! copy or upload — layers (in parallel, bounded) and the config, then the manifest, so a
 //! failure at any point leaves no manifest naming a missing blob (go-containerregistry's order).
 
 use std::collections::HashSet;
@@ -45,6 +45,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// An image the destination already holds under its tag: nothing to do.
+    pub fn unchanged(image: &Image) -> Report {
+        let present = |d: &Descriptor| BlobReport {
+            digest: d.digest.clone(),
+            size: d.size,
+            outcome: Outcome::Present,
+        };
+        Report {
+            layers: image.layers.iter().map(present).collect(),
+            config: present(&image.config_descriptor),
+        }
+    }
+
     /// Blob bytes that crossed a wire to the destination.
     pub fn bytes_moved(&self) -> u64 {
         self.layers
@@ -56,14 +69,24 @@ impl Report {
     }
 }
 
-/// Pushes `image` to `dest`. Base layers come from `source`; the new layer (`new_layer`, whose
-/// blob is the file at `layer_file`) from this machine. `jobs` bounds transfers in flight.
+/// A blob of this push, written to a local file.
+pub struct Upload<'a> {
+    pub digest: &'a Digest,
+    pub path: &'a Path,
+}
+
+/// Pushes `image` to `dest`. Base layers come from `source`; `uploads` from this machine.
+/// `present` are blobs known to be in `dest` already (the last push's), never asked about;
+/// with `ask_first` false, uploads and the config are sent without asking whether `dest` has
+/// them (a delta is new by nature: asking costs a round trip and saves nothing). `jobs` bounds
+/// transfers in flight.
 pub async fn push(
     dest: &Store,
     source: &Store,
     image: &Image,
-    new_layer: &Digest,
-    layer_file: &Path,
+    uploads: &[Upload<'_>],
+    present: &HashSet<Digest>,
+    ask_first: bool,
     jobs: usize,
 ) -> Result<Report> {
     let mut seen = HashSet::new();
@@ -72,14 +95,17 @@ pub async fn push(
         .iter()
         .filter(|l| seen.insert(l.digest.clone()))
         .collect();
-    let layers: Vec<BlobReport> = stream::iter(layers)
+    let layers = stream::iter(layers)
         .map(|d| async move {
+            let upload = uploads.iter().find(|u| u.digest == &d.digest);
             let outcome = if d.is_foreign() {
                 Outcome::Referenced
-            } else if dest.has_blob(&d.digest).await? {
+            } else if present.contains(&d.digest)
+                || ((upload.is_none() || ask_first) && dest.has_blob(&d.digest).await?)
+            {
                 Outcome::Present
-            } else if &d.digest == new_layer {
-                dest.put_blob(d, layer_stream(layer_file).await?).await?;
+            } else if let Some(u) = upload {
+                dest.put_blob(d, layer_stream(u.path).await?).await?;
                 Outcome::Uploaded
             } else if dest.mount(&d.digest, source).await? {
                 Outcome::Mounted
@@ -95,27 +121,31 @@ pub async fn push(
             })
         })
         .buffered(jobs.max(1))
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<_>>();
 
-    // Every layer is confirmed in the destination (each arm above returns only once the
-    // registry or layout acknowledged it); only now may the config, then the manifest, follow.
-    let config = &image.config_descriptor;
-    let outcome = if dest.has_blob(&config.digest).await? {
-        Outcome::Present
-    } else {
-        let bytes = Bytes::from(image.config.clone());
-        dest.put_blob(config, stream::iter([Ok(bytes)]).boxed())
-            .await?;
-        Outcome::Uploaded
+    // The config goes alongside the layers: no manifest names it yet, so it can be written
+    // in any order before the manifest (go-containerregistry's remote.Write does the same).
+    let config = async {
+        let config = &image.config_descriptor;
+        let outcome = if ask_first && dest.has_blob(&config.digest).await? {
+            Outcome::Present
+        } else {
+            let bytes = Bytes::from(image.config.clone());
+            dest.put_blob(config, stream::iter([Ok(bytes)]).boxed())
+                .await?;
+            Outcome::Uploaded
+        };
+        tracing::info!(digest = %config.digest, size = config.size, ?outcome, "config");
+        Ok::<_, Error>(BlobReport {
+            digest: config.digest.clone(),
+            size: config.size,
+            outcome,
+        })
     };
-    tracing::info!(digest = %config.digest, size = config.size, ?outcome, "config");
-    let config = BlobReport {
-        digest: config.digest.clone(),
-        size: config.size,
-        outcome,
-    };
+    let (layers, config) = tokio::try_join!(layers, config)?;
 
+    // Every blob is confirmed in the destination (each arm above returns only once the
+    // registry or layout acknowledged it); only now may the manifest follow.
     dest.put_manifest(Bytes::from(image.manifest.clone()), image.media_type)
         .await?;
     tracing::info!(digest = %image.digest, "manifest");

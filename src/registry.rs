@@ -386,6 +386,46 @@ impl Registry {
         })
     }
 
+    /// The digest of the manifest a tag or digest names (HEAD), or `None` when there is none.
+    pub async fn manifest_digest(
+        &self,
+        repo: &Reference,
+        tag_or_digest: &str,
+    ) -> Result<Option<Digest>> {
+        let host = repo.resolve_registry();
+        let url = format!(
+            "{}://{host}/v2/{}/manifests/{tag_or_digest}",
+            self.scheme(host),
+            repo.repository()
+        );
+        let mut req = self
+            .http
+            .head(&url)
+            .header(ACCEPT, manifest::ACCEPT.join(", "));
+        if let Some(h) = self.header_for(host, repo.repository()) {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let res = req.send().await.map_err(|e| transport_error(&e, host))?;
+        let status = res.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(status_error(
+                status,
+                "",
+                &format!("cannot check manifest {}", repo.whole()),
+                host,
+            ));
+        }
+        // A registry that sends no digest header cannot prove it holds the one asked for.
+        Ok(res
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok()))
+    }
+
     /// Reads a whole blob that is small by nature (an image config), verified, at most 32 MiB.
     pub async fn blob_bytes(
         &self,

@@ -123,6 +123,27 @@ impl Store {
         }
     }
 
+    /// The digest of the manifest under this store's tag (`digest` `None`), or whether the
+    /// manifest `digest` is here: `None` when it is not.
+    pub async fn manifest_digest(&self, digest: Option<&Digest>) -> Result<Option<Digest>> {
+        match self {
+            Store::Registry { registry, repo } => {
+                let which = match digest {
+                    Some(d) => d.to_string(),
+                    None => repo.tag().unwrap_or("latest").to_string(),
+                };
+                registry.manifest_digest(repo, &which).await
+            }
+            Store::Layout { layout, at } => Ok(match digest {
+                Some(d) => layout.has_blob(d).then(|| d.clone()),
+                None => layout
+                    .find(Some(at.tag.as_deref().unwrap_or("latest")), None)
+                    .ok()
+                    .map(|d| d.digest),
+            }),
+        }
+    }
+
     pub async fn blob_bytes(&self, d: &Descriptor) -> Result<Vec<u8>> {
         match self {
             Store::Registry { registry, repo } => {

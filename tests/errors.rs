@@ -349,23 +349,27 @@ fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
         ))
         .env("TMPDIR", tmp.path())
         .env("DOCKER_CONFIG", tmp.path())
+        .env("LAYERUP_STATE_DIR", tmp.path().join("state"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let layer_file = || {
+    // Layers are written into a `layerup-*` directory of TMPDIR.
+    let layer_dir = || {
         std::fs::read_dir(tmp.path())
             .unwrap()
             .filter_map(|e| e.ok())
-            .find(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("layerup-layer-")
-            })
+            .find(|e| e.file_name().to_string_lossy().starts_with("layerup-"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let started = |f: std::fs::DirEntry| f.metadata().unwrap().len() > 0;
-    while !layer_file().is_some_and(started) {
+    let started = |d: std::fs::DirEntry| {
+        std::fs::read_dir(d.path())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))
+    };
+    while !layer_dir().is_some_and(started) {
         assert!(
             std::time::Instant::now() < deadline,
             "the layer file never appeared"
@@ -380,8 +384,8 @@ fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
         "error: interrupted"
     );
     assert!(
-        layer_file().is_none(),
-        "the temporary layer file was deleted"
+        layer_dir().is_none(),
+        "the temporary layer files were deleted"
     );
     assert_untouched(&dev);
 }

@@ -115,7 +115,8 @@ fn base_layers_in_the_same_registry_are_mounted_not_uploaded() {
         mounted, expected,
         "every base layer was mounted by the registry"
     );
-    let uploads: Vec<String> = reg.uploaded()[uploads_before..].to_vec();
+    let mut uploads: Vec<String> = reg.uploaded()[uploads_before..].to_vec();
+    uploads.sort();
     let new_layer = inspect(&pinned)["Layers"]
         .as_array()
         .unwrap()
@@ -128,10 +129,11 @@ fn base_layers_in_the_same_registry_are_mounted_not_uploaded() {
         .as_str()
         .unwrap()
         .to_string();
+    let mut expected = vec![new_layer, config];
+    expected.sort();
     assert_eq!(
-        uploads,
-        vec![new_layer, config],
-        "only the new layer, then the config, were uploaded"
+        uploads, expected,
+        "only the new layer and the config were uploaded"
     );
     assert!(run_in(&pinned, "cat /app/VERSION").contains("1.2.3"));
 }

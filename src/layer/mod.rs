@@ -8,6 +8,7 @@
 
 pub mod gzip;
 pub mod ignore;
+pub mod partition;
 pub mod tree;
 
 use std::fs::File;
@@ -37,52 +38,10 @@ pub const GZIP_LEVEL: u32 = 5;
 /// keep working; 0 would break them.
 pub const DEFAULT_MTIME: u64 = 315_532_800;
 
-/// A layer blob written to a temporary file, deleted when this is dropped.
-#[derive(Debug)]
-pub struct Layer {
-    pub file: tempfile::TempPath,
-    /// sha256 of the compressed blob: its name in the registry.
-    pub digest: Digest,
-    /// sha256 of the uncompressed tar: what the image config lists in `rootfs.diff_ids`.
-    pub diff_id: Digest,
-    /// Bytes of the compressed blob.
-    pub size: u64,
-    pub entries: usize,
-}
-
-impl Layer {
-    pub fn new(file: tempfile::TempPath, sums: Sums) -> Self {
-        Layer {
-            file,
-            digest: sums.digest,
-            diff_id: sums.diff_id,
-            size: sums.size,
-            entries: sums.entries,
-        }
-    }
-}
-
-/// A temporary file in `tmp_dir` for a layer blob. The caller keeps the path (deleting the file
-/// when dropped) and hands the open file to [`write_to`], so that abandoning a push — Ctrl-C while
-/// the layer is still being compressed on another thread — deletes the file at once.
-pub fn temp_file(tmp_dir: &Path) -> Result<(File, tempfile::TempPath)> {
-    let tmp = tempfile::Builder::new()
-        .prefix("layerup-layer-")
-        .tempfile_in(tmp_dir)
-        .map_err(|e| Error::io("create a temporary file in", tmp_dir, &e))?;
-    Ok(tmp.into_parts())
-}
-
-/// Collects the mappings' files and writes the layer into `file` (named `path` in messages).
-pub fn write_to(
-    mappings: &[Mapping],
-    owner: Option<(u32, u32)>,
-    mtime: u64,
-    file: File,
-    path: &Path,
-) -> Result<Sums> {
-    let entries = tree::collect(mappings, owner)?;
-    write(&entries, mtime, BufWriter::with_capacity(1 << 20, file)).map_err(|e| match e {
+/// Writes `entries` as a layer blob into a new file at `path`.
+pub fn write_entries(entries: &[Entry], mtime: u64, path: &Path) -> Result<Sums> {
+    let file = File::create(path).map_err(|e| Error::io("create", path, &e))?;
+    write(entries, mtime, BufWriter::with_capacity(1 << 20, file)).map_err(|e| match e {
         WriteError::Source(e) => e,
         WriteError::Sink(e) => Error::io("write the layer to", path, &e),
     })
@@ -94,6 +53,8 @@ pub struct Sums {
     pub size: u64,
     pub tar_size: u64,
     pub entries: usize,
+    /// sha256 (hex) of each regular file's bytes as stored, by layer path: for the file index.
+    pub files: Vec<(String, String)>,
 }
 
 pub enum WriteError {
@@ -114,8 +75,11 @@ pub fn write<W: Write>(
     let gz = gzip::ParallelGzip::new(compressed, GZIP_LEVEL, threads).map_err(WriteError::Sink)?;
     let tar_stream = BufWriter::with_capacity(256 << 10, Hashing::new(gz));
     let mut tar = tar::Builder::new(tar_stream);
+    let mut files = Vec::new();
     for e in entries {
-        append(&mut tar, e, mtime)?;
+        if let Some(sum) = append(&mut tar, e, mtime)? {
+            files.push((e.path.clone(), sum));
+        }
     }
     let tar_stream = tar.into_inner().map_err(WriteError::Sink)?;
     let hashed_tar = tar_stream
@@ -131,14 +95,16 @@ pub fn write<W: Write>(
         size,
         tar_size,
         entries: entries.len(),
+        files,
     })
 }
 
+/// Appends one entry; for a regular file, returns the sha256 (hex) of the bytes it stored.
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     e: &Entry,
     mtime: u64,
-) -> std::result::Result<(), WriteError> {
+) -> std::result::Result<Option<String>, WriteError> {
     let mut h = tar::Header::new_gnu();
     h.set_mtime(mtime);
     h.set_uid(e.uid);
@@ -151,8 +117,15 @@ fn append<W: Write>(
             h.set_entry_type(tar::EntryType::Directory);
             tar.append_data(&mut h, format!("{}/", e.path), io::empty())
                 .map_err(sink)
+                .map(|_| None)
         }
-        Kind::File { src, size } => {
+        Kind::Whiteout => {
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, &e.path, io::empty())
+                .map_err(sink)
+                .map(|_| None)
+        }
+        Kind::File { src, size, .. } => {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(*size);
             let file =
@@ -162,6 +135,7 @@ fn append<W: Write>(
                 left: *size,
                 path: src,
                 failed: None,
+                hash: Sha256::new(),
             };
             let written = tar.append_data(&mut h, &e.path, &mut reader);
             if let Some(err) = reader.failed.take() {
@@ -177,15 +151,19 @@ fn append<W: Write>(
             {
                 return Err(WriteError::Source(changed(src)));
             }
-            Ok(())
+            Ok(Some(hex::encode(reader.hash.finalize())))
         }
         Kind::Symlink { target } => {
             h.set_entry_type(tar::EntryType::Symlink);
-            tar.append_link(&mut h, &e.path, target).map_err(sink)
+            tar.append_link(&mut h, &e.path, target)
+                .map_err(sink)
+                .map(|_| None)
         }
         Kind::Hardlink { target } => {
             h.set_entry_type(tar::EntryType::Link);
-            tar.append_link(&mut h, &e.path, target).map_err(sink)
+            tar.append_link(&mut h, &e.path, target)
+                .map_err(sink)
+                .map(|_| None)
         }
     }
 }
@@ -198,12 +176,14 @@ fn changed(path: &Path) -> Error {
 }
 
 /// Reads exactly the size recorded when the tree was walked, or fails (a file that shrank would
-/// otherwise leave a tar entry shorter than its header says: a corrupt layer).
+/// otherwise leave a tar entry shorter than its header says: a corrupt layer). Hashes what it
+/// reads, for the file index.
 struct Exact<'a> {
     file: File,
     left: u64,
     path: &'a Path,
     failed: Option<Error>,
+    hash: Sha256,
 }
 
 impl Read for Exact<'_> {
@@ -224,6 +204,7 @@ impl Read for Exact<'_> {
             return Err(io::Error::other("file shrank"));
         }
         self.left -= n as u64;
+        self.hash.update(&buf[..n]);
         Ok(n)
     }
 }

@@ -230,7 +230,8 @@ impl Run {
     }
 }
 
-/// layerup with a clean environment: an empty docker config unless a test gives one.
+/// layerup with a clean environment: an empty docker config unless a test gives one, and no
+/// memory of earlier pushes (every push is a first one) unless a test gives a state directory.
 pub struct Layerup {
     cmd: Command,
     _config: tempfile::TempDir,
@@ -241,6 +242,7 @@ impl Layerup {
         let config = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerup"));
         cmd.env("DOCKER_CONFIG", config.path())
+            .env("LAYERUP_STATE_DIR", config.path().join("state"))
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("LAYERUP_LOG");
         Layerup {

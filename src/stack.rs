@@ -1,0 +1,295 @@
+//! The app layers of one push: a delta stacked on the last push's image when the state allows
+//! it, else the full app layer in parts — with why, and the state to remember afterwards.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+use crate::image::NewLayer;
+use crate::index::{self, Delta, Index};
+use crate::layer::{self, partition, Entry, Mapping};
+
+use crate::state::{Loaded, State};
+
+/// When deltas are folded back into a full app layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Squash {
+    /// Deltas stacked at most; the push after that is full. Each is a layer every node pulls
+    /// and every container's overlay mounts: 10 keeps a typical image (≈10 base layers, ≤ 12
+    /// parts) near 30 layers, far from overlay's ~120.
+    pub max_deltas: usize,
+    /// Deltas may weigh at most this share (percent) of the full app layer: past half, a node
+    /// pulling the image fresh downloads 1.5× what a squashed image costs, and a squash now
+    /// re-uploads only the parts whose files changed.
+    pub share: u64,
+}
+
+impl Default for Squash {
+    fn default() -> Self {
+        Squash {
+            max_deltas: 10,
+            share: 50,
+        }
+    }
+}
+
+/// What kind of push this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The full app layer, in `parts`; `reason` says why not a delta (none on a first push).
+    Full {
+        reason: Option<String>,
+        parts: usize,
+    },
+    /// One new layer with what changed since the last push, `depth` deltas above the parts.
+    Delta {
+        changed: usize,
+        deleted: usize,
+        depth: usize,
+    },
+    /// Nothing changed since the last push.
+    Unchanged,
+}
+
+/// What the app layers are made from.
+pub struct Job {
+    /// The mappings' destinations (image paths without the leading `/`).
+    pub roots: Vec<String>,
+    pub entries: Vec<Entry>,
+    pub scanned_at: i64,
+    pub settings: String,
+    pub base: Digest,
+    pub created_by: String,
+    pub mtime: u64,
+    pub squash: Squash,
+    /// Where the layer blobs are written.
+    pub dir: PathBuf,
+}
+
+/// The app layers of this push.
+pub struct Built {
+    pub mode: Mode,
+    /// Every app layer of the image, bottom first.
+    pub app: Vec<NewLayer>,
+    /// The layers written by this push and their blob files.
+    pub uploads: Vec<(NewLayer, PathBuf)>,
+    /// The state to save once the push is done (its image digest still to be set).
+    pub next: State,
+    /// Entries in the tree.
+    pub entries: usize,
+}
+
+/// A delta on `prev` when it is usable and the deltas stay within bounds; else the full app
+/// layer in parts. Reads and compresses files: run it off the async threads.
+pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -> Result<Built> {
+    let reason = match prev {
+        Err(why) => why,
+        Ok(prev) => {
+            let mut delta = diff(&prev.index, &job.entries, job.scanned_at)?;
+            if delta.is_empty() {
+                let mut next = *prev;
+                next.index = delta.index;
+                return Ok(Built {
+                    mode: Mode::Unchanged,
+                    app: next.layers(),
+                    uploads: Vec::new(),
+                    next,
+                    entries: job.entries.len(),
+                });
+            }
+            let (layer, path) = write_delta(&mut delta, &job.created_by, job.mtime, &job.dir)?;
+            match squash_reason(&prev, layer.size, job.squash) {
+                Some(why) => Some(why),
+                None => {
+                    let mut next = *prev;
+                    next.index = delta.index;
+                    next.deltas.push(layer.clone());
+                    return Ok(Built {
+                        mode: Mode::Delta {
+                            changed: delta.changed,
+                            deleted: delta.deleted,
+                            depth: next.deltas.len(),
+                        },
+                        app: next.layers(),
+                        uploads: vec![(layer, path)],
+                        next,
+                        entries: job.entries.len(),
+                    });
+                }
+            }
+        }
+    };
+    let parts = partition::split(&job.entries, &job.roots);
+    let mut index = index::index_of(&job.entries, job.scanned_at);
+    let uploads = write_full(&parts, &job.created_by, job.mtime, &mut index, &job.dir)?;
+    let app: Vec<NewLayer> = uploads.iter().map(|u| u.0.clone()).collect();
+    Ok(Built {
+        mode: Mode::Full {
+            reason,
+            parts: app.len(),
+        },
+        next: State::new(job.settings, job.base.clone(), job.base, app.clone(), index),
+        app,
+        uploads,
+        entries: job.entries.len(),
+    })
+}
+
+/// The last push's state, when a delta may be stacked on it; otherwise why not.
+pub fn usable(
+    loaded: Loaded,
+    settings: &str,
+    base: &Digest,
+    base_name: &str,
+    dest_has_image: bool,
+    dest_name: &str,
+) -> std::result::Result<Box<State>, Option<String>> {
+    let s = match loaded {
+        Loaded::Missing => return Err(None),
+        Loaded::Unreadable(why) => {
+            return Err(Some(format!(
+                "the state of the last push to `{dest_name}` is unusable: {why}"
+            )))
+        }
+        Loaded::Found(s) => s,
+    };
+    if s.settings != settings {
+        return Err(Some(
+            "the mappings, --chown or SOURCE_DATE_EPOCH changed since the last push".into(),
+        ));
+    }
+    if &s.base != base {
+        return Err(Some(format!(
+            "the base `{base_name}` now points to {base} (the last push was built on {})",
+            s.base
+        )));
+    }
+    if !dest_has_image {
+        return Err(Some(format!(
+            "`{dest_name}` no longer holds the image of the last push ({})",
+            s.image
+        )));
+    }
+    Ok(s)
+}
+
+/// Everything besides the files that shapes the app layers' bytes. Sources are made absolute,
+/// so the same checkout pushed from another working directory still stacks.
+pub fn settings(mappings: &[Mapping], owner: Option<(u32, u32)>, mtime: u64) -> String {
+    let maps: Vec<String> = mappings
+        .iter()
+        .map(|m| {
+            let src = std::fs::canonicalize(&m.src).unwrap_or_else(|_| m.src.clone());
+            format!("{}:{}:{}", src.display(), m.dest, m.into_dir)
+        })
+        .collect();
+    format!(
+        "mappings={maps:?} owner={owner:?} mtime={mtime} gzip={} partition={}/{}/{}/{}",
+        layer::GZIP_LEVEL,
+        partition::SPLIT,
+        partition::BIG,
+        partition::MAX_ALONE,
+        partition::BUCKETS
+    )
+}
+
+/// The squash that a delta of `size` bytes would trigger, if any.
+pub fn squash_reason(prev: &State, size: u64, squash: Squash) -> Option<String> {
+    if prev.deltas.len() >= squash.max_deltas {
+        return Some(format!(
+            "squashing: {} deltas are stacked (--max-deltas {})",
+            prev.deltas.len(),
+            squash.max_deltas
+        ));
+    }
+    let total = prev.delta_size() + size;
+    if total * 100 > prev.full_size() * squash.share {
+        return Some(format!(
+            "squashing: deltas would weigh {total} bytes, over {}% of the full app layer's {} (--squash-at)",
+            squash.share,
+            prev.full_size()
+        ));
+    }
+    None
+}
+
+/// Writes the full app layer's parts into `dir`, bottom first; fills the index's hashes.
+pub fn write_full(
+    parts: &[Vec<Entry>],
+    created_by: &str,
+    mtime: u64,
+    index: &mut Index,
+    dir: &Path,
+) -> Result<Vec<(NewLayer, PathBuf)>> {
+    let mut layers = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let path = dir.join(format!("part-{i}.tar.gz"));
+        let sums = layer::write_entries(part, mtime, &path)?;
+        fill_hashes(index, &sums.files);
+        let layer = NewLayer {
+            digest: sums.digest,
+            diff_id: sums.diff_id,
+            size: sums.size,
+            created_by: created_by.to_string(),
+        };
+        layers.push((layer, path));
+    }
+    Ok(layers)
+}
+
+/// Writes a delta's layer into `dir`; its files' hashes go into its index.
+pub fn write_delta(
+    delta: &mut Delta,
+    created_by: &str,
+    mtime: u64,
+    dir: &Path,
+) -> Result<(NewLayer, PathBuf)> {
+    let path = dir.join("delta.tar.gz");
+    let sums = layer::write_entries(&delta.entries, mtime, &path)?;
+    fill_hashes(&mut delta.index, &sums.files);
+    let layer = NewLayer {
+        digest: sums.digest,
+        diff_id: sums.diff_id,
+        size: sums.size,
+        created_by: format!("{created_by} (changes)"),
+    };
+    Ok((layer, path))
+}
+
+fn fill_hashes(index: &mut Index, files: &[(String, String)]) {
+    for (path, sha) in files {
+        if let Some(r) = index.files.get_mut(path) {
+            r.sha = Some(sha.clone());
+        }
+    }
+}
+
+/// The delta between the last push's index and the tree as walked now.
+pub fn diff(prev: &Index, entries: &[Entry], scanned_at: i64) -> Result<Delta> {
+    index::diff(prev, entries, scanned_at, hash_file)
+}
+
+/// sha256 (hex) of a file's bytes.
+fn hash_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("read", path, &e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, &e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Nanoseconds since the epoch, now: when a walk starts.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}

@@ -1,0 +1,185 @@
+//! What layerup remembers per destination between pushes — the last image, its app layers and
+//! the file index — in one JSON file under the user's cache directory. Deleting it is always
+//! safe: the next push is then a full one.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::image::NewLayer;
+use crate::index::Index;
+
+/// Bumped whenever the file's meaning changes; an older file is then "unreadable" (a full push).
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// Everything that shapes the app layers' bytes besides the files themselves (mapping
+    /// sources and destinations, `--chown`, the mtime): a delta is stacked only on layers made
+    /// with the same.
+    pub settings: String,
+    /// The base's platform manifest the image was built on.
+    pub base: Digest,
+    /// The image last pushed to this destination.
+    pub image: Digest,
+    /// The full app layer's parts, bottom first.
+    pub parts: Vec<NewLayer>,
+    /// Deltas stacked on the parts since, bottom first.
+    pub deltas: Vec<NewLayer>,
+    pub index: Index,
+}
+
+impl State {
+    pub fn new(
+        settings: String,
+        base: Digest,
+        image: Digest,
+        parts: Vec<NewLayer>,
+        index: Index,
+    ) -> Self {
+        State {
+            version: VERSION,
+            settings,
+            base,
+            image,
+            parts,
+            deltas: Vec::new(),
+            index,
+        }
+    }
+
+    /// The app layers above the base, bottom first.
+    pub fn layers(&self) -> Vec<NewLayer> {
+        self.parts.iter().chain(&self.deltas).cloned().collect()
+    }
+
+    /// Compressed bytes of the full app layer's parts.
+    pub fn full_size(&self) -> u64 {
+        self.parts.iter().map(|l| l.size).sum()
+    }
+
+    /// Compressed bytes of the deltas.
+    pub fn delta_size(&self) -> u64 {
+        self.deltas.iter().map(|l| l.size).sum()
+    }
+}
+
+/// Where states live: `$LAYERUP_STATE_DIR`, else `$XDG_CACHE_HOME/layerup`, else
+/// `~/.cache/layerup` (the XDG base directory defaults; the cache is the right place for data
+/// that only saves work and can be rebuilt).
+pub fn dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("LAYERUP_STATE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("layerup")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/layerup")))
+}
+
+/// The state file of one destination (as [`crate::reference::ImageRef`] prints it).
+pub fn path(dir: &Path, destination: &str) -> PathBuf {
+    let key = crate::digest::sha256(destination.as_bytes());
+    dir.join(format!("{}.json", &key.digest()[..32]))
+}
+
+/// What was found where a state should be.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No file: this destination was never pushed from here.
+    Missing,
+    /// A file that cannot be used, and why.
+    Unreadable(String),
+    Found(Box<State>),
+}
+
+pub fn load(path: &Path) -> Loaded {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
+        Err(e) => return Loaded::Unreadable(crate::error::os_reason(&e)),
+    };
+    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+    if version.is_some_and(|v| v != VERSION as u64) {
+        return Loaded::Unreadable(format!(
+            "it was written by another layerup (format {version:?})"
+        ));
+    }
+    match serde_json::from_slice::<State>(&bytes) {
+        Ok(s) => Loaded::Found(Box::new(s)),
+        Err(e) => Loaded::Unreadable(format!("it is not valid ({e})")),
+    }
+}
+
+/// Writes the state atomically (a temporary file renamed over the old one), so a crash or a
+/// concurrent push leaves either the old state or the new one, never half of either.
+pub fn save(path: &Path, state: &State) -> Result<()> {
+    let dir = path.parent().expect("state paths have a directory");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create the state directory", dir, &e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io("write the state to", dir, &e))?;
+    serde_json::to_writer(std::io::BufWriter::new(tmp.as_file_mut()), state)
+        .map_err(|e| Error::internal(format!("cannot serialise the state: {e}")))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("write the state to", path, &e.error))?;
+    Ok(())
+}
+
+/// Forgets a destination's state (`--full` does not need this; a failed save does).
+pub fn remove(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State::new(
+            "s".into(),
+            crate::digest::sha256(b"base"),
+            crate::digest::sha256(b"image"),
+            vec![NewLayer {
+                digest: crate::digest::sha256(b"l"),
+                diff_id: crate::digest::sha256(b"t"),
+                size: 3,
+                created_by: "layerup push to /app".into(),
+            }],
+            Index::default(),
+        )
+    }
+
+    #[test]
+    fn a_saved_state_loads_back() {
+        let t = tempfile::tempdir().unwrap();
+        let p = path(t.path(), "localhost:5000/dev/app:dev");
+        save(&p, &sample()).unwrap();
+        match load(&p) {
+            Loaded::Found(s) => assert_eq!(s.image, sample().image),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_garbage_and_foreign_versions_are_told_apart() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.json");
+        assert!(matches!(load(&p), Loaded::Missing));
+        std::fs::write(&p, "{ not json").unwrap();
+        assert!(matches!(load(&p), Loaded::Unreadable(why) if why.starts_with("it is not valid")));
+        std::fs::write(&p, r#"{"version": 99}"#).unwrap();
+        assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("another layerup")));
+    }
+
+    #[test]
+    fn destinations_get_distinct_files() {
+        let d = Path::new("/c");
+        assert_ne!(path(d, "r/a:dev"), path(d, "r/a:dev2"));
+    }
+}
