@@ -50,6 +50,7 @@ pub async fn watch(plan: &PushPlan, quiet: Duration, mut report: impl FnMut(Cycl
             return Ok(());
         }
         settle(&mut rx, quiet).await;
+        tracing::info!("changes seen; pushing");
     }
 }
 

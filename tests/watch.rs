@@ -1,0 +1,160 @@
+//! `layerup watch` against the real registry: bursts of writes coalesce into one push, and a
+//! change during a push is answered by exactly one more.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `layerup watch -v`, its stdout and stderr collected line by line.
+struct Watching {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _state: tempfile::TempDir,
+}
+
+impl Watching {
+    fn start(tree: &std::path::Path, to: &str) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let mut layerup = Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(["watch", "-v", "--debounce", "300"])
+            .args(push_args(tree, &prod().oci, to).into_iter().skip(1))
+            .args(["--squash-at", "100000%"]);
+        let mut child = layerup
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    sink.lock().unwrap().push(line.unwrap());
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Watching {
+            child,
+            stdout,
+            stderr,
+            _state: state,
+        }
+    }
+
+    fn pushes(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until `done` holds, failing with the log after a minute.
+    fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ctrl-C: watching ends cleanly.
+    fn stop(mut self) -> String {
+        run(std::process::Command::new("kill").args(["-INT", &self.child.id().to_string()]));
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{}", self.log());
+        self.log()
+    }
+}
+
+/// Long enough for another push to have started, had anything triggered one.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+#[test]
+fn a_burst_of_writes_is_one_push() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let w = Watching::start(tree.path(), &dev.reference("dev/app:watch"));
+    w.wait_for("the first push", |w| w.pushes().len() == 1);
+    for i in 0..300 {
+        std::fs::write(tree.path().join(format!("gen-{i}.txt")), format!("{i}\n")).unwrap();
+    }
+    w.wait_for("a second push", |w| w.pushes().len() == 2);
+    std::thread::sleep(SETTLE);
+    let pushes = w.pushes();
+    assert_eq!(pushes.len(), 2, "{}", w.log());
+    let log = w.stop();
+    let status = log.lines().find(|l| l.starts_with("delta:")).unwrap();
+    assert!(
+        status.starts_with("delta: 300 changed, 0 deleted, "),
+        "{log}"
+    );
+    assert!(status.ends_with(&format!(" → {}", pushes[1])), "{log}");
+}
+
+#[test]
+fn an_edit_during_a_push_gives_exactly_one_more_push() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let w = Watching::start(tree.path(), &dev.reference("dev/app:watch"));
+    w.wait_for("the first push", |w| w.pushes().len() == 1);
+    // Bytes that do not compress keep the next push busy for a while.
+    let mut seed: u64 = 7;
+    let noise: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as u8
+        })
+        .collect();
+    std::fs::write(tree.path().join("noise.bin"), noise).unwrap();
+    w.wait_for("the second push start", |w| {
+        w.log().contains("changes seen; pushing")
+    });
+    std::fs::write(tree.path().join("during.txt"), "written during a push\n").unwrap();
+    w.wait_for("a third push", |w| w.pushes().len() == 3);
+    std::thread::sleep(SETTLE);
+    let pushes = w.pushes();
+    assert_eq!(pushes.len(), 3, "{}", w.log());
+    w.stop();
+    assert_eq!(
+        run_in(
+            &pushes[2],
+            "cat /app/during.txt && test -s /app/noise.bin && echo noise"
+        ),
+        "written during a push\nnoise\n"
+    );
+}
+
+#[test]
+fn a_failed_push_is_reported_and_watching_goes_on() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let w = Watching::start(tree.path(), &dev.reference("dev/app:watch"));
+    w.wait_for("the first push", |w| w.pushes().len() == 1);
+    // A socket cannot go in a layer: that push fails, the next one works again.
+    let sock = tree.path().join("app.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    w.wait_for("the failure", |w| w.log().contains("is a socket;"));
+    drop(listener);
+    std::fs::remove_file(&sock).unwrap();
+    w.wait_for("a push after the failure", |w| w.pushes().len() == 2);
+    let log = w.stop();
+    assert!(log.contains("(still watching)"), "{log}");
+}
