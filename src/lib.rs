@@ -88,19 +88,11 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
     let dest = Store::for_writing(&plan.to, &registry)?;
     let dest_name = plan.to.to_string();
     let state_file = state::dir().map(|d| state::path(&d, &dest_name));
-    let loaded = match &state_file {
-        Some(p) if !plan.full => state::load(p),
-        _ => Loaded::Missing,
-    };
     let mut timings = Timings::default();
 
-    // Three things at once: the base's manifest and config, the destination's answer to "do
-    // you still hold the last push's image?", and (when the base is not needed to place the
-    // files) the walk of the tree.
-    let last_image = match &loaded {
-        Loaded::Found(s) => Some(s.image.clone()),
-        _ => None,
-    };
+    // Three things at once: the base's manifest and config; the last push's state, then the
+    // destination's answer to "do you still hold its image?"; and (when the base is not needed
+    // to place the files) the walk of the tree.
     let fetch_base = async {
         let started = Instant::now();
         source.login(false, None).await?;
@@ -108,14 +100,16 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         Ok::<_, Error>((base, started.elapsed()))
     };
     let check_dest = async {
-        dest.login(true, Some(&source)).await?;
-        let Some(last) = &last_image else {
-            return Ok((None, false));
+        let file = state_file.clone().filter(|_| !plan.full);
+        let load = blocking(move || Ok(file.map_or(Loaded::Missing, |f| state::load(&f))));
+        let (loaded, ()) = tokio::try_join!(load, dest.login(true, Some(&source)))?;
+        let Loaded::Found(last) = &loaded else {
+            return Ok((loaded, None, false));
         };
         let at_tag = dest.manifest_digest(None).await?;
-        let held =
-            at_tag.as_ref() == Some(last) || dest.manifest_digest(Some(last)).await?.is_some();
-        Ok::<_, Error>((at_tag, held))
+        let held = at_tag.as_ref() == Some(&last.image)
+            || dest.manifest_digest(Some(&last.image)).await?.is_some();
+        Ok::<_, Error>((loaded, at_tag, held))
     };
     let needs_base = plan.tweaks.workdir.is_none()
         && plan
@@ -123,7 +117,7 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
             .iter()
             .any(|m| !m.dest.as_deref().is_some_and(|d| d.starts_with('/')));
     let started = Instant::now();
-    let ((base, took), (at_tag, held), walked) = if needs_base {
+    let ((base, took), (loaded, at_tag, held), walked) = if needs_base {
         let ((base, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
         let walked = walk(plan, base.working_dir()).await?;
         ((base, took), dest, walked)
@@ -138,6 +132,10 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
     } = walked;
 
     // The last push's blobs are in the destination: its manifest, which names them all, is.
+    let last_image = match &loaded {
+        Loaded::Found(s) => Some(s.image.clone()),
+        _ => None,
+    };
     let mut present: HashSet<Digest> = HashSet::new();
     if let (true, Loaded::Found(s)) = (held, &loaded) {
         present.extend(s.layers().into_iter().map(|l| l.digest));
@@ -182,14 +180,22 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         uploads,
         next: next_state,
         entries,
+        restat,
     } = blocking(move || stack::layers(job, prev)).await?;
     timings.layer = started.elapsed().saturating_sub(timings.base);
 
     let image = image::build(&base, &app, &plan.tweaks, &image::rfc3339(plan.mtime))?;
+    let same_image = last_image.as_ref() == Some(&image.digest);
     let started = Instant::now();
-    let report = if mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest) {
-        push::Report::unchanged(&image)
-    } else {
+    // The state is encoded while the push runs, and written only once it succeeded.
+    let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
+    let mut next = next_state;
+    next.image = image.digest.clone();
+    let encode = blocking(move || Ok(save.map(|f| (state::encode(&next), f))));
+    let transfer = async {
+        if mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest) {
+            return Ok(push::Report::unchanged(&image));
+        }
         let files: Vec<push::Upload> = uploads
             .iter()
             .map(|(l, p)| push::Upload {
@@ -198,19 +204,17 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
             })
             .collect();
         let delta = matches!(mode, Mode::Delta { .. } | Mode::Unchanged);
-        push::push(&dest, &source, &image, &files, &present, !delta, plan.jobs).await?
+        push::push(&dest, &source, &image, &files, &present, !delta, plan.jobs).await
     };
-    timings.push = started.elapsed();
-
-    if let Some(file) = &state_file {
-        let mut next = next_state;
-        next.image = image.digest.clone();
-        if let Err(e) = state::save(file, &next) {
+    let (report, encoded) = tokio::try_join!(transfer, encode)?;
+    if let Some((bytes, file)) = encoded {
+        if let Err(e) = state::write(&file, &bytes) {
             // The push succeeded; only the next one's speed is at stake.
             tracing::warn!("{e}; the next push will be a full one");
-            state::remove(file);
+            state::remove(&file);
         }
     }
+    timings.push = started.elapsed();
 
     Ok(Pushed {
         reference: plan.to.pinned(&image.digest),

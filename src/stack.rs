@@ -80,6 +80,8 @@ pub struct Built {
     pub next: State,
     /// Entries in the tree.
     pub entries: usize,
+    /// The index changed even if the image did not (see [`Delta::restat`]): save it.
+    pub restat: bool,
 }
 
 /// A delta on `prev` when it is usable and the deltas stay within bounds; else the full app
@@ -91,6 +93,7 @@ pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -
             let mut delta = diff(&prev.index, &job.entries, job.scanned_at)?;
             if delta.is_empty() {
                 let mut next = *prev;
+                next.scanned_at = delta.index.scanned_at;
                 next.index = delta.index;
                 return Ok(Built {
                     mode: Mode::Unchanged,
@@ -98,6 +101,7 @@ pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -
                     uploads: Vec::new(),
                     next,
                     entries: job.entries.len(),
+                    restat: delta.restat > 0,
                 });
             }
             let (layer, path) = write_delta(&mut delta, &job.created_by, job.mtime, &job.dir)?;
@@ -105,6 +109,7 @@ pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -
                 Some(why) => Some(why),
                 None => {
                     let mut next = *prev;
+                    next.scanned_at = delta.index.scanned_at;
                     next.index = delta.index;
                     next.deltas.push(layer.clone());
                     return Ok(Built {
@@ -117,6 +122,7 @@ pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -
                         uploads: vec![(layer, path)],
                         next,
                         entries: job.entries.len(),
+                        restat: true,
                     });
                 }
             }
@@ -135,6 +141,7 @@ pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -
         app,
         uploads,
         entries: job.entries.len(),
+        restat: true,
     })
 }
 

@@ -1,7 +1,8 @@
 //! What layerup remembers per destination between pushes — the last image, its app layers and
-//! the file index — in one JSON file under the user's cache directory. Deleting it is always
-//! safe: the next push is then a full one.
+//! the file index — in one file under the user's cache directory: a line of JSON, then the
+//! index's lines. Deleting it is always safe: the next push is then a full one.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Digest;
@@ -29,6 +30,10 @@ pub struct State {
     pub parts: Vec<NewLayer>,
     /// Deltas stacked on the parts since, bottom first.
     pub deltas: Vec<NewLayer>,
+    /// When the index's tree was walked.
+    pub scanned_at: i64,
+    /// Kept as lines after the JSON (see [`Index::write_lines`]).
+    #[serde(skip)]
     pub index: Index,
 }
 
@@ -47,6 +52,7 @@ impl State {
             image,
             parts,
             deltas: Vec::new(),
+            scanned_at: index.scanned_at,
             index,
         }
     }
@@ -98,34 +104,55 @@ pub enum Loaded {
 }
 
 pub fn load(path: &Path) -> Loaded {
-    let bytes = match std::fs::read(path) {
+    let text = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
         Err(e) => return Loaded::Unreadable(crate::error::os_reason(&e)),
     };
-    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+    let Ok(text) = String::from_utf8(text) else {
+        return Loaded::Unreadable("it is not text".into());
+    };
+    let (head, lines) = text.split_once('\n').unwrap_or((&text, ""));
+    let version = serde_json::from_str::<serde_json::Value>(head)
         .ok()
         .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
     if version.is_some_and(|v| v != VERSION as u64) {
         return Loaded::Unreadable(format!(
-            "it was written by another layerup (format {version:?})"
+            "it was written by another layerup (format {})",
+            version.unwrap_or_default()
         ));
     }
-    match serde_json::from_slice::<State>(&bytes) {
-        Ok(s) => Loaded::Found(Box::new(s)),
-        Err(e) => Loaded::Unreadable(format!("it is not valid ({e})")),
+    let mut state = match serde_json::from_str::<State>(head) {
+        Ok(s) => s,
+        Err(e) => return Loaded::Unreadable(format!("it is not valid ({e})")),
+    };
+    match Index::parse_lines(lines, state.scanned_at) {
+        Some(index) => state.index = index,
+        None => return Loaded::Unreadable("its file index is not valid".into()),
     }
+    Loaded::Found(Box::new(state))
+}
+
+/// The state's bytes: a line of JSON, then the index's lines.
+pub fn encode(state: &State) -> Vec<u8> {
+    let mut out = serde_json::to_vec(state).expect("the state serialises");
+    out.push(b'\n');
+    state
+        .index
+        .write_lines(&mut out)
+        .expect("writing to memory cannot fail");
+    out
 }
 
 /// Writes the state atomically (a temporary file renamed over the old one), so a crash or a
 /// concurrent push leaves either the old state or the new one, never half of either.
-pub fn save(path: &Path, state: &State) -> Result<()> {
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("state paths have a directory");
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create the state directory", dir, &e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io("write the state to", dir, &e))?;
-    serde_json::to_writer(std::io::BufWriter::new(tmp.as_file_mut()), state)
-        .map_err(|e| Error::internal(format!("cannot serialise the state: {e}")))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("write the state to", tmp.path(), &e))?;
     tmp.persist(path)
         .map_err(|e| Error::io("write the state to", path, &e.error))?;
     Ok(())
@@ -159,11 +186,27 @@ mod tests {
     fn a_saved_state_loads_back() {
         let t = tempfile::tempdir().unwrap();
         let p = path(t.path(), "localhost:5000/dev/app:dev");
-        save(&p, &sample()).unwrap();
+        let mut state = sample();
+        let entry = crate::layer::Entry {
+            path: "app".into(),
+            kind: crate::layer::Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        state.index = crate::index::index_of(&[entry], 7);
+        state.scanned_at = 7;
+        write(&p, &encode(&state)).unwrap();
         match load(&p) {
-            Loaded::Found(s) => assert_eq!(s.image, sample().image),
+            Loaded::Found(s) => {
+                assert_eq!(s.image, state.image);
+                assert_eq!(s.index, state.index);
+            }
             other => panic!("{other:?}"),
         }
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("d 755", "d x")).unwrap();
+        assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("file index")));
     }
 
     #[test]
@@ -173,7 +216,7 @@ mod tests {
         assert!(matches!(load(&p), Loaded::Missing));
         std::fs::write(&p, "{ not json").unwrap();
         assert!(matches!(load(&p), Loaded::Unreadable(why) if why.starts_with("it is not valid")));
-        std::fs::write(&p, r#"{"version": 99}"#).unwrap();
+        std::fs::write(&p, "{\"version\": 99}\n").unwrap();
         assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("another layerup")));
     }
 
