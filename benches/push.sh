@@ -19,11 +19,13 @@ for t in docker-registry skopeo umoci /usr/bin/time busybox taskset bc; do
 done
 cargo build --release --locked -q
 layerup="$PWD/target/release/layerup"
+export LAYERUP_STATE_DIR  # set below, inside the work directory
 
 work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
+LAYERUP_STATE_DIR="$work/state"
 
 port=5100
 while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done

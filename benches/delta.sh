@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): the inner loop. On a large real tree, wall time and bytes for
+#   (a) the first push, (b) a one-file edit, (c) a 100-file edit, (d) nothing changed,
+#   (e) a one-file edit in a 100,000-file tree,
+# and (b) again through a slow link (20 Mbit/s, 20 ms each way: benches/pace.py), next to
+# `umoci insert` + `skopeo copy` re-layering the same tree onto the same base in the same run.
+#
+#   ./benches/delta.sh [TREE] [RUNS]
+#
+# TREE defaults to this machine's Python standard library. Times are medians of RUNS (3);
+# the slow-link peer runs once (it sends the whole layer: tens of seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONDONTWRITEBYTECODE=1
+tree_src=${1:-$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')}
+runs=${2:-3}
+for t in docker-registry skopeo umoci /usr/bin/time python3 bc; do
+  command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo umoci time python3 bc" >&2; exit 1; }
+done
+cargo build --release --locked -q
+layerup="$PWD/target/release/layerup"
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+export LAYERUP_STATE_DIR="$work/state"
+
+free_port() { local p=$1; while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done; echo "$p"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; exit 1; }
+port=$(free_port 5200)
+reg="127.0.0.1:$port"
+printf 'version: 0.1\nlog: { level: error, accesslog: { disabled: true } }\nstorage: { filesystem: { rootdirectory: %s/registry } }\nhttp: { addr: %s, secret: bench }\n' "$work" "$reg" > "$work/registry.yml"
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_port "$port"
+slow_port=$(free_port $((port + 1)))
+slow="127.0.0.1:$slow_port"
+python3 benches/pace.py "$slow_port" "$port" 20000000 20 "$work/counts" &
+pids+=($!)
+wait_port "$slow_port"
+
+mkdir -p "$work/tree"
+tar -C "$tree_src" --exclude=./site-packages -cf - . | tar -C "$work/tree" -xf -
+files=$(find "$work/tree" -type f | wc -l)
+size=$(du -sm "$work/tree" | cut -f1)
+python3 - "$work/huge" <<'PY'
+import os, sys
+root = sys.argv[1]
+for d in range(1000):
+    os.makedirs(f"{root}/mod{d:04d}")
+    for f in range(100):
+        with open(f"{root}/mod{d:04d}/f{f:03d}.py", "w") as fh:
+            fh.write(f"# module {d} file {f}\nX = {d * f}\n" * 3)
+PY
+
+# The base (busybox, two layers) in the registry for layerup and in a layout for umoci; both
+# destinations hold its layers already.
+mkdir -p "$work/rootfs/bin" "$work/rel/etc"
+cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
+echo prod > "$work/rel/etc/prod-release"
+umoci init --layout "$work/layout"
+umoci new --image "$work/layout:base"
+umoci insert --image "$work/layout:base" "$work/rootfs" / >/dev/null
+umoci insert --image "$work/layout:base" "$work/rel" / >/dev/null
+for r in prod/base:1 dev/umoci:seed dev/layerup:seed; do
+  skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/$r"
+done
+
+timed() { # timed CMD... : prints "seconds peak_kib"
+  /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  tail -1 "$work/t"
+}
+sent() { sed -n 's/.*; \([0-9.]* [KMG]*i*B\) sent;.*/\1/p' "$work/err" | tail -1; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+lpush() { # lpush TREE TAG [REGISTRY]
+  timed "$layerup" push "$1:/app" --base "$reg/prod/base:1" --to "${3:-$reg}/dev/layerup:$2" --insecure
+}
+umoci_push() { # umoci_push TREE TAG [REGISTRY] : re-layer the whole tree onto the base, push
+  local n=$2 to=${3:-$reg} a b
+  umoci tag --image "$work/layout:base" "$n" >/dev/null
+  a=$(timed umoci insert --image "$work/layout:$n" "$1" /app)
+  b=$(timed skopeo copy -q --dest-tls-verify=false "oci:$work/layout:$n" "docker://$to/dev/umoci:$n")
+  echo "$(echo "${a% *} + ${b% *}" | bc) $(( ${a#* } > ${b#* } ? ${a#* } : ${b#* } ))"
+}
+layer_bytes() { skopeo inspect --raw --tls-verify=false "docker://$reg/dev/umoci:$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["size"])'; }
+
+echo "tree: $tree_src — $files files, $size MB; 100,000-file tree: $(du -sm "$work/huge" | cut -f1) MB; median of $runs runs"
+printf '%-34s %-30s %-30s\n' case "layerup (s, peak MiB, sent)" "umoci+skopeo (s, peak MiB, layer)"
+row() { printf '%-34s %-30s %-30s\n' "$1" "$2" "$3"; }
+fmt() { echo "$1 s, $(( $2 / 1024 )) MiB"; }
+
+read -r s k <<<"$(lpush "$work/tree" dev)"; l_sent=$(sent)
+read -r us uk <<<"$(umoci_push "$work/tree" a)"
+row "(a) first push" "$(fmt "$s" "$k"), $l_sent" "$(fmt "$us" "$uk"), $(layer_bytes a) B"
+
+case_b() { # case_b TAG NAME EDIT
+  local tag=$1 name=$2 edit=$3 i ls=() lk=() us=() uk=() last_sent=""
+  for i in $(seq "$runs"); do
+    eval "$edit"
+    read -r s k <<<"$(lpush "$work/tree" dev)"; ls+=("$s"); lk+=("$k"); last_sent=$(sent)
+    read -r s k <<<"$(umoci_push "$work/tree" "$tag$i")"; us+=("$s"); uk+=("$k")
+  done
+  row "$name" "$(fmt "$(printf '%s\n' "${ls[@]}" | median)" "$(printf '%s\n' "${lk[@]}" | median)"), $last_sent" \
+    "$(fmt "$(printf '%s\n' "${us[@]}" | median)" "$(printf '%s\n' "${uk[@]}" | median)"), $(layer_bytes "$tag$runs") B"
+}
+case_b b "(b) one-file edit" 'echo "# edit $i" >> "$work/tree/os.py"'
+find "$work/tree" -name "*.py" | sort > "$work/py-files"
+head -100 "$work/py-files" > "$work/hundred"
+case_b c "(c) 100-file edit" 'while read -r f; do echo "# edit $i" >> "$f"; done < "$work/hundred"'
+case_b d "(d) nothing changed" ':'
+
+lpush "$work/huge" huge >/dev/null
+ls=(); lk=()
+for i in $(seq "$runs"); do
+  echo "# edit $i" >> "$work/huge/mod0500/f050.py"
+  read -r s k <<<"$(lpush "$work/huge" huge)"; ls+=("$s"); lk+=("$k"); e_sent=$(sent)
+done
+read -r us uk <<<"$(umoci_push "$work/huge" e)"
+row "(e) 100,000 files, one-file edit" "$(fmt "$(printf '%s\n' "${ls[@]}" | median)" "$(printf '%s\n' "${lk[@]}" | median)"), $e_sent" "$(fmt "$us" "$uk"), $(layer_bytes e) B"
+
+# (b) through the slow link: layerup's state is per destination, so the first push through the
+# link (to the same repository) is full; the edits after it are deltas.
+lpush "$work/tree" slow "$slow" >/dev/null
+ls=(); up=()
+for i in $(seq "$runs"); do
+  echo "# slow $i" >> "$work/tree/os.py"
+  read -r before _ < "$work/counts"
+  read -r s k <<<"$(lpush "$work/tree" slow "$slow")"; ls+=("$s")
+  read -r after _ < "$work/counts"; up+=($((after - before)))
+done
+read -r before _ < "$work/counts"
+read -r us uk <<<"$(umoci_push "$work/tree" slow "$slow")"
+read -r after _ < "$work/counts"
+row "(b) one-file edit, 20 Mbit/s+20ms" "$(printf '%s\n' "${ls[@]}" | median) s, $(printf '%s\n' "${up[@]}" | median) B up" "$us s, $((after - before)) B up"
