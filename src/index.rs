@@ -244,10 +244,7 @@ pub fn diff(
     scanned_at: i64,
     mut hash: impl FnMut(&Path) -> Result<String>,
 ) -> Result<Delta> {
-    let mut index = Index {
-        scanned_at,
-        files: BTreeMap::new(),
-    };
+    let mut records: Vec<(String, Record)> = Vec::with_capacity(entries.len());
     let mut changed: BTreeSet<&str> = BTreeSet::new();
     let mut restat = 0;
     // Paths whose kind changed from a directory: everything the lower layers hold under them goes.
@@ -281,9 +278,20 @@ pub fn diff(
                 changed.insert(&e.path);
             }
         }
-        index.files.insert(e.path.clone(), rec);
+        records.push((e.path.clone(), rec));
     }
-    let by_path: BTreeMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    // Built from sorted pairs: one bulk load, no rebalancing.
+    let index = Index {
+        scanned_at,
+        files: records.into_iter().collect(),
+    };
+    // `entries` are sorted by path: look paths up by bisection rather than build a map.
+    let find = |p: &str| {
+        entries
+            .binary_search_by(|e| e.path.as_str().cmp(p))
+            .ok()
+            .map(|i| &entries[i])
+    };
     // A hardlink is written with the file it names: a new name for a changed file, or a changed
     // name for a file in a lower layer, would otherwise point at nothing in this layer.
     let links: Vec<(&str, &str)> = entries
@@ -301,8 +309,8 @@ pub fn diff(
     let n_changed = changed.len();
     for (path, target) in &links {
         if changed.contains(path) {
-            if let Some((t, _)) = by_path.get_key_value(target) {
-                changed.insert(t);
+            if let Some(t) = find(target) {
+                changed.insert(&t.path);
             }
         }
     }
@@ -311,13 +319,14 @@ pub fn diff(
         .files
         .keys()
         .map(String::as_str)
-        .filter(|p| !by_path.contains_key(p))
+        .filter(|p| find(p).is_none())
         .collect();
     let gone_set: HashSet<&str> = gone.iter().copied().collect();
     // A directory kept as a directory whose every old child went is replaced wholesale: one
     // opaque whiteout hides them all (image-spec layer.md, "Opaque Whiteout").
     let mut children: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for p in old.files.keys() {
+    let anything_went = !gone.is_empty() || !dir_replaced.is_empty();
+    for p in old.files.keys().filter(|_| anything_went) {
         if let Some((parent, _)) = p.rsplit_once('/') {
             let c = children.entry(parent).or_default();
             c.0 += 1;
@@ -330,9 +339,7 @@ pub fn diff(
         .iter()
         .filter(|(dir, (all, went))| {
             all == went
-                && by_path
-                    .get(*dir)
-                    .is_some_and(|e| e.kind == Kind::Dir && !dir_replaced.contains(*dir))
+                && find(dir).is_some_and(|e| e.kind == Kind::Dir && !dir_replaced.contains(*dir))
         })
         .map(|(dir, _)| *dir)
         .collect();
@@ -371,16 +378,18 @@ pub fn diff(
         out.insert(layer_order(&w), whiteout(w.clone()));
     }
     for p in &changed {
-        out.insert(layer_order(p), by_path[p].clone());
+        out.insert(
+            layer_order(p),
+            find(p).expect("changed paths were walked").clone(),
+        );
     }
     // Parents of everything written, as they are now, so appliers never guess a directory's mode.
     let written: Vec<String> = out.values().map(|e| e.path.clone()).collect();
     for p in written {
         let mut at = p.as_str();
         while let Some((parent, _)) = at.rsplit_once('/') {
-            if let Some(e) = by_path.get(parent) {
-                out.entry(layer_order(parent))
-                    .or_insert_with(|| (*e).clone());
+            if let Some(e) = find(parent) {
+                out.entry(layer_order(parent)).or_insert_with(|| e.clone());
             }
             at = parent;
         }
