@@ -161,8 +161,9 @@ fn summary(p: &Pushed) -> String {
                 .filter(|b| new.contains(&&b.digest) && b.outcome == Outcome::Uploaded)
                 .count();
             format!(
-                "full: {} entries in {parts} layers ({}), {uploaded} uploaded, {} already there",
+                "full: {} entries in {parts} layer{} ({}), {uploaded} uploaded, {} already there",
                 p.entries,
+                if *parts == 1 { "" } else { "s" },
                 human(built),
                 parts - uploaded
             )
