@@ -36,6 +36,7 @@ pids+=($!)
 wait_port "$port"
 slow_port=$(free_port $((port + 1)))
 slow="127.0.0.1:$slow_port"
+echo "0 0" > "$work/counts"
 python3 benches/pace.py "$slow_port" "$port" 20000000 20 "$work/counts" &
 pids+=($!)
 wait_port "$slow_port"
@@ -120,16 +121,17 @@ read -r us uk <<<"$(umoci_push "$work/huge" e)"
 row "(e) 100,000 files, one-file edit" "$(fmt "$(printf '%s\n' "${ls[@]}" | median)" "$(printf '%s\n' "${lk[@]}" | median)"), $e_sent" "$(fmt "$us" "$uk"), $(layer_bytes e) B"
 
 # (b) through the slow link: layerup's state is per destination, so the first push through the
-# link (to the same repository) is full; the edits after it are deltas.
+# link (to the same repository) is full; the edits after it are deltas. The proxy writes its
+# byte counts when a connection closes: give it a moment after each push.
+counted() { sleep 0.5; read -r up _ < "$work/counts"; echo "$up"; }
 lpush "$work/tree" slow "$slow" >/dev/null
 ls=(); up=()
 for i in $(seq "$runs"); do
   echo "# slow $i" >> "$work/tree/os.py"
-  read -r before _ < "$work/counts"
+  before=$(counted)
   read -r s k <<<"$(lpush "$work/tree" slow "$slow")"; ls+=("$s")
-  read -r after _ < "$work/counts"; up+=($((after - before)))
+  up+=($(($(counted) - before)))
 done
-read -r before _ < "$work/counts"
+before=$(counted)
 read -r us uk <<<"$(umoci_push "$work/tree" slow "$slow")"
-read -r after _ < "$work/counts"
-row "(b) one-file edit, 20 Mbit/s+20ms" "$(printf '%s\n' "${ls[@]}" | median) s, $(printf '%s\n' "${up[@]}" | median) B up" "$us s, $((after - before)) B up"
+row "(b) one-file edit, 20 Mbit/s+20ms" "$(printf '%s\n' "${ls[@]}" | median) s, $(printf '%s\n' "${up[@]}" | median) B up" "$us s, $(($(counted) - before)) B up"
