@@ -28,6 +28,7 @@ use oci_client::RegistryOperation;
 use oci_spec::distribution::Reference;
 use oci_spec::image::Digest;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::Method;
 use reqwest::StatusCode;
 
 use crate::auth;
@@ -318,9 +319,13 @@ impl Registry {
             })
     }
 
-    /// Fetches a manifest or index by tag or digest, verifying it against the digest when one
-    /// was asked for, or against `Docker-Content-Digest` when the registry sent one.
-    pub async fn manifest(&self, repo: &Reference, tag_or_digest: &str) -> Result<Fetched> {
+    /// GET or HEAD on a manifest, accepting every manifest and index type layerup reads.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repo: &Reference,
+        tag_or_digest: &str,
+    ) -> Result<reqwest::Response> {
         let host = repo.resolve_registry();
         let url = format!(
             "{}://{host}/v2/{}/manifests/{tag_or_digest}",
@@ -329,13 +334,22 @@ impl Registry {
         );
         let mut req = self
             .http
-            .get(&url)
+            .request(method, &url)
             .header(ACCEPT, manifest::ACCEPT.join(", "));
         if let Some(h) = self.header_for(host, repo.repository()) {
             req = req.header(AUTHORIZATION, h);
         }
+        req.send().await.map_err(|e| transport_error(&e, host))
+    }
+
+    /// Fetches a manifest or index by tag or digest, verifying it against the digest when one
+    /// was asked for, or against `Docker-Content-Digest` when the registry sent one.
+    pub async fn manifest(&self, repo: &Reference, tag_or_digest: &str) -> Result<Fetched> {
+        let host = repo.resolve_registry();
         let what = format!("manifest {}", repo.whole());
-        let res = req.send().await.map_err(|e| transport_error(&e, host))?;
+        let res = self
+            .manifest_request(Method::GET, repo, tag_or_digest)
+            .await?;
         let status = res.status();
         if !status.is_success() {
             let body = res.text().await.unwrap_or_default();
@@ -393,19 +407,9 @@ impl Registry {
         tag_or_digest: &str,
     ) -> Result<Option<Digest>> {
         let host = repo.resolve_registry();
-        let url = format!(
-            "{}://{host}/v2/{}/manifests/{tag_or_digest}",
-            self.scheme(host),
-            repo.repository()
-        );
-        let mut req = self
-            .http
-            .head(&url)
-            .header(ACCEPT, manifest::ACCEPT.join(", "));
-        if let Some(h) = self.header_for(host, repo.repository()) {
-            req = req.header(AUTHORIZATION, h);
-        }
-        let res = req.send().await.map_err(|e| transport_error(&e, host))?;
+        let res = self
+            .manifest_request(Method::HEAD, repo, tag_or_digest)
+            .await?;
         let status = res.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);

@@ -324,10 +324,7 @@ fn deltas_are_squashed_when_they_outweigh_the_share_of_the_full_layer() {
     let dev = Dev::new();
     dev.push_expecting("full:");
     // Random bytes do not compress: this delta alone weighs far more than the small app layer.
-    let noise: Vec<u8> = (0..64 << 10)
-        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    std::fs::write(dev.path("blob.bin"), noise).unwrap();
+    std::fs::write(dev.path("blob.bin"), noise(64 << 10)).unwrap();
     let run = dev.push(&["--squash-at", "50%"]);
     run.ok();
     assert!(

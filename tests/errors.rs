@@ -124,6 +124,7 @@ fn an_unreadable_file_is_named_and_nothing_is_pushed() {
             &dev.reference("dev/app:x"),
         ))
         .env("DOCKER_CONFIG", empty_config.path())
+        .env("LAYERUP_STATE_DIR", empty_config.path().join("state"))
         .env("TMPDIR", "/tmp")
         .output()
         .unwrap();
@@ -330,16 +331,7 @@ fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
     let dev = Registry::start();
     let tree = tempfile::tempdir().unwrap();
     // 48 MiB that do not compress: seconds of work for a test build.
-    let mut seed: u64 = 1;
-    let noise: Vec<u8> = (0..48 << 20)
-        .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 56) as u8
-        })
-        .collect();
-    std::fs::write(tree.path().join("noise.bin"), noise).unwrap();
+    std::fs::write(tree.path().join("noise.bin"), noise(48 << 20)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_layerup"))
         .args(push_args(

@@ -114,16 +114,7 @@ fn an_edit_during_a_push_gives_exactly_one_more_push() {
     let w = Watching::start(tree.path(), &dev.reference("dev/app:watch"));
     w.wait_for("the first push", |w| w.pushes().len() == 1);
     // Bytes that do not compress keep the next push busy for a while.
-    let mut seed: u64 = 7;
-    let noise: Vec<u8> = (0..8 << 20)
-        .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (seed >> 56) as u8
-        })
-        .collect();
-    std::fs::write(tree.path().join("noise.bin"), noise).unwrap();
+    std::fs::write(tree.path().join("noise.bin"), noise(8 << 20)).unwrap();
     w.wait_for("the second push start", |w| {
         w.log().contains("changes seen; pushing")
     });

@@ -576,3 +576,16 @@ pub fn app_tree() -> tempfile::TempDir {
 pub fn digest_of(pinned: &str) -> &str {
     pinned.rsplit_once('@').expect("a pinned reference").1
 }
+
+/// `len` bytes that do not compress (a seeded LCG's high bytes): work for gzip, in tests.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut seed: u64 = 1;
+    (0..len)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as u8
+        })
+        .collect()
+}
