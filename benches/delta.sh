@@ -17,23 +17,7 @@ runs=${2:-3}
 for t in docker-registry skopeo umoci /usr/bin/time python3 bc; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo umoci time python3 bc" >&2; exit 1; }
 done
-cargo build --release --locked -q
-layerup="$PWD/target/release/layerup"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-export LAYERUP_STATE_DIR="$work/state"
-
-free_port() { local p=$1; while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done; echo "$p"; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done; exit 1; }
-port=$(free_port 5200)
-reg="127.0.0.1:$port"
-printf 'version: 0.1\nlog: { level: error, accesslog: { disabled: true } }\nstorage: { filesystem: { rootdirectory: %s/registry } }\nhttp: { addr: %s, secret: bench }\n' "$work" "$reg" > "$work/registry.yml"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-wait_port "$port"
+. benches/setup.sh
 slow_port=$(free_port $((port + 1)))
 slow="127.0.0.1:$slow_port"
 echo "0 0" > "$work/counts"
@@ -41,10 +25,6 @@ python3 benches/pace.py "$slow_port" "$port" 20000000 20 "$work/counts" &
 pids+=($!)
 wait_port "$slow_port"
 
-mkdir -p "$work/tree"
-tar -C "$tree_src" --exclude=./site-packages -cf - . | tar -C "$work/tree" -xf -
-files=$(find "$work/tree" -type f | wc -l)
-size=$(du -sm "$work/tree" | cut -f1)
 python3 - "$work/huge" <<'PY'
 import os, sys
 root = sys.argv[1]
@@ -54,19 +34,6 @@ for d in range(1000):
         with open(f"{root}/mod{d:04d}/f{f:03d}.py", "w") as fh:
             fh.write(f"# module {d} file {f}\nX = {d * f}\n" * 3)
 PY
-
-# The base (busybox, two layers) in the registry for layerup and in a layout for umoci; both
-# destinations hold its layers already.
-mkdir -p "$work/rootfs/bin" "$work/rel/etc"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
-echo prod > "$work/rel/etc/prod-release"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:base"
-umoci insert --image "$work/layout:base" "$work/rootfs" / >/dev/null
-umoci insert --image "$work/layout:base" "$work/rel" / >/dev/null
-for r in prod/base:1 dev/umoci:seed dev/layerup:seed; do
-  skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/$r"
-done
 
 timed() { # timed CMD... : prints "seconds peak_kib"
   /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
@@ -82,7 +49,7 @@ umoci_push() { # umoci_push TREE TAG [REGISTRY] : re-layer the whole tree onto t
   umoci tag --image "$work/layout:base" "$n" >/dev/null
   a=$(timed umoci insert --image "$work/layout:$n" "$1" /app)
   b=$(timed skopeo copy -q --dest-tls-verify=false "oci:$work/layout:$n" "docker://$to/dev/umoci:$n")
-  echo "$(echo "${a% *} + ${b% *}" | bc) $(( ${a#* } > ${b#* } ? ${a#* } : ${b#* } ))"
+  echo "$(printf '%.2f' "$(echo "${a% *} + ${b% *}" | bc)") $(( ${a#* } > ${b#* } ? ${a#* } : ${b#* } ))"
 }
 layer_bytes() { skopeo inspect --raw --tls-verify=false "docker://$reg/dev/umoci:$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["size"])'; }
 

@@ -17,42 +17,7 @@ runs=${2:-3}
 for t in docker-registry skopeo umoci /usr/bin/time busybox taskset bc; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo umoci time busybox-static" >&2; exit 1; }
 done
-cargo build --release --locked -q
-layerup="$PWD/target/release/layerup"
-export LAYERUP_STATE_DIR  # set below, inside the work directory
-
-work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-LAYERUP_STATE_DIR="$work/state"
-
-port=5100
-while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-reg="127.0.0.1:$port"
-printf 'version: 0.1\nlog: { level: error, accesslog: { disabled: true } }\nstorage: { filesystem: { rootdirectory: %s/registry } }\nhttp: { addr: %s, secret: bench }\n' "$work" "$reg" > "$work/registry.yml"
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-
-# The tree, copied so runs can edit it (site-packages left out: it is not part of the stdlib).
-mkdir -p "$work/tree"
-tar -C "$tree_src" --exclude=./site-packages -cf - . | tar -C "$work/tree" -xf -
-files=$(find "$work/tree" -type f | wc -l)
-size=$(du -sm "$work/tree" | cut -f1)
-
-# The base: busybox and a release file, two layers, made by umoci; in the registry for layerup
-# and in the layout for umoci; both destinations already hold its layers.
-mkdir -p "$work/rootfs/bin" "$work/rel/etc"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
-echo prod > "$work/rel/etc/prod-release"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:base"
-umoci insert --image "$work/layout:base" "$work/rootfs" / >/dev/null
-umoci insert --image "$work/layout:base" "$work/rel" / >/dev/null
-skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/prod/base:1"
-skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/dev/layerup:seed"
-skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/dev/umoci:seed"
+. benches/setup.sh
 
 measure() { # measure OUT CMD... : appends "seconds peak_kib" to OUT
   local out=$1; shift
@@ -79,10 +44,12 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "median wall: layerup $(cut -d' ' -f1 "$work/all" | median) s, umoci+skopeo $(cut -d' ' -f3 "$work/all" | median) s"
 echo "median peak RSS: layerup $(( $(cut -d' ' -f2 "$work/all" | median) / 1024 )) MiB, umoci+skopeo $(( $(cut -d' ' -f4 "$work/all" | median) / 1024 )) MiB"
-lsize=$(skopeo inspect --raw --tls-verify=false "docker://$reg/dev/layerup:run$runs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["size"])')
-usize=$(skopeo inspect --raw --tls-verify=false "docker://$reg/dev/umoci:run$runs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][-1]["size"])')
+# The added layers: everything above the base's two (layerup splits a large tree into parts).
+added() { skopeo inspect --raw --tls-verify=false "docker://$reg/$1" | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"][2:]))'; }
+lsize=$(added "dev/layerup:run$runs")
+usize=$(added "dev/umoci:run$runs")
 one_core=$(taskset -c 0 "$layerup" -q push "$work/tree:/app" --base "$reg/prod/base:1" --to "$reg/dev/layerup:one-core")
 all_cores=$(skopeo inspect --tls-verify=false "docker://$reg/dev/layerup:run$runs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Digest"])')
 [ "${one_core#*@}" = "$all_cores" ] && same=yes || same=NO
 echo "same digest on 1 core and on $(nproc) cores: $same (${one_core#*@})"
-echo "new layer size: layerup $((lsize / 1024 / 1024)) MiB ($lsize B), umoci $((usize / 1024 / 1024)) MiB ($usize B)"
+echo "added layers: layerup $((lsize / 1024 / 1024)) MiB ($lsize B), umoci $((usize / 1024 / 1024)) MiB ($usize B)"

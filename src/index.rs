@@ -52,10 +52,12 @@ pub struct Index {
 }
 
 impl Index {
-    /// One line per path: `k mode uid gid size mtime ctime ino dev sha path[\tlink]`, with
-    /// `\\`, `\t` and `\n` escaped in names. Ten times smaller and faster than JSON on a
-    /// 100,000-file tree, where the index is read and written on every push.
+    /// A `scanned-at <ns>` line, then one line per path: `k mode uid gid size mtime ctime ino
+    /// dev sha path[\tlink]`, with `\\`, `\t` and `\n` escaped in names. Ten times smaller
+    /// and faster than JSON on a 100,000-file tree, where the index is read and written on
+    /// every push.
     pub fn write_lines(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "scanned-at {}", self.scanned_at)?;
         for (path, r) in &self.files {
             write!(
                 out,
@@ -81,9 +83,11 @@ impl Index {
     }
 
     /// Reads what [`Index::write_lines`] wrote; `None` for anything else.
-    pub fn parse_lines(text: &str, scanned_at: i64) -> Option<Index> {
+    pub fn parse_lines(text: &str) -> Option<Index> {
+        let mut lines = text.lines();
+        let scanned_at = lines.next()?.strip_prefix("scanned-at ")?.parse().ok()?;
         let mut files = BTreeMap::new();
-        for line in text.lines() {
+        for line in lines {
             let mut f = line.splitn(11, ' ');
             let mut next = || f.next();
             let k = next()?.chars().next()?;
@@ -676,9 +680,10 @@ mod tests {
         index.files.get_mut("app/a.py").unwrap().mtime = 1_700_000_000_123_456_789;
         let mut text = Vec::new();
         index.write_lines(&mut text).unwrap();
-        let back = Index::parse_lines(std::str::from_utf8(&text).unwrap(), 42).unwrap();
+        let back = Index::parse_lines(std::str::from_utf8(&text).unwrap()).unwrap();
         assert_eq!(back, index);
-        assert!(Index::parse_lines("f 644 0 0 x\n", 0).is_none());
+        assert!(Index::parse_lines("scanned-at 0\nf 644 0 0 x\n").is_none());
+        assert!(Index::parse_lines("").is_none());
     }
 
     #[test]
@@ -801,8 +806,8 @@ mod tests {
                 for _ in 0..=rng.below(3) {
                     edit(&mut tree, &mut rng, step);
                 }
-                let (_, s) = stack(&before, &tree);
-                stacked = apply(&stacked, &stack(&before, &tree).0.entries);
+                let (delta, s) = stack(&before, &tree);
+                stacked = apply(&stacked, &delta.entries);
                 assert_eq!(s, tree, "seed {seed}, step {step}");
                 assert_eq!(stacked, tree, "seed {seed}, step {step}");
             }

@@ -270,7 +270,7 @@ async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::internal(format!("the layer builder stopped: {e}")))?
+        .map_err(|e| Error::internal(format!("a file task stopped: {e}")))?
 }
 
 /// The history entry names where files went, never where they came from: the same files from

@@ -75,13 +75,18 @@ fn main() -> ExitCode {
 }
 
 fn report_push(pushed: &Pushed) {
+    report_reason(pushed);
+    eprintln!("{}", summary(pushed));
+}
+
+/// Why a push was full when a delta was expected, in one line.
+fn report_reason(pushed: &Pushed) {
     if let Mode::Full {
         reason: Some(why), ..
     } = &pushed.mode
     {
         eprintln!("full push: {why}");
     }
-    eprintln!("{}", summary(pushed));
 }
 
 /// One watch cycle: the status line on stderr, the new reference on stdout.
@@ -89,12 +94,7 @@ fn report_cycle(cycle: Cycle, quiet: bool) {
     match cycle.result {
         Ok(pushed) => {
             if !quiet {
-                if let Mode::Full {
-                    reason: Some(why), ..
-                } = &pushed.mode
-                {
-                    eprintln!("full push: {why}");
-                }
+                report_reason(&pushed);
                 let files = match &pushed.mode {
                     Mode::Full { .. } => format!("{} entries", pushed.entries),
                     Mode::Delta {

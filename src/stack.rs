@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::image::NewLayer;
 use crate::index::{self, Delta, Index};
 use crate::layer::{self, partition, Entry, Mapping};
-
 use crate::state::{Loaded, State};
 
 /// When deltas are folded back into a full app layer.
@@ -87,46 +86,44 @@ pub struct Built {
 /// A delta on `prev` when it is usable and the deltas stay within bounds; else the full app
 /// layer in parts. Reads and compresses files: run it off the async threads.
 pub fn layers(job: Job, prev: std::result::Result<Box<State>, Option<String>>) -> Result<Built> {
-    let reason = match prev {
-        Err(why) => why,
-        Ok(prev) => {
-            let mut delta = diff(&prev.index, &job.entries, job.scanned_at)?;
-            if delta.is_empty() {
-                let mut next = *prev;
-                next.scanned_at = delta.index.scanned_at;
-                next.index = delta.index;
-                return Ok(Built {
-                    mode: Mode::Unchanged,
-                    app: next.layers(),
-                    uploads: Vec::new(),
-                    next,
-                    entries: job.entries.len(),
-                    restat: delta.restat > 0,
-                });
+    let reason = 'delta: {
+        let prev = match prev {
+            Err(why) => break 'delta why,
+            Ok(prev) => prev,
+        };
+        let mut delta = diff(&prev.index, &job.entries, job.scanned_at)?;
+        let written = if delta.is_empty() {
+            None
+        } else {
+            let path = job.dir.join("delta.tar.gz");
+            let by = format!("{} (changes)", job.created_by);
+            let layer = write_layer(&delta.entries, &by, job.mtime, &path, &mut delta.index)?;
+            if let Some(why) = squash_reason(&prev, layer.size, job.squash) {
+                break 'delta Some(why);
             }
-            let (layer, path) = write_delta(&mut delta, &job.created_by, job.mtime, &job.dir)?;
-            match squash_reason(&prev, layer.size, job.squash) {
-                Some(why) => Some(why),
-                None => {
-                    let mut next = *prev;
-                    next.scanned_at = delta.index.scanned_at;
-                    next.index = delta.index;
-                    next.deltas.push(layer.clone());
-                    return Ok(Built {
-                        mode: Mode::Delta {
-                            changed: delta.changed,
-                            deleted: delta.deleted,
-                            depth: next.deltas.len(),
-                        },
-                        app: next.layers(),
-                        uploads: vec![(layer, path)],
-                        next,
-                        entries: job.entries.len(),
-                        restat: true,
-                    });
+            Some((layer, path))
+        };
+        let mut next = *prev;
+        next.index = delta.index;
+        let mode = match &written {
+            None => Mode::Unchanged,
+            Some((layer, _)) => {
+                next.deltas.push(layer.clone());
+                Mode::Delta {
+                    changed: delta.changed,
+                    deleted: delta.deleted,
+                    depth: next.deltas.len(),
                 }
             }
-        }
+        };
+        return Ok(Built {
+            mode,
+            app: next.layers(),
+            restat: written.is_some() || delta.restat > 0,
+            uploads: written.into_iter().collect(),
+            next,
+            entries: job.entries.len(),
+        });
     };
     let parts = partition::split(&job.entries, &job.roots);
     let mut index = index::index_of(&job.entries, job.scanned_at);
@@ -231,47 +228,36 @@ pub fn write_full(
     index: &mut Index,
     dir: &Path,
 ) -> Result<Vec<(NewLayer, PathBuf)>> {
-    let mut layers = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let path = dir.join(format!("part-{i}.tar.gz"));
-        let sums = layer::write_entries(part, mtime, &path)?;
-        fill_hashes(index, &sums.files);
-        let layer = NewLayer {
-            digest: sums.digest,
-            diff_id: sums.diff_id,
-            size: sums.size,
-            created_by: created_by.to_string(),
-        };
-        layers.push((layer, path));
-    }
-    Ok(layers)
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let path = dir.join(format!("part-{i}.tar.gz"));
+            Ok((write_layer(part, created_by, mtime, &path, index)?, path))
+        })
+        .collect()
 }
 
-/// Writes a delta's layer into `dir`; its files' hashes go into its index.
-pub fn write_delta(
-    delta: &mut Delta,
+/// Writes one layer blob at `path`; the hashes of the files it stored go into `index`.
+fn write_layer(
+    entries: &[Entry],
     created_by: &str,
     mtime: u64,
-    dir: &Path,
-) -> Result<(NewLayer, PathBuf)> {
-    let path = dir.join("delta.tar.gz");
-    let sums = layer::write_entries(&delta.entries, mtime, &path)?;
-    fill_hashes(&mut delta.index, &sums.files);
-    let layer = NewLayer {
+    path: &Path,
+    index: &mut Index,
+) -> Result<NewLayer> {
+    let sums = layer::write_entries(entries, mtime, path)?;
+    for (file, sha) in sums.files {
+        if let Some(r) = index.files.get_mut(&file) {
+            r.sha = Some(sha);
+        }
+    }
+    Ok(NewLayer {
         digest: sums.digest,
         diff_id: sums.diff_id,
         size: sums.size,
-        created_by: format!("{created_by} (changes)"),
-    };
-    Ok((layer, path))
-}
-
-fn fill_hashes(index: &mut Index, files: &[(String, String)]) {
-    for (path, sha) in files {
-        if let Some(r) = index.files.get_mut(path) {
-            r.sha = Some(sha.clone());
-        }
-    }
+        created_by: created_by.to_string(),
+    })
 }
 
 /// The delta between the last push's index and the tree as walked now.

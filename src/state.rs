@@ -30,8 +30,6 @@ pub struct State {
     pub parts: Vec<NewLayer>,
     /// Deltas stacked on the parts since, bottom first.
     pub deltas: Vec<NewLayer>,
-    /// When the index's tree was walked.
-    pub scanned_at: i64,
     /// Kept as lines after the JSON (see [`Index::write_lines`]).
     #[serde(skip)]
     pub index: Index,
@@ -52,7 +50,6 @@ impl State {
             image,
             parts,
             deltas: Vec::new(),
-            scanned_at: index.scanned_at,
             index,
         }
     }
@@ -126,7 +123,7 @@ pub fn load(path: &Path) -> Loaded {
         Ok(s) => s,
         Err(e) => return Loaded::Unreadable(format!("it is not valid ({e})")),
     };
-    match Index::parse_lines(lines, state.scanned_at) {
+    match Index::parse_lines(lines) {
         Some(index) => state.index = index,
         None => return Loaded::Unreadable("its file index is not valid".into()),
     }
@@ -195,7 +192,6 @@ mod tests {
             gid: 0,
         };
         state.index = crate::index::index_of(&[entry], 7);
-        state.scanned_at = 7;
         write(&p, &encode(&state)).unwrap();
         match load(&p) {
             Loaded::Found(s) => {

@@ -52,7 +52,6 @@ pub struct Sums {
     pub diff_id: Digest,
     pub size: u64,
     pub tar_size: u64,
-    pub entries: usize,
     /// sha256 (hex) of each regular file's bytes as stored, by layer path: for the file index.
     pub files: Vec<(String, String)>,
 }
@@ -94,7 +93,6 @@ pub fn write<W: Write>(
         diff_id,
         size,
         tar_size,
-        entries: entries.len(),
         files,
     })
 }
