@@ -1,18 +1,35 @@
 //! Credentials for a registry, found where docker and crane find them: `$DOCKER_CONFIG/config.json`
 //! or `~/.docker/config.json` — `credHelpers`, then `credsStore`, then `auths`.
 //!
-//! The credential type is oci-client's `RegistryAuth`, whose `Debug` redacts secrets; nothing
-//! here formats a secret into a message.
+//! [`Credentials`]' `Debug` redacts secrets; nothing here formats a secret into a message.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use base64::Engine as _;
-use oci_client::secrets::RegistryAuth;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
+
+/// What to authenticate with. `Debug` shows the kind and the user, never a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Anonymous,
+    Basic(String, String),
+    /// A registry token used as is (`registrytoken` in a docker config).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic(user, _) => write!(f, "Basic({user:?}, <redacted>)"),
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
 
 /// Docker Hub's key in config files and the server URL its helpers expect.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -20,13 +37,13 @@ const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 /// Credentials for `registry` (a `host[:port]` as written in the reference), or anonymous when
 /// none are configured. A helper that is configured but missing or failing is an error, not a
 /// silent anonymous request that the registry then refuses with a confusing 401.
-pub async fn lookup(registry: &str) -> Result<RegistryAuth> {
+pub async fn lookup(registry: &str) -> Result<Credentials> {
     let Some(path) = config_path() else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(Credentials::Anonymous);
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::Anonymous),
         Err(e) => {
             let reason = crate::error::os_reason(&e);
             return Err(Error::auth(format!(
@@ -99,7 +116,7 @@ fn server_url(registry: &str) -> String {
     }
 }
 
-fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<RegistryAuth> {
+fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<Credentials> {
     let Some(entry) = config
         .get("auths")
         .and_then(Value::as_object)
@@ -109,7 +126,7 @@ fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<
                 .map(|(_, v)| v)
         })
     else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(Credentials::Anonymous);
     };
     let bad = |why: &str| {
         Error::auth(format!(
@@ -124,7 +141,7 @@ fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<
             .filter(|s| !s.is_empty())
     };
     if let Some(token) = get("registrytoken") {
-        return Ok(RegistryAuth::Bearer(token.to_string()));
+        return Ok(Credentials::Bearer(token.to_string()));
     }
     if get("identitytoken").is_some() {
         return Err(bad("holds an OAuth2 identity token, which layerup cannot use yet; log in with a username and password or an access token"));
@@ -138,11 +155,11 @@ fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<
         let (user, pass) = decoded
             .split_once(':')
             .ok_or_else(|| bad("has an `auth` value that is not `user:password`"))?;
-        return Ok(RegistryAuth::Basic(user.into(), pass.into()));
+        return Ok(Credentials::Basic(user.into(), pass.into()));
     }
     match (get("username"), get("password")) {
-        (Some(u), Some(p)) => Ok(RegistryAuth::Basic(u.into(), p.into())),
-        _ => Ok(RegistryAuth::Anonymous),
+        (Some(u), Some(p)) => Ok(Credentials::Basic(u.into(), p.into())),
+        _ => Ok(Credentials::Anonymous),
     }
 }
 
@@ -153,7 +170,7 @@ async fn run_helper(
     server: &str,
     registry: &str,
     config: &std::path::Path,
-) -> Result<Option<RegistryAuth>> {
+) -> Result<Option<Credentials>> {
     let program = format!("docker-credential-{helper}");
     let named = || {
         format!(
@@ -225,7 +242,7 @@ async fn run_helper(
             named()
         )));
     }
-    Ok(Some(RegistryAuth::Basic(user.into(), secret.into())))
+    Ok(Some(Credentials::Basic(user.into(), secret.into())))
 }
 
 #[cfg(test)]
@@ -250,14 +267,14 @@ mod tests {
     fn inline_auth_is_decoded() {
         let config = auths(serde_json::json!({ "auth": "Ym9iOnMzY3I6ZXQ=" })); // bob:s3cr:et
         let got = from_auths(&config, "127.0.0.1:5000", "c.json".as_ref()).unwrap();
-        assert_eq!(got, RegistryAuth::Basic("bob".into(), "s3cr:et".into()));
+        assert_eq!(got, Credentials::Basic("bob".into(), "s3cr:et".into()));
     }
 
     #[test]
     fn other_registries_stay_anonymous() {
         let config = auths(serde_json::json!({ "auth": "Ym9iOnB3" }));
         let got = from_auths(&config, "127.0.0.1:5001", "c.json".as_ref()).unwrap();
-        assert_eq!(got, RegistryAuth::Anonymous);
+        assert_eq!(got, Credentials::Anonymous);
     }
 
     #[test]
@@ -272,7 +289,7 @@ mod tests {
 
     #[test]
     fn debug_output_of_credentials_hides_the_secret() {
-        let shown = format!("{:?}", RegistryAuth::Basic("bob".into(), "hunter2".into()));
+        let shown = format!("{:?}", Credentials::Basic("bob".into(), "hunter2".into()));
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

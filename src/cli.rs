@@ -2,13 +2,16 @@
 //! [`PushPlan`] before any file is read or any registry is contacted.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::copy::CopyPlan;
 use crate::error::{Error, Result};
 use crate::image::Tweaks;
 use crate::platform::Platform;
 use crate::reference::ImageRef;
+use crate::registry::Options;
 use crate::stack::Squash;
 use crate::PushPlan;
 
@@ -45,7 +48,20 @@ pub enum Command {
     /// Push as `push` does, then again on every change to the SRC files, until Ctrl-C.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
+    /// Copy an image (or with --all a whole index) to another registry, repository or layout,
+    /// digest for digest, moving only the blobs the destination lacks.
+    #[command(after_help = COPY_EXAMPLES)]
+    Copy(CopyArgs),
 }
+
+const COPY_EXAMPLES: &str = "\
+Examples:
+  layerup copy registry.example.com/prod/app:1.0 dev-registry.example.com/dev/app:1.0
+  layerup copy --all prod/app:1.0 dev/app:1.0        # every platform of an index
+  layerup copy prod/app@sha256:<digest> oci:./mirror:app
+
+Prints DEST@sha256:<digest> on stdout, the same digest as the source's. Before moving anything
+it says on stderr how many blobs and bytes will travel.";
 
 const WATCH_EXAMPLES: &str = "\
 Examples:
@@ -102,12 +118,8 @@ pub struct PushArgs {
     /// Own the added files by this numeric uid (and gid; default the same) instead of 0:0.
     #[arg(long, value_name = "UID[:GID]")]
     pub chown: Option<String>,
-    /// Speak plain HTTP to registries that are not on loopback.
-    #[arg(long)]
-    pub insecure: bool,
-    /// Blob transfers in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub jobs: usize,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// Push the full app layer (in parts), not a delta on the last push.
     #[arg(long)]
     pub full: bool,
@@ -117,6 +129,135 @@ pub struct PushArgs {
     /// Push a full app layer instead once the deltas would weigh more than this share of it.
     #[arg(long, default_value = "50%", value_name = "PERCENT")]
     pub squash_at: String,
+}
+
+/// How blobs travel; shared by `push`, `watch` and `copy`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Speak plain HTTP to registries that are not on loopback.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Blob transfers in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// Tries per request, and per blob, before giving up (1: no retry). Connection failures,
+    /// timeouts, 5xx and 429 are retried with exponential backoff and jitter.
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub tries: u32,
+    /// A request that moves no byte for this long has failed and is retried (like 30s, 2m).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub stall_timeout: String,
+    /// Blobs larger than this are uploaded in chunks of this size; a broken link then costs at
+    /// most one chunk where the registry can resume (like 4M, 512K).
+    #[arg(long, default_value = "4M", value_name = "SIZE")]
+    pub chunk_size: String,
+}
+
+impl TransferArgs {
+    pub fn options(&self) -> Result<Options> {
+        if self.tries == 0 {
+            return Err(Error::usage("--tries must be at least 1"));
+        }
+        let stall = parse_duration(&self.stall_timeout).ok_or_else(|| {
+            Error::usage(format!(
+                "--stall-timeout `{}` is not a duration (like 30s, 2m, 500ms)",
+                self.stall_timeout
+            ))
+        })?;
+        let chunk = parse_size(&self.chunk_size)
+            .filter(|c| *c >= 1024)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "--chunk-size `{}` is not a size of at least 1K (like 4M, 512K)",
+                    self.chunk_size
+                ))
+            })?;
+        Ok(Options {
+            insecure: self.insecure,
+            attempts: self.tries,
+            stall,
+            chunk,
+        })
+    }
+}
+
+/// `90s`, `2m`, `500ms`, `1h`, or bare seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+/// `4M`, `512K`, `1G` (binary multiples; `MiB` and `KiB` spelled out also work), or bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit.trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+/// `layerup copy`, as typed.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The image to copy: a registry reference (tag or digest) or `oci:DIR[:TAG]`.
+    #[arg(value_name = "SOURCE")]
+    pub from: String,
+    /// Where it goes; the manifest keeps its digest, so only the tag is chosen here.
+    #[arg(value_name = "DEST")]
+    pub to: String,
+    /// Copy a whole multi-platform index (every platform, attestations included), not only the
+    /// --platform image.
+    #[arg(long)]
+    pub all: bool,
+    /// The platform to take from an index without --all [default: linux/<this machine's arch>].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+impl CopyArgs {
+    pub fn plan(&self) -> Result<CopyPlan> {
+        let from = ImageRef::parse(&self.from, "SOURCE")?;
+        let to = ImageRef::parse(&self.to, "DEST")?;
+        if let ImageRef::Registry(r) = &to {
+            if r.digest().is_some() {
+                return Err(Error::usage(format!(
+                    "DEST `{}` names a digest; give a tag (the copy keeps the source's digest)",
+                    self.to
+                )));
+            }
+        }
+        let platform = match &self.platform {
+            Some(p) => p.parse()?,
+            None => Platform::host(),
+        };
+        Ok(CopyPlan {
+            from,
+            to,
+            all: self.all,
+            platform,
+            net: self.transfer.options()?,
+            jobs: self.transfer.jobs,
+        })
+    }
 }
 
 /// One `SRC[:DEST]` as typed, before the base's working directory is known.
@@ -197,9 +338,6 @@ impl PushArgs {
             })?,
             None => crate::layer::DEFAULT_MTIME,
         };
-        if self.jobs == 0 {
-            return Err(Error::usage("--jobs must be at least 1"));
-        }
         let share = self
             .squash_at
             .trim_end_matches('%')
@@ -218,8 +356,8 @@ impl PushArgs {
             tweaks,
             owner,
             mtime,
-            insecure: self.insecure,
-            jobs: self.jobs,
+            net: self.transfer.options()?,
+            jobs: self.transfer.jobs,
             full: self.full,
             squash: Squash {
                 max_deltas: self.max_deltas,

@@ -75,6 +75,24 @@ pub fn verify(bytes: &[u8], expected: &Digest, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The error a [`Verified`] stream ends with: the bytes are not the ones named. Retrying the
+/// same source is pointless, so transfers tell it apart from a broken connection with
+/// [`is_mismatch`].
+#[derive(Debug)]
+pub struct Mismatch(pub String);
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+pub fn is_mismatch(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Mismatch>())
+}
+
 /// Passes a byte stream through, and fails its last poll if the bytes did not hash to the
 /// expected digest or were not the expected size. A consumer that commits only after the stream
 /// ends cleanly (a registry upload's final PUT, a layout's rename) therefore never commits
@@ -117,10 +135,10 @@ where
                 }
                 if this.seen > this.expected_size {
                     this.hasher = None;
-                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    return Poll::Ready(Some(Err(std::io::Error::other(Mismatch(format!(
                         "{} is longer than the {} bytes its descriptor states",
                         this.what, this.expected_size
-                    )))));
+                    ))))));
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
@@ -129,15 +147,15 @@ where
                 Some(h) => {
                     let actual = h.finish_hex();
                     if this.seen != this.expected_size {
-                        Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        Poll::Ready(Some(Err(std::io::Error::other(Mismatch(format!(
                             "{} ended after {} of {} bytes",
                             this.what, this.seen, this.expected_size
-                        )))))
+                        ))))))
                     } else if actual != this.expected.digest() {
-                        Poll::Ready(Some(Err(std::io::Error::other(format!(
+                        Poll::Ready(Some(Err(std::io::Error::other(Mismatch(format!(
                             "{} does not match its digest {}",
                             this.what, this.expected
-                        )))))
+                        ))))))
                     } else {
                         Poll::Ready(None)
                     }

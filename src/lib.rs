@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod base;
 pub mod cli;
+pub mod copy;
 pub mod digest;
 pub mod error;
 pub mod image;
@@ -50,7 +51,7 @@ pub struct PushPlan {
     pub owner: Option<(u32, u32)>,
     /// Every entry's mtime and the image's `created` (Unix seconds).
     pub mtime: u64,
-    pub insecure: bool,
+    pub net: registry::Options,
     pub jobs: usize,
     /// Push the full app layer even when a delta could be stacked.
     pub full: bool,
@@ -79,11 +80,7 @@ pub struct Timings {
 }
 
 pub async fn push(plan: &PushPlan) -> Result<Pushed> {
-    let hosts: Vec<&str> = [plan.base.registry(), plan.to.registry()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let registry = Arc::new(Registry::new(&hosts, plan.insecure)?);
+    let registry = Arc::new(Registry::new(plan.net)?);
     let source = Store::for_reading(&plan.base, &registry)?;
     let dest = Store::for_writing(&plan.to, &registry)?;
     let dest_name = plan.to.to_string();

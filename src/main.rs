@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use layerup::cli::{Cli, Command};
+use layerup::copy::{Copied, Moves};
 use layerup::push::Outcome;
 use layerup::stack::Mode;
 use layerup::watch::Cycle;
@@ -29,7 +30,18 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Push(args) => {
                 let plan = args.plan(sde.as_deref())?;
-                layerup::push(&plan).await.map(Some)
+                layerup::push(&plan).await.map(|p| Some(Done::Pushed(p)))
+            }
+            Command::Copy(args) => {
+                let plan = args.plan()?;
+                let told = |m: &Moves| {
+                    if !quiet {
+                        eprintln!("{}", moves_line(m));
+                    }
+                };
+                layerup::copy::copy(&plan, told)
+                    .await
+                    .map(|c| Some(Done::Copied(c)))
             }
             Command::Watch(args) => {
                 let plan = args.push.plan(sde.as_deref())?;
@@ -59,11 +71,18 @@ fn main() -> ExitCode {
         return ExitCode::from(130);
     };
     match result {
-        Ok(Some(pushed)) => {
+        Ok(Some(Done::Pushed(pushed))) => {
             if !quiet {
                 report_push(&pushed);
             }
             println!("{}", pushed.reference);
+            ExitCode::SUCCESS
+        }
+        Ok(Some(Done::Copied(copied))) => {
+            if !quiet {
+                eprintln!("{}", copied_line(&copied));
+            }
+            println!("{}", copied.reference);
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
@@ -72,6 +91,52 @@ fn main() -> ExitCode {
             ExitCode::from(e.code() as u8)
         }
     }
+}
+
+/// What a command produced, for `main` to print.
+enum Done {
+    Pushed(Pushed),
+    Copied(Copied),
+}
+
+/// What a copy is about to move, before it moves it.
+fn moves_line(m: &Moves) -> String {
+    if m.copy + m.mount == 0 && m.manifests == 0 {
+        return format!(
+            "nothing to copy: the destination holds all {} blobs",
+            m.present
+        );
+    }
+    format!(
+        "to copy: {} blob{} ({}), {} to mount, {} already there, then {} manifest{}",
+        m.copy,
+        if m.copy == 1 { "" } else { "s" },
+        human(m.bytes),
+        m.mount,
+        m.present,
+        m.manifests,
+        if m.manifests == 1 { "" } else { "s" },
+    )
+}
+
+/// What a copy did, in one line.
+fn copied_line(c: &Copied) -> String {
+    let count = |o: Outcome| c.blobs.iter().filter(|b| b.outcome == o).count();
+    let bytes: u64 = c
+        .blobs
+        .iter()
+        .filter(|b| b.outcome == Outcome::Copied)
+        .map(|b| b.size)
+        .sum();
+    format!(
+        "copied {} blobs ({}), mounted {}, {} present; {} manifests written in {:.2}s",
+        count(Outcome::Copied),
+        human(bytes),
+        count(Outcome::Mounted),
+        count(Outcome::Present),
+        c.moves.manifests,
+        c.took.as_secs_f64()
+    )
 }
 
 fn report_push(pushed: &Pushed) {
@@ -127,7 +192,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => "warn,layerup=info",
-        (false, 2) => "info,layerup=debug,oci_client=debug",
+        (false, 2) => "info,layerup=debug",
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAYERUP_LOG")

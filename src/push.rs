@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::stream;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use oci_spec::image::Digest;
 
 use crate::error::{Error, Result};
@@ -105,12 +105,12 @@ pub async fn push(
             {
                 Outcome::Present
             } else if let Some(u) = upload {
-                dest.put_blob(d, layer_stream(u.path).await?).await?;
+                dest.put_blob(d, &|| layer_stream(u.path).boxed()).await?;
                 Outcome::Uploaded
             } else if dest.mount(&d.digest, source).await? {
                 Outcome::Mounted
             } else {
-                dest.put_blob(d, source.blob_stream(d).await?).await?;
+                dest.put_blob(d, &|| source.blob_stream(d).boxed()).await?;
                 Outcome::Copied
             };
             tracing::info!(digest = %d.digest, size = d.size, ?outcome, "layer");
@@ -131,8 +131,11 @@ pub async fn push(
             Outcome::Present
         } else {
             let bytes = Bytes::from(image.config.clone());
-            dest.put_blob(config, stream::iter([Ok(bytes)]).boxed())
-                .await?;
+            let open = || {
+                let body: ByteStream = stream::iter([Ok(bytes.clone())]).boxed();
+                futures_util::future::ready(Ok(body)).boxed()
+            };
+            dest.put_blob(config, &open).await?;
             Outcome::Uploaded
         };
         tracing::info!(digest = %config.digest, size = config.size, ?outcome, "config");

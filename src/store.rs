@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::layout::Layout;
 use crate::manifest::Descriptor;
 use crate::reference::{ImageRef, LayoutRef};
-use crate::registry::{Fetched, Registry};
+use crate::registry::{Fetched, Opener, Registry};
 
 /// Blob bytes as they move between stores: streamed, never whole in memory.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -181,12 +181,18 @@ impl Store {
         }
     }
 
-    pub async fn put_blob(&self, d: &Descriptor, body: ByteStream) -> Result<()> {
+    /// Writes the blob `open` yields; `open` is called again if the upload has to start over.
+    pub async fn put_blob(&self, d: &Descriptor, open: Opener<'_>) -> Result<()> {
         match self {
             Store::Registry { registry, repo } => {
-                registry.upload(repo, &d.digest, d.size, body).await
+                registry.upload(repo, &d.digest, d.size, open).await
             }
-            Store::Layout { layout, .. } => layout.put_blob(&d.digest, d.size, body).await,
+            Store::Layout { layout, .. } => {
+                if layout.has_blob(&d.digest) {
+                    return Ok(());
+                }
+                layout.put_blob(&d.digest, d.size, open().await?).await
+            }
         }
     }
 
@@ -194,11 +200,29 @@ impl Store {
     pub async fn put_manifest(&self, bytes: Bytes, media_type: &str) -> Result<()> {
         match self {
             Store::Registry { registry, repo } => {
-                registry.put_manifest(repo, bytes, media_type).await
+                let tag = repo.tag().unwrap_or("latest");
+                registry.put_manifest(repo, tag, bytes, media_type).await
             }
             Store::Layout { layout, at } => {
                 layout.put_manifest(&bytes, media_type, at.tag.as_deref().unwrap_or("latest"))?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Writes a manifest by its digest only, untagged: an index's child, which must be there
+    /// before the index that names it.
+    pub async fn put_child(&self, bytes: Bytes, digest: &Digest, media_type: &str) -> Result<()> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry
+                    .put_manifest(repo, digest.as_ref(), bytes, media_type)
+                    .await
+            }
+            Store::Layout { layout, .. } => {
+                let len = bytes.len() as u64;
+                let body = futures_util::stream::iter([Ok(bytes)]).boxed();
+                layout.put_blob(digest, len, body).await
             }
         }
     }

@@ -5,6 +5,8 @@
 //! A tool that is missing fails the test with the command that installs it.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod resumable;
 pub mod token;
 
 use std::io::{Read, Write};
@@ -57,7 +59,8 @@ fn free_port() -> u16 {
 pub struct Registry {
     pub host: String,
     dir: tempfile::TempDir,
-    guard: Option<ChildStdin>,
+    /// Closing this pipe stops the registry (see [`Registry::stopper`]).
+    guard: std::sync::Arc<std::sync::Mutex<Option<ChildStdin>>>,
     shell: Child,
 }
 
@@ -106,21 +109,8 @@ impl Registry {
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: layerup-tests\n{auth}",
             dir.path().join("data").display()
         );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut shell = Command::new("sh")
-            .args([
-                "-c",
-                r#"docker-registry serve "$1" >"$2" 2>&1 & pid=$!; read _ignored; kill "$pid"; wait "$pid""#,
-                "registry-watchdog",
-            ])
-            .arg(&config_path)
-            .arg(dir.path().join("log"))
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let guard = shell.stdin.take();
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let (shell, guard) = Self::spawn(dir.path());
         let reg = Registry {
             host: format!("127.0.0.1:{port}"),
             dir,
@@ -129,6 +119,42 @@ impl Registry {
         };
         reg.wait_ready();
         reg
+    }
+
+    /// Starts `docker-registry` on `dir`'s config under a watchdog shell.
+    fn spawn(dir: &Path) -> (Child, std::sync::Arc<std::sync::Mutex<Option<ChildStdin>>>) {
+        let mut shell = Command::new("sh")
+            .args([
+                "-c",
+                r#"docker-registry serve "$1" >>"$2" 2>&1 & pid=$!; read _ignored; kill "$pid"; wait "$pid""#,
+                "registry-watchdog",
+            ])
+            .arg(dir.join("config.yml"))
+            .arg(dir.join("log"))
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let guard = std::sync::Arc::new(std::sync::Mutex::new(shell.stdin.take()));
+        (shell, guard)
+    }
+
+    /// A closure that stops the registry process (from any thread): what a crash looks like
+    /// to its clients.
+    pub fn stopper(&self) -> impl FnOnce() + Send + 'static {
+        let guard = self.guard.clone();
+        move || drop(guard.lock().unwrap().take())
+    }
+
+    /// Starts the registry again on the same port and storage, once it has stopped.
+    pub fn restart(&mut self) {
+        drop(self.guard.lock().unwrap().take());
+        let _ = self.shell.wait();
+        // The log is appended to: the access log keeps the whole story.
+        let (shell, guard) = Self::spawn(self.dir.path());
+        self.shell = shell;
+        self.guard = guard;
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -202,7 +228,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        drop(self.guard.take());
+        drop(self.guard.lock().unwrap().take());
         let _ = self.shell.wait();
     }
 }
@@ -588,4 +614,102 @@ pub fn noise(len: usize) -> Vec<u8> {
             (seed >> 56) as u8
         })
         .collect()
+}
+
+/// One plain HTTP/1.1 request (`Connection: close`): (status, headers lowercased, body). For
+/// seeding registries with documents no tool here writes, and for reading back exact bytes.
+pub fn http(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(host).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&out[..split]).to_string();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if method == "HEAD" {
+        vec![]
+    } else {
+        out[split + 4..].to_vec()
+    };
+    (status, headers, body)
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Uploads a blob to `host/repo` in one request (POST, then PUT with the body).
+pub fn put_blob(host: &str, repo: &str, bytes: &[u8]) -> String {
+    let (status, headers, _) = http(
+        host,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202);
+    let loc = &headers.iter().find(|(k, _)| k == "location").unwrap().1;
+    let path = loc.split_once(host).map_or(loc.as_str(), |(_, p)| p);
+    let d = sha256(bytes);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (status, _, body) = http(host, "PUT", &format!("{path}{sep}digest={d}"), &[], bytes);
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    d
+}
+
+/// Writes a manifest or index under `reference`, byte for byte.
+pub fn put_manifest(host: &str, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let (status, _, body) = http(host, "PUT", &path, &[("Content-Type", media_type)], bytes);
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+}
+
+/// A manifest's exact bytes as the registry serves them.
+pub fn raw_manifest_bytes(host: &str, repo: &str, reference: &str) -> Vec<u8> {
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let (status, _, body) = http(host, "GET", &path, &[("Accept", accept)], b"");
+    assert_eq!(status, 200, "no manifest {repo}:{reference} on {host}");
+    body
+}
+
+/// Whether the registry holds the blob (HEAD).
+pub fn has_blob(host: &str, repo: &str, digest: &str) -> bool {
+    http(
+        host,
+        "HEAD",
+        &format!("/v2/{repo}/blobs/{digest}"),
+        &[],
+        b"",
+    )
+    .0 == 200
 }

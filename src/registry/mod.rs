@@ -1,54 +1,106 @@
-//! The only place that talks HTTP to registries (OCI distribution spec v1.1).
+//! The only place that talks HTTP to registries (OCI distribution spec v1.1), on reqwest.
 //!
-//! Blob and manifest writes, blob reads and existence checks go through `oci-client`. Three pieces
-//! are written here because `oci-client` 0.18 cannot do them:
-//! - **Login.** Its token request carries one scope (`repository:<repo>:<op>`), but a
-//!   cross-repository mount needs `repository:<from>:pull` in the same token (distribution token
-//!   spec; without it the registry answers 202 and the blob is uploaded again). It also swallows
-//!   token errors (`get_auth_token` ends in `.ok()??`), so bad credentials surface later as a bare
-//!   401; and for an open registry it probes `/v2/` again before every request. [`Registry::login`]
-//!   reads the challenge once, fetches one token with every scope this run needs, and puts it in
-//!   `oci-client`'s token cache, so `oci-client` never fetches tokens itself.
-//! - **Manifest GET.** `pull_manifest_raw` drops the `Content-Type`, which decides what a
-//!   document without `mediaType` is; and it would store credentials in a way that re-probes.
-//! - **Mount fallback.** A registry may answer a mount with 202 (an upload session instead);
-//!   `mount_blob` reports that as a spec violation, which here means "not mounted, copy it".
+//! Every request goes through [`Registry::send`], which retries what a bad link or a busy registry
+//! causes (see `send.rs`), and blob uploads go through a resumable chunked upload (`upload.rs`).
+//! `oci-client` was used here first; it was dropped because none of this can be built on it:
+//! its calls neither retry nor expose the response (no `Retry-After`, no `Range`, no upload
+//! `Location`), its chunked push cannot resume, and its token request carries one scope, while a
+//! cross-repository mount needs `repository:<from>:pull` in the destination's token.
 
-use std::collections::HashMap;
+mod send;
+mod upload;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::token_cache::{RegistryToken, RegistryTokenType};
-use oci_client::RegistryOperation;
+use futures_util::StreamExt;
 use oci_spec::distribution::Reference;
 use oci_spec::image::Digest;
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::Method;
 use reqwest::StatusCode;
 
-use crate::auth;
+use crate::auth::{self, Credentials};
 use crate::digest;
 use crate::error::{redact_url, Error, ExitCode, Result};
 use crate::manifest;
 use crate::reference::is_loopback;
 use crate::store::ByteStream;
 
+pub use upload::Opener;
+
 /// Manifests over 4 MiB are refused by distribution and most registries; never read more.
 const MANIFEST_LIMIT: usize = 4 << 20;
 const USER_AGENT: &str = concat!("layerup/", env!("CARGO_PKG_VERSION"));
 
+/// How layerup treats the network, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Plain HTTP to registries that are not on loopback.
+    pub insecure: bool,
+    /// Tries per request (and per blob) before giving up: 1 means no retry.
+    pub attempts: u32,
+    /// A request that moves no byte for this long has failed (and is retried).
+    pub stall: Duration,
+    /// Bytes per PATCH of a chunked upload; smaller blobs go in one request.
+    pub chunk: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            insecure: false,
+            attempts: 6,
+            stall: Duration::from_secs(60),
+            chunk: 4 << 20,
+        }
+    }
+}
+
 pub struct Registry {
-    oci: oci_client::Client,
     http: reqwest::Client,
-    insecure: bool,
-    /// `Authorization` values from [`Registry::login`], by (host, repository), for the requests
-    /// made here rather than by `oci-client`.
-    headers: Mutex<HashMap<(String, String), HeaderValue>>,
+    options: Options,
+    /// What [`Registry::login`] found for each (host, repository).
+    access: Mutex<HashMap<(String, String), Access>>,
+    /// Hosts that refused a chunked upload: their blobs go in one request from then on.
+    monolithic: Mutex<HashSet<String>>,
+    /// Hosts that have answered in this run: a refused connection to one is a restart or a
+    /// blip worth retrying, while one to a host never reached is a wrong address.
+    answered: Mutex<HashSet<String>>,
+}
+
+/// How requests for one repository are authenticated.
+#[derive(Clone, Default)]
+struct Access {
+    header: Option<HeaderValue>,
+    /// For a bearer token fetched from a token service: how to fetch a fresh one when it expires.
+    renew: Option<Renew>,
+}
+
+#[derive(Clone)]
+struct Renew {
+    realm: String,
+    service: Option<String>,
+    scopes: Vec<String>,
+    creds: Credentials,
+}
+
+/// One registry repository, as requests name it.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    host: &'a str,
+    repo: &'a str,
+}
+
+impl<'a> Target<'a> {
+    fn of(r: &'a Reference) -> Self {
+        Target {
+            host: r.resolve_registry(),
+            repo: r.repository(),
+        }
+    }
 }
 
 /// A manifest or index exactly as the registry sent it.
@@ -68,45 +120,34 @@ enum Challenge {
 }
 
 impl Registry {
-    /// `hosts` are every registry this run talks to: plain HTTP is decided per host up front
-    /// (loopback, or `insecure`), and everything else is TLS with verified certificates.
-    pub fn new(hosts: &[&str], insecure: bool) -> Result<Self> {
-        let plain: Vec<String> = hosts
-            .iter()
-            .filter(|h| insecure || is_loopback(h))
-            .map(|h| h.to_string())
-            .collect();
-        let oci = oci_client::Client::try_from(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
-            // One POST and one streamed PUT per blob. Chunked PATCHes would add a round trip
-            // per 4 MiB and buy nothing until uploads can resume.
-            use_monolithic_push: true,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
-            user_agent: USER_AGENT,
-            ..Default::default()
-        })
-        .map_err(|e| Error::internal(format!("cannot set up the HTTP client: {e}")))?;
+    /// Plain HTTP is used for loopback hosts, or every host with `options.insecure`; everything
+    /// else is TLS with verified certificates.
+    pub fn new(options: Options) -> Result<Self> {
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
+            .connect_timeout(options.stall.min(Duration::from_secs(15)))
+            .read_timeout(options.stall)
             .build()
             .map_err(|e| Error::internal(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Registry {
-            oci,
             http,
-            insecure,
-            headers: Mutex::new(HashMap::new()),
+            options,
+            access: Mutex::new(HashMap::new()),
+            monolithic: Mutex::new(HashSet::new()),
+            answered: Mutex::new(HashSet::new()),
         })
     }
 
     fn scheme(&self, host: &str) -> &'static str {
-        if self.insecure || is_loopback(host) {
+        if self.options.insecure || is_loopback(host) {
             "http"
         } else {
             "https"
         }
+    }
+
+    fn url(&self, t: Target, path: &str) -> String {
+        format!("{}://{}/v2/{}/{path}", self.scheme(t.host), t.host, t.repo)
     }
 
     /// Gets whatever `repo` needs before any other request: nothing for an open registry, the
@@ -132,12 +173,19 @@ impl Registry {
                 .filter(|m| m.repository() != repo.repository())
                 .map(|m| format!("repository:{}:pull", m.repository())),
         );
-        let token = match challenge {
-            Challenge::Open => return Ok(()),
+        let access = match challenge {
+            Challenge::Open => Access::default(),
             Challenge::Basic => match &creds {
-                RegistryAuth::Basic(user, pass) => {
+                Credentials::Basic(user, pass) => {
                     self.check_basic(host, user, pass).await?;
-                    RegistryTokenType::Basic(user.clone(), pass.clone())
+                    let raw = base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        format!("{user}:{pass}"),
+                    );
+                    Access {
+                        header: Some(secret_header(host, format!("Basic {raw}"))?),
+                        renew: None,
+                    }
                 }
                 _ => {
                     return Err(Error::auth(format!(
@@ -146,62 +194,69 @@ impl Registry {
                     )))
                 }
             },
-            Challenge::Bearer { realm, service } => {
-                let token = match &creds {
-                    RegistryAuth::Bearer(t) => t.clone(),
-                    _ => self.fetch_token(host, &realm, service.as_deref(), &scopes, &creds).await?,
-                };
-                RegistryTokenType::Bearer(RegistryToken::Token { token })
-            }
+            Challenge::Bearer { realm, service } => match &creds {
+                Credentials::Bearer(t) => Access {
+                    header: Some(secret_header(host, format!("Bearer {t}"))?),
+                    renew: None,
+                },
+                _ => {
+                    let renew = Renew {
+                        realm,
+                        service,
+                        scopes,
+                        creds,
+                    };
+                    let token = self.fetch_token(host, &renew).await?;
+                    Access {
+                        header: Some(secret_header(host, format!("Bearer {token}"))?),
+                        renew: Some(renew),
+                    }
+                }
+            },
         };
-        // Keep the credentials with oci-client too, so it can fetch a fresh token by itself if
-        // this one expires during a long transfer.
-        self.oci.store_auth_if_needed(host, &creds).await;
-        // Only `repo`'s slots: a mount is authenticated as the destination (oci-client sends
-        // `mount_blob` with the destination's push token), and the mount source keeps the token
-        // its own login got, which may grant more than this one did.
-        self.oci
-            .tokens
-            .insert(repo, RegistryOperation::Pull, token.clone())
-            .await;
-        if push {
-            self.oci
-                .tokens
-                .insert(repo, RegistryOperation::Push, token.clone())
-                .await;
-        }
-        let mut value = match &token {
-            RegistryTokenType::Basic(u, p) => {
-                let raw = base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    format!("{u}:{p}"),
-                );
-                HeaderValue::try_from(format!("Basic {raw}"))
-            }
-            RegistryTokenType::Bearer(t) => HeaderValue::try_from(t.bearer_token()),
-        }
-        .map_err(|_| {
-            Error::auth(format!(
-                "the credentials for {host} cannot be sent in an HTTP header"
-            ))
-        })?;
-        value.set_sensitive(true);
-        self.headers
+        self.access
             .lock()
-            .expect("headers lock")
-            .insert((host.to_string(), repo.repository().to_string()), value);
+            .expect("access lock")
+            .insert((host.to_string(), repo.repository().to_string()), access);
         Ok(())
+    }
+
+    /// A fresh token for `t` after a 401 (the old one expired during a long transfer); `false`
+    /// when `t` has no token service to ask.
+    async fn renew(&self, t: Target<'_>) -> Result<bool> {
+        let key = (t.host.to_string(), t.repo.to_string());
+        let renew = self
+            .access
+            .lock()
+            .expect("access lock")
+            .get(&key)
+            .and_then(|a| a.renew.clone());
+        let Some(renew) = renew else {
+            return Ok(false);
+        };
+        let token = self.fetch_token(t.host, &renew).await?;
+        let header = secret_header(t.host, format!("Bearer {token}"))?;
+        if let Some(a) = self.access.lock().expect("access lock").get_mut(&key) {
+            a.header = Some(header);
+        }
+        Ok(true)
+    }
+
+    fn header_for(&self, t: Target<'_>) -> Option<HeaderValue> {
+        self.access
+            .lock()
+            .expect("access lock")
+            .get(&(t.host.to_string(), t.repo.to_string()))
+            .and_then(|a| a.header.clone())
     }
 
     /// `GET /v2/`: is the registry there, and how does it want to be authenticated?
     async fn challenge(&self, host: &str) -> Result<Challenge> {
         let url = format!("{}://{host}/v2/", self.scheme(host));
+        let t = Target { host, repo: "" };
         let res = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, host))?;
+            .send(t, &|| format!("reach registry {host}"), &|c| c.get(&url))
+            .await?;
         match res.status() {
             s if s.is_success() => Ok(Challenge::Open),
             StatusCode::UNAUTHORIZED => {
@@ -227,13 +282,12 @@ impl Registry {
     /// One `GET /v2/` with the credentials, so a wrong password is reported as that, up front.
     async fn check_basic(&self, host: &str, user: &str, pass: &str) -> Result<()> {
         let url = format!("{}://{host}/v2/", self.scheme(host));
+        let t = Target { host, repo: "" };
         let res = self
-            .http
-            .get(&url)
-            .basic_auth(user, Some(pass))
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, host))?;
+            .send(t, &|| format!("log in to registry {host}"), &|c| {
+                c.get(&url).basic_auth(user, Some(pass))
+            })
+            .await?;
         match res.status() {
             s if s.is_success() => Ok(()),
             s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(Error::auth(format!(
@@ -248,14 +302,13 @@ impl Registry {
 
     /// The distribution token flow: `GET realm?service=…&scope=…` with basic credentials when
     /// there are any, answered by `{"token"}` or `{"access_token"}`.
-    async fn fetch_token(
-        &self,
-        host: &str,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-        creds: &RegistryAuth,
-    ) -> Result<String> {
+    async fn fetch_token(&self, host: &str, renew: &Renew) -> Result<String> {
+        let Renew {
+            realm,
+            service,
+            scopes,
+            creds,
+        } = renew;
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|_| Error::auth(format!("registry {host} names an invalid token realm")))?;
         let realm_host = realm_url.host_str().unwrap_or("").to_string();
@@ -264,8 +317,8 @@ impl Registry {
             None => realm_host.clone(),
         };
         if realm_url.scheme() != "https"
-            && matches!(creds, RegistryAuth::Basic(..))
-            && !(self.insecure || is_loopback(&realm_authority))
+            && matches!(creds, Credentials::Basic(..))
+            && !(self.options.insecure || is_loopback(&realm_authority))
         {
             return Err(Error::auth(format!(
                 "registry {host} asks for credentials to be sent to {} over plain HTTP; refusing \
@@ -277,19 +330,24 @@ impl Registry {
         if let Some(s) = service {
             query.push(("service", s));
         }
-        let mut req = self.http.get(realm_url.clone()).query(&query);
-        if let RegistryAuth::Basic(u, p) = creds {
-            req = req.basic_auth(u, Some(p));
-        }
-        let res = req
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, &realm_authority))?;
+        let t = Target {
+            host: &realm_authority,
+            repo: "",
+        };
+        let res = self
+            .send(t, &|| format!("get a token for registry {host}"), &|c| {
+                let req = c.get(realm_url.clone()).query(&query);
+                match creds {
+                    Credentials::Basic(u, p) => req.basic_auth(u, Some(p)),
+                    _ => req,
+                }
+            })
+            .await?;
         let status = res.status();
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(Error::auth(format!(
                 "the token service of registry {host} refused {} for {} ({status})",
-                if matches!(creds, RegistryAuth::Anonymous) {
+                if matches!(creds, Credentials::Anonymous) {
                     "anonymous access"
                 } else {
                     "the configured credentials"
@@ -326,20 +384,13 @@ impl Registry {
         repo: &Reference,
         tag_or_digest: &str,
     ) -> Result<reqwest::Response> {
-        let host = repo.resolve_registry();
-        let url = format!(
-            "{}://{host}/v2/{}/manifests/{tag_or_digest}",
-            self.scheme(host),
-            repo.repository()
-        );
-        let mut req = self
-            .http
-            .request(method, &url)
-            .header(ACCEPT, manifest::ACCEPT.join(", "));
-        if let Some(h) = self.header_for(host, repo.repository()) {
-            req = req.header(AUTHORIZATION, h);
-        }
-        req.send().await.map_err(|e| transport_error(&e, host))
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("manifests/{tag_or_digest}"));
+        let accept = manifest::ACCEPT.join(", ");
+        self.send(t, &|| format!("read manifest {}", repo.whole()), &|c| {
+            c.request(method.clone(), &url).header(ACCEPT, &accept)
+        })
+        .await
     }
 
     /// Fetches a manifest or index by tag or digest, verifying it against the digest when one
@@ -411,7 +462,7 @@ impl Registry {
             .manifest_request(Method::HEAD, repo, tag_or_digest)
             .await?;
         let status = res.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
@@ -460,117 +511,114 @@ impl Registry {
     }
 
     /// A blob as a stream that fails at its end if the bytes do not match `digest` and `size`.
+    /// Registries may redirect to storage elsewhere; reqwest follows, and drops the
+    /// `Authorization` header when the host changes.
     pub async fn blob_stream(
         &self,
         repo: &Reference,
         digest: &Digest,
         size: u64,
     ) -> Result<ByteStream> {
-        let host = repo.resolve_registry().to_string();
-        let d = digest.to_string();
-        let sized = self
-            .oci
-            .pull_blob_stream(repo, d.as_str())
-            .await
-            .map_err(|e| {
-                oci_error(
-                    e,
-                    &format!("cannot read blob {digest} from {}", repo.whole()),
-                    &host,
-                )
-            })?;
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("blobs/{digest}"));
+        let action = || format!("cannot read blob {digest} from {}", repo.whole());
+        let res = self.send(t, &action, &|c| c.get(&url)).await?;
+        let status = res.status();
+        if !status.is_success() {
+            let body = res.text().await.unwrap_or_default();
+            return Err(status_error(status, &body, &action(), t.host));
+        }
         let what = format!("blob {digest} from {}", repo.whole());
-        Ok(digest::Verified::new(sized.stream, digest, size, what)?.boxed())
+        let body = res.bytes_stream().map(|r| r.map_err(std::io::Error::other));
+        Ok(digest::Verified::new(body.boxed(), digest, size, what)?.boxed())
     }
 
     pub async fn has_blob(&self, repo: &Reference, digest: &Digest) -> Result<bool> {
-        let host = repo.resolve_registry();
-        self.oci
-            .blob_exists(repo, digest.as_ref())
-            .await
-            .map_err(|e| {
-                oci_error(
-                    e,
-                    &format!("cannot check for blob {digest} in {}", repo.whole()),
-                    host,
-                )
-            })
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("blobs/{digest}"));
+        let action = || format!("cannot check for blob {digest} in {}", repo.whole());
+        let res = self.send(t, &action, &|c| c.head(&url)).await?;
+        match res.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(status_error(s, "", &action(), t.host)),
+        }
     }
 
     /// Asks the registry to link a blob it already holds in `from` into `to`. `false` when it
     /// would not, and the blob must be copied instead: a 202 (an upload session instead of a
-    /// mount), a blob it does not have, or a refusal (a token without `pull` on `from` gets 401
-    /// from distribution). A mount only saves bytes; a real credential problem surfaces on the
-    /// upload that follows.
+    /// mount; abandoned, it expires), a blob it does not have, or a refusal (a token without
+    /// `pull` on `from` gets 401 from distribution). A mount only saves bytes; a real credential
+    /// problem surfaces on the upload that follows.
     pub async fn mount(&self, to: &Reference, from: &Reference, digest: &Digest) -> Result<bool> {
-        match self.oci.mount_blob(to, from, digest.as_ref()).await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let err = oci_error(
-                    e,
-                    &format!("mount of {digest} from {}", from.whole()),
-                    to.resolve_registry(),
-                );
-                if err.code() == ExitCode::Unreachable {
-                    return Err(err);
-                }
-                tracing::debug!("not mounted, copying instead: {err}");
-                Ok(false)
-            }
+        let t = Target::of(to);
+        let url = self.url(t, "blobs/uploads/");
+        let query = [
+            ("mount", digest.to_string()),
+            ("from", from.repository().into()),
+        ];
+        let action = || format!("mount of {digest} from {}", from.whole());
+        let res = self
+            .send(t, &action, &|c| c.post(&url).query(&query))
+            .await?;
+        if res.status() == StatusCode::CREATED {
+            return Ok(true);
         }
+        tracing::debug!(status = %res.status(), "{}: not mounted, copying instead", action());
+        Ok(false)
     }
 
-    /// Uploads a blob from a stream of known digest and size: one POST, one streamed PUT.
-    pub async fn upload(
-        &self,
-        repo: &Reference,
-        digest: &Digest,
-        size: u64,
-        body: ByteStream,
-    ) -> Result<()> {
-        let body = body.map_err(OciDistributionError::IoError);
-        self.oci
-            .push_blob_stream(repo, body, digest.as_ref(), Some(size))
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                oci_error(
-                    e,
-                    &format!("cannot upload blob {digest} to {}", repo.whole()),
-                    repo.resolve_registry(),
-                )
-            })
-    }
-
-    /// Writes a manifest under `repo`'s tag; the registry checks every blob it names is present.
+    /// Writes a manifest under `tag_or_digest`; the registry checks every blob it names is
+    /// present.
     pub async fn put_manifest(
         &self,
         repo: &Reference,
+        tag_or_digest: &str,
         bytes: Bytes,
         media_type: &str,
     ) -> Result<()> {
-        let ct = HeaderValue::from_str(media_type)
-            .map_err(|_| Error::internal(format!("bad media type {media_type}")))?;
-        self.oci
-            .push_manifest_raw(repo, bytes, ct)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                oci_error(
-                    e,
-                    &format!("cannot write manifest {}", repo.whole()),
-                    repo.resolve_registry(),
-                )
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("manifests/{tag_or_digest}"));
+        let action = || format!("cannot write manifest {}", repo.whole());
+        let res = self
+            .send(t, &action, &|c| {
+                c.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
             })
+            .await?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = res.text().await.unwrap_or_default();
+        Err(status_error(status, &body, &action(), t.host))
     }
+}
 
-    fn header_for(&self, host: &str, repository: &str) -> Option<HeaderValue> {
-        self.headers
-            .lock()
-            .expect("headers lock")
-            .get(&(host.to_string(), repository.to_string()))
-            .cloned()
-    }
+/// A header value holding a secret: marked sensitive, so no debug output of a request shows it.
+fn secret_header(host: &str, value: String) -> Result<HeaderValue> {
+    let mut v = HeaderValue::try_from(value).map_err(|_| {
+        Error::auth(format!(
+            "the credentials for {host} cannot be sent in an HTTP header"
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Resolves an upload `Location`, which may be relative to the registry (distribution spec).
+fn absolute(base: &str, location: &HeaderValue) -> Option<String> {
+    let loc = location.to_str().ok()?;
+    reqwest::Url::parse(base)
+        .ok()?
+        .join(loc)
+        .ok()
+        .map(|u| u.to_string())
+}
+
+fn location(base: &str, res: &reqwest::Response) -> Option<String> {
+    absolute(base, res.headers().get(LOCATION)?)
 }
 
 /// Parses `WWW-Authenticate` (RFC 7235) with `http-auth`, taking the first scheme offered.
@@ -695,65 +743,22 @@ fn status_error(status: StatusCode, body: &str, action: &str, host: &str) -> Err
     )
 }
 
-/// Words an `oci-client` failure the same way as [`status_error`] and [`transport_error`].
-fn oci_error(err: OciDistributionError, action: &str, host: &str) -> Error {
-    match err {
-        OciDistributionError::RequestError(e) => {
-            if let Some(status) = e.status() {
-                status_error(status, "", action, host)
-            } else {
-                transport_error(&e, host).context(action)
-            }
-        }
-        OciDistributionError::UnauthorizedError { .. } => {
-            status_error(StatusCode::UNAUTHORIZED, "", action, host)
-        }
-        OciDistributionError::ServerError { code, message, .. } => status_error(
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            &message,
-            action,
-            host,
-        ),
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let status = match envelope.errors.first().map(|e| &e.code) {
-                Some(OciErrorCode::Unauthorized) => StatusCode::UNAUTHORIZED,
-                Some(OciErrorCode::Denied) => StatusCode::FORBIDDEN,
-                Some(
-                    OciErrorCode::ManifestUnknown
-                    | OciErrorCode::NameUnknown
-                    | OciErrorCode::BlobUnknown
-                    | OciErrorCode::NotFound,
-                ) => StatusCode::NOT_FOUND,
-                Some(OciErrorCode::Toomanyrequests) => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            let body = serde_json::to_string(&envelope).unwrap_or_default();
-            status_error(status, &body, action, host)
-        }
-        OciDistributionError::DigestError(e) => Error::image(format!("{action}: {e}")),
-        OciDistributionError::IoError(e) => {
-            Error::new(ExitCode::Registry, format!("{action}: {}", root_cause(&e)))
-        }
-        other => Error::new(
-            ExitCode::Registry,
-            format!("{action}: {}", root_cause(&other)),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn tls_is_used_except_on_loopback_or_when_insecure() {
-        let hosts = ["registry.example.com", "127.0.0.1:5000", "localhost:5000"];
-        let strict = Registry::new(&hosts, false).unwrap();
+        let strict = Registry::new(Options::default()).unwrap();
         assert_eq!(strict.scheme("registry.example.com"), "https");
         assert_eq!(strict.scheme("10.1.2.3:5000"), "https");
         assert_eq!(strict.scheme("127.0.0.1:5000"), "http");
         assert_eq!(strict.scheme("localhost:5000"), "http");
-        let insecure = Registry::new(&hosts, true).unwrap();
+        let insecure = Registry::new(Options {
+            insecure: true,
+            ..Options::default()
+        })
+        .unwrap();
         assert_eq!(insecure.scheme("registry.example.com"), "http");
     }
 
