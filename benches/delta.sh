@@ -40,7 +40,6 @@ timed() { # timed CMD... : prints "seconds peak_kib"
   tail -1 "$work/t"
 }
 sent() { sed -n 's/.*; \([0-9.]* [KMG]*i*B\) sent;.*/\1/p' "$work/err" | tail -1; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 lpush() { # lpush TREE TAG [REGISTRY]
   timed "$layerup" push "$1:/app" --base "$reg/prod/base:1" --to "${3:-$reg}/dev/layerup:$2" --insecure
 }

@@ -19,12 +19,6 @@ for t in docker-registry skopeo umoci /usr/bin/time busybox taskset bc; do
 done
 . benches/setup.sh
 
-measure() { # measure OUT CMD... : appends "seconds peak_kib" to OUT
-  local out=$1; shift
-  /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" "$work/t" >&2; exit 1; }
-  tail -1 "$work/t" >> "$out"
-}
-
 echo "tree: $tree_src — $files files, $size MB; $runs runs; registry $reg (loopback)"
 echo
 printf '%-5s %-28s %-40s\n' run "layerup push (s, MiB)" "umoci insert + skopeo copy (s, MiB)"
@@ -40,7 +34,6 @@ for i in $(seq "$runs"); do
   printf '%-5s %-28s %-40s\n' "$i" "$ls s, $((lk / 1024)) MiB" "$us s ($u1s + $u2s), $((uk / 1024)) MiB"
   echo "$ls $lk $us $uk" >> "$work/all"
 done
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "median wall: layerup $(cut -d' ' -f1 "$work/all" | median) s, umoci+skopeo $(cut -d' ' -f3 "$work/all" | median) s"
 echo "median peak RSS: layerup $(( $(cut -d' ' -f2 "$work/all" | median) / 1024 )) MiB, umoci+skopeo $(( $(cut -d' ' -f4 "$work/all" | median) / 1024 )) MiB"

@@ -111,7 +111,7 @@ impl Registry {
             .get("OCI-Chunk-Min-Length")
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .map_or(self.options.chunk, |min| min.max(self.options.chunk));
-        let feed = Arc::new(Mutex::new(Feed::new(source, size)));
+        let feed = Arc::new(Mutex::new(Feed::new(source, size, chunk.min(size))));
 
         if size <= chunk || self.monolithic.lock().expect("lock").contains(t.host) {
             let res = self
@@ -331,12 +331,13 @@ struct Feed {
 }
 
 impl Feed {
-    fn new(source: ByteStream, size: u64) -> Self {
+    /// `keep` is the most bytes ever kept: one chunk, allocated once.
+    fn new(source: ByteStream, size: u64, keep: u64) -> Self {
         Feed {
             source,
             size,
             leftover: None,
-            kept: BytesMut::new(),
+            kept: BytesMut::with_capacity(keep as usize),
             acked: 0,
             failed: None,
             dead: false,
@@ -467,7 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_split_the_source_at_chunk_ends() {
-        let feed = Arc::new(Mutex::new(Feed::new(source(&[b"abcdef", b"ghij"]), 10)));
+        let feed = Arc::new(Mutex::new(Feed::new(source(&[b"abcdef", b"ghij"]), 10, 4)));
         assert_eq!(collect(body(feed.clone(), 4)).await, b"abcd");
         feed.lock().await.ack(4);
         assert_eq!(collect(body(feed.clone(), 8)).await, b"efgh");
@@ -477,7 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_acknowledgement_resends_only_the_rest() {
-        let feed = Arc::new(Mutex::new(Feed::new(source(&[b"abcdefgh"]), 8)));
+        let feed = Arc::new(Mutex::new(Feed::new(source(&[b"abcdefgh"]), 8, 6)));
         assert_eq!(collect(body(feed.clone(), 6)).await, b"abcdef");
         feed.lock().await.ack(2);
         assert_eq!(collect(body(feed.clone(), 8)).await, b"cdefgh");
@@ -488,7 +489,7 @@ mod tests {
         let bad = digest::Verified::new(source(&[b"abc"]), &digest::sha256(b"abd"), 3, "b".into())
             .unwrap()
             .boxed();
-        let feed = Arc::new(Mutex::new(Feed::new(bad, 3)));
+        let feed = Arc::new(Mutex::new(Feed::new(bad, 3, 3)));
         let parts: Vec<_> = body(feed.clone(), 3).collect().await;
         assert_eq!(parts.len(), 1, "the mismatched bytes were never yielded");
         assert!(parts[0].is_err());
