@@ -684,10 +684,17 @@ fn transport_error(err: &reqwest::Error, host: &str) -> Error {
             ),
         );
     }
-    if err.is_connect() || err.is_request() {
+    if err.is_connect() {
         return Error::new(
             ExitCode::Unreachable,
             format!("cannot reach registry {host}: {cause}"),
+        );
+    }
+    if err.is_request() || err.is_body() {
+        // Connected, then cut: a reset, a closed connection, a registry that went away.
+        return Error::new(
+            ExitCode::Unreachable,
+            format!("the connection to registry {host} broke: {cause}"),
         );
     }
     Error::new(
