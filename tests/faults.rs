@@ -355,3 +355,35 @@ fn a_registry_that_keeps_failing_gets_a_clear_error_and_no_manifest() {
         404
     );
 }
+
+#[test]
+fn a_registry_that_refuses_chunks_gets_blobs_in_one_request() {
+    let big = big();
+    let dev = Registry::start();
+    let proxy = Proxy::start(&dev.host, |r: &Req| {
+        if r.method == "PATCH" {
+            let body = r#"{"errors":[{"code":"UNSUPPORTED","message":"chunked uploads are not supported"}]}"#;
+            Fault::Answer(405, vec![], body.into())
+        } else {
+            Fault::Forward
+        }
+    });
+    // One blob at a time, so that the refusal comes before any other blob starts.
+    let run = copy_via(&proxy.reference("dev/app:1"), &["--jobs", "1"]);
+    run.ok();
+    big.assert_copied(&dev.host, "dev/app", "1");
+    let patches = proxy
+        .stats()
+        .seen
+        .iter()
+        .filter(|s| s.method == "PATCH")
+        .count();
+    let chunked = big.blobs.iter().filter(|b| b.1 > CHUNK).count();
+    assert!(chunked >= 2, "a second blob that would be chunked");
+    assert_eq!(patches, 1, "one refusal, then every blob in one request");
+    assert!(
+        run.stderr.contains("sending blobs in one request"),
+        "{}",
+        run.stderr
+    );
+}
