@@ -141,18 +141,21 @@ impl Registry {
             let failure = match self.body_request(req, t, &feed, acked, end).await {
                 Ok(r) if r.status() == StatusCode::ACCEPTED => {
                     loc = location(&base, &r).unwrap_or(loc);
-                    match range_end(&r) {
-                        // Spec: the registry MUST send Range; without it, trust the 202.
-                        None => feed.lock().await.ack(end),
-                        Some(n) if (acked..=end).contains(&n) => feed.lock().await.ack(n),
-                        Some(n) => {
+                    // Spec: the registry MUST send Range; without it, trust the 202.
+                    match range_end(&r).unwrap_or(end) {
+                        n if n > acked && n <= end => {
+                            feed.lock().await.ack(n);
+                            tries = 0;
+                            continue;
+                        }
+                        // Kept nothing: a failure like any other, or this would never end.
+                        n if n == acked => "the registry kept none of the chunk".to_string(),
+                        n => {
                             return Ok(Step::Again(format!(
                                 "the registry acknowledged {n} bytes after {end} were sent"
                             )))
                         }
                     }
-                    tries = 0;
-                    continue;
                 }
                 Ok(r) if r.status() == StatusCode::NOT_FOUND => {
                     return Ok(Step::Again("the registry lost the upload session".into()));
