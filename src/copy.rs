@@ -199,31 +199,25 @@ async fn read(source: &Store, plan: &CopyPlan) -> Result<(Vec<Doc>, Doc, Vec<Des
                 .await?;
             for (e, f) in entries.iter().zip(fetched) {
                 let what = format!("manifest {} of index `{name}`", e.digest);
-                match classify(&f, &what)? {
-                    (Kind::Manifest(_), d) => blobs.extend(blobs_of(&d, &what)?),
-                    (Kind::Index(_), _) => {
-                        return Err(Error::image(format!(
-                            "{what} is another index; layerup does not copy nested indexes"
-                        )))
-                    }
+                let (kind, child) = classify(&f, &what)?;
+                if let Kind::Index(_) = kind {
+                    return Err(Error::image(format!(
+                        "{what} is another index; layerup does not copy nested indexes"
+                    )));
                 }
-                let kind = kind_of(&f)?;
-                children.push(doc_of(f, &e.media_type, kind));
+                blobs.extend(blobs_of(&child, &what)?);
+                children.push(doc_of(f, &child, &e.media_type, kind));
             }
         }
     }
     let mut seen = HashSet::new();
     blobs.retain(|d| !d.is_foreign() && seen.insert(d.digest.clone()));
-    let top = doc_of(top, "", kind);
+    let top = doc_of(top, &doc, "", kind);
     Ok((children, top, blobs))
 }
 
 fn classify(f: &Fetched, what: &str) -> Result<(Kind, Value)> {
     manifest::classify(&f.bytes, f.content_type.as_deref(), what)
-}
-
-fn kind_of(f: &Fetched) -> Result<Kind> {
-    Ok(classify(f, "manifest")?.0)
 }
 
 /// The config and layers of an image manifest — of any artifact too: copying does not care
@@ -243,10 +237,11 @@ fn blobs_of(doc: &Value, what: &str) -> Result<Vec<Descriptor>> {
 
 /// The media type a manifest is written with: its own `mediaType`, else what its parent's
 /// descriptor or the registry said, else its family's by shape.
-fn doc_of(f: Fetched, described: &str, kind: Kind) -> Doc {
-    let declared = serde_json::from_slice::<Value>(&f.bytes)
-        .ok()
-        .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string));
+fn doc_of(f: Fetched, doc: &Value, described: &str, kind: Kind) -> Doc {
+    let declared = doc
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let sent = f
         .content_type
         .as_deref()

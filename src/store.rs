@@ -187,12 +187,7 @@ impl Store {
             Store::Registry { registry, repo } => {
                 registry.upload(repo, &d.digest, d.size, open).await
             }
-            Store::Layout { layout, .. } => {
-                if layout.has_blob(&d.digest) {
-                    return Ok(());
-                }
-                layout.put_blob(&d.digest, d.size, open().await?).await
-            }
+            Store::Layout { layout, .. } => layout.put_blob(&d.digest, d.size, open().await?).await,
         }
     }
 

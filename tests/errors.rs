@@ -233,7 +233,7 @@ fn layout_with(dir: &Path, fixture: &str, media_type: &str) {
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
-    let digest = sha256_hex(&bytes);
+    let digest = sha256(&bytes).trim_start_matches("sha256:").to_string();
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("blobs/sha256").join(&digest), &bytes).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -241,24 +241,6 @@ fn layout_with(dir: &Path, fixture: &str, media_type: &str) {
         "mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len(),
         "annotations": {"org.opencontainers.image.ref.name": "1"}}]});
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let out = run(Command::new("sha256sum").arg("-").stdin_bytes(bytes));
-    out.split_whitespace().next().unwrap().to_string()
-}
-
-trait StdinBytes {
-    fn stdin_bytes(&mut self, bytes: &[u8]) -> &mut Self;
-}
-
-impl StdinBytes for Command {
-    fn stdin_bytes(&mut self, bytes: &[u8]) -> &mut Self {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(f.path(), bytes).unwrap();
-        let file = std::fs::File::open(f.path()).unwrap();
-        self.stdin(file)
-    }
 }
 
 #[rstest]

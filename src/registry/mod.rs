@@ -35,7 +35,7 @@ pub use upload::Opener;
 const MANIFEST_LIMIT: usize = 4 << 20;
 const USER_AGENT: &str = concat!("layerup/", env!("CARGO_PKG_VERSION"));
 
-/// How layerup treats the network, from the command line.
+/// How layerup treats the network; the defaults are the command line's (`cli::TransferArgs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Plain HTTP to registries that are not on loopback.
@@ -46,17 +46,6 @@ pub struct Options {
     pub stall: Duration,
     /// Bytes per PATCH of a chunked upload; smaller blobs go in one request.
     pub chunk: u64,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            insecure: false,
-            attempts: 6,
-            stall: Duration::from_secs(60),
-            chunk: 4 << 20,
-        }
-    }
 }
 
 pub struct Registry {
@@ -663,6 +652,11 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     })
 }
 
+/// Whether a (lowercased) root cause is a TLS failure: a certificate, or plain HTTP answering TLS.
+fn is_tls(cause: &str) -> bool {
+    cause.contains("certificate") || cause.contains("tls") || cause.contains("corrupt message")
+}
+
 /// A failure before any HTTP answer: DNS, connection, TLS or timeout.
 fn transport_error(err: &reqwest::Error, host: &str) -> Error {
     let cause = root_cause(err);
@@ -672,11 +666,7 @@ fn transport_error(err: &reqwest::Error, host: &str) -> Error {
             format!("registry {host} did not answer in time ({cause})"),
         );
     }
-    let tls = {
-        let lower = cause.to_lowercase();
-        lower.contains("certificate") || lower.contains("tls") || lower.contains("corrupt message")
-    };
-    if tls {
+    if is_tls(&cause.to_lowercase()) {
         return Error::new(
             ExitCode::Unreachable,
             format!(
@@ -756,16 +746,18 @@ mod tests {
 
     #[test]
     fn tls_is_used_except_on_loopback_or_when_insecure() {
-        let strict = Registry::new(Options::default()).unwrap();
+        let options = |insecure| Options {
+            insecure,
+            attempts: 1,
+            stall: Duration::from_secs(1),
+            chunk: 1 << 20,
+        };
+        let strict = Registry::new(options(false)).unwrap();
         assert_eq!(strict.scheme("registry.example.com"), "https");
         assert_eq!(strict.scheme("10.1.2.3:5000"), "https");
         assert_eq!(strict.scheme("127.0.0.1:5000"), "http");
         assert_eq!(strict.scheme("localhost:5000"), "http");
-        let insecure = Registry::new(Options {
-            insecure: true,
-            ..Options::default()
-        })
-        .unwrap();
+        let insecure = Registry::new(options(true)).unwrap();
         assert_eq!(insecure.scheme("registry.example.com"), "http");
     }
 

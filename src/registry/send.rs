@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use super::{status_error, transport_error, Registry, Target};
+use super::{is_tls, status_error, transport_error, Registry, Target};
 use crate::error::{Error, ExitCode, Result};
 
 /// The first wait; each retry doubles it, up to [`MAX_WAIT`].
@@ -43,7 +43,11 @@ impl Registry {
             if let Some(h) = self.header_for(t) {
                 req = req.header(AUTHORIZATION, h);
             }
-            let verdict = match req.send().await {
+            let sent = req.send().await;
+            if sent.is_ok() {
+                self.answered(t.host);
+            }
+            let verdict = match sent {
                 Ok(res) if res.status() == StatusCode::UNAUTHORIZED && !renewed => {
                     // A token that expired during a long transfer: fetch a fresh one, once.
                     renewed = true;
@@ -55,10 +59,7 @@ impl Registry {
                     return Ok(res);
                 }
                 Ok(res) => match self.judge_status(&res, tries) {
-                    None => {
-                        self.answered(t.host);
-                        return Ok(res);
-                    }
+                    None => return Ok(res),
                     Some(Verdict::Retry(wait, why)) if tries < self.options.attempts => {
                         Verdict::Retry(wait, why)
                     }
@@ -82,14 +83,8 @@ impl Registry {
             };
             match verdict {
                 Verdict::Retry(wait, why) => {
-                    tracing::warn!(
-                        "{}: {why}; try {} of {} in {:.1}s",
-                        action(),
-                        tries + 1,
-                        self.options.attempts,
-                        wait.as_secs_f64()
-                    );
-                    tokio::time::sleep(wait).await;
+                    let next = format!("try {} of {}", tries + 1, self.options.attempts);
+                    self.again(tries, &action(), &why, &next, wait).await?;
                 }
                 Verdict::Fail(e) => return Err(e),
             }
@@ -120,14 +115,31 @@ impl Registry {
     /// resolve, or a host that has refused every connection so far (a wrong port) is final.
     pub(super) fn judge_transport(&self, e: &reqwest::Error, host: &str, tries: u32) -> Verdict {
         let err = transport_error(e, host);
-        let known = self.has_answered(host);
         let cause = super::root_cause(e).to_lowercase();
-        let tls = cause.contains("certificate") || cause.contains("tls");
         let dns = cause.contains("lookup") || cause.contains("resolve");
-        if tls || dns || (e.is_connect() && !known) {
+        if is_tls(&cause) || dns || (e.is_connect() && !self.has_answered(host)) {
             return Verdict::Fail(err);
         }
         Verdict::Retry(backoff(tries), err.to_string())
+    }
+
+    /// Waits `wait` before the next try, saying on stderr why and what comes `next`; or, once
+    /// `tries` are spent, the error `action: why`.
+    pub(super) async fn again(
+        &self,
+        tries: u32,
+        action: &str,
+        why: &str,
+        next: &str,
+        wait: Duration,
+    ) -> Result<()> {
+        if tries >= self.options.attempts {
+            let e = Error::new(ExitCode::Registry, format!("{action}: {why}"));
+            return Err(gave_up(e, tries));
+        }
+        tracing::warn!("{action}: {why}; {next} in {:.1}s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     pub(super) fn answered(&self, host: &str) {

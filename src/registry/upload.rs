@@ -24,7 +24,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use reqwest::{Response, StatusCode};
 use tokio::sync::Mutex;
 
-use super::send::{backoff, gave_up, Verdict};
+use super::send::{backoff, Verdict};
 use super::{location, status_error, Registry, Target};
 use crate::digest;
 use crate::error::{Error, ExitCode, Result};
@@ -65,17 +65,8 @@ impl Registry {
             if self.has_blob(repo, digest).await? {
                 return Ok(());
             }
-            if tries >= self.options.attempts {
-                let e = Error::new(ExitCode::Registry, format!("{}: {why}", action()));
-                return Err(gave_up(e, tries));
-            }
-            let wait = backoff(tries);
-            tracing::warn!(
-                "{}: {why}; starting it again in {:.1}s",
-                action(),
-                wait.as_secs_f64()
-            );
-            tokio::time::sleep(wait).await;
+            self.again(tries, &action(), &why, "starting it again", backoff(tries))
+                .await?;
         }
     }
 
@@ -190,17 +181,15 @@ impl Registry {
                 },
             };
             tries += 1;
-            if tries >= self.options.attempts {
-                let e = Error::new(ExitCode::Registry, format!("{}: {failure}", action()));
-                return Err(gave_up(e, tries));
-            }
-            let wait = backoff(tries);
-            tracing::warn!(
-                "{}: {failure} at byte {acked}; asking where the upload stands in {:.1}s",
-                action(),
-                wait.as_secs_f64()
-            );
-            tokio::time::sleep(wait).await;
+            let why = format!("{failure} at byte {acked}");
+            self.again(
+                tries,
+                &action(),
+                &why,
+                "asking where the upload stands",
+                backoff(tries),
+            )
+            .await?;
             let (_, read) = feed.lock().await.position();
             match self.upload_status(t, &base, &loc, action).await? {
                 Some((n, next)) if n > acked.max(1) && n <= read => {

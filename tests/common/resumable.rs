@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest as _, Sha256};
+use super::sha256;
 
 #[derive(Default)]
 struct Store {
@@ -52,10 +52,6 @@ impl Resumable {
             .get(&(repo.to_string(), reference.to_string()))
             .map(|m| m.0.clone())
     }
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 fn respond(
