@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::cluster::workload::WorkloadRef;
+use crate::cluster::Target;
 use crate::copy::CopyPlan;
+use crate::deploy::DeployPlan;
 use crate::error::{Error, Result};
 use crate::image::Tweaks;
 use crate::platform::Platform;
@@ -23,9 +26,11 @@ Examples:
   layerup push ./build:/srv/www ./nginx.conf:/etc/nginx/conf.d/ \\
       --base prod/web:2 --to localhost:5000/web:dev --env MODE=dev
 
-Exit codes: 0 ok, 1 internal, 2 usage, 3 source files, 4 registry unreachable,
-5 authentication, 6 base image not found, 7 unusable image, 8 registry refused a write,
-130 interrupted.";
+  layerup push ./src:/app --base prod/app:1.0 --to localhost:5000/app:dev --deploy
+
+Exit codes: 0 ok, 1 internal, 2 usage, 3 source files, 4 registry or cluster unreachable,
+5 authentication, 6 not found, 7 unusable image, 8 registry refused a write, 9 cluster
+refused a change, 10 rollout failed or timed out, 130 interrupted.";
 
 #[derive(Debug, Parser)]
 #[command(name = "layerup", version, about = "Append a layer of your files to a production image and push only what is new — no Docker", after_help = EXAMPLES)]
@@ -52,7 +57,30 @@ pub enum Command {
     /// digest for digest, moving only the blobs the destination lacks.
     #[command(after_help = COPY_EXAMPLES)]
     Copy(CopyArgs),
+    /// Set a workload's container image to IMAGE (pinned by digest) and wait for the rollout.
+    #[command(after_help = DEPLOY_EXAMPLES)]
+    Deploy(DeployArgs),
+    /// Put back the image a workload ran before layerup's last change to it.
+    #[command(after_help = ROLLBACK_EXAMPLES)]
+    Rollback(RollbackArgs),
 }
+
+const DEPLOY_EXAMPLES: &str = "\
+Examples:
+  layerup deploy localhost:5000/app@sha256:<digest> deployment/app
+  layerup deploy localhost:5000/app:dev deployment/app -n team-a --context kind-dev
+  layerup deploy localhost:5000/app:dev --cluster-registry registry.local:5000 --dry-run
+
+A tag is resolved to its digest first: the workload always names the image by digest. Without
+a workload, every deployment, statefulset and daemonset in the namespace running IMAGE's
+repository gets it. Prints, per container set, `KIND/NAME CONTAINER IMAGE` on stdout.";
+
+const ROLLBACK_EXAMPLES: &str = "\
+Examples:
+  layerup rollback deployment/app             # the image before layerup's last change
+  layerup rollback deployment/app --original  # the image before layerup's first change
+
+Only containers still running the image layerup set are rolled back.";
 
 const COPY_EXAMPLES: &str = "\
 Examples:
@@ -129,6 +157,154 @@ pub struct PushArgs {
     /// Push a full app layer instead once the deltas would weigh more than this share of it.
     #[arg(long, default_value = "50%", value_name = "PERCENT")]
     pub squash_at: String,
+    /// Then set the image in the cluster: in this workload (deployment/NAME, statefulset/NAME,
+    /// daemonset/NAME) or, bare, in every workload of the namespace running the base's or the
+    /// destination's repository.
+    #[arg(long, value_name = "KIND/NAME", num_args = 0..=1, default_missing_value = "")]
+    pub deploy: Option<String>,
+    /// The registry's name as the cluster reaches it, written into the workload in place of
+    /// --to's (host[:port]: localhost:5000 on your machine, registry.local:5000 in the cluster).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub cluster_registry: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Which cluster, namespace, workload container, and how to wait; shared by `--deploy`,
+/// `deploy` and `rollback`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig context [default: the current one].
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The namespace [default: the context's, else `default`].
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The container to set [default: the one running the image's repository].
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Allow changing this context although it does not look like a local development
+    /// cluster (repeatable).
+    #[arg(
+        long = "allow-context",
+        value_name = "NAME",
+        env = "LAYERUP_ALLOW_CONTEXTS",
+        value_delimiter = ','
+    )]
+    pub allow_context: Vec<String>,
+    /// How long to wait for the rollout (like 90s, 2m).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub timeout: String,
+    /// Do not wait for the rollout.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the patch and where it would go; change nothing in the cluster.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl ClusterArgs {
+    fn plan(&self, workload: Option<&str>) -> Result<DeployPlan> {
+        let workload = workload
+            .map(|w| {
+                WorkloadRef::parse(w).map_err(|e| Error::usage(format!("invalid workload: {e}")))
+            })
+            .transpose()?;
+        let wait = parse_duration(&self.timeout).ok_or_else(|| {
+            Error::usage(format!(
+                "--timeout `{}` is not a duration (like 90s, 2m)",
+                self.timeout
+            ))
+        })?;
+        Ok(DeployPlan {
+            workload,
+            container: self.container.clone(),
+            target: Target {
+                context: self.context.clone(),
+                namespace: self.namespace.clone(),
+                allow: self.allow_context.clone(),
+            },
+            wait: (!self.no_wait).then_some(wait),
+            dry_run: self.dry_run,
+        })
+    }
+
+    /// Flags given that only mean something with --deploy.
+    fn given(&self) -> Option<&'static str> {
+        [
+            (self.context.is_some(), "--context"),
+            (self.namespace.is_some(), "--namespace"),
+            (self.container.is_some(), "--container"),
+            (self.no_wait, "--no-wait"),
+            (self.dry_run, "--dry-run"),
+        ]
+        .into_iter()
+        .find_map(|(set, flag)| set.then_some(flag))
+    }
+}
+
+/// `layerup deploy`, as typed.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The image: pinned by digest, or a tag to resolve to one.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The workload [default: every one in the namespace running IMAGE's repository].
+    #[arg(value_name = "KIND/NAME")]
+    pub workload: Option<String>,
+    /// The registry's name as the cluster reaches it, written in place of IMAGE's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub cluster_registry: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+impl DeployArgs {
+    pub fn plan(&self) -> Result<(ImageRef, Option<String>, DeployPlan)> {
+        let image = ImageRef::parse(&self.image, "IMAGE")?;
+        if matches!(image, ImageRef::Layout(_)) {
+            return Err(Error::usage(format!(
+                "IMAGE `{}` is a layout on disk; a cluster pulls from a registry",
+                self.image
+            )));
+        }
+        let registry = cluster_registry(self.cluster_registry.as_deref())?;
+        Ok((
+            image,
+            registry,
+            self.cluster.plan(self.workload.as_deref())?,
+        ))
+    }
+}
+
+/// `layerup rollback`, as typed.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The workload (deployment/NAME, statefulset/NAME, daemonset/NAME).
+    #[arg(value_name = "KIND/NAME")]
+    pub workload: String,
+    /// Go back to the image before layerup's first change in a row, not its last.
+    #[arg(long)]
+    pub original: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl RollbackArgs {
+    pub fn plan(&self) -> Result<DeployPlan> {
+        self.cluster.plan(Some(&self.workload))
+    }
+}
+
+fn cluster_registry(text: Option<&str>) -> Result<Option<String>> {
+    match text {
+        Some(h) if !crate::reference::is_registry_host(h) => Err(Error::usage(format!(
+            "--cluster-registry `{h}` is not a registry host (host[:port], like registry.local:5000)"
+        ))),
+        h => Ok(h.map(str::to_string)),
+    }
 }
 
 /// How blobs travel; shared by `push`, `watch` and `copy`.
@@ -178,6 +354,18 @@ impl TransferArgs {
             stall,
             chunk,
         })
+    }
+}
+
+/// A duration as a user would type it back: `90s`, `2m`, `500ms`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -348,7 +536,30 @@ impl PushArgs {
                     self.squash_at
                 ))
             })?;
+        let deploy = match self.deploy.as_deref() {
+            None => {
+                if let Some(flag) = self.cluster.given().or(self
+                    .cluster_registry
+                    .as_ref()
+                    .map(|_| "--cluster-registry"))
+                {
+                    return Err(Error::usage(format!("{flag} is for the cluster: add --deploy")));
+                }
+                None
+            }
+            Some(_) if matches!(to, ImageRef::Layout(_)) => {
+                return Err(Error::usage(format!(
+                    "--deploy needs --to in a registry (`{}` is a layout on disk; a cluster pulls from a registry)",
+                    self.to
+                )))
+            }
+            Some(w) => Some(crate::Deploy {
+                plan: self.cluster.plan(Some(w).filter(|w| !w.is_empty()))?,
+                cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
+            }),
+        };
         Ok(PushPlan {
+            deploy,
             base,
             to,
             mappings,

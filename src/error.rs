@@ -23,6 +23,11 @@ pub enum ExitCode {
     Image = 7,
     /// A registry answered a write with an error (quota, invalid manifest, server error).
     Registry = 8,
+    /// The Kubernetes API refused a change (invalid, conflicting, a server error).
+    Cluster = 9,
+    /// The rollout failed (ImagePullBackOff, CrashLoopBackOff, a missed progress deadline) or
+    /// did not finish within `--timeout`.
+    Rollout = 10,
 }
 
 /// One failure, worded as a single line that names what failed and where.

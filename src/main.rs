@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use layerup::cli::{Cli, Command};
 use layerup::copy::{Copied, Moves};
+use layerup::deploy::{Change, Event};
 use layerup::push::Outcome;
 use layerup::stack::Mode;
-use layerup::watch::Cycle;
+use layerup::watch::{Cycle, Told};
 use layerup::Pushed;
 
 fn main() -> ExitCode {
@@ -30,7 +31,37 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Push(args) => {
                 let plan = args.plan(sde.as_deref())?;
-                layerup::push(&plan).await.map(|p| Some(Done::Pushed(p)))
+                let pushed = layerup::push(&plan).await?;
+                let Some(deploy) = &plan.deploy else {
+                    return Ok(Some(Done::Pushed(pushed)));
+                };
+                // The image exists once pushed: say so before the rollout is awaited.
+                if !quiet {
+                    report_push(&pushed);
+                }
+                println!("{}", pushed.reference);
+                deploy
+                    .run(&pushed.reference, &plan.base, &mut |e| {
+                        tell(e, quiet, false)
+                    })
+                    .await?;
+                Ok(None)
+            }
+            Command::Deploy(args) => {
+                let (image, registry, plan) = args.plan()?;
+                let net = args.transfer.options()?;
+                let mut told = |e: Event| tell(e, quiet, true);
+                let changes =
+                    layerup::deploy_image(&image, net, registry.as_deref(), &plan, &mut told)
+                        .await?;
+                // A dry run's result is the patch it printed.
+                Ok((!plan.dry_run).then_some(Done::Changed(changes)))
+            }
+            Command::Rollback(args) => {
+                let plan = args.plan()?;
+                let mut told = |e: Event| tell(e, quiet, true);
+                let changes = layerup::deploy::rollback(&plan, args.original, &mut told).await?;
+                Ok((!plan.dry_run).then_some(Done::Changed(changes)))
             }
             Command::Copy(args) => {
                 let plan = args.plan()?;
@@ -46,9 +77,13 @@ fn main() -> ExitCode {
             Command::Watch(args) => {
                 let plan = args.push.plan(sde.as_deref())?;
                 let debounce = std::time::Duration::from_millis(args.debounce);
-                layerup::watch::watch(&plan, debounce, |cycle| report_cycle(cycle, quiet))
-                    .await
-                    .map(|()| None)
+                layerup::watch::watch(&plan, debounce, |told| match told {
+                    Told::Pushed(cycle) => report_cycle(*cycle, quiet),
+                    Told::Deploy(e) => tell(e, quiet, false),
+                    Told::DeployFailed(e) => eprintln!("error: {e} (still watching)"),
+                })
+                .await
+                .map(|()| None)
             }
         }
     };
@@ -85,6 +120,12 @@ fn main() -> ExitCode {
             println!("{}", copied.reference);
             ExitCode::SUCCESS
         }
+        Ok(Some(Done::Changed(changes))) => {
+            for c in changes {
+                println!("{} {} {}", c.workload, c.container, c.to);
+            }
+            ExitCode::SUCCESS
+        }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -97,6 +138,44 @@ fn main() -> ExitCode {
 enum Done {
     Pushed(Pushed),
     Copied(Copied),
+    /// Deployed or rolled back: the containers set.
+    Changed(Vec<Change>),
+}
+
+/// The deploy step's lines: progress on stderr; a dry run's patch on stdout where it is the
+/// command's result (`deploy`, `rollback`), on stderr after a push (whose stdout is the reference).
+fn tell(event: Event, quiet: bool, result_on_stdout: bool) {
+    match event {
+        Event::WouldPatch {
+            changes,
+            place,
+            patch,
+        } => {
+            let mut text = format!("would patch {place}:");
+            for c in changes {
+                text += &format!("\n  container {}: {} -> {}", c.container, c.from, c.to);
+            }
+            let body = serde_json::to_string_pretty(patch).unwrap_or_default();
+            text += &format!("\nwith this strategic-merge patch:\n{body}");
+            if result_on_stdout {
+                println!("{text}");
+            } else {
+                eprintln!("{text}");
+            }
+        }
+        _ if quiet => {}
+        Event::Patched(c) => eprintln!(
+            "{}: container {} set to {} (was {})",
+            c.workload, c.container, c.to, c.from
+        ),
+        Event::Unchanged(c) => eprintln!(
+            "{}: container {} already runs {}",
+            c.workload, c.container, c.to
+        ),
+        Event::Waiting(id, what) => eprintln!("{id}: waiting: {what}"),
+        Event::Ready(id, took) => eprintln!("{id}: rolled out in {:.1}s", took.as_secs_f64()),
+        Event::NotWaited(id, why) => eprintln!("{id}: not waiting for the rollout: {why}"),
+    }
 }
 
 /// What a copy is about to move, before it moves it.

@@ -249,6 +249,19 @@ fn parse_layout(rest: &str) -> std::result::Result<LayoutRef, String> {
     })
 }
 
+/// The repository an image reference names, normalised (`nginx:1` is `docker.io/library/nginx`):
+/// how a workload's container image is matched against the base and destination. `None` when
+/// the reference does not parse.
+pub fn repository_of(image: &str) -> Option<String> {
+    let r = parse_docker(image)?;
+    Some(format!("{}/{}", r.registry(), r.repository()))
+}
+
+/// `host[:port]`, as the registry part of a reference (`--cluster-registry`).
+pub fn is_registry_host(s: &str) -> bool {
+    is_domain(s) && (s.contains(['.', ':']) || s == "localhost")
+}
+
 /// The distribution spec's tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn is_tag(s: &str) -> bool {
     let mut chars = s.chars();

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::deploy::Event;
 use crate::error::{Error, Result};
 use crate::{push, PushPlan, Pushed};
 
@@ -15,11 +16,20 @@ pub struct Cycle {
     pub took: Duration,
 }
 
+/// What the loop tells as it goes.
+pub enum Told<'a> {
+    Pushed(Box<Cycle>),
+    /// With `--deploy`: the deploy step after a push.
+    Deploy(Event<'a>),
+    DeployFailed(Error),
+}
+
 /// Pushes once, then again after every change to the sources, until the future is dropped
 /// (Ctrl-C). `quiet` is how long the sources must stay still before a push starts: editors and
 /// `git checkout` write in bursts. Every finished push, good or failed, goes to `report`; a
-/// failed push does not end the loop.
-pub async fn watch(plan: &PushPlan, quiet: Duration, mut report: impl FnMut(Cycle)) -> Result<()> {
+/// failed push does not end the loop. With `--deploy`, each push that worked is deployed before
+/// the next one starts.
+pub async fn watch(plan: &PushPlan, quiet: Duration, mut report: impl FnMut(Told)) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading a file (layerup's own push does) is not a change.
@@ -41,10 +51,19 @@ pub async fn watch(plan: &PushPlan, quiet: Duration, mut report: impl FnMut(Cycl
     loop {
         let started = Instant::now();
         let result = push(plan).await;
-        report(Cycle {
+        let reference = result.as_ref().ok().map(|p| p.reference.clone());
+        report(Told::Pushed(Box::new(Cycle {
             result,
             took: started.elapsed(),
-        });
+        })));
+        if let (Some(d), Some(r)) = (&plan.deploy, reference) {
+            if let Err(e) = d
+                .run(&r, &plan.base, &mut |e| report(Told::Deploy(e)))
+                .await
+            {
+                report(Told::DeployFailed(e));
+            }
+        }
         // Events that came during the push are waiting: they start the next one at once.
         if rx.recv().await.is_none() {
             return Ok(());

@@ -5,6 +5,7 @@
 //! A tool that is missing fails the test with the command that installs it.
 #![allow(dead_code)]
 
+pub mod kube;
 pub mod proxy;
 pub mod resumable;
 pub mod token;
@@ -659,6 +660,27 @@ pub fn http(
         out[split + 4..].to_vec()
     };
     (status, headers, body)
+}
+
+/// An HTTP/1.1 request's first line and its headers (names lowercased), for the tests' own
+/// servers.
+pub fn read_head(
+    r: &mut impl std::io::BufRead,
+) -> std::io::Result<(String, std::collections::BTreeMap<String, String>)> {
+    let mut first = String::new();
+    r.read_line(&mut first)?;
+    let mut headers = std::collections::BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok((first, headers));
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
 }
 
 /// `sha256:<hex>` of some bytes.

@@ -4,7 +4,7 @@
 //! from there. Only the endpoints a push or copy uses; everything in memory.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -82,20 +82,7 @@ fn error(c: &mut TcpStream, status: u16, code: &str) -> std::io::Result<()> {
 fn serve(conn: TcpStream, store: &Mutex<Store>) -> std::io::Result<()> {
     let mut r = BufReader::new(conn.try_clone()?);
     let mut c = conn;
-    let mut first = String::new();
-    r.read_line(&mut first)?;
-    let mut headers: HashMap<String, String> = HashMap::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
+    let (first, headers) = super::read_head(&mut r)?;
     let mut parts = first.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();

@@ -1,0 +1,66 @@
+//! Pure: which kubeconfig contexts layerup may change — local development clusters, API servers
+//! on loopback, and the contexts the user allowed — decided before any request is sent.
+
+use crate::reference::is_loopback;
+
+/// Context names of local development clusters, as their tools create them (Tilt's
+/// `allow_k8s_contexts` starts from the same list).
+const LOCAL: &[&str] = &[
+    "minikube",
+    "docker-desktop",
+    "docker-for-desktop",
+    "rancher-desktop",
+    "orbstack",
+    "microk8s",
+    "colima",
+];
+const LOCAL_PREFIXES: &[&str] = &["kind-", "k3d-"];
+
+/// Whether a context is one layerup may patch; the refusal names the flag that allows it.
+/// `server` is the API server's `host[:port]`.
+pub fn check(context: &str, server: &str, allowed: &[String]) -> Result<(), String> {
+    let local = LOCAL.contains(&context) || LOCAL_PREFIXES.iter().any(|p| context.starts_with(p));
+    if local || is_loopback(server) || allowed.iter().any(|a| a == context) {
+        return Ok(());
+    }
+    Err(format!(
+        "context `{context}` (API server {server}) is not a local development cluster, so layerup \
+         will not change it; if it is yours to change, allow it with --allow-context {context} \
+         (or LAYERUP_ALLOW_CONTEXTS={context})"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("kind-dev", "10.0.0.5:6443")]
+    #[case("k3d-mine", "0.0.0.0:6550")]
+    #[case("minikube", "192.168.49.2:8443")]
+    #[case("docker-desktop", "kubernetes.docker.internal:6443")]
+    #[case("orbstack", "k8s.orb.local")]
+    #[case("anything", "127.0.0.1:6443")]
+    #[case("anything", "localhost:8080")]
+    #[case("anything", "[::1]:6443")]
+    fn local_clusters_pass(#[case] context: &str, #[case] server: &str) {
+        assert_eq!(check(context, server, &[]), Ok(()));
+    }
+
+    #[rstest]
+    #[case("gke_acme_europe-west1_prod", "34.77.1.2")]
+    #[case("kindly-prod", "prod.example.com:6443")]
+    #[case("minikube-but-not", "10.1.1.1:443")]
+    fn others_are_refused_with_the_flag_that_allows_them(
+        #[case] context: &str,
+        #[case] server: &str,
+    ) {
+        let err = check(context, server, &[]).unwrap_err();
+        assert!(
+            err.contains(&format!("--allow-context {context}")) && err.contains(server),
+            "{err}"
+        );
+        assert_eq!(check(context, server, &[context.to_string()]), Ok(()));
+    }
+}

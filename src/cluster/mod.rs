@@ -1,0 +1,277 @@
+//! The only place that talks to Kubernetes (through kube-rs): the kubeconfig as kubectl reads
+//! it, the context guard, and reading, patching and watching workloads, pods and events.
+
+pub mod guard;
+pub mod rollout;
+pub mod workload;
+
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, WatchEvent,
+    WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::Value;
+
+use crate::error::{Error, ExitCode, Result};
+use workload::{Kind, WorkloadRef};
+
+/// Which cluster and namespace, as kubectl's `--context` and `-n`, and the contexts the user
+/// allowed beyond local development clusters.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub allow: Vec<String>,
+}
+
+/// A connection to a cluster that passed the guard.
+pub struct Cluster {
+    client: kube::Client,
+    pub namespace: String,
+    pub context: String,
+    /// The API server's `host[:port]`, for messages.
+    pub server: String,
+}
+
+/// A failed API call, before it is worded: 409 is the one callers act on.
+pub enum Failure {
+    Conflict,
+    Other(Error),
+}
+
+impl Cluster {
+    /// Reads the kubeconfig (`KUBECONFIG`, else `~/.kube/config`), picks the context, and checks
+    /// it with the guard — all before any request is sent.
+    pub async fn connect(target: &Target) -> Result<Cluster> {
+        let kubeconfig = Kubeconfig::read().map_err(|e| {
+            Error::usage(format!(
+                "cannot read the kubeconfig (KUBECONFIG, else ~/.kube/config): {}",
+                chain(&e)
+            ))
+        })?;
+        let context = match target
+            .context
+            .clone()
+            .or(kubeconfig.current_context.clone())
+        {
+            Some(c) => c,
+            None => {
+                return Err(Error::usage(
+                    "the kubeconfig has no current context; name one with --context",
+                ))
+            }
+        };
+        if !kubeconfig.contexts.iter().any(|c| c.name == context) {
+            let known: Vec<&str> = kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            return Err(Error::usage(format!(
+                "the kubeconfig has no context `{context}` (it has: {})",
+                known.join(", ")
+            )));
+        }
+        let options = KubeConfigOptions {
+            context: Some(context.clone()),
+            ..Default::default()
+        };
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| {
+                Error::usage(format!(
+                    "cannot use kubeconfig context `{context}`: {}",
+                    chain(&e)
+                ))
+            })?;
+        let server = config
+            .cluster_url
+            .authority()
+            .map_or_else(|| config.cluster_url.to_string(), |a| a.to_string());
+        guard::check(&context, &server, &target.allow).map_err(Error::usage)?;
+        config.connect_timeout = Some(Duration::from_secs(10));
+        // A watch is ended by the server within its timeoutSeconds (below this), so any answer
+        // that takes longer is a stalled server.
+        config.read_timeout = Some(Duration::from_secs(60));
+        let namespace = target
+            .namespace
+            .clone()
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config).map_err(|e| {
+            Error::usage(format!(
+                "cannot use kubeconfig context `{context}`: {}",
+                chain(&e)
+            ))
+        })?;
+        Ok(Cluster {
+            client,
+            namespace,
+            context,
+            server,
+        })
+    }
+
+    fn api(&self, group: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(group, "v1", kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        Api::namespaced_with(self.client.clone(), &self.namespace, &resource)
+    }
+
+    fn workloads(&self, kind: Kind) -> Api<DynamicObject> {
+        self.api("apps", kind.kind(), kind.plural())
+    }
+
+    pub async fn get(&self, w: &WorkloadRef) -> Result<Value> {
+        let what = format!("read {w}");
+        match self.workloads(w.kind).get(&w.name).await {
+            Ok(o) => Ok(to_value(o)),
+            Err(e) => Err(self.failure(&what, Some(w), e)),
+        }
+    }
+
+    pub async fn list(&self, kind: Kind) -> Result<Vec<Value>> {
+        let what = format!("list {}", kind.plural());
+        let list = self
+            .workloads(kind)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| self.failure(&what, None, e))?;
+        Ok(list.items.into_iter().map(to_value).collect())
+    }
+
+    /// A strategic-merge patch; the changed object, or [`Failure::Conflict`] when its
+    /// `resourceVersion` precondition no longer holds.
+    pub async fn patch(&self, w: &WorkloadRef, body: &Value) -> Result<Value, Failure> {
+        let params = PatchParams {
+            field_manager: Some("layerup".into()),
+            ..Default::default()
+        };
+        match self
+            .workloads(w.kind)
+            .patch(&w.name, &params, &Patch::Strategic(body))
+            .await
+        {
+            Ok(o) => Ok(to_value(o)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Err(Failure::Conflict),
+            Err(e) => Err(Failure::Other(self.failure(
+                &format!("patch {w}"),
+                Some(w),
+                e,
+            ))),
+        }
+    }
+
+    /// Changes to one workload after `resource_version`, ended by the server within 30 s.
+    pub async fn watch(
+        &self,
+        w: &WorkloadRef,
+        resource_version: &str,
+    ) -> Result<impl Stream<Item = Result<WatchEvent<Value>>> + use<'_>> {
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={}", w.name))
+            .timeout(30);
+        let what = format!("watch {w}");
+        let stream = self
+            .workloads(w.kind)
+            .watch(&params, resource_version)
+            .await
+            .map_err(|e| self.failure(&what, Some(w), e))?;
+        let w = w.clone();
+        Ok(stream.map(move |event| {
+            event
+                .map(|e| match e {
+                    WatchEvent::Added(o) => WatchEvent::Added(to_value(o)),
+                    WatchEvent::Modified(o) => WatchEvent::Modified(to_value(o)),
+                    WatchEvent::Deleted(o) => WatchEvent::Deleted(to_value(o)),
+                    WatchEvent::Bookmark(b) => WatchEvent::Bookmark(b),
+                    WatchEvent::Error(s) => WatchEvent::Error(s),
+                })
+                .map_err(|e| self.failure(&format!("watch {w}"), Some(&w), e))
+        }))
+    }
+
+    pub async fn pods(&self, selector: &str) -> Result<Vec<Value>> {
+        let list = self
+            .api("", "Pod", "pods")
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| self.failure("list pods", None, e))?;
+        Ok(list.items.into_iter().map(to_value).collect())
+    }
+
+    pub async fn events(&self, pod: &str) -> Result<Vec<Value>> {
+        let fields = format!("involvedObject.kind=Pod,involvedObject.name={pod}");
+        let list = self
+            .api("", "Event", "events")
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .map_err(|e| self.failure("list events", None, e))?;
+        Ok(list.items.into_iter().map(to_value).collect())
+    }
+
+    /// One line naming the action, the object, the context and the cluster's answer.
+    fn failure(&self, what: &str, w: Option<&WorkloadRef>, e: kube::Error) -> Error {
+        let place = format!(
+            "in namespace {} of context {}",
+            self.namespace, self.context
+        );
+        match e {
+            kube::Error::Api(s) => {
+                let code = match s.code {
+                    401 | 403 => ExitCode::Auth,
+                    404 => ExitCode::NotFound,
+                    _ => ExitCode::Cluster,
+                };
+                let message = match (s.code, w) {
+                    (404, Some(w)) => format!("there is no {w} {place}"),
+                    _ => format!(
+                        "cannot {what} {place}: the API server answered {} {}: {}",
+                        s.code,
+                        s.reason,
+                        s.message.trim()
+                    ),
+                };
+                Error::new(code, message)
+            }
+            kube::Error::Auth(a) => Error::auth(format!(
+                "cannot get credentials for context {}: {}",
+                self.context,
+                chain(&a)
+            )),
+            e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::new(
+                ExitCode::Unreachable,
+                format!(
+                    "cannot {what}: the API server {} of context {} could not be reached: {}",
+                    self.server,
+                    self.context,
+                    chain(&e)
+                ),
+            ),
+            e => Error::new(
+                ExitCode::Cluster,
+                format!("cannot {what} {place}: {}", chain(&e)),
+            ),
+        }
+    }
+}
+
+fn to_value(o: DynamicObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+/// An error and its causes in one line, without repeating a cause the message already holds.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}

