@@ -269,8 +269,9 @@ fn report_cycle(cycle: Cycle, quiet: bool) {
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "warn,layerup=info",
+        // kube-rs logs each failed request as an error; layerup words the failure itself, once.
+        (false, 0) => "warn,kube_client=off",
+        (false, 1) => "warn,layerup=info,kube_client=off",
         (false, 2) => "info,layerup=debug",
         (false, _) => "debug",
     };

@@ -690,3 +690,110 @@ fn http_patch(base: &str, path: &str, body: &Value) {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn an_unreachable_api_server_and_a_refused_token_are_said_plainly() {
+    let c = web_cluster();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = c
+        .kube
+        .kubeconfig(c.dir.path(), "kind-gone", NS, Some(&gone), "t");
+    // Without the proxy: the context's server is a closed port.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let direct: String = text
+        .lines()
+        .filter(|l| !l.contains("proxy-url"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, direct).unwrap();
+    let out = Layerup::new()
+        .env("KUBECONFIG", &config)
+        .args(["deploy", &dev(D1), "deployment/web"])
+        .run();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot read deployment/web: the API server {} of context kind-gone could not be reached: Connection refused",
+            gone.trim_start_matches("http://")
+        )),
+        "{}",
+        out.stderr
+    );
+
+    c.kube.require_token("the-right-one");
+    let out = c.deploy_web(&[]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("answered 401 Unauthorized") && !out.stderr.contains("dev-token"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The tests' API server merges as the API reference says — what makes "nothing else changed"
+/// above mean something: a strategic-merge patch keeps the containers it does not name, a JSON
+/// merge patch replaces the list, apply needs a field manager, a stale resourceVersion is a 409.
+#[test]
+fn the_test_api_server_patches_as_the_api_reference_says() {
+    let c = web_cluster();
+    let path = "/apis/apps/v1/namespaces/team-a/deployments/web";
+    let send = |media: &str, query: &str, body: Value| -> (u16, Value) {
+        let host = c.kube.url.trim_start_matches("http://").to_string();
+        let (code, _, out) = http(
+            &host,
+            "PATCH",
+            &format!("{path}{query}"),
+            &[
+                ("Content-Type", media),
+                ("Authorization", "Bearer dev-token"),
+            ],
+            body.to_string().as_bytes(),
+        );
+        (code, serde_json::from_slice(&out).unwrap())
+    };
+    let one =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "x:1"}]}}}});
+    let (code, obj) = send("application/strategic-merge-patch+json", "", one.clone());
+    assert_eq!(code, 200);
+    let names: Vec<&str> = obj["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["proxy", "app"]);
+    assert_eq!(image_of(&obj, "app"), "x:1");
+    assert_eq!(obj["metadata"]["generation"], 2);
+
+    let (code, status) = send("application/apply-patch+yaml", "", one.clone());
+    assert_eq!((code, status["kind"].as_str()), (422, Some("Status")));
+    let (code, _) = send(
+        "application/apply-patch+yaml",
+        "?fieldManager=t",
+        one.clone(),
+    );
+    assert_eq!(code, 200);
+    let (code, status) = send("text/plain", "", one.clone());
+    assert_eq!(
+        (code, status["reason"].as_str()),
+        (415, Some("UnsupportedMediaType"))
+    );
+
+    let stale = json!({"metadata": {"resourceVersion": "1"}, "spec": {}});
+    let (code, status) = send("application/strategic-merge-patch+json", "", stale);
+    assert_eq!((code, status["reason"].as_str()), (409, Some("Conflict")));
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .contains("the object has been modified"));
+
+    let (code, obj) = send("application/merge-patch+json", "", one);
+    assert_eq!(code, 200);
+    assert_eq!(
+        obj["spec"]["template"]["spec"]["containers"],
+        json!([{"name": "app", "image": "x:1"}]),
+        "a JSON merge patch replaces the list"
+    );
+}

@@ -1,5 +1,6 @@
 //! `layerup watch` against the real registry: bursts of writes coalesce into one push, and a
-//! change during a push is answered by exactly one more.
+//! change during a push is answered by exactly one more; with `--deploy`, each push reaches the
+//! workload (the tests' own Kubernetes API server).
 
 mod common;
 
@@ -20,12 +21,25 @@ struct Watching {
 
 impl Watching {
     fn start(tree: &std::path::Path, to: &str) -> Self {
+        Self::start_with(tree, to, &[], None)
+    }
+
+    fn start_with(
+        tree: &std::path::Path,
+        to: &str,
+        extra: &[&str],
+        kubeconfig: Option<&std::path::Path>,
+    ) -> Self {
         let state = tempfile::tempdir().unwrap();
         let mut layerup = Layerup::new()
             .env("LAYERUP_STATE_DIR", state.path())
             .args(["watch", "-v", "--debounce", "300"])
             .args(push_args(tree, &prod().oci, to).into_iter().skip(1))
-            .args(["--squash-at", "100000%"]);
+            .args(["--squash-at", "100000%"])
+            .args(extra);
+        if let Some(k) = kubeconfig {
+            layerup = layerup.env("KUBECONFIG", k);
+        }
         let mut child = layerup
             .command()
             .stdout(Stdio::piped())
@@ -148,4 +162,46 @@ fn a_failed_push_is_reported_and_watching_goes_on() {
     w.wait_for("a push after the failure", |w| w.pushes().len() == 2);
     let log = w.stop();
     assert!(log.contains("(still watching)"), "{log}");
+}
+
+#[test]
+fn with_deploy_every_push_is_set_in_the_workload_and_awaited() {
+    let kube = common::kube::FakeKube::start();
+    kube.add(
+        "deployments",
+        "team-a",
+        serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "app", "image": prod().oci}]}}}
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube.kubeconfig(dir.path(), "kind-dev", "team-a", None, "t");
+    let dest = Registry::start();
+    let tree = app_tree();
+    let w = Watching::start_with(
+        tree.path(),
+        &dest.reference("dev/app:dev"),
+        &["--deploy", "deployment/web"],
+        Some(&config),
+    );
+    let image = || {
+        kube.get("deployments", "team-a", "web")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let rolled = |w: &Watching| w.log().matches("deployment/web: rolled out in").count();
+    w.wait_for("the first rollout", |w| rolled(w) == 1);
+    assert_eq!(image(), w.pushes()[0]);
+    std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
+    w.wait_for("the second rollout", |w| rolled(w) == 2);
+    let pushes = w.pushes();
+    assert_eq!(pushes.len(), 2);
+    assert_ne!(pushes[0], pushes[1]);
+    assert_eq!(image(), pushes[1]);
+    w.stop();
 }
