@@ -553,7 +553,7 @@ impl PushArgs {
                     self.to
                 )))
             }
-            Some(w) => Some(crate::Deploy {
+            Some(w) => Some(crate::deploy::Deploy {
                 plan: self.cluster.plan(Some(w).filter(|w| !w.is_empty()))?,
                 cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
             }),

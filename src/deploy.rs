@@ -2,10 +2,12 @@
 //! image, the patch (read again and retried on conflict), and the wait for the rollout.
 
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::api::WatchEvent;
+use oci_spec::image::Digest;
 use serde_json::Value;
 use tokio::time::{sleep_until, Instant};
 
@@ -13,7 +15,9 @@ use crate::cluster::rollout::{self, Progress};
 use crate::cluster::workload::{self, Kind, Workload, WorkloadRef};
 use crate::cluster::{Cluster, Failure, Target};
 use crate::error::{Error, ExitCode, Result};
-use crate::reference::repository_of;
+use crate::reference::{repository_of, ImageRef};
+use crate::registry::{Options, Registry};
+use crate::store::Store;
 
 /// A validated deploy step.
 #[derive(Debug, Clone)]
@@ -54,6 +58,85 @@ pub enum Event<'a> {
     NotWaited(&'a WorkloadRef, &'a str),
 }
 
+/// `--deploy` and how the cluster names the destination registry.
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    pub plan: DeployPlan,
+    /// `--cluster-registry`: the destination registry's name inside the cluster.
+    pub cluster_registry: Option<String>,
+}
+
+impl Deploy {
+    /// Sets the pushed image in the cluster: the workload named, or every one running the base's
+    /// or the destination's repository (by either name of the registry).
+    pub async fn run(
+        &self,
+        pushed: &str,
+        base: &ImageRef,
+        told: &mut dyn FnMut(Event),
+    ) -> Result<Vec<Change>> {
+        let image = in_cluster(pushed, self.cluster_registry.as_deref());
+        let mut repos: Vec<String> = Vec::new();
+        let base = match base {
+            ImageRef::Registry(b) => Some(format!("{}/{}", b.registry(), b.repository())),
+            ImageRef::Layout(_) => None,
+        };
+        let found = [pushed, image.as_str()].map(repository_of);
+        for repo in found.into_iter().chain([base]).flatten() {
+            if !repos.contains(&repo) {
+                repos.push(repo);
+            }
+        }
+        deploy(&self.plan, &image, &repos, told).await
+    }
+}
+
+/// `layerup deploy`: pins IMAGE by digest (asking its registry when it names a tag), then sets
+/// it as [`Deploy::run`] does, matching workloads by IMAGE's repository.
+pub async fn deploy_image(
+    image: &ImageRef,
+    net: Options,
+    cluster_registry: Option<&str>,
+    plan: &DeployPlan,
+    told: &mut dyn FnMut(Event),
+) -> Result<Vec<Change>> {
+    let ImageRef::Registry(r) = image else {
+        return Err(Error::usage(
+            "a cluster pulls from a registry, not a layout",
+        ));
+    };
+    let digest = match r.digest() {
+        Some(d) => d
+            .parse::<Digest>()
+            .map_err(|e| Error::usage(format!("invalid digest in `{image}`: {e}")))?,
+        None => {
+            let registry = Arc::new(Registry::new(net)?);
+            let store = Store::for_reading(image, &registry)?;
+            store.login(false, None).await?;
+            store.manifest_digest(None).await?.ok_or_else(|| {
+                Error::new(
+                    ExitCode::NotFound,
+                    format!("image `{image}` is not in its registry"),
+                )
+            })?
+        }
+    };
+    let pinned = image.pinned(&digest);
+    let set = Deploy {
+        plan: plan.clone(),
+        cluster_registry: cluster_registry.map(str::to_string),
+    };
+    set.run(&pinned, &ImageRef::Registry(r.clone()), told).await
+}
+
+/// `registry/repo@digest` with the registry as the cluster reaches it.
+pub fn in_cluster(reference: &str, cluster_registry: Option<&str>) -> String {
+    match (cluster_registry, reference.split_once('/')) {
+        (Some(host), Some((_, rest))) => format!("{host}/{rest}"),
+        _ => reference.to_string(),
+    }
+}
+
 /// Conflicting writes tolerated before giving up: each is another writer (a controller, a
 /// colleague) changing the object between layerup's read and its patch.
 const CONFLICT_TRIES: usize = 5;
@@ -82,8 +165,15 @@ pub async fn deploy(
     for (id, obj) in found {
         let choose = |w: &Workload| -> Result<Vec<(String, String)>> {
             let c = w.choose(container, runs, named).map_err(Error::usage)?;
-            let c =
-                c.ok_or_else(|| Error::internal(format!("{} no longer runs the image", w.id)))?;
+            let c = c.ok_or_else(|| {
+                Error::new(
+                    ExitCode::Cluster,
+                    format!(
+                        "{} changed while being patched and no longer runs the image",
+                        w.id
+                    ),
+                )
+            })?;
             Ok(vec![(c.name.clone(), image.to_string())])
         };
         written.push(write(&cluster, &id, obj, plan.dry_run, &choose, told).await?);
@@ -273,7 +363,13 @@ async fn write(
         }
         match cluster.patch(id, &body).await {
             Ok(patched) => {
-                changes.iter().for_each(|c| told(Event::Patched(c)));
+                for c in &changes {
+                    told(if c.from == c.to {
+                        Event::Unchanged(c)
+                    } else {
+                        Event::Patched(c)
+                    });
+                }
                 return Ok(Written {
                     id: id.clone(),
                     changes,
@@ -326,8 +422,8 @@ async fn wait(
     let mut obj = w.obj.clone();
     let mut told_last = String::new();
     let mut next_check = Instant::now();
+    let mut version = resource_version(&obj);
     loop {
-        let mut version = resource_version(&obj);
         let stream = cluster.watch(id, &version).await?;
         let mut stream = pin!(stream);
         loop {
@@ -368,13 +464,17 @@ async fn wait(
                     // object afresh and watch from there.
                     Some(Ok(WatchEvent::Error(_))) => {
                         obj = cluster.get(id).await?;
+                        version = resource_version(&obj);
                         break;
                     }
-                    // The server ended the watch (its timeout) or the connection broke.
+                    // The connection broke: watch again, after a pause (not in a tight loop
+                    // against a server that keeps failing; the deadline still holds).
                     Some(Err(e)) => {
                         tracing::info!("the watch of {id} broke: {e}; watching again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         break;
                     }
+                    // The server ended the watch (its timeoutSeconds).
                     None => break,
                 },
                 _ = sleep_until(next_check) => {
@@ -387,9 +487,6 @@ async fn wait(
                         crate::cli::show_duration(limit))));
                 }
             }
-        }
-        if resource_version(&obj).is_empty() {
-            obj["metadata"]["resourceVersion"] = Value::String(version);
         }
     }
 }

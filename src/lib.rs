@@ -1,7 +1,7 @@
 //! layerup: append a layer of local files to a production image and push only what is new.
 //!
 //! The pipeline, in order: reference → auth → registry → base → layer (a delta on the last push,
-//! or the full app layer in parts) → image → push.
+//! or the full app layer in parts) → image → push → (with `--deploy`) cluster: `deploy.rs`.
 
 pub mod auth;
 pub mod base;
@@ -59,83 +59,7 @@ pub struct PushPlan {
     pub full: bool,
     pub squash: Squash,
     /// `--deploy`: then set the image in the cluster.
-    pub deploy: Option<Deploy>,
-}
-
-/// `--deploy` and how the cluster names the destination registry.
-#[derive(Debug, Clone)]
-pub struct Deploy {
-    pub plan: deploy::DeployPlan,
-    /// `--cluster-registry`: the destination registry's name inside the cluster.
-    pub cluster_registry: Option<String>,
-}
-
-impl Deploy {
-    /// Sets the pushed image in the cluster: the workload named, or every one running the base's
-    /// or the destination's repository (by either name of the registry).
-    pub async fn run(
-        &self,
-        pushed: &str,
-        base: &ImageRef,
-        told: &mut dyn FnMut(deploy::Event),
-    ) -> Result<Vec<deploy::Change>> {
-        let image = in_cluster(pushed, self.cluster_registry.as_deref());
-        let mut repos: Vec<String> = [pushed, image.as_str()]
-            .iter()
-            .filter_map(|r| reference::repository_of(r))
-            .collect();
-        if let ImageRef::Registry(b) = base {
-            repos.push(format!("{}/{}", b.registry(), b.repository()));
-        }
-        repos.dedup();
-        deploy::deploy(&self.plan, &image, &repos, told).await
-    }
-}
-
-/// `layerup deploy`: pins IMAGE by digest (asking its registry when it names a tag), then sets
-/// it as [`Deploy::run`] does, matching workloads by IMAGE's repository.
-pub async fn deploy_image(
-    image: &ImageRef,
-    net: registry::Options,
-    cluster_registry: Option<&str>,
-    plan: &deploy::DeployPlan,
-    told: &mut dyn FnMut(deploy::Event),
-) -> Result<Vec<deploy::Change>> {
-    let ImageRef::Registry(r) = image else {
-        return Err(Error::usage(
-            "a cluster pulls from a registry, not a layout",
-        ));
-    };
-    let digest = match r.digest() {
-        Some(d) => d
-            .parse::<Digest>()
-            .map_err(|e| Error::usage(format!("invalid digest in `{image}`: {e}")))?,
-        None => {
-            let registry = Arc::new(Registry::new(net)?);
-            let store = Store::for_reading(image, &registry)?;
-            store.login(false, None).await?;
-            store.manifest_digest(None).await?.ok_or_else(|| {
-                Error::new(
-                    error::ExitCode::NotFound,
-                    format!("image `{image}` is not in its registry"),
-                )
-            })?
-        }
-    };
-    let pinned = image.pinned(&digest);
-    let set = Deploy {
-        plan: plan.clone(),
-        cluster_registry: cluster_registry.map(str::to_string),
-    };
-    set.run(&pinned, &ImageRef::Registry(r.clone()), told).await
-}
-
-/// `registry/repo@digest` with the registry as the cluster reaches it.
-pub fn in_cluster(reference: &str, cluster_registry: Option<&str>) -> String {
-    match (cluster_registry, reference.split_once('/')) {
-        (Some(host), Some((_, rest))) => format!("{host}/{rest}"),
-        _ => reference.to_string(),
-    }
+    pub deploy: Option<deploy::Deploy>,
 }
 
 #[derive(Debug)]

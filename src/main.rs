@@ -51,9 +51,14 @@ fn main() -> ExitCode {
                 let (image, registry, plan) = args.plan()?;
                 let net = args.transfer.options()?;
                 let mut told = |e: Event| tell(e, quiet, true);
-                let changes =
-                    layerup::deploy_image(&image, net, registry.as_deref(), &plan, &mut told)
-                        .await?;
+                let changes = layerup::deploy::deploy_image(
+                    &image,
+                    net,
+                    registry.as_deref(),
+                    &plan,
+                    &mut told,
+                )
+                .await?;
                 // A dry run's result is the patch it printed.
                 Ok((!plan.dry_run).then_some(Done::Changed(changes)))
             }
