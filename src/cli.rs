@@ -4,10 +4,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cluster::workload::WorkloadRef;
 use crate::cluster::Target;
+use crate::config::Config;
 use crate::copy::CopyPlan;
 use crate::deploy::DeployPlan;
 use crate::error::{Error, Result};
@@ -43,6 +48,9 @@ pub struct Cli {
     /// Print only the result (and errors).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Apply this `[profile.NAME]` of layerup.toml and layerup.local.toml.
+    #[arg(long, global = true, env = "LAYERUP_PROFILE", value_name = "NAME")]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +71,9 @@ pub enum Command {
     /// Put back the image a workload ran before layerup's last change to it.
     #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback(RollbackArgs),
+    /// Print the settings layerup.toml and layerup.local.toml give (with --profile applied),
+    /// and where each came from.
+    Config,
 }
 
 const DEPLOY_EXAMPLES: &str = "\
@@ -113,14 +124,23 @@ pub struct PushArgs {
     /// Files to add: a directory or file, and where it lands in the image (default: the image's
     /// working directory). A relative DEST is relative to the working directory. Repeatable; all
     /// mappings make one layer, later ones winning where they overlap.
-    #[arg(required = true, value_name = "SRC[:DEST]")]
+    #[arg(value_name = "SRC[:DEST]")]
     pub mappings: Vec<String>,
     /// The production image to build on: only its manifest and config are read.
     #[arg(long, value_name = "REF")]
-    pub base: String,
-    /// Where the new image goes (a tag is written; `latest` if none is given).
-    #[arg(long, value_name = "REF")]
-    pub to: String,
+    pub base: Option<String>,
+    /// Where the new image goes (a tag is written; `latest` if none is given). Tilt's
+    /// EXPECTED_REF, when set, is the default.
+    #[arg(long, value_name = "REF", env = "EXPECTED_REF")]
+    pub to: Option<String>,
+    /// Leave out paths matching this pattern (`.layerupignore` syntax, applied after that
+    /// file's rules; repeatable).
+    #[arg(long = "ignore", value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// Also tag the image `layerup-<digest prefix>` and write that tagged reference to FILE (for
+    /// Tilt's `outputs_image_ref_to`, which needs a tag).
+    #[arg(long, value_name = "FILE")]
+    pub ref_file: Option<PathBuf>,
     /// The platform to take from a multi-platform base [default: linux/<this machine's arch>].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
@@ -448,6 +468,107 @@ impl CopyArgs {
     }
 }
 
+/// Parses the command line with layerup.toml's settings (and the environment's: Tilt's
+/// `EXPECTED_REF`, Skaffold's variables) filling in what the command line leaves out, then
+/// expands registry aliases. clap's own errors (and `--help`) exit here, as `Cli::parse` would.
+pub fn parse(
+    argv: Vec<OsString>,
+    cwd: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Cli, Config)> {
+    let cmd = Cli::command();
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| e.exit());
+    let config = Config::load(
+        cwd,
+        matches.get_one::<String>("profile").map(String::as_str),
+    )?;
+    let mut extra: Vec<OsString> = Vec::new();
+    if let Some((name, sub)) = matches.subcommand() {
+        let sub_cmd = cmd
+            .find_subcommand(name)
+            .expect("a parsed subcommand exists");
+        let typed = |a: &clap::Arg| {
+            matches!(
+                sub.value_source(a.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let (from_env, set) = if name == "push" {
+            skaffold(env, sub_cmd, &typed)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let given = |a: &clap::Arg| typed(a) || set.iter().any(|id| a.get_id() == id);
+        extra.extend(from_env);
+        extra.extend(config.args_for(sub_cmd, &given));
+    }
+    let mut cli = if extra.is_empty() {
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    } else {
+        let mut all = argv;
+        all.extend(extra);
+        Cli::try_parse_from(all).unwrap_or_else(|e| e.exit())
+    };
+    let expand = |r: &mut String| *r = config.expand(r);
+    match &mut cli.command {
+        Command::Push(a) => a.base.iter_mut().chain(a.to.iter_mut()).for_each(expand),
+        Command::Watch(a) => a
+            .push
+            .base
+            .iter_mut()
+            .chain(a.push.to.iter_mut())
+            .for_each(expand),
+        Command::Copy(a) => [&mut a.from, &mut a.to].into_iter().for_each(expand),
+        Command::Deploy(a) => expand(&mut a.image),
+        Command::Rollback(_) | Command::Config => {}
+    }
+    Ok((cli, config))
+}
+
+/// Skaffold's custom-builder contract: `IMAGE` (with `BUILD_CONTEXT`, which only Skaffold sets
+/// beside it) is where to push, `PLATFORMS` which platform, `PUSH_IMAGE=false` asks for an
+/// image loaded into a local docker daemon, which layerup has not got. Returns the flags it
+/// stands for and the ids of the arguments they set.
+fn skaffold(
+    env: &dyn Fn(&str) -> Option<String>,
+    cmd: &clap::Command,
+    typed: &dyn Fn(&clap::Arg) -> bool,
+) -> Result<(Vec<OsString>, Vec<String>)> {
+    let (Some(image), Some(_)) = (env("IMAGE"), env("BUILD_CONTEXT")) else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    if env("PUSH_IMAGE").is_some_and(|p| p.eq_ignore_ascii_case("false")) {
+        return Err(Error::usage(
+            "Skaffold asked for an image in the local docker daemon (PUSH_IMAGE=false), and              layerup has no daemon to load it into: it pushes to a registry. Set `build.local.push: true`              in skaffold.yaml (or run `skaffold dev --default-repo <registry>`)",
+        ));
+    }
+    let mut flags = Vec::new();
+    let mut set = Vec::new();
+    let mut put = |long: &str, value: String| {
+        if let Some(arg) = cmd.get_arguments().find(|a| a.get_long() == Some(long)) {
+            if !typed(arg) {
+                flags.push(OsString::from(format!("--{long}={value}")));
+                set.push(arg.get_id().to_string());
+            }
+        }
+    };
+    put("to", image);
+    if let Some(p) = env("PLATFORMS").filter(|p| !p.trim().is_empty()) {
+        let all: Vec<&str> = p.split(',').map(str::trim).collect();
+        if all.len() > 1 {
+            return Err(Error::usage(format!(
+                "Skaffold asked for {} platforms ({p}); layerup adds a layer to one platform's                  image per run: build for one (--platform in skaffold.yaml's custom build)",
+                all.len()
+            )));
+        }
+        put("platform", all[0].to_string());
+    }
+    Ok((flags, set))
+}
+
 /// One `SRC[:DEST]` as typed, before the base's working directory is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMapping {
@@ -459,13 +580,24 @@ impl PushArgs {
     /// Validates everything that can be checked without I/O beyond a `stat` of each source.
     /// `source_date_epoch` is the `SOURCE_DATE_EPOCH` environment variable.
     pub fn plan(&self, source_date_epoch: Option<&str>) -> Result<PushPlan> {
-        let base = ImageRef::parse(&self.base, "--base")?;
-        let to = ImageRef::parse(&self.to, "--to")?;
+        let base = self.base.as_deref().ok_or_else(|| {
+            Error::usage("no base image: give --base REF (or `base` in layerup.toml)")
+        })?;
+        let to_text = self.to.as_deref().ok_or_else(|| {
+            Error::usage("no destination: give --to REF (or `to` in layerup.toml)")
+        })?;
+        if self.mappings.is_empty() {
+            return Err(Error::usage(
+                "no files to add: give SRC[:DEST] (or `mappings` in layerup.toml)",
+            ));
+        }
+        let base = ImageRef::parse(base, "--base")?;
+        let to = ImageRef::parse(to_text, "--to")?;
         if let ImageRef::Registry(r) = &to {
             if r.digest().is_some() {
                 return Err(Error::usage(format!(
                     "--to `{}` names a digest; give a tag (the digest is computed and printed)",
-                    self.to
+                    to_text
                 )));
             }
         }
@@ -550,7 +682,7 @@ impl PushArgs {
             Some(_) if matches!(to, ImageRef::Layout(_)) => {
                 return Err(Error::usage(format!(
                     "--deploy needs --to in a registry (`{}` is a layout on disk; a cluster pulls from a registry)",
-                    self.to
+                    to_text
                 )))
             }
             Some(w) => Some(crate::deploy::Deploy {
@@ -558,8 +690,15 @@ impl PushArgs {
                 cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
             }),
         };
+        if self.ref_file.is_some() && matches!(to, ImageRef::Layout(_)) {
+            return Err(Error::usage(
+                "--ref-file names a registry image: --to is a layout on disk",
+            ));
+        }
         Ok(PushPlan {
             deploy,
+            ignore: self.ignore.clone(),
+            ref_file: self.ref_file.clone(),
             base,
             to,
             mappings,
@@ -579,7 +718,7 @@ impl PushArgs {
 }
 
 /// `SRC[:DEST]`: the last `:` separates them, so a source whose name holds `:` needs a DEST.
-fn parse_mapping(text: &str) -> Result<RawMapping> {
+pub(crate) fn parse_mapping(text: &str) -> Result<RawMapping> {
     let (src, dest) = match text.rsplit_once(':') {
         Some((src, dest)) => (src, Some(dest)),
         None => (text, None),

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod base;
 pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod copy;
 pub mod deploy;
 pub mod digest;
@@ -58,6 +59,10 @@ pub struct PushPlan {
     /// Push the full app layer even when a delta could be stacked.
     pub full: bool,
     pub squash: Squash,
+    /// `--ignore` patterns, applied after each directory's `.layerupignore`.
+    pub ignore: Vec<String>,
+    /// `--ref-file`: where to write the pushed image's tagged reference (Tilt reads it).
+    pub ref_file: Option<std::path::PathBuf>,
     /// `--deploy`: then set the image in the cluster.
     pub deploy: Option<deploy::Deploy>,
 }
@@ -208,6 +213,9 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         push::push(&dest, &source, &image, &files, &present, !delta, plan.jobs).await
     };
     let (report, encoded) = tokio::try_join!(transfer, encode)?;
+    if let Some(file) = &plan.ref_file {
+        write_ref_file(&dest, &plan.to, &image, file).await?;
+    }
     if let Some((bytes, file)) = encoded {
         if let Err(e) = state::write(&file, &bytes) {
             // The push succeeded; only the next one's speed is at stake.
@@ -226,6 +234,30 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         report,
         timings,
     })
+}
+
+/// Tilt's `outputs_image_ref_to` wants a tag it has not seen before for new content, and will
+/// not take a digest (tilt#5987): tag the image by its digest, as Tilt's own builds are tagged,
+/// and write that reference.
+async fn write_ref_file(
+    dest: &Store,
+    to: &ImageRef,
+    image: &image::Image,
+    file: &std::path::Path,
+) -> Result<()> {
+    let hex = image.digest.digest();
+    let tag = format!("layerup-{}", &hex[..16.min(hex.len())]);
+    dest.put_tag(
+        &tag,
+        bytes::Bytes::from(image.manifest.clone()),
+        image.media_type,
+    )
+    .await?;
+    let ImageRef::Registry(r) = to else {
+        return Err(Error::usage("--ref-file needs --to in a registry"));
+    };
+    let line = format!("{}/{}:{tag}\n", r.registry(), r.repository());
+    std::fs::write(file, line).map_err(|e| Error::io("write the --ref-file", file, &e))
 }
 
 struct Walked {
@@ -254,10 +286,11 @@ async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
         })
         .collect();
     let owner = plan.owner;
+    let ignore = plan.ignore.clone();
     let maps = mappings.clone();
     blocking(move || {
         let scanned_at = stack::now_ns();
-        let entries = layer::tree::collect(&maps, owner)?;
+        let entries = layer::tree::collect_with(&maps, owner, &ignore)?;
         Ok(Walked {
             mappings: maps,
             entries,

@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use layerup::cli::{Cli, Command};
+use layerup::cli::Command;
 use layerup::copy::{Copied, Moves};
 use layerup::deploy::{Change, Event};
 use layerup::push::Outcome;
@@ -13,7 +12,23 @@ use layerup::watch::{Cycle, Told};
 use layerup::Pushed;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (cli, config) = match layerup::cli::parse(std::env::args_os().collect(), &cwd, &env) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.code() as u8);
+        }
+    };
+    if let Command::Config = cli.command {
+        let from = match (&cli.profile, std::env::var("LAYERUP_PROFILE")) {
+            (Some(p), Ok(e)) if *p == e => "LAYERUP_PROFILE",
+            _ => "--profile",
+        };
+        println!("{}", config.show(from));
+        return ExitCode::SUCCESS;
+    }
     init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,6 +77,7 @@ fn main() -> ExitCode {
                 // A dry run's result is the patch it printed.
                 Ok((!plan.dry_run).then_some(Done::Changed(changes)))
             }
+            Command::Config => Ok(None),
             Command::Rollback(args) => {
                 let plan = args.plan()?;
                 let mut told = |e: Event| tell(e, quiet, true);

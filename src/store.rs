@@ -193,13 +193,22 @@ impl Store {
 
     /// Writes the manifest under the reference's tag (`latest` when it has none).
     pub async fn put_manifest(&self, bytes: Bytes, media_type: &str) -> Result<()> {
+        let tag = match self {
+            Store::Registry { repo, .. } => repo.tag(),
+            Store::Layout { at, .. } => at.tag.as_deref(),
+        };
+        self.put_tag(tag.unwrap_or("latest"), bytes, media_type)
+            .await
+    }
+
+    /// Writes the manifest under `tag` (a second name for an image already pushed).
+    pub async fn put_tag(&self, tag: &str, bytes: Bytes, media_type: &str) -> Result<()> {
         match self {
             Store::Registry { registry, repo } => {
-                let tag = repo.tag().unwrap_or("latest");
                 registry.put_manifest(repo, tag, bytes, media_type).await
             }
-            Store::Layout { layout, at } => {
-                layout.put_manifest(&bytes, media_type, at.tag.as_deref().unwrap_or("latest"))?;
+            Store::Layout { layout, .. } => {
+                layout.put_manifest(&bytes, media_type, tag)?;
                 Ok(())
             }
         }

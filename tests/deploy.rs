@@ -75,7 +75,6 @@ impl Cluster {
     fn layerup(&self, args: &[&str]) -> Run {
         Layerup::new()
             .env("KUBECONFIG", &self.config)
-            .env_remove_allow()
             .args(args)
             .run()
     }
@@ -90,17 +89,6 @@ impl Cluster {
 
     fn image(&self, name: &str, container: &str) -> String {
         image_of(&self.kube.get("deployments", NS, name), container)
-    }
-}
-
-trait NoAllow {
-    fn env_remove_allow(self) -> Self;
-}
-
-impl NoAllow for Layerup {
-    fn env_remove_allow(mut self) -> Self {
-        self.command().env_remove("LAYERUP_ALLOW_CONTEXTS");
-        self
     }
 }
 
@@ -391,7 +379,6 @@ fn a_context_that_is_not_local_is_refused_before_any_request() {
     let image = dev(D1);
     let out = Layerup::new()
         .env("KUBECONFIG", &config)
-        .env_remove_allow()
         .args(["deploy", &image, "deployment/web"])
         .run();
     assert_eq!(out.code, 2, "{}", out.stderr);
@@ -406,7 +393,6 @@ fn a_context_that_is_not_local_is_refused_before_any_request() {
     // Allowed, by flag or by environment, the same command goes through the proxy to it.
     let allowed = Layerup::new()
         .env("KUBECONFIG", &config)
-        .env_remove_allow()
         .args([
             "deploy",
             &image,

@@ -39,6 +39,16 @@ impl IgnoreRules {
         }
     }
 
+    /// These rules, then `extra` patterns (`--ignore`, `ignore` in layerup.toml) after them, so
+    /// that they win where both match.
+    pub fn with(mut self, extra: &[String]) -> Result<Self> {
+        if !extra.is_empty() {
+            let more = Self::parse(&extra.join("\n")).map_err(|e| e.context("in --ignore"))?;
+            self.rules.extend(more.rules);
+        }
+        Ok(self)
+    }
+
     pub fn parse(text: &str) -> Result<Self> {
         let mut rules = Vec::new();
         for (n, line) in text.lines().enumerate() {

@@ -101,6 +101,16 @@ struct Found {
 /// Walks every mapping and returns the layer's entries in byte order of their paths, parents
 /// before children. Later mappings win over earlier ones at the same path.
 pub fn collect(mappings: &[Mapping], owner: Option<(u32, u32)>) -> Result<Vec<Entry>> {
+    collect_with(mappings, owner, &[])
+}
+
+/// [`collect`], with `ignore` patterns applied to every directory source after its
+/// `.layerupignore`.
+pub fn collect_with(
+    mappings: &[Mapping],
+    owner: Option<(u32, u32)>,
+    ignore: &[String],
+) -> Result<Vec<Entry>> {
     let mut found: BTreeMap<String, Found> = BTreeMap::new();
     // Directories left out by ignore rules, remembered in case a `!` rule keeps something inside.
     let mut skipped_dirs: HashMap<String, Entry> = HashMap::new();
@@ -160,7 +170,7 @@ pub fn collect(mappings: &[Mapping], owner: Option<(u32, u32)>) -> Result<Vec<En
                 },
             );
         }
-        let rules = IgnoreRules::load(&m.src)?;
+        let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
         // Depth first, by hand: each entry is stat'ed relative to its open directory
         // (`DirEntry::metadata` is an fstatat), which halves the cost of walkdir's stat by
         // full path on a 100,000-file tree.

@@ -272,6 +272,18 @@ impl Layerup {
             .env("LAYERUP_STATE_DIR", config.path().join("state"))
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("LAYERUP_LOG");
+        // What Tilt, Skaffold or a profile would set is set by the tests that play them.
+        for k in [
+            "EXPECTED_REF",
+            "LAYERUP_PROFILE",
+            "LAYERUP_ALLOW_CONTEXTS",
+            "IMAGE",
+            "BUILD_CONTEXT",
+            "PUSH_IMAGE",
+            "PLATFORMS",
+        ] {
+            cmd.env_remove(k);
+        }
         Layerup {
             cmd,
             _config: config,
