@@ -1,5 +1,7 @@
-//! Credentials for a registry, found where docker and crane find them: `$DOCKER_CONFIG/config.json`
-//! or `~/.docker/config.json` — `credHelpers`, then `credsStore`, then `auths`.
+//! Credentials for a registry, found where skopeo, podman, docker and crane find them: containers
+//! `auth.json` (`$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`), then
+//! `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` — in each, `credHelpers`, then
+//! `credsStore`, then `auths`.
 //!
 //! [`Credentials`]' `Debug` redacts secrets; nothing here formats a secret into a message.
 
@@ -38,23 +40,40 @@ const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 /// none are configured. A helper that is configured but missing or failing is an error, not a
 /// silent anonymous request that the registry then refuses with a confusing 401.
 pub async fn lookup(registry: &str) -> Result<Credentials> {
-    let Some(path) = config_path() else {
-        return Ok(Credentials::Anonymous);
-    };
+    for (path, named) in config_paths() {
+        let found = lookup_in(&path, named, registry).await?;
+        if found != Credentials::Anonymous {
+            return Ok(found);
+        }
+    }
+    Ok(Credentials::Anonymous)
+}
+
+/// What one file (docker's config.json or a containers auth.json: the same format) holds for
+/// `registry`; anonymous when it does not exist or names nothing for it. A file the user named
+/// (`REGISTRY_AUTH_FILE`, `DOCKER_CONFIG`) that cannot be read is an error; a default location
+/// that cannot be read (another user's `$HOME` under sudo) is passed over (said with -v).
+async fn lookup_in(path: &std::path::Path, named: bool, registry: &str) -> Result<Credentials> {
+    let path = path.to_path_buf();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Credentials::Anonymous),
+        Err(e) if !named => {
+            let reason = crate::error::os_reason(&e);
+            tracing::info!("passing over `{}`: {reason}", path.display());
+            return Ok(Credentials::Anonymous);
+        }
         Err(e) => {
             let reason = crate::error::os_reason(&e);
             return Err(Error::auth(format!(
-                "cannot read docker config `{}`: {reason}",
+                "cannot read credentials file `{}`: {reason}",
                 path.display()
             )));
         }
     };
     let config: Value = serde_json::from_str(&text).map_err(|e| {
         Error::auth(format!(
-            "cannot parse docker config `{}`: {e}",
+            "cannot parse credentials file `{}`: {e}",
             path.display()
         ))
     })?;
@@ -80,11 +99,35 @@ pub async fn lookup(registry: &str) -> Result<Credentials> {
     from_auths(&config, registry, &path)
 }
 
-fn config_path() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("config.json"));
+/// The files to look in, in the order of containers-auth.json(5), as skopeo, podman and buildah
+/// read them: `$REGISTRY_AUTH_FILE` (instead of the next two), else
+/// `$XDG_RUNTIME_DIR/containers/auth.json` and `~/.config/containers/auth.json`; then docker's
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`. The first that names the registry
+/// wins.
+/// Each with whether the user named it (by variable) rather than it being a default location.
+fn config_paths() -> Vec<(PathBuf, bool)> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let home = var("HOME");
+    let mut paths = Vec::new();
+    match var("REGISTRY_AUTH_FILE") {
+        Some(f) => paths.push((f, true)),
+        None => {
+            let xdg = var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json"));
+            let user = home
+                .as_ref()
+                .map(|h| h.join(".config/containers/auth.json"));
+            paths.extend([xdg, user].into_iter().flatten().map(|p| (p, false)));
+        }
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+    match var("DOCKER_CONFIG") {
+        Some(d) => paths.push((d.join("config.json"), true)),
+        None => paths.extend(home.map(|h| (h.join(".docker/config.json"), false))),
+    }
+    paths
 }
 
 fn is_docker_hub(host: &str) -> bool {

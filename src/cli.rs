@@ -48,6 +48,9 @@ pub struct Cli {
     /// Print only the result (and errors).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Print the result as one JSON object on stdout (docs/json.md); `watch` prints one per push.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// Apply this `[profile.NAME]` of layerup.toml and layerup.local.toml.
     #[arg(long, global = true, env = "LAYERUP_PROFILE", value_name = "NAME")]
     pub profile: Option<String>,

@@ -358,6 +358,36 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `layerup config --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let settings =
+            |m: &BTreeMap<String, Setting>| -> serde_json::Map<String, serde_json::Value> {
+                m.iter()
+                    .map(|(k, s)| {
+                        let value = match &s.value {
+                            Value::Str(v) => serde_json::json!(v),
+                            Value::Int(n) => serde_json::json!(n),
+                            Value::Bool(b) => serde_json::json!(b),
+                            Value::List(l) => serde_json::json!(l),
+                            Value::Table(t) => serde_json::json!(t),
+                        };
+                        (
+                            k.clone(),
+                            serde_json::json!({"value": value, "from": s.from}),
+                        )
+                    })
+                    .collect()
+            };
+        serde_json::json!({
+            "profile": self.profile,
+            "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "settings": settings(&self.values),
+            "registries": settings(&self.registries),
+        })
+    }
+}
+
 /// One file being read, for messages.
 struct File<'a> {
     path: &'a Path,

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
             (Some(p), Ok(e)) if *p == e => "LAYERUP_PROFILE",
             _ => "--profile",
         };
-        println!("{}", config.show(from));
+        if cli.json {
+            println!("{}", config.to_json());
+        } else {
+            println!("{}", config.show(from));
+        }
         return ExitCode::SUCCESS;
     }
     init_logging(cli.verbose, cli.quiet);
@@ -42,30 +46,38 @@ fn main() -> ExitCode {
     };
     let sde = std::env::var("SOURCE_DATE_EPOCH").ok();
     let quiet = cli.quiet;
+    let json = cli.json;
+    let started = std::time::Instant::now();
     let work = async {
         match &cli.command {
             Command::Push(args) => {
                 let plan = args.plan(sde.as_deref())?;
                 let pushed = layerup::push(&plan).await?;
                 let Some(deploy) = &plan.deploy else {
-                    return Ok(Some(Done::Pushed(pushed)));
+                    return Ok(Some(Done::Pushed(pushed, None)));
                 };
-                // The image exists once pushed: say so before the rollout is awaited.
-                if !quiet {
-                    report_push(&pushed);
+                // The image exists once pushed: say so before the rollout is awaited (with
+                // --json, the one object comes at the end, the deploy's outcome in it).
+                if !json {
+                    if !quiet {
+                        report_push(&pushed);
+                    }
+                    println!("{}", pushed.reference);
                 }
-                println!("{}", pushed.reference);
-                deploy
+                let deployed = deploy
                     .run(&pushed.reference, &plan.base, &mut |e| {
                         tell(e, quiet, false)
                     })
-                    .await?;
-                Ok(None)
+                    .await;
+                if json {
+                    return Ok(Some(Done::Pushed(pushed, Some(deployed))));
+                }
+                deployed.map(|_| None)
             }
             Command::Deploy(args) => {
                 let (image, registry, plan) = args.plan()?;
                 let net = args.transfer.options()?;
-                let mut told = |e: Event| tell(e, quiet, true);
+                let mut told = |e: Event| tell(e, quiet, !json);
                 let changes = layerup::deploy::deploy_image(
                     &image,
                     net,
@@ -75,14 +87,14 @@ fn main() -> ExitCode {
                 )
                 .await?;
                 // A dry run's result is the patch it printed.
-                Ok((!plan.dry_run).then_some(Done::Changed(changes)))
+                Ok((!plan.dry_run || json).then_some(Done::Changed(changes)))
             }
             Command::Config => Ok(None),
             Command::Rollback(args) => {
                 let plan = args.plan()?;
-                let mut told = |e: Event| tell(e, quiet, true);
+                let mut told = |e: Event| tell(e, quiet, !json);
                 let changes = layerup::deploy::rollback(&plan, args.original, &mut told).await?;
-                Ok((!plan.dry_run).then_some(Done::Changed(changes)))
+                Ok((!plan.dry_run || json).then_some(Done::Changed(changes)))
             }
             Command::Copy(args) => {
                 let plan = args.plan()?;
@@ -99,7 +111,7 @@ fn main() -> ExitCode {
                 let plan = args.push.plan(sde.as_deref())?;
                 let debounce = std::time::Duration::from_millis(args.debounce);
                 layerup::watch::watch(&plan, debounce, |told| match told {
-                    Told::Pushed(cycle) => report_cycle(*cycle, quiet),
+                    Told::Pushed(cycle) => report_cycle(*cycle, quiet, json),
                     Told::Deploy(e) => tell(e, quiet, false),
                     Told::DeployFailed(e) => eprintln!("error: {e} (still watching)"),
                 })
@@ -127,29 +139,60 @@ fn main() -> ExitCode {
         return ExitCode::from(130);
     };
     match result {
-        Ok(Some(Done::Pushed(pushed))) => {
+        Ok(Some(Done::Pushed(pushed, deployed))) => {
             if !quiet {
                 report_push(&pushed);
             }
-            println!("{}", pushed.reference);
-            ExitCode::SUCCESS
+            if !json {
+                println!("{}", pushed.reference);
+                return ExitCode::SUCCESS;
+            }
+            let mut doc = layerup::json::pushed(&pushed, started.elapsed());
+            let code = match deployed {
+                None => ExitCode::SUCCESS,
+                Some(Ok(changes)) => {
+                    doc["deployed"] = layerup::json::changes(&changes);
+                    ExitCode::SUCCESS
+                }
+                Some(Err(e)) => {
+                    eprintln!("error: {e}");
+                    doc["deploy_error"] = layerup::json::error(&e)["error"].clone();
+                    ExitCode::from(e.code() as u8)
+                }
+            };
+            println!("{doc}");
+            code
         }
         Ok(Some(Done::Copied(copied))) => {
             if !quiet {
                 eprintln!("{}", copied_line(&copied));
             }
-            println!("{}", copied.reference);
+            if json {
+                println!("{}", layerup::json::copied(&copied));
+            } else {
+                println!("{}", copied.reference);
+            }
             ExitCode::SUCCESS
         }
         Ok(Some(Done::Changed(changes))) => {
-            for c in changes {
-                println!("{} {} {}", c.workload, c.container, c.to);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"changes": layerup::json::changes(&changes)})
+                );
+            } else {
+                for c in changes {
+                    println!("{} {} {}", c.workload, c.container, c.to);
+                }
             }
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if json {
+                println!("{}", layerup::json::error(&e));
+            }
             ExitCode::from(e.code() as u8)
         }
     }
@@ -157,7 +200,8 @@ fn main() -> ExitCode {
 
 /// What a command produced, for `main` to print.
 enum Done {
-    Pushed(Pushed),
+    /// With `--json --deploy`, the deploy's outcome too.
+    Pushed(Pushed, Option<layerup::error::Result<Vec<Change>>>),
     Copied(Copied),
     /// Deployed or rolled back: the containers set.
     Changed(Vec<Change>),
@@ -255,8 +299,18 @@ fn report_reason(pushed: &Pushed) {
 }
 
 /// One watch cycle: the status line on stderr, the new reference on stdout.
-fn report_cycle(cycle: Cycle, quiet: bool) {
+fn report_cycle(cycle: Cycle, quiet: bool, json: bool) {
     match cycle.result {
+        Ok(pushed) if json => {
+            if !quiet {
+                report_reason(&pushed);
+            }
+            println!("{}", layerup::json::pushed(&pushed, cycle.took));
+        }
+        Err(e) if json => {
+            eprintln!("error: {e} (still watching)");
+            println!("{}", layerup::json::error(&e));
+        }
         Ok(pushed) => {
             if !quiet {
                 report_reason(&pushed);

@@ -332,3 +332,59 @@ fn docker_config_wins_over_home_and_home_is_the_fallback() {
         .run();
     fallback.ok();
 }
+
+/// `skopeo login` writes a containers auth.json (the format podman and buildah share).
+fn skopeo_login(authfile: &std::path::Path, host: &str) {
+    skopeo(&[
+        "login",
+        "--authfile",
+        &authfile.display().to_string(),
+        "-u",
+        USER,
+        "-p",
+        PASSWORD,
+        host,
+    ]);
+}
+
+#[test]
+fn credentials_from_a_containers_auth_json_as_skopeo_wrote_it() {
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    // docker's config has a wrong password: auth.json comes first, as skopeo and podman read them.
+    let client = Client::new(auths(
+        &dev.host,
+        serde_json::json!({"auth": basic_b64(USER, "wrong")}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let authfile = dir.path().join("auth.json");
+    skopeo_login(&authfile, &dev.host);
+    let tree = app_tree();
+    let run = Layerup::new()
+        .env("DOCKER_CONFIG", client.config.path())
+        .env("REGISTRY_AUTH_FILE", &authfile)
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &dev.reference("dev/app:dev"),
+        ))
+        .run();
+    let pinned = run.ok().to_string();
+    assert_no_secret(&run);
+    assert!(raw_manifest(&pinned).contains("layers"));
+
+    // Without REGISTRY_AUTH_FILE, the one under $XDG_RUNTIME_DIR.
+    let runtime = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(runtime.path().join("containers")).unwrap();
+    std::fs::copy(&authfile, runtime.path().join("containers/auth.json")).unwrap();
+    let mut l = Layerup::new()
+        .env("DOCKER_CONFIG", client.config.path())
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env("HOME", dir.path())
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &dev.reference("dev/app:xdg"),
+        ));
+    l.command().env_remove("REGISTRY_AUTH_FILE");
+    l.run().ok();
+}

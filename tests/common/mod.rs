@@ -268,7 +268,9 @@ impl Layerup {
     pub fn new() -> Self {
         let config = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerup"));
+        // Credentials only where a test puts them: no containers auth.json of this machine.
         cmd.env("DOCKER_CONFIG", config.path())
+            .env("REGISTRY_AUTH_FILE", config.path().join("auth.json"))
             .env("LAYERUP_STATE_DIR", config.path().join("state"))
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("LAYERUP_LOG");
