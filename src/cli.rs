@@ -77,6 +77,43 @@ pub enum Command {
     /// Print the settings layerup.toml and layerup.local.toml give (with --profile applied),
     /// and where each came from.
     Config,
+    /// Show an image: its index, the platform's manifest, config and layers (no layer is
+    /// downloaded).
+    #[command(
+        after_help = "Examples:\n  layerup inspect registry.example.com/prod/app:1.0\n  layerup inspect --json oci:./layout:dev"
+    )]
+    Inspect(InspectArgs),
+    /// Print a shell completion script: `layerup completions bash > /etc/bash_completion.d/layerup`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `layerup man > /usr/local/share/man/man1/layerup.1`.
+    Man,
+}
+
+/// `layerup inspect`, as typed.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A registry reference (tag or digest) or `oci:DIR[:TAG]`.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The platform to show from an index [default: linux/<this machine's arch>].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+}
+
+impl InspectArgs {
+    pub fn plan(&self) -> Result<(ImageRef, Platform, Options)> {
+        let image = ImageRef::parse(&self.image, "IMAGE")?;
+        let platform = match &self.platform {
+            Some(p) => p.parse()?,
+            None => Platform::host(),
+        };
+        Ok((image, platform, self.transfer.options()?))
+    }
 }
 
 const DEPLOY_EXAMPLES: &str = "\
@@ -526,7 +563,8 @@ pub fn parse(
             .for_each(expand),
         Command::Copy(a) => [&mut a.from, &mut a.to].into_iter().for_each(expand),
         Command::Deploy(a) => expand(&mut a.image),
-        Command::Rollback(_) | Command::Config => {}
+        Command::Inspect(a) => expand(&mut a.image),
+        Command::Rollback(_) | Command::Config | Command::Completions { .. } | Command::Man => {}
     }
     Ok((cli, config))
 }

@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod index;
+pub mod inspect;
 pub mod json;
 pub mod layer;
 pub mod layout;

@@ -33,6 +33,26 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <layerup::cli::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "layerup", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let cmd = <layerup::cli::Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                // `layerup man | head`: the reader had enough.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,7 +109,17 @@ fn main() -> ExitCode {
                 // A dry run's result is the patch it printed.
                 Ok((!plan.dry_run || json).then_some(Done::Changed(changes)))
             }
-            Command::Config => Ok(None),
+            Command::Config | Command::Completions { .. } | Command::Man => Ok(None),
+            Command::Inspect(args) => {
+                let (image, platform, net) = args.plan()?;
+                let found = layerup::inspect::inspect(&image, &platform, net).await?;
+                if json {
+                    println!("{}", layerup::inspect::to_json(&found));
+                } else {
+                    println!("{}", layerup::inspect::to_text(&found, human));
+                }
+                Ok(None)
+            }
             Command::Rollback(args) => {
                 let plan = args.plan()?;
                 let mut told = |e: Event| tell(e, quiet, !json);

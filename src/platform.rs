@@ -91,7 +91,7 @@ fn normalise_arch(arch: &str, variant: Option<String>) -> (String, Option<String
     }
 }
 
-fn entry_platform(entry: &Value) -> Option<Platform> {
+pub fn entry_platform(entry: &Value) -> Option<Platform> {
     let p = entry.get("platform")?;
     let os = p.get("os")?.as_str()?.to_lowercase();
     let arch = p.get("architecture")?.as_str()?.to_lowercase();
