@@ -112,6 +112,7 @@ pub async fn copy(plan: &CopyPlan, told: impl FnOnce(&Moves)) -> Result<Copied> 
         }
     }
     told(&moves);
+    crate::progress::planned(missing.len());
 
     // Largest first: with a bounded number in flight, the long ones should not start last.
     missing.sort_by_key(|d| std::cmp::Reverse(d.size));
@@ -126,6 +127,7 @@ pub async fn copy(plan: &CopyPlan, told: impl FnOnce(&Moves)) -> Result<Copied> 
                     Outcome::Copied
                 };
                 tracing::info!(digest = %d.digest, size = d.size, ?outcome, "blob");
+                crate::progress::blob_done();
                 Ok::<_, Error>(report(d, outcome))
             }
         })

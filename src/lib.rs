@@ -20,6 +20,7 @@ pub mod layer;
 pub mod layout;
 pub mod manifest;
 pub mod platform;
+pub mod progress;
 pub mod push;
 pub mod reference;
 pub mod registry;

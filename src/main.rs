@@ -68,11 +68,18 @@ fn main() -> ExitCode {
     let quiet = cli.quiet;
     let json = cli.json;
     let started = std::time::Instant::now();
+    // A bar while blobs move: push and copy, on a terminal, when nothing else writes there.
+    let bar_wanted = !quiet
+        && !json
+        && cli.verbose == 0
+        && matches!(cli.command, Command::Push(_) | Command::Copy(_));
     let work = async {
+        let bar = layerup::progress::Bar::start(bar_wanted);
         match &cli.command {
             Command::Push(args) => {
                 let plan = args.plan(sde.as_deref())?;
                 let pushed = layerup::push(&plan).await?;
+                drop(bar);
                 let Some(deploy) = &plan.deploy else {
                     return Ok(Some(Done::Pushed(pushed, None)));
                 };
@@ -130,12 +137,12 @@ fn main() -> ExitCode {
                 let plan = args.plan()?;
                 let told = |m: &Moves| {
                     if !quiet {
-                        eprintln!("{}", moves_line(m));
+                        layerup::progress::say(&moves_line(m));
                     }
                 };
-                layerup::copy::copy(&plan, told)
-                    .await
-                    .map(|c| Some(Done::Copied(c)))
+                let copied = layerup::copy::copy(&plan, told).await;
+                drop(bar);
+                copied.map(|c| Some(Done::Copied(c)))
             }
             Command::Watch(args) => {
                 let plan = args.push.plan(sde.as_deref())?;

@@ -95,6 +95,7 @@ pub async fn push(
         .iter()
         .filter(|l| seen.insert(l.digest.clone()))
         .collect();
+    crate::progress::planned(layers.len() + 1);
     let layers = stream::iter(layers)
         .map(|d| async move {
             let upload = uploads.iter().find(|u| u.digest == &d.digest);
@@ -114,6 +115,7 @@ pub async fn push(
                 Outcome::Copied
             };
             tracing::info!(digest = %d.digest, size = d.size, ?outcome, "layer");
+            crate::progress::blob_done();
             Ok::<_, Error>(BlobReport {
                 digest: d.digest.clone(),
                 size: d.size,
@@ -139,6 +141,7 @@ pub async fn push(
             Outcome::Uploaded
         };
         tracing::info!(digest = %config.digest, size = config.size, ?outcome, "config");
+        crate::progress::blob_done();
         Ok::<_, Error>(BlobReport {
             digest: config.digest.clone(),
             size: config.size,

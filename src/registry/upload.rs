@@ -415,7 +415,14 @@ fn body(feed: Arc<Mutex<Feed>>, end: u64) -> ByteStream {
         let item = feed.lock().await.next(end).await?;
         Some((item, feed))
     });
-    resend.chain(fresh).boxed()
+    resend
+        .chain(fresh)
+        .inspect(|r| {
+            if let Ok(b) = r {
+                crate::progress::sent(b.len());
+            }
+        })
+        .boxed()
 }
 
 /// The upload location with `digest=` added, to complete the upload.
