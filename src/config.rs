@@ -466,7 +466,8 @@ fn read(v: &DeValue, shape: Shape, file: &File, key: &str) -> std::result::Resul
                 .map(|m| {
                     let raw = crate::cli::parse_mapping(m).map_err(|e| e.to_string())?;
                     // A SRC is relative to the file, wherever layerup is run from.
-                    let src = file.dir().join(&raw.src);
+                    let rel = raw.src.strip_prefix(".").unwrap_or(&raw.src);
+                    let src = file.dir().join(rel);
                     Ok(match raw.dest {
                         Some(d) => format!("{}:{d}", src.display()),
                         None => src.display().to_string(),
@@ -632,7 +633,7 @@ dev = "localhost:5000/team"
         assert_eq!(
             c.values["mappings"].value,
             Value::List(vec![
-                format!("{}/./src:/app", dir.path().display()),
+                format!("{}/src:/app", dir.path().display()),
                 format!("{}/conf", dir.path().display())
             ])
         );
