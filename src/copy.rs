@@ -57,6 +57,17 @@ pub struct Copied {
     pub took: Duration,
 }
 
+impl Copied {
+    /// Blob bytes that crossed the wire (streamed source to destination).
+    pub fn bytes_sent(&self) -> u64 {
+        self.blobs
+            .iter()
+            .filter(|b| b.outcome == Outcome::Copied)
+            .map(|b| b.size)
+            .sum()
+    }
+}
+
 /// One manifest or index to write, exactly as read.
 struct Doc {
     bytes: Bytes,

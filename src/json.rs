@@ -69,18 +69,12 @@ pub fn pushed(p: &Pushed, total: std::time::Duration) -> Value {
 
 pub fn copied(c: &Copied) -> Value {
     let blobs: Vec<Value> = c.blobs.iter().map(|b| blob(b, "blob")).collect();
-    let sent: u64 = c
-        .blobs
-        .iter()
-        .filter(|b| b.outcome == Outcome::Copied)
-        .map(|b| b.size)
-        .sum();
     json!({
         "reference": c.reference,
         "digest": c.digest.to_string(),
         "manifests": c.moves.manifests,
         "blobs": blobs,
-        "bytes_sent": sent,
+        "bytes_sent": c.bytes_sent(),
         "timings_ms": {"total": ms(c.took)},
     })
 }

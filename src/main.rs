@@ -303,12 +303,7 @@ fn moves_line(m: &Moves) -> String {
 /// What a copy did, in one line.
 fn copied_line(c: &Copied) -> String {
     let count = |o: Outcome| c.blobs.iter().filter(|b| b.outcome == o).count();
-    let bytes: u64 = c
-        .blobs
-        .iter()
-        .filter(|b| b.outcome == Outcome::Copied)
-        .map(|b| b.size)
-        .sum();
+    let bytes = c.bytes_sent();
     format!(
         "copied {} blobs ({}), mounted {}, {} present; {} manifests written in {:.2}s",
         count(Outcome::Copied),

@@ -288,14 +288,7 @@ fn no_matching_workload_lists_what_is_there() {
     let c = cluster("kind-dev");
     c.kube.add("deployments", NS, web("nginx:1.25"));
     let out = c.layerup(&["deploy", &dev(D1)]);
-    assert_eq!(out.code, 6, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("no workload in namespace team-a of context kind-dev runs registry.example.com/prod/app")
-            && out.stderr.contains("deployment/web (proxy (envoyproxy/envoy:v1.30), app (nginx:1.25))")
-            && out.stderr.contains("--deploy KIND/NAME"),
-        "{}",
-        out.stderr
-    );
+    out.fails(6, &["no workload in namespace team-a of context kind-dev runs registry.example.com/prod/app", "deployment/web (proxy (envoyproxy/envoy:v1.30), app (nginx:1.25))", "--deploy KIND/NAME"]);
     assert!(c.kube.writes().is_empty());
 }
 
@@ -314,13 +307,12 @@ fn two_containers_running_the_image_are_ambiguous_until_one_is_named() {
     );
     let image = dev(D1);
     let out = c.layerup(&["deploy", &image, "deployment/pair"]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("several containers that run the image: api, worker")
-            && out.stderr.contains("--container"),
-        "{}",
-        out.stderr
+    out.fails(
+        2,
+        &[
+            "several containers that run the image: api, worker",
+            "--container",
+        ],
     );
     assert!(c.kube.writes().is_empty());
     c.layerup(&["deploy", &image, "deployment/pair", "--container", "worker"])
@@ -351,13 +343,7 @@ fn an_rbac_denial_is_an_auth_error_with_the_servers_words() {
     let c = web_cluster();
     c.kube.deny("patch", "deployments");
     let out = c.deploy_web(&[]);
-    assert_eq!(out.code, 5, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("cannot patch deployment/web in namespace team-a of context kind-dev: the API server answered 403 Forbidden")
-            && out.stderr.contains("cannot patch resource \"deployments\" in API group \"apps\""),
-        "{}",
-        out.stderr
-    );
+    out.fails(5, &["cannot patch deployment/web in namespace team-a of context kind-dev: the API server answered 403 Forbidden", "cannot patch resource \"deployments\" in API group \"apps\""]);
     assert!(!out.stderr.contains("dev-token"), "no credential in output");
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 }
@@ -381,13 +367,7 @@ fn a_context_that_is_not_local_is_refused_before_any_request() {
         .env("KUBECONFIG", &config)
         .args(["deploy", &image, "deployment/web"])
         .run();
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("context `gke_acme_prod` (API server prod.example.com:6443) is not a local development cluster")
-            && out.stderr.contains("--allow-context gke_acme_prod"),
-        "{}",
-        out.stderr
-    );
+    out.fails(2, &["context `gke_acme_prod` (API server prod.example.com:6443) is not a local development cluster", "--allow-context gke_acme_prod"]);
     assert!(kube.requests().is_empty(), "{:?}", kube.requests());
 
     // Allowed, by flag or by environment, the same command goes through the proxy to it.
@@ -416,13 +396,7 @@ fn a_rollout_that_never_finishes_times_out_with_where_it_stood() {
     let c = web_cluster();
     c.kube.freeze();
     let out = c.deploy_web(&["--timeout", "1s"]);
-    assert_eq!(out.code, 10, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("deployment/web did not roll out within 1s: waiting for the controller to see the change")
-            && out.stderr.contains("--timeout"),
-        "{}",
-        out.stderr
-    );
+    out.fails(10, &["deployment/web did not roll out within 1s: waiting for the controller to see the change", "--timeout"]);
 }
 
 #[test]
@@ -502,13 +476,7 @@ fn rollback_restores_the_image_before_the_last_change_and_original_the_first() {
         &body,
     );
     let out = c.layerup(&["rollback", "deployment/web"]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("runs hand/made:1, not")
-            && out.stderr.contains("someone changed it since"),
-        "{}",
-        out.stderr
-    );
+    out.fails(2, &["runs hand/made:1, not", "someone changed it since"]);
     assert_eq!(c.image("web", "app"), "hand/made:1");
 }
 
@@ -516,12 +484,7 @@ fn rollback_restores_the_image_before_the_last_change_and_original_the_first() {
 fn rollback_without_a_record_says_so() {
     let c = web_cluster();
     let out = c.layerup(&["rollback", "deployment/web"]);
-    assert_eq!(out.code, 6, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("has no layerup record"),
-        "{}",
-        out.stderr
-    );
+    out.fails(6, &["has no layerup record"]);
     let missing = c.layerup(&["rollback", "deployment/nope"]);
     assert_eq!(missing.code, 6, "{}", missing.stderr);
     assert!(
@@ -641,13 +604,7 @@ fn cluster_flags_without_deploy_are_a_usage_error() {
         "-n",
         "x",
     ]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("--namespace is for the cluster: add --deploy"),
-        "{}",
-        out.stderr
-    );
+    out.fails(2, &["--namespace is for the cluster: add --deploy"]);
 }
 
 fn require_kubectl() {
@@ -698,15 +655,10 @@ fn an_unreachable_api_server_and_a_refused_token_are_said_plainly() {
         .env("KUBECONFIG", &config)
         .args(["deploy", &dev(D1), "deployment/web"])
         .run();
-    assert_eq!(out.code, 4, "{}", out.stderr);
-    assert!(
-        out.stderr.contains(&format!(
+    out.fails(4, &[&format!(
             "cannot read deployment/web: the API server {} of context kind-gone could not be reached: Connection refused",
             gone.trim_start_matches("http://")
-        )),
-        "{}",
-        out.stderr
-    );
+        )]);
 
     c.kube.require_token("the-right-one");
     let out = c.deploy_web(&[]);

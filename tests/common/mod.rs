@@ -251,6 +251,14 @@ pub struct Run {
 }
 
 impl Run {
+    /// The run failed with `code`, and its stderr says each of `says`.
+    pub fn fails(&self, code: i32, says: &[&str]) {
+        assert_eq!(self.code, code, "{}", self.stderr);
+        for s in says {
+            assert!(self.stderr.contains(s), "{s:?} is not in:\n{}", self.stderr);
+        }
+    }
+
     pub fn ok(&self) -> &str {
         assert_eq!(self.code, 0, "layerup failed:\n{}", self.stderr);
         self.stdout.trim()
