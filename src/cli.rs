@@ -526,6 +526,7 @@ pub fn parse(
         matches.get_one::<String>("profile").map(String::as_str),
     )?;
     let mut extra: Vec<OsString> = Vec::new();
+    let mut sources: Vec<OsString> = Vec::new();
     if let Some((name, sub)) = matches.subcommand() {
         let sub_cmd = cmd
             .find_subcommand(name)
@@ -543,13 +544,21 @@ pub fn parse(
         };
         let given = |a: &clap::Arg| typed(a) || set.iter().any(|id| a.get_id() == id);
         extra.extend(from_env);
-        extra.extend(config.args_for(sub_cmd, &given));
+        let (flags, srcs) = config.args_for(sub_cmd, &given);
+        extra.extend(flags);
+        sources = srcs;
     }
-    let mut cli = if extra.is_empty() {
+    let mut cli = if extra.is_empty() && sources.is_empty() {
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
     } else {
+        // Flags as `--name=value`; SRCs after `--`, so that a bare `--deploy` the user typed
+        // last does not take the first SRC as its value.
         let mut all = argv;
         all.extend(extra);
+        if !sources.is_empty() {
+            all.push("--".into());
+            all.extend(sources);
+        }
         Cli::try_parse_from(all).unwrap_or_else(|e| e.exit())
     };
     let expand = |r: &mut String| *r = config.expand(r);

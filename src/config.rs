@@ -230,7 +230,7 @@ impl Config {
                     ),
                 ));
             };
-            let value = read(value.get_ref(), shape, file, k)
+            let value = read(value.get_ref(), shape, file)
                 .map_err(|why| file.bad(value.span(), &format!("`{k}` {why}")))?;
             let value = match (value, self.values.get(k)) {
                 // Tables add to what a lower file or section set.
@@ -258,14 +258,15 @@ impl Config {
         Ok(())
     }
 
-    /// The flags (`--name=value`) and SRC arguments the configuration adds to a command line of
-    /// `cmd`, for every setting `cmd` takes and `given` says the user did not set already.
+    /// The flags (`--name=value`) and the SRC arguments the configuration adds to a command line
+    /// of `cmd`, for every setting `cmd` takes and `given` says the user did not set already.
     pub fn args_for(
         &self,
         cmd: &clap::Command,
         given: &dyn Fn(&clap::Arg) -> bool,
-    ) -> Vec<OsString> {
+    ) -> (Vec<OsString>, Vec<OsString>) {
         let mut out: Vec<String> = Vec::new();
+        let mut sources: Vec<String> = Vec::new();
         for (key, setting) in &self.values {
             let Some(&(_, flag, shape)) = KEYS.iter().find(|(name, _, _)| name == key) else {
                 continue;
@@ -275,12 +276,12 @@ impl Config {
             } else {
                 cmd.get_arguments().find(|a| a.get_long() == Some(flag))
             };
-            let Some(arg) = arg.filter(|a| !given(a)) else {
+            if arg.is_none_or(given) {
                 continue;
-            };
+            }
             let f = |v: &str| format!("--{flag}={v}");
             match (&setting.value, shape) {
-                (Value::List(items), Shape::Mappings) => out.extend(items.iter().cloned()),
+                (Value::List(items), Shape::Mappings) => sources.extend(items.iter().cloned()),
                 (Value::Bool(true), Shape::Workload) => out.push(format!("--{flag}=")),
                 (Value::Bool(b), _) => out.extend(b.then(|| format!("--{flag}"))),
                 (Value::Str(s), _) => out.push(f(s)),
@@ -291,9 +292,9 @@ impl Config {
                 (Value::List(items), _) => out.extend(items.iter().map(|i| f(i))),
                 (Value::Table(t), _) => out.extend(t.iter().map(|(k, v)| f(&format!("{k}={v}")))),
             }
-            let _ = arg;
         }
-        out.into_iter().map(OsString::from).collect()
+        let os = |v: Vec<String>| v.into_iter().map(OsString::from).collect();
+        (os(out), os(sources))
     }
 
     /// A reference with its first path segment replaced by the alias it names, if it names one
@@ -410,7 +411,7 @@ impl File<'_> {
 }
 
 /// A TOML value in the shape `shape` wants; the reason in words when it is not.
-fn read(v: &DeValue, shape: Shape, file: &File, key: &str) -> std::result::Result<Value, String> {
+fn read(v: &DeValue, shape: Shape, file: &File) -> std::result::Result<Value, String> {
     let string = |v: &DeValue| match v {
         DeValue::String(s) => Some(s.to_string()),
         _ => None,
@@ -422,7 +423,6 @@ fn read(v: &DeValue, shape: Shape, file: &File, key: &str) -> std::result::Resul
             .collect::<Option<Vec<_>>>(),
         _ => None,
     };
-    let _ = key;
     match shape {
         Shape::Str => string(v).map(Value::Str).ok_or("must be a string".into()),
         Shape::Int => match v {

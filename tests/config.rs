@@ -187,3 +187,30 @@ fn no_settings_anywhere_names_what_is_missing() {
     );
     assert!(Path::new(dir.path()).read_dir().unwrap().next().is_none());
 }
+
+#[test]
+fn a_bare_deploy_typed_last_leaves_the_files_sources_alone() {
+    let (dev, mine) = (Registry::start(), Registry::start());
+    let p = project(&dev, &mine);
+    let missing = p.dir.path().join("no-kubeconfig").display().to_string();
+    // Only the SRCs come from the file: nothing else stands between `--deploy` and them.
+    let out = p.layerup(
+        &[
+            "push",
+            "--base",
+            "prod/app:oci",
+            "--to",
+            "dev/app:dev",
+            "--deploy",
+        ],
+        &[("KUBECONFIG", &missing)],
+    );
+    // The push ran (its reference is out), then the deploy step found no kubeconfig.
+    assert!(
+        out.stdout
+            .starts_with(&format!("{}/team/app@sha256:", dev.host)),
+        "{}",
+        out.stderr
+    );
+    out.fails(2, &["cannot read the kubeconfig"]);
+}
