@@ -54,17 +54,12 @@ fn main() {
     let (mut our_requests, mut their_requests) = (Vec::new(), Vec::new());
     // One kubectl run first, so that its discovery cache is warm, as on a developer's machine.
     let kubectl = |args: &[&str]| {
-        let out = Command::new("kubectl")
-            .env("KUBECONFIG", &config)
-            .env("HOME", dir.path())
-            .args(args)
-            .args(["-n", "team-a"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        common::run(
+            Command::new("kubectl")
+                .env("KUBECONFIG", &config)
+                .env("HOME", dir.path())
+                .args(args)
+                .args(["-n", "team-a"]),
         );
     };
     kubectl(&["get", "deployment/web"]);
@@ -72,16 +67,12 @@ fn main() {
         let image = format!("registry.example.com/prod/app@{}", digest(2 * i + 1));
         let before = kube.requests().len();
         let t = Instant::now();
-        let out = Command::new(layerup)
-            .env("KUBECONFIG", &config)
-            .args(["-q", "deploy", &image, "deployment/web"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::run(Command::new(layerup).env("KUBECONFIG", &config).args([
+            "-q",
+            "deploy",
+            &image,
+            "deployment/web",
+        ]));
         ours.push(t.elapsed().as_secs_f64());
         our_requests.push((kube.requests().len() - before) as f64);
 

@@ -35,8 +35,12 @@ impl Base {
 
 /// Reads the base image's manifest and config from `store`.
 pub async fn resolve(store: &Store, want: &Platform) -> Result<Base> {
+    resolve_from(store, store.root().await?, want).await
+}
+
+/// [`resolve`] from the reference's document, already fetched.
+pub async fn resolve_from(store: &Store, root: Fetched, want: &Platform) -> Result<Base> {
     let name = store.image_ref().to_string();
-    let root = store.root().await?;
     let (kind, doc) = classify(&root, &format!("base image `{name}`"))?;
     let (fetched, family, doc) = match kind {
         Kind::Manifest(family) => (root, family, doc),

@@ -108,10 +108,7 @@ pub struct InspectArgs {
 impl InspectArgs {
     pub fn plan(&self) -> Result<(ImageRef, Platform, Options)> {
         let image = ImageRef::parse(&self.image, "IMAGE")?;
-        let platform = match &self.platform {
-            Some(p) => p.parse()?,
-            None => Platform::host(),
-        };
+        let platform = platform_or_host(self.platform.as_deref())?;
         Ok((image, platform, self.transfer.options()?))
     }
 }
@@ -417,6 +414,11 @@ impl TransferArgs {
     }
 }
 
+/// `--platform`, else this machine's: `linux/<arch>`.
+fn platform_or_host(text: Option<&str>) -> Result<Platform> {
+    text.map_or_else(|| Ok(Platform::host()), str::parse)
+}
+
 /// A duration as a user would type it back: `90s`, `2m`, `500ms`.
 pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -493,10 +495,7 @@ impl CopyArgs {
                 )));
             }
         }
-        let platform = match &self.platform {
-            Some(p) => p.parse()?,
-            None => Platform::host(),
-        };
+        let platform = platform_or_host(self.platform.as_deref())?;
         Ok(CopyPlan {
             from,
             to,
@@ -521,10 +520,13 @@ pub fn parse(
         .clone()
         .try_get_matches_from(&argv)
         .unwrap_or_else(|e| e.exit());
-    let config = Config::load(
+    let mut config = Config::load(
         cwd,
         matches.get_one::<String>("profile").map(String::as_str),
     )?;
+    if matches.value_source("profile") == Some(ValueSource::EnvVariable) {
+        config.profile_from = "LAYERUP_PROFILE";
+    }
     let mut extra: Vec<OsString> = Vec::new();
     let mut sources: Vec<OsString> = Vec::new();
     if let Some((name, sub)) = matches.subcommand() {
@@ -664,10 +666,7 @@ impl PushArgs {
                 )));
             }
         }
-        let platform = match &self.platform {
-            Some(p) => p.parse()?,
-            None => Platform::host(),
-        };
+        let platform = platform_or_host(self.platform.as_deref())?;
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
                 return Err(Error::usage(format!(

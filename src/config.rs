@@ -91,6 +91,8 @@ pub struct Config {
     /// The files read, in order.
     pub files: Vec<PathBuf>,
     pub profile: Option<String>,
+    /// How the profile was chosen: `--profile` or `LAYERUP_PROFILE`.
+    pub profile_from: &'static str,
     pub values: BTreeMap<String, Setting>,
     /// Registry aliases: the first path segment of a reference → what it stands for.
     pub registries: BTreeMap<String, Setting>,
@@ -106,6 +108,7 @@ impl Config {
         let mut config = Config {
             root: root.map(Path::to_path_buf),
             profile: profile.map(str::to_string),
+            profile_from: "--profile",
             ..Config::default()
         };
         let mut profiles_seen = Vec::new();
@@ -153,7 +156,7 @@ impl Config {
             Error::usage(format!(
                 "{}:{line}: {}",
                 path.display(),
-                one_line(e.message())
+                crate::error::one_line(e.message())
             ))
         })?;
         let file = File { path, name, text };
@@ -321,10 +324,10 @@ impl Config {
     }
 
     /// What `layerup config` prints: every value, in TOML, with where it came from.
-    pub fn show(&self, profile_from: &str) -> String {
+    pub fn show(&self) -> String {
         let mut lines = Vec::new();
         match &self.profile {
-            Some(p) => lines.push(format!("# profile: {p} ({profile_from})")),
+            Some(p) => lines.push(format!("# profile: {p} ({})", self.profile_from)),
             None => lines.push("# profile: none (--profile NAME or LAYERUP_PROFILE)".to_string()),
         }
         if self.files.is_empty() {
@@ -506,10 +509,6 @@ fn toml_text(v: &Value) -> String {
 /// The 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -77,12 +77,10 @@ impl Deploy {
     ) -> Result<Vec<Change>> {
         let image = in_cluster(pushed, self.cluster_registry.as_deref());
         let mut repos: Vec<String> = Vec::new();
-        let base = match base {
-            ImageRef::Registry(b) => Some(format!("{}/{}", b.registry(), b.repository())),
-            ImageRef::Layout(_) => None,
-        };
-        let found = [pushed, image.as_str()].map(repository_of);
-        for repo in found.into_iter().chain([base]).flatten() {
+        // A layout base (`oci:…`) names no repository a workload could run.
+        let base = base.to_string();
+        let found = [pushed, image.as_str(), base.as_str()].map(repository_of);
+        for repo in found.into_iter().flatten() {
             if !repos.contains(&repo) {
                 repos.push(repo);
             }
@@ -126,7 +124,7 @@ pub async fn deploy_image(
         plan: plan.clone(),
         cluster_registry: cluster_registry.map(str::to_string),
     };
-    set.run(&pinned, &ImageRef::Registry(r.clone()), told).await
+    set.run(&pinned, image, told).await
 }
 
 /// `registry/repo@digest` with the registry as the cluster reaches it.
@@ -297,6 +295,8 @@ struct Written {
     id: WorkloadRef,
     changes: Vec<Change>,
     obj: Value,
+    /// Its pods' label selector, for the wait's pod checks.
+    selector: Option<String>,
 }
 
 /// Reads the containers to set from the object, patches them and layerup's record on the
@@ -338,11 +338,12 @@ async fn write(
             }
         }
         if to_patch.is_empty() {
-            changes.iter().for_each(|c| told(Event::Unchanged(c)));
+            tell_changes(&changes, told);
             return Ok(Written {
                 id: id.clone(),
                 changes,
                 obj,
+                selector: w.selector,
             });
         }
         let body = workload::patch(&w, &to_patch, &record);
@@ -359,21 +360,17 @@ async fn write(
                 id: id.clone(),
                 changes,
                 obj,
+                selector: w.selector,
             });
         }
         match cluster.patch(id, &body).await {
             Ok(patched) => {
-                for c in &changes {
-                    told(if c.from == c.to {
-                        Event::Unchanged(c)
-                    } else {
-                        Event::Patched(c)
-                    });
-                }
+                tell_changes(&changes, told);
                 return Ok(Written {
                     id: id.clone(),
                     changes,
                     obj: patched,
+                    selector: w.selector,
                 });
             }
             Err(Failure::Conflict) => {
@@ -390,6 +387,17 @@ async fn write(
             cluster.namespace, cluster.context
         ),
     ))
+}
+
+/// Each container: set, or already running its image (nothing sent for it).
+fn tell_changes(changes: &[Change], told: &mut dyn FnMut(Event)) {
+    for c in changes {
+        told(if c.from == c.to {
+            Event::Unchanged(c)
+        } else {
+            Event::Patched(c)
+        });
+    }
 }
 
 /// Waits for every written workload, unless told not to.
@@ -501,13 +509,10 @@ fn resource_version(obj: &Value) -> String {
 /// Fails when a pod running the new image is stuck in a state waiting does not fix, saying why
 /// as the kubelet does (the pod's waiting reason and message, and its newest Warning event).
 async fn check_pods(cluster: &Cluster, w: &Written) -> Result<()> {
-    let Ok(me) = Workload::from_object(w.id.kind, &w.obj) else {
+    let Some(selector) = &w.selector else {
         return Ok(());
     };
-    let Some(selector) = me.selector else {
-        return Ok(());
-    };
-    for pod in cluster.pods(&selector).await? {
+    for pod in cluster.pods(selector).await? {
         for c in &w.changes {
             let Some(t) = rollout::trouble(&pod, &c.container, &c.to) else {
                 continue;
@@ -524,14 +529,10 @@ async fn check_pods(cluster: &Cluster, w: &Written) -> Result<()> {
                     w.id,
                     t.pod,
                     t.container,
-                    one_line(&why)
+                    crate::error::one_line(&why)
                 ),
             ));
         }
     }
     Ok(())
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -101,6 +101,31 @@ pub fn os_reason(err: &std::io::Error) -> String {
     }
 }
 
+/// The innermost cause of an error chain, in plain words: what the OS or TLS library said
+/// (reqwest's, hyper's and kube's wrappers above it only say where).
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current: &(dyn std::error::Error + 'static) = err;
+    let mut io_reason = None;
+    loop {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            io_reason = Some(os_reason(io));
+        }
+        match current.source() {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    io_reason.unwrap_or_else(|| {
+        let text = current.to_string();
+        text.split(" for url (").next().unwrap_or(&text).to_string()
+    })
+}
+
+/// Text made one line: runs of whitespace (a kubelet message's newlines) become one space.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// A URL fit to print: no user-info, no query (upload URLs carry opaque state tokens).
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {

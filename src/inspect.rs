@@ -52,17 +52,18 @@ pub async fn inspect(r: &ImageRef, platform: &Platform, net: Options) -> Result<
             })
             .collect()
     });
-    let image = base::resolve(&store, platform).await?;
+    let (reference, content_type) = (r.pinned(&root.digest), root.content_type.clone());
+    let image = base::resolve_from(&store, root, platform).await?;
     let image_media_type = image.manifest["mediaType"]
         .as_str()
         .unwrap_or(image.family.manifest())
         .to_string();
     Ok(Inspected {
-        reference: r.pinned(&root.digest),
+        reference,
         media_type: doc["mediaType"]
             .as_str()
             .map(str::to_string)
-            .or(root.content_type)
+            .or(content_type)
             .unwrap_or_default(),
         children,
         image,

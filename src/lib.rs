@@ -248,6 +248,10 @@ async fn write_ref_file(
     image: &image::Image,
     file: &std::path::Path,
 ) -> Result<()> {
+    // The plan refused --ref-file with a layout destination.
+    let ImageRef::Registry(r) = to else {
+        return Err(Error::internal("--ref-file with a layout destination"));
+    };
     let hex = image.digest.digest();
     let tag = format!("layerup-{}", &hex[..16.min(hex.len())]);
     dest.put_tag(
@@ -256,9 +260,6 @@ async fn write_ref_file(
         image.media_type,
     )
     .await?;
-    let ImageRef::Registry(r) = to else {
-        return Err(Error::usage("--ref-file needs --to in a registry"));
-    };
     let line = format!("{}/{}:{tag}\n", r.registry(), r.repository());
     std::fs::write(file, line).map_err(|e| Error::io("write the --ref-file", file, &e))
 }
@@ -293,7 +294,7 @@ async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
     let maps = mappings.clone();
     blocking(move || {
         let scanned_at = stack::now_ns();
-        let entries = layer::tree::collect_with(&maps, owner, &ignore)?;
+        let entries = layer::tree::collect(&maps, owner, &ignore)?;
         Ok(Walked {
             mappings: maps,
             entries,

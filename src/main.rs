@@ -22,14 +22,10 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Config = cli.command {
-        let from = match (&cli.profile, std::env::var("LAYERUP_PROFILE")) {
-            (Some(p), Ok(e)) if *p == e => "LAYERUP_PROFILE",
-            _ => "--profile",
-        };
         if cli.json {
             println!("{}", config.to_json());
         } else {
-            println!("{}", config.show(from));
+            println!("{}", config.show());
         }
         return ExitCode::SUCCESS;
     }

@@ -57,11 +57,16 @@ fn dev(digest: &str) -> String {
     format!("registry.example.com/prod/app@{digest}")
 }
 
+/// A kind-dev cluster running `deployment` (in namespace team-a).
+fn cluster_running(deployment: Value) -> Cluster {
+    let c = cluster("kind-dev");
+    c.kube.add("deployments", NS, deployment);
+    c
+}
+
 /// A kind-dev cluster where `deployment/web` runs [`BASE`].
 fn web_cluster() -> Cluster {
-    let c = cluster("kind-dev");
-    c.kube.add("deployments", NS, web(BASE));
-    c
+    cluster_running(web(BASE))
 }
 
 fn cluster(context: &str) -> Cluster {
@@ -152,8 +157,7 @@ fn patches(kube: &FakeKube) -> Vec<common::kube::Request> {
 fn push_deploy_finds_the_workload_sets_only_its_container_and_waits() {
     let prod = prod();
     let dest = Registry::start();
-    let c = cluster("kind-dev");
-    c.kube.add("deployments", NS, web(&prod.oci));
+    let c = cluster_running(web(&prod.oci));
     c.kube.add(
         "deployments",
         NS,
@@ -226,17 +230,11 @@ fn push_deploy_finds_the_workload_sets_only_its_container_and_waits() {
 
 #[test]
 fn an_init_container_running_the_base_is_the_one_set() {
-    let c = cluster("kind-dev");
-    let base = BASE;
-    c.kube.add(
-        "deployments",
-        NS,
-        deployment(
-            "migrate",
-            json!([{"name": "main", "image": "busybox:1.36"}]),
-            json!([{"name": "schema", "image": base}]),
-        ),
-    );
+    let c = cluster_running(deployment(
+        "migrate",
+        json!([{"name": "main", "image": "busybox:1.36"}]),
+        json!([{"name": "schema", "image": BASE}]),
+    ));
     let image = dev(D1);
     let out = c.layerup(&["deploy", &image]);
     assert_eq!(out.ok(), format!("deployment/migrate schema {image}"));
@@ -248,13 +246,12 @@ fn an_init_container_running_the_base_is_the_one_set() {
 #[test]
 fn every_matching_workload_of_each_kind_is_set_and_awaited() {
     let c = cluster("kind-dev");
-    let base = BASE;
-    let mut sts = deployment("store", json!([{"name": "app", "image": base}]), json!([]));
+    let mut sts = deployment("store", json!([{"name": "app", "image": BASE}]), json!([]));
     sts["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
     sts["spec"]["serviceName"] = json!("store");
-    let mut ds = deployment("agent", json!([{"name": "app", "image": base}]), json!([]));
+    let mut ds = deployment("agent", json!([{"name": "app", "image": BASE}]), json!([]));
     ds["spec"].as_object_mut().unwrap().remove("replicas");
-    c.kube.add("deployments", NS, web(base));
+    c.kube.add("deployments", NS, web(BASE));
     c.kube.add("statefulsets", NS, sts);
     c.kube.add("daemonsets", NS, ds);
     let image = dev(D1);
@@ -285,8 +282,7 @@ fn every_matching_workload_of_each_kind_is_set_and_awaited() {
 
 #[test]
 fn no_matching_workload_lists_what_is_there() {
-    let c = cluster("kind-dev");
-    c.kube.add("deployments", NS, web("nginx:1.25"));
+    let c = cluster_running(web("nginx:1.25"));
     let out = c.layerup(&["deploy", &dev(D1)]);
     out.fails(6, &["no workload in namespace team-a of context kind-dev runs registry.example.com/prod/app", "deployment/web (proxy (envoyproxy/envoy:v1.30), app (nginx:1.25))", "--deploy KIND/NAME"]);
     assert!(c.kube.writes().is_empty());
@@ -294,17 +290,11 @@ fn no_matching_workload_lists_what_is_there() {
 
 #[test]
 fn two_containers_running_the_image_are_ambiguous_until_one_is_named() {
-    let c = cluster("kind-dev");
-    let base = BASE;
-    c.kube.add(
-        "deployments",
-        NS,
-        deployment(
-            "pair",
-            json!([{"name": "api", "image": base}, {"name": "worker", "image": base}]),
-            json!([]),
-        ),
-    );
+    let c = cluster_running(deployment(
+        "pair",
+        json!([{"name": "api", "image": BASE}, {"name": "worker", "image": BASE}]),
+        json!([]),
+    ));
     let image = dev(D1);
     let out = c.layerup(&["deploy", &image, "deployment/pair"]);
     out.fails(
@@ -319,7 +309,7 @@ fn two_containers_running_the_image_are_ambiguous_until_one_is_named() {
         .ok();
     let obj = c.kube.get("deployments", NS, "pair");
     assert_eq!(image_of(&obj, "worker"), image);
-    assert_eq!(image_of(&obj, "api"), base);
+    assert_eq!(image_of(&obj, "api"), BASE);
 }
 
 #[test]
@@ -449,7 +439,6 @@ fn no_wait_returns_once_patched() {
 #[test]
 fn rollback_restores_the_image_before_the_last_change_and_original_the_first() {
     let c = web_cluster();
-    let base = BASE;
     let one = dev(D1);
     let two = dev(D2);
     c.layerup(&["deploy", &one, "deployment/web"]).ok();
@@ -460,7 +449,7 @@ fn rollback_restores_the_image_before_the_last_change_and_original_the_first() {
     assert!(out.stderr.contains("rolled out"), "{}", out.stderr);
     c.layerup(&["rollback", "deployment/web", "--original"])
         .ok();
-    assert_eq!(c.image("web", "app"), base);
+    assert_eq!(c.image("web", "app"), BASE);
 
     // Someone else changes the image: layerup does not undo their change.
     c.layerup(&["deploy", &two, "deployment/web"]).ok();
@@ -526,8 +515,7 @@ fn dry_run_prints_the_patch_and_where_and_sends_nothing() {
 fn cluster_registry_rewrites_the_reference_the_workload_gets() {
     let prod = prod();
     let dest = Registry::start();
-    let c = cluster("kind-dev");
-    c.kube.add("deployments", NS, web(&prod.oci));
+    let c = cluster_running(web(&prod.oci));
     let tree = app_tree();
     let to = format!("{}/dev/app:dev", dest.host);
     let mut args: Vec<String> = push_args(tree.path(), &prod.oci, &to).into();

@@ -247,7 +247,7 @@ impl Cluster {
                     "cannot {what}: the API server {} of context {} could not be reached: {}",
                     self.server,
                     self.context,
-                    innermost(&e)
+                    crate::error::root_cause(&e)
                 ),
             ),
             e => Error::new(
@@ -260,20 +260,6 @@ impl Cluster {
 
 fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
-}
-
-/// The deepest cause, the one that says what happened ("Connection refused", "invalid peer
-/// certificate: UnknownIssuer"); kube's and hyper's wrappers above it only say where.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut deepest = e;
-    while let Some(s) = deepest.source() {
-        deepest = s;
-    }
-    let text = deepest.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
 }
 
 /// An error and its causes in one line, without repeating a cause the message already holds.

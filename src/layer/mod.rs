@@ -256,6 +256,7 @@ mod tests {
                 into_dir: false,
             }],
             None,
+            &[],
         )
         .unwrap();
         let mut out = Vec::new();

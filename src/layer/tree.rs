@@ -100,13 +100,8 @@ struct Found {
 
 /// Walks every mapping and returns the layer's entries in byte order of their paths, parents
 /// before children. Later mappings win over earlier ones at the same path.
-pub fn collect(mappings: &[Mapping], owner: Option<(u32, u32)>) -> Result<Vec<Entry>> {
-    collect_with(mappings, owner, &[])
-}
-
-/// [`collect`], with `ignore` patterns applied to every directory source after its
-/// `.layerupignore`.
-pub fn collect_with(
+/// `ignore` patterns apply to every directory source after its `.layerupignore`.
+pub fn collect(
     mappings: &[Mapping],
     owner: Option<(u32, u32)>,
     ignore: &[String],
@@ -359,7 +354,7 @@ mod tests {
         std::fs::create_dir_all(t.path().join("b/c")).unwrap();
         std::fs::write(t.path().join("b/c/f.txt"), "x").unwrap();
         std::fs::write(t.path().join("a.txt"), "y").unwrap();
-        let got = collect(&[mapping(t.path(), "/srv/app")], None).unwrap();
+        let got = collect(&[mapping(t.path(), "/srv/app")], None, &[]).unwrap();
         assert_eq!(
             paths(&got),
             [
@@ -379,7 +374,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         symlink("/etc", t.path().join("etc-link")).unwrap();
         symlink("../../outside", t.path().join("up")).unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
         let kinds: Vec<_> = got.iter().skip(1).map(|e| e.kind.clone()).collect();
         assert_eq!(
             kinds,
@@ -399,7 +394,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("z"), "data").unwrap();
         std::fs::hard_link(t.path().join("z"), t.path().join("a")).unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
         assert!(
             matches!(got[1].kind, Kind::File { .. }),
             "app/a holds the bytes"
@@ -418,9 +413,9 @@ mod tests {
         let f = t.path().join("run.sh");
         std::fs::write(&f, "#!/bin/sh").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4750)).unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
         assert_eq!((got[1].mode, got[1].uid, got[1].gid), (0o4750, 0, 0));
-        let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000))).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000)), &[]).unwrap();
         assert_eq!((got[1].uid, got[1].gid), (1000, 2000));
     }
 
@@ -435,7 +430,7 @@ mod tests {
             into_dir: true,
         };
         assert_eq!(
-            paths(&collect(&[into], None).unwrap()),
+            paths(&collect(&[into], None, &[]).unwrap()),
             ["etc", "etc/app", "etc/app/config.yaml"]
         );
         let at = Mapping {
@@ -444,7 +439,7 @@ mod tests {
             into_dir: false,
         };
         assert_eq!(
-            paths(&collect(&[at], None).unwrap()),
+            paths(&collect(&[at], None, &[]).unwrap()),
             ["etc", "etc/app.yaml"]
         );
     }
@@ -461,6 +456,7 @@ mod tests {
                 mapping(&t.path().join("cfg"), "/app/cfg"),
             ],
             None,
+            &[],
         )
         .unwrap();
         assert!(
@@ -480,6 +476,7 @@ mod tests {
                 mapping(&t.path().join("file"), "/app/x"),
             ],
             None,
+            &[],
         )
         .unwrap_err();
         assert_eq!(
@@ -500,7 +497,7 @@ mod tests {
             "*.pyc\nvendor\n!vendor/deep/keep.txt\n",
         )
         .unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
         assert_eq!(
             paths(&got),
             [
@@ -517,14 +514,15 @@ mod tests {
     fn a_socket_is_refused_by_name() {
         let t = tempfile::tempdir().unwrap();
         let _sock = std::os::unix::net::UnixListener::bind(t.path().join("app.sock")).unwrap();
-        let err = collect(&[mapping(t.path(), "/app")], None).unwrap_err();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
         assert!(err.to_string().ends_with("app.sock` is a socket; a layer holds only files, directories and symlinks (list it in .layerupignore to leave it out)"), "{err}");
         assert_eq!(err.code(), crate::error::ExitCode::Input);
     }
 
     #[test]
     fn a_missing_source_is_named() {
-        let err = collect(&[mapping(Path::new("/nonexistent/src"), "/app")], None).unwrap_err();
+        let err =
+            collect(&[mapping(Path::new("/nonexistent/src"), "/app")], None, &[]).unwrap_err();
         assert_eq!(err.to_string(), "source `/nonexistent/src` does not exist");
     }
 }

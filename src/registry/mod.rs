@@ -491,7 +491,7 @@ impl Registry {
                 Error::image(format!(
                     "cannot read blob {digest} from {}: {}",
                     repo.whole(),
-                    root_cause(&e)
+                    crate::error::root_cause(&e)
                 ))
             })?;
             out.extend_from_slice(&chunk);
@@ -633,25 +633,6 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
     None
 }
 
-/// The innermost cause of an error chain, in plain words: what the OS or TLS library said.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut current: &(dyn std::error::Error + 'static) = err;
-    let mut io_reason = None;
-    loop {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            io_reason = Some(crate::error::os_reason(io));
-        }
-        match current.source() {
-            Some(next) => current = next,
-            None => break,
-        }
-    }
-    io_reason.unwrap_or_else(|| {
-        let text = current.to_string();
-        text.split(" for url (").next().unwrap_or(&text).to_string()
-    })
-}
-
 /// Whether a (lowercased) root cause is a TLS failure: a certificate, or plain HTTP answering TLS.
 fn is_tls(cause: &str) -> bool {
     cause.contains("certificate") || cause.contains("tls") || cause.contains("corrupt message")
@@ -659,7 +640,7 @@ fn is_tls(cause: &str) -> bool {
 
 /// A failure before any HTTP answer: DNS, connection, TLS or timeout.
 fn transport_error(err: &reqwest::Error, host: &str) -> Error {
-    let cause = root_cause(err);
+    let cause = crate::error::root_cause(err);
     if err.is_timeout() {
         return Error::new(
             ExitCode::Unreachable,

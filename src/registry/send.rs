@@ -115,7 +115,7 @@ impl Registry {
     /// resolve, or a host that has refused every connection so far (a wrong port) is final.
     pub(super) fn judge_transport(&self, e: &reqwest::Error, host: &str, tries: u32) -> Verdict {
         let err = transport_error(e, host);
-        let cause = super::root_cause(e).to_lowercase();
+        let cause = crate::error::root_cause(e).to_lowercase();
         let dns = cause.contains("lookup") || cause.contains("resolve");
         if is_tls(&cause) || dns || (e.is_connect() && !self.has_answered(host)) {
             return Verdict::Fail(err);
