@@ -18,10 +18,11 @@ for t in docker-registry skopeo umoci /usr/bin/time python3 bc; do
   command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo umoci time python3 bc" >&2; exit 1; }
 done
 . benches/setup.sh
-slow_port=$(free_port $((port + 1)))
+reg_port=${reg##*:}
+slow_port=$(free_port $((reg_port + 1)))
 slow="127.0.0.1:$slow_port"
 echo "0 0" > "$work/counts"
-python3 benches/pace.py "$slow_port" "$port" 20000000 20 "$work/counts" &
+python3 benches/pace.py "$slow_port" "$reg_port" 20000000 20 "$work/counts" &
 pids+=($!)
 wait_port "$slow_port"
 
