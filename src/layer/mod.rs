@@ -10,6 +10,7 @@ pub mod gzip;
 pub mod ignore;
 pub mod partition;
 pub mod tree;
+pub mod walk;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::layer::ignore::IgnoreRules;
+use crate::layer::walk::{self, Item};
 
 /// One `SRC[:DEST]`, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(meta: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
         Stat {
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
@@ -92,12 +93,6 @@ pub fn clean_image_path(base: &str, rel: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-struct Found {
-    entry: Entry,
-    /// (device, inode) of a regular file with more than one name, for hardlinks.
-    inode: Option<(u64, u64)>,
-}
-
 /// Walks every mapping and returns the layer's entries in byte order of their paths, parents
 /// before children. Later mappings win over earlier ones at the same path.
 /// `ignore` patterns apply to every directory source after its `.layerupignore`.
@@ -106,19 +101,9 @@ pub fn collect(
     owner: Option<(u32, u32)>,
     ignore: &[String],
 ) -> Result<Vec<Entry>> {
-    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    let mut found: Vec<Item> = Vec::new();
     // Directories left out by ignore rules, remembered in case a `!` rule keeps something inside.
-    let mut skipped_dirs: HashMap<String, Entry> = HashMap::new();
-    let owned = |meta: &std::fs::Metadata, path: String, kind: Kind| {
-        let (uid, gid) = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
-        Entry {
-            path,
-            kind,
-            mode: meta.mode() & 0o7777,
-            uid,
-            gid,
-        }
-    };
+    let mut skipped_dirs: HashMap<String, u32> = HashMap::new();
     for m in mappings {
         // The source itself is what the user named: follow it if it is a symlink.
         let meta = std::fs::metadata(&m.src).map_err(|e| match e.kind() {
@@ -128,6 +113,7 @@ pub fn collect(
             _ => Error::io("read source", &m.src, &e),
         })?;
         let dest = m.dest.trim_start_matches('/').to_string();
+        let mode = meta.mode() & 0o7777;
         if meta.is_file() {
             let path = if m.into_dir || dest.is_empty() {
                 let name = m.src.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
@@ -140,90 +126,50 @@ pub fn collect(
             } else {
                 dest
             };
-            let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-            let entry = owned(
-                &meta,
-                path.clone(),
-                Kind::File {
+            let item = Item {
+                path,
+                kind: Kind::File {
                     src: m.src.clone(),
                     size: meta.len(),
                     stat: Stat::of(&meta),
                 },
-            );
-            found.insert(path, Found { entry, inode });
+                mode,
+                inode: (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+            };
+            found.push(item);
             continue;
         }
         if !meta.is_dir() {
             return Err(unsupported(&m.src, meta.file_type()));
         }
         if !dest.is_empty() {
-            found.insert(
-                dest.clone(),
-                Found {
-                    entry: owned(&meta, dest.clone(), Kind::Dir),
-                    inode: None,
-                },
-            );
+            let item = Item {
+                path: dest.clone(),
+                kind: Kind::Dir,
+                mode,
+                inode: None,
+            };
+            found.push(item);
         }
         let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
-        // Depth first, by hand: each entry is stat'ed relative to its open directory
-        // (`DirEntry::metadata` is an fstatat), which halves the cost of walkdir's stat by
-        // full path on a 100,000-file tree.
-        let mut dirs: Vec<(PathBuf, String)> = vec![(m.src.clone(), String::new())];
-        while let Some((dir, dir_rel)) = dirs.pop() {
-            let read = |e: std::io::Error| Error::io("read", &dir, &e);
-            let mut items = std::fs::read_dir(&dir)
-                .map_err(read)?
-                .map(|i| i.map(|i| (i.file_name(), i)))
-                .collect::<std::io::Result<Vec<_>>>()
-                .map_err(read)?;
-            items.sort_by(|a, b| a.0.cmp(&b.0));
-            for (name, item) in items {
-                let src = item.path();
-                let name = name.to_str().ok_or_else(|| {
-                    Error::input(format!(
-                        "`{}` has a name that is not UTF-8; layerup stores only UTF-8 paths",
-                        src.display()
-                    ))
-                })?;
-                let rel = join(&dir_rel, name);
-                let meta = item.metadata().map_err(|e| Error::io("read", &src, &e))?;
-                let ftype = meta.file_type();
-                let path = join(&dest, &rel);
-                if rules.excludes(&rel) {
-                    if ftype.is_dir() && rules.has_exceptions() {
-                        skipped_dirs.insert(path.clone(), owned(&meta, path, Kind::Dir));
-                        dirs.push((src, rel));
-                    }
-                    continue;
-                }
-                let (kind, inode) = if ftype.is_dir() {
-                    dirs.push((src, rel));
-                    (Kind::Dir, None)
-                } else if ftype.is_file() {
-                    let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-                    let stat = Stat::of(&meta);
-                    let size = meta.len();
-                    (Kind::File { src, size, stat }, inode)
-                } else if ftype.is_symlink() {
-                    let target = std::fs::read_link(&src)
-                        .map_err(|e| Error::io("read symlink", &src, &e))?;
-                    (Kind::Symlink { target }, None)
-                } else {
-                    return Err(unsupported(&src, ftype));
-                };
-                found.insert(
-                    path.clone(),
-                    Found {
-                        entry: owned(&meta, path, kind),
-                        inode,
-                    },
-                );
-            }
-        }
+        let walked = walk::walk(m.src.clone(), &dest, &rules, walk::threads())?;
+        found.extend(walked.items);
+        skipped_dirs.extend(walked.skipped.into_iter().map(|i| (i.path, i.mode)));
     }
-    add_parents(&mut found, &skipped_dirs)?;
-    Ok(link_hardlinks(found))
+    // Byte order; at one path, the stable sort keeps the mappings' order, and the last mapping
+    // wins: `dedup_by` drops the later of two equal neighbours, so it is first swapped down.
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found.dedup_by(|later, kept| {
+        let same = later.path == kept.path;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    let (uid, gid) = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
+    let mut entries = link_hardlinks(found.into_iter(), uid, gid);
+    add_parents(&mut entries, &skipped_dirs, (uid, gid))?;
+    Ok(entries)
 }
 
 fn join(dest: &str, rel: &str) -> String {
@@ -234,7 +180,7 @@ fn join(dest: &str, rel: &str) -> String {
     }
 }
 
-fn unsupported(path: &Path, t: std::fs::FileType) -> Error {
+pub(crate) fn unsupported(path: &Path, t: std::fs::FileType) -> Error {
     let what = if t.is_socket() {
         "a socket"
     } else if t.is_fifo() {
@@ -255,63 +201,81 @@ fn unsupported(path: &Path, t: std::fs::FileType) -> Error {
 
 /// Every entry's parent directories are in the layer, as runtimes and `tar -x` expect. Parents
 /// above a mapping's destination are `0755 root`; the image's own metadata for them is unknown
-/// because base layers are never downloaded.
+/// because base layers are never downloaded; `skipped` directories (left out by ignore rules,
+/// with their modes) are the user's and get `owner`. `entries` are sorted by path, and stay so.
 fn add_parents(
-    found: &mut BTreeMap<String, Found>,
-    skipped: &HashMap<String, Entry>,
+    entries: &mut Vec<Entry>,
+    skipped: &HashMap<String, u32>,
+    owner: (u64, u64),
 ) -> Result<()> {
-    let mut missing: BTreeMap<String, Entry> = BTreeMap::new();
-    for path in found.keys() {
-        let mut parent = path.as_str();
+    let mut missing: BTreeMap<&str, Entry> = BTreeMap::new();
+    // Sorted paths share their parent with their neighbours: check each parent once.
+    let mut checked = "";
+    for entry in entries.iter() {
+        let mut parent = entry.path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
             parent = p;
-            match found.get(parent) {
-                Some(f) if f.entry.kind == Kind::Dir => break,
-                Some(_) => {
+            if parent == checked {
+                break;
+            }
+            match entries.binary_search_by(|e| e.path.as_str().cmp(parent)) {
+                Ok(i) if entries[i].kind == Kind::Dir => break,
+                Ok(_) => {
                     return Err(Error::input(format!(
-                        "`/{path}` needs `/{parent}` to be a directory, but another mapping puts a file there"
+                        "`/{}` needs `/{parent}` to be a directory, but another mapping puts a file there",
+                        entry.path
                     )))
                 }
-                None => {
-                    missing.entry(parent.to_string()).or_insert_with(|| {
-                        skipped.get(parent).cloned().unwrap_or(Entry {
-                            path: parent.to_string(),
-                            kind: Kind::Dir,
-                            mode: 0o755,
-                            uid: 0,
-                            gid: 0,
-                        })
+                Err(_) => {
+                    let (mode, (uid, gid)) = skipped.get(parent).map_or((0o755, (0, 0)), |m| (*m, owner));
+                    missing.entry(parent).or_insert_with(|| Entry {
+                        path: parent.to_string(),
+                        kind: Kind::Dir,
+                        mode,
+                        uid,
+                        gid,
                     });
                 }
             }
         }
+        if let Some((p, _)) = entry.path.rsplit_once('/') {
+            checked = p;
+        }
     }
-    for (path, entry) in missing {
-        found.insert(path, Found { entry, inode: None });
+    if !missing.is_empty() {
+        let missing: Vec<Entry> = missing.into_values().collect();
+        entries.extend(missing);
+        // Two sorted runs: a stable sort merges them in one pass.
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
     }
     Ok(())
 }
 
 /// The first name of a multiply-linked file (in layer order) holds its bytes; later names become
 /// hardlink entries pointing at it, as `tar` itself writes them.
-fn link_hardlinks(found: BTreeMap<String, Found>) -> Vec<Entry> {
+fn link_hardlinks(items: impl Iterator<Item = Item>, uid: u64, gid: u64) -> Vec<Entry> {
     let mut first_name: HashMap<(u64, u64), String> = HashMap::new();
-    found
-        .into_values()
-        .map(|f| match f.inode {
-            Some(id) => match first_name.get(&id) {
-                Some(target) => Entry {
-                    kind: Kind::Hardlink {
+    items
+        .map(|i| {
+            let kind = match i.inode {
+                Some(id) => match first_name.get(&id) {
+                    Some(target) => Kind::Hardlink {
                         target: target.clone(),
                     },
-                    ..f.entry
+                    None => {
+                        first_name.insert(id, i.path.clone());
+                        i.kind
+                    }
                 },
-                None => {
-                    first_name.insert(id, f.entry.path.clone());
-                    f.entry
-                }
-            },
-            None => f.entry,
+                None => i.kind,
+            };
+            Entry {
+                path: i.path,
+                kind,
+                mode: i.mode,
+                uid,
+                gid,
+            }
         })
         .collect()
 }
