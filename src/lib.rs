@@ -196,11 +196,11 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
     let image = image::build(&base, &app, &plan.tweaks, &image::rfc3339(plan.mtime))?;
     let same_image = last_image.as_ref() == Some(&image.digest);
     let started = Instant::now();
-    // The state is encoded while the push runs, and written only once it succeeded.
+    // The state is written while the push runs, and put in place only once it succeeded.
     let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
     let mut next = next_state;
     next.image = image.digest.clone();
-    let encode = blocking(move || Ok(save.map(|f| (state::encode(&next), f))));
+    let stage = blocking(move || Ok(save.map(|f| (state::stage(&f, &next), f))));
     let transfer = async {
         if mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest) {
             return Ok(push::Report::unchanged(&image));
@@ -215,12 +215,12 @@ pub async fn push(plan: &PushPlan) -> Result<Pushed> {
         let delta = matches!(mode, Mode::Delta { .. } | Mode::Unchanged);
         push::push(&dest, &source, &image, &files, &present, !delta, plan.jobs).await
     };
-    let (report, encoded) = tokio::try_join!(transfer, encode)?;
+    let (report, staged) = tokio::try_join!(transfer, stage)?;
     if let Some(file) = &plan.ref_file {
         write_ref_file(&dest, &plan.to, &image, file).await?;
     }
-    if let Some((bytes, file)) = encoded {
-        if let Err(e) = state::write(&file, &bytes) {
+    if let Some((staged, file)) = staged {
+        if let Err(e) = staged.and_then(state::Staged::commit) {
             // The push succeeded; only the next one's speed is at stake.
             tracing::warn!("{e}; the next push will be a full one");
             state::remove(&file);

@@ -248,7 +248,7 @@ fn write_layer(
 ) -> Result<NewLayer> {
     let sums = layer::write_entries(entries, mtime, path)?;
     for (file, sha) in sums.files {
-        if let Some(r) = index.files.get_mut(&file) {
+        if let Some(r) = index.get_mut(&file) {
             r.sha = Some(sha);
         }
     }
@@ -265,8 +265,8 @@ pub fn diff(prev: &Index, entries: &[Entry], scanned_at: i64) -> Result<Delta> {
     index::diff(prev, entries, scanned_at, hash_file)
 }
 
-/// sha256 (hex) of a file's bytes.
-fn hash_file(path: &Path) -> Result<String> {
+/// sha256 of a file's bytes.
+fn hash_file(path: &Path) -> Result<index::Sha> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("read", path, &e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
@@ -277,7 +277,7 @@ fn hash_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(h.finalize().into())
 }
 
 /// Nanoseconds since the epoch, now: when a walk starts.

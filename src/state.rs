@@ -130,29 +130,43 @@ pub fn load(path: &Path) -> Loaded {
     Loaded::Found(Box::new(state))
 }
 
-/// The state's bytes: a line of JSON, then the index's lines.
-pub fn encode(state: &State) -> Vec<u8> {
-    let mut out = serde_json::to_vec(state).expect("the state serialises");
-    out.push(b'\n');
-    state
-        .index
-        .write_lines(&mut out)
-        .expect("writing to memory cannot fail");
-    out
+/// A state written next to its file, not yet in its place: [`Staged::commit`] puts it there
+/// once the push it describes succeeded; dropped instead, it is deleted and the old state stays.
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
 }
 
-/// Writes the state atomically (a temporary file renamed over the old one), so a crash or a
-/// concurrent push leaves either the old state or the new one, never half of either.
-pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `state` (a line of JSON, then the index's lines) to a temporary file beside `path`,
+/// while the push runs: only the rename is left for after it.
+pub fn stage(path: &Path, state: &State) -> Result<Staged> {
     let dir = path.parent().expect("state paths have a directory");
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create the state directory", dir, &e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let tmp = tempfile::NamedTempFile::new_in(dir)
         .map_err(|e| Error::io("write the state to", dir, &e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| Error::io("write the state to", tmp.path(), &e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io("write the state to", path, &e.error))?;
-    Ok(())
+    let failed = |e: std::io::Error| Error::io("write the state to", tmp.path(), &e);
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, tmp.as_file());
+    serde_json::to_writer(&mut out, state).map_err(|e| failed(e.into()))?;
+    out.write_all(b"\n").map_err(failed)?;
+    state.index.write_lines(&mut out).map_err(failed)?;
+    out.flush().map_err(failed)?;
+    drop(out);
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Staged {
+    /// Renames the staged state over the old one: a crash or a concurrent push leaves either
+    /// the old state or the new one, never half of either.
+    pub fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.tmp
+            .persist(&path)
+            .map_err(|e| Error::io("write the state to", &path, &e.error))?;
+        Ok(())
+    }
 }
 
 /// Forgets a destination's state (`--full` does not need this; a failed save does).
@@ -192,7 +206,7 @@ mod tests {
             gid: 0,
         };
         state.index = crate::index::index_of(&[entry], 7);
-        write(&p, &encode(&state)).unwrap();
+        stage(&p, &state).unwrap().commit().unwrap();
         match load(&p) {
             Loaded::Found(s) => {
                 assert_eq!(s.image, state.image);
@@ -203,6 +217,28 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replace("d 755", "d x")).unwrap();
         assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("file index")));
+    }
+
+    #[test]
+    fn a_state_staged_for_a_push_that_failed_leaves_the_old_one_and_no_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = path(t.path(), "localhost:5000/dev/app:dev");
+        stage(&p, &sample()).unwrap().commit().unwrap();
+        let mut newer = sample();
+        newer.image = crate::digest::sha256(b"newer");
+        let staged = stage(&p, &newer).unwrap();
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 2);
+        drop(staged);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+        let Loaded::Found(s) = load(&p) else {
+            panic!("the old state is gone")
+        };
+        assert_eq!(s.image, sample().image);
+        stage(&p, &newer).unwrap().commit().unwrap();
+        let Loaded::Found(s) = load(&p) else {
+            panic!("no state")
+        };
+        assert_eq!(s.image, newer.image);
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub struct Sums {
     pub diff_id: Digest,
     pub size: u64,
     pub tar_size: u64,
-    /// sha256 (hex) of each regular file's bytes as stored, by layer path: for the file index.
-    pub files: Vec<(String, String)>,
+    /// sha256 of each regular file's bytes as stored, by layer path: for the file index.
+    pub files: Vec<(String, crate::index::Sha)>,
 }
 
 pub enum WriteError {
@@ -103,7 +103,7 @@ fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     e: &Entry,
     mtime: u64,
-) -> std::result::Result<Option<String>, WriteError> {
+) -> std::result::Result<Option<crate::index::Sha>, WriteError> {
     let mut h = tar::Header::new_gnu();
     h.set_mtime(mtime);
     h.set_uid(e.uid);
@@ -150,7 +150,7 @@ fn append<W: Write>(
             {
                 return Err(WriteError::Source(changed(src)));
             }
-            Ok(Some(hex::encode(reader.hash.finalize())))
+            Ok(Some(reader.hash.finalize().into()))
         }
         Kind::Symlink { target } => {
             h.set_entry_type(tar::EntryType::Symlink);
