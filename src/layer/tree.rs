@@ -154,7 +154,7 @@ pub fn collect(
         let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
         let walked = walk::walk(m.src.clone(), &dest, &rules, walk::threads())?;
         found.extend(walked.items);
-        skipped_dirs.extend(walked.skipped.into_iter().map(|i| (i.path, i.mode)));
+        skipped_dirs.extend(walked.skipped);
     }
     // Byte order; at one path, the stable sort keeps the mappings' order, and the last mapping
     // wins: `dedup_by` drops the later of two equal neighbours, so it is first swapped down.

@@ -28,8 +28,8 @@ pub struct Walked {
     /// Every path kept, in no particular order.
     pub items: Vec<Item>,
     /// Directories left out by ignore rules but walked, because a `!` rule may keep something
-    /// inside: their metadata, should a kept path need them as parents.
-    pub skipped: Vec<Item>,
+    /// inside: their paths and modes, should a kept path need them as parents.
+    pub skipped: Vec<(String, u32)>,
 }
 
 /// Walks `src` (a directory), whose contents land under `dest` (an image path without the
@@ -203,12 +203,7 @@ impl Work<'_> {
             if self.rules.excludes(&path[self.cut..]) {
                 if ftype.is_dir() && self.rules.has_exceptions() {
                     subdirs.push((src, path.clone()));
-                    out.walked.skipped.push(Item {
-                        path,
-                        kind: Kind::Dir,
-                        mode,
-                        inode: None,
-                    });
+                    out.walked.skipped.push((path, mode));
                 }
                 continue;
             }
