@@ -137,12 +137,24 @@ pub struct Staged {
     path: PathBuf,
 }
 
+/// Staged files older than this were left by a process that died (Ctrl-C ends a push without
+/// waiting for its threads): the next stage for the same destination deletes them.
+const STALE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Writes `state` (a line of JSON, then the index's lines) to a temporary file beside `path`,
 /// while the push runs: only the rename is left for after it.
 pub fn stage(path: &Path, state: &State) -> Result<Staged> {
     let dir = path.parent().expect("state paths have a directory");
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create the state directory", dir, &e))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
+    let prefix = format!(
+        "{}.",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    );
+    remove_stale(dir, &prefix);
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)
         .map_err(|e| Error::io("write the state to", dir, &e))?;
     let failed = |e: std::io::Error| Error::io("write the state to", tmp.path(), &e);
     let mut out = std::io::BufWriter::with_capacity(256 << 10, tmp.as_file());
@@ -155,6 +167,25 @@ pub fn stage(path: &Path, state: &State) -> Result<Staged> {
         tmp,
         path: path.to_path_buf(),
     })
+}
+
+/// Deletes `dir/PREFIX*.tmp` files last written more than [`STALE`] ago.
+fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for item in items.flatten() {
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        let old = || {
+            item.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE))
+        };
+        if name.starts_with(prefix) && name.ends_with(".tmp") && old() {
+            let _ = std::fs::remove_file(item.path());
+        }
+    }
 }
 
 impl Staged {
@@ -239,6 +270,26 @@ mod tests {
             panic!("no state")
         };
         assert_eq!(s.image, newer.image);
+
+        // One left by a process that died mid-push goes once it is stale; a fresh one (another
+        // push running now) stays.
+        let left = t.path().join(format!(
+            "{}.dead.tmp",
+            p.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&left, "half").unwrap();
+        stage(&p, &newer).unwrap().commit().unwrap();
+        assert!(left.exists());
+        let old = std::time::SystemTime::now() - STALE - std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        stage(&p, &newer).unwrap().commit().unwrap();
+        assert!(!left.exists());
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 
     #[test]
