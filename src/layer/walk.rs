@@ -123,15 +123,30 @@ impl Outcome {
     }
 }
 
+/// A directory being read: when it is done (or its worker panicked), its subdirectories join
+/// the stack and the worker counts as idle, so the other workers never wait for it forever.
+struct Reading<'w, 'r> {
+    work: &'w Work<'r>,
+    subdirs: Vec<(PathBuf, String)>,
+}
+
+impl Drop for Reading<'_, '_> {
+    fn drop(&mut self) {
+        self.work.done(std::mem::take(&mut self.subdirs));
+    }
+}
+
 impl Work<'_> {
     fn run(&self) -> Outcome {
         let mut out = Outcome::default();
         while let Some((dir, path)) = self.next() {
-            let mut subdirs = Vec::new();
-            if let Err(e) = self.read(&dir, &path, &mut out, &mut subdirs) {
+            let mut reading = Reading {
+                work: self,
+                subdirs: Vec::new(),
+            };
+            if let Err(e) = self.read(&dir, &path, &mut out, &mut reading.subdirs) {
                 out.fail(&path, e);
             }
-            self.done(subdirs);
         }
         out
     }
