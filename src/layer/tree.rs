@@ -62,8 +62,21 @@ pub struct Stat {
     pub dev: u64,
 }
 
+impl Kind {
+    /// A regular file at `src`, and its (device, inode) when it has more than one name (for
+    /// hardlinks).
+    pub(crate) fn file(src: PathBuf, meta: &std::fs::Metadata) -> (Kind, Option<(u64, u64)>) {
+        let kind = Kind::File {
+            src,
+            size: meta.len(),
+            stat: Stat::of(meta),
+        };
+        (kind, (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())))
+    }
+}
+
 impl Stat {
-    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
+    fn of(meta: &std::fs::Metadata) -> Self {
         Stat {
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
@@ -126,17 +139,13 @@ pub fn collect(
             } else {
                 dest
             };
-            let item = Item {
+            let (kind, inode) = Kind::file(m.src.clone(), &meta);
+            found.push(Item {
                 path,
-                kind: Kind::File {
-                    src: m.src.clone(),
-                    size: meta.len(),
-                    stat: Stat::of(&meta),
-                },
+                kind,
                 mode,
-                inode: (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
-            };
-            found.push(item);
+                inode,
+            });
             continue;
         }
         if !meta.is_dir() {

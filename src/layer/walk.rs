@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::layer::ignore::IgnoreRules;
-use crate::layer::tree::{unsupported, Kind, Stat};
+use crate::layer::tree::{unsupported, Kind};
 
 /// One path found, before hardlinks are told apart and parents are checked.
 pub struct Item {
@@ -59,20 +59,17 @@ pub fn walk(src: PathBuf, dest: &str, rules: &IgnoreRules, threads: usize) -> Re
             })
             .collect()
     });
-    let mut all = Walked::default();
-    let mut first_error: Option<(String, Error)> = None;
+    let mut all = Outcome::default();
     for o in outcomes {
-        all.items.extend(o.walked.items);
-        all.skipped.extend(o.walked.skipped);
+        all.walked.items.extend(o.walked.items);
+        all.walked.skipped.extend(o.walked.skipped);
         if let Some((at, e)) = o.error {
-            if first_error.as_ref().is_none_or(|(first, _)| at < *first) {
-                first_error = Some((at, e));
-            }
+            all.fail(&at, e);
         }
     }
-    match first_error {
+    match all.error {
         Some((_, e)) => Err(e),
-        None => Ok(all),
+        None => Ok(all.walked),
     }
 }
 
@@ -226,10 +223,7 @@ impl Work<'_> {
                 subdirs.push((src, path.clone()));
                 (Kind::Dir, None)
             } else if ftype.is_file() {
-                let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-                let stat = Stat::of(&meta);
-                let size = meta.len();
-                (Kind::File { src, size, stat }, inode)
+                Kind::file(src, &meta)
             } else if ftype.is_symlink() {
                 match std::fs::read_link(&src) {
                     Ok(target) => (Kind::Symlink { target }, None),
