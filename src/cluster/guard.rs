@@ -1,7 +1,7 @@
 //! Pure: which kubeconfig contexts layerup may change — local development clusters, API servers
 //! on loopback, and the contexts the user allowed — decided before any request is sent.
 
-use crate::reference::is_loopback;
+use crate::oci::reference::is_loopback;
 
 /// Context names of local development clusters, as their tools create them (Tilt's
 /// `allow_k8s_contexts` starts from the same list).

@@ -1,0 +1,165 @@
+//! The nouns of a layer's contents: a mapping from the machine into the image, and the entries a
+//! layer holds — each path's kind, mode and owner, and the stat data that tells a file unchanged.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// One `SRC[:DEST]` as given, before the image's working directory is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMapping {
+    pub src: PathBuf,
+    /// Absolute, relative to the working directory, or ending in `/` (a file lands inside).
+    pub dest: Option<String>,
+}
+
+impl RawMapping {
+    /// Resolved against the working directory `workdir` (absolute).
+    pub fn resolve(&self, workdir: &str) -> Mapping {
+        Mapping {
+            src: self.src.clone(),
+            dest: clean_image_path(workdir, self.dest.as_deref().unwrap_or(".")),
+            into_dir: self.dest.as_deref().is_none_or(|d| d.ends_with('/')),
+        }
+    }
+
+    /// Whether where it lands is known without the base (an absolute DEST).
+    pub fn is_absolute(&self) -> bool {
+        self.dest.as_deref().is_some_and(|d| d.starts_with('/'))
+    }
+}
+
+/// `Path::join` for image paths, then cleaned: `.` dropped, `..` applied, never above `/`.
+pub fn clean_image_path(base: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let joined = if rel.starts_with('/') {
+        rel.to_string()
+    } else {
+        format!("{base}/{rel}")
+    };
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// One `SRC[:DEST]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub src: PathBuf,
+    /// An absolute, cleaned path in the image.
+    pub dest: String,
+    /// A file source lands inside `dest` (DEST omitted, or ending in `/`) rather than at it.
+    pub into_dir: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The path in the layer: relative, `/`-separated, no `.` or `..` parts.
+    pub path: String,
+    pub kind: Kind,
+    /// Permission bits (`0o7777`), as on disk.
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File {
+        src: PathBuf,
+        size: u64,
+        /// What the walk saw, to recognise the file unchanged next time without reading it.
+        stat: Stat,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    /// A second name of a file stored earlier in the layer, at `target`.
+    Hardlink {
+        target: String,
+    },
+    /// An empty file named `.wh.<name>` (or `.wh..wh..opq`) that hides paths of lower layers
+    /// (image-spec layer.md, "Whiteouts"). Only delta layers hold them.
+    Whiteout,
+}
+
+/// The stat data that tells a file unchanged since it was last read (as git's index does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+impl Kind {
+    /// A regular file at `src`, and its (device, inode) when it has more than one name (for
+    /// hardlinks).
+    pub fn file(src: PathBuf, meta: &std::fs::Metadata) -> (Kind, Option<(u64, u64)>) {
+        let kind = Kind::File {
+            src,
+            size: meta.len(),
+            stat: Stat::of(meta),
+        };
+        (kind, (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())))
+    }
+}
+
+impl Stat {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Stat {
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+pub fn unsupported(path: &Path, t: std::fs::FileType) -> Error {
+    let what = if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "of an unknown file type"
+    };
+    Error::input(format!(
+        "`{}` is {what}; a layer holds only files, directories and symlinks (list it in {} to leave it out)",
+        path.display(),
+        crate::build::ignore::FILE_NAME
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("/app", "src", "/app/src")]
+    #[case("/app", "/etc/x", "/etc/x")]
+    #[case("/app", "../../../x", "/x")]
+    #[case("/", "./a/./b/", "/a/b")]
+    #[case("/app", "..", "/")]
+    fn image_paths_are_cleaned_and_never_climb_above_root(
+        #[case] base: &str,
+        #[case] rel: &str,
+        #[case] out: &str,
+    ) {
+        assert_eq!(clean_image_path(base, rel), out);
+    }
+}

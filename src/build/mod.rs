@@ -1,0 +1,16 @@
+//! Building the new image, with no network of its own: source trees → entries (walk, tree,
+//! ignore) → tar → gzip, in parts (partition) or as a delta on the last push (index, state,
+//! stack); the base as read from a store; the new config and manifest (image).
+
+pub mod base;
+pub mod entry;
+pub mod gzip;
+pub mod ignore;
+pub mod image;
+pub mod index;
+pub mod partition;
+pub mod stack;
+pub mod state;
+pub mod tar;
+pub mod tree;
+pub mod walk;

@@ -1,0 +1,373 @@
+//! Source trees → the sorted entries one layer holds: each path's kind, mode and owner.
+//!
+//! Nothing here follows a symlink inside a source tree (symlinks are stored as symlinks), and no
+//! entry path ever holds `..`: image paths are cleaned and clamped at `/` before use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+
+use crate::build::entry::{unsupported, Entry, Kind, Mapping};
+use crate::build::ignore::IgnoreRules;
+use crate::build::walk::{self, Item};
+use crate::error::{Error, Result};
+
+/// Walks every mapping and returns the layer's entries in byte order of their paths, parents
+/// before children. Later mappings win over earlier ones at the same path.
+/// `ignore` patterns apply to every directory source after its `.layerupignore`.
+pub fn collect(
+    mappings: &[Mapping],
+    owner: Option<(u32, u32)>,
+    ignore: &[String],
+) -> Result<Vec<Entry>> {
+    let mut found: Vec<Item> = Vec::new();
+    // Directories left out by ignore rules, remembered in case a `!` rule keeps something inside.
+    let mut skipped_dirs: HashMap<String, u32> = HashMap::new();
+    for m in mappings {
+        // The source itself is what the user named: follow it if it is a symlink.
+        let meta = std::fs::metadata(&m.src).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::input(format!("source `{}` does not exist", m.src.display()))
+            }
+            _ => Error::io("read source", &m.src, &e),
+        })?;
+        let dest = m.dest.trim_start_matches('/').to_string();
+        let mode = meta.mode() & 0o7777;
+        if meta.is_file() {
+            let path = if m.into_dir || dest.is_empty() {
+                let name = m.src.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                    Error::input(format!(
+                        "source `{}` has no usable file name",
+                        m.src.display()
+                    ))
+                })?;
+                join(&dest, name)
+            } else {
+                dest
+            };
+            let (kind, inode) = Kind::file(m.src.clone(), &meta);
+            found.push(Item {
+                path,
+                kind,
+                mode,
+                inode,
+            });
+            continue;
+        }
+        if !meta.is_dir() {
+            return Err(unsupported(&m.src, meta.file_type()));
+        }
+        if !dest.is_empty() {
+            let item = Item {
+                path: dest.clone(),
+                kind: Kind::Dir,
+                mode,
+                inode: None,
+            };
+            found.push(item);
+        }
+        let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
+        let walked = walk::walk(m.src.clone(), &dest, &rules, walk::threads())?;
+        found.extend(walked.items);
+        skipped_dirs.extend(walked.skipped);
+    }
+    // Byte order; at one path, the stable sort keeps the mappings' order, and the last mapping
+    // wins: `dedup_by` drops the later of two equal neighbours, so it is first swapped down.
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found.dedup_by(|later, kept| {
+        let same = later.path == kept.path;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    let (uid, gid) = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
+    let mut entries = link_hardlinks(found.into_iter(), uid, gid);
+    add_parents(&mut entries, &skipped_dirs, (uid, gid))?;
+    Ok(entries)
+}
+
+fn join(dest: &str, rel: &str) -> String {
+    if dest.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{dest}/{rel}")
+    }
+}
+
+/// Every entry's parent directories are in the layer, as runtimes and `tar -x` expect. Parents
+/// above a mapping's destination are `0755 root`; the image's own metadata for them is unknown
+/// because base layers are never downloaded; `skipped` directories (left out by ignore rules,
+/// with their modes) are the user's and get `owner`. `entries` are sorted by path, and stay so.
+fn add_parents(
+    entries: &mut Vec<Entry>,
+    skipped: &HashMap<String, u32>,
+    owner: (u64, u64),
+) -> Result<()> {
+    let mut missing: BTreeMap<&str, Entry> = BTreeMap::new();
+    // Sorted paths share their parent with their neighbours: check each parent once.
+    let mut checked = "";
+    for entry in entries.iter() {
+        let mut parent = entry.path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            parent = p;
+            if parent == checked {
+                break;
+            }
+            match entries.binary_search_by(|e| e.path.as_str().cmp(parent)) {
+                Ok(i) if entries[i].kind == Kind::Dir => break,
+                Ok(_) => {
+                    return Err(Error::input(format!(
+                        "`/{}` needs `/{parent}` to be a directory, but another mapping puts a file there",
+                        entry.path
+                    )))
+                }
+                Err(_) => {
+                    let (mode, (uid, gid)) = skipped.get(parent).map_or((0o755, (0, 0)), |m| (*m, owner));
+                    missing.entry(parent).or_insert_with(|| Entry {
+                        path: parent.to_string(),
+                        kind: Kind::Dir,
+                        mode,
+                        uid,
+                        gid,
+                    });
+                }
+            }
+        }
+        if let Some((p, _)) = entry.path.rsplit_once('/') {
+            checked = p;
+        }
+    }
+    if !missing.is_empty() {
+        let missing: Vec<Entry> = missing.into_values().collect();
+        entries.extend(missing);
+        // Two sorted runs: a stable sort merges them in one pass.
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    Ok(())
+}
+
+/// The first name of a multiply-linked file (in layer order) holds its bytes; later names become
+/// hardlink entries pointing at it, as `tar` itself writes them.
+fn link_hardlinks(items: impl Iterator<Item = Item>, uid: u64, gid: u64) -> Vec<Entry> {
+    let mut first_name: HashMap<(u64, u64), String> = HashMap::new();
+    items
+        .map(|i| {
+            let kind = match i.inode {
+                Some(id) => match first_name.get(&id) {
+                    Some(target) => Kind::Hardlink {
+                        target: target.clone(),
+                    },
+                    None => {
+                        first_name.insert(id, i.path.clone());
+                        i.kind
+                    }
+                },
+                None => i.kind,
+            };
+            Entry {
+                path: i.path,
+                kind,
+                mode: i.mode,
+                uid,
+                gid,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::path::Path;
+
+    fn mapping(src: &Path, dest: &str) -> Mapping {
+        Mapping {
+            src: src.into(),
+            dest: dest.into(),
+            into_dir: false,
+        }
+    }
+
+    fn paths(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_directory_lands_under_dest_with_parents_sorted() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("b/c")).unwrap();
+        std::fs::write(t.path().join("b/c/f.txt"), "x").unwrap();
+        std::fs::write(t.path().join("a.txt"), "y").unwrap();
+        let got = collect(&[mapping(t.path(), "/srv/app")], None, &[]).unwrap();
+        assert_eq!(
+            paths(&got),
+            [
+                "srv",
+                "srv/app",
+                "srv/app/a.txt",
+                "srv/app/b",
+                "srv/app/b/c",
+                "srv/app/b/c/f.txt"
+            ]
+        );
+        assert_eq!(got[0].mode, 0o755);
+    }
+
+    #[test]
+    fn symlinks_are_stored_not_followed_even_out_of_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("/etc", t.path().join("etc-link")).unwrap();
+        symlink("../../outside", t.path().join("up")).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        let kinds: Vec<_> = got.iter().skip(1).map(|e| e.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Symlink {
+                    target: "/etc".into()
+                },
+                Kind::Symlink {
+                    target: "../../outside".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn hardlinks_point_at_the_first_name_in_layer_order() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("z"), "data").unwrap();
+        std::fs::hard_link(t.path().join("z"), t.path().join("a")).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        assert!(
+            matches!(got[1].kind, Kind::File { .. }),
+            "app/a holds the bytes"
+        );
+        assert_eq!(
+            got[2].kind,
+            Kind::Hardlink {
+                target: "app/a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn modes_are_kept_and_owner_is_root_unless_chowned() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("run.sh");
+        std::fs::write(&f, "#!/bin/sh").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4750)).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        assert_eq!((got[1].mode, got[1].uid, got[1].gid), (0o4750, 0, 0));
+        let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000)), &[]).unwrap();
+        assert_eq!((got[1].uid, got[1].gid), (1000, 2000));
+    }
+
+    #[test]
+    fn a_file_source_lands_in_or_at_dest() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("config.yaml");
+        std::fs::write(&f, "k: v").unwrap();
+        let into = Mapping {
+            src: f.clone(),
+            dest: "/etc/app".into(),
+            into_dir: true,
+        };
+        assert_eq!(
+            paths(&collect(&[into], None, &[]).unwrap()),
+            ["etc", "etc/app", "etc/app/config.yaml"]
+        );
+        let at = Mapping {
+            src: f,
+            dest: "/etc/app.yaml".into(),
+            into_dir: false,
+        };
+        assert_eq!(
+            paths(&collect(&[at], None, &[]).unwrap()),
+            ["etc", "etc/app.yaml"]
+        );
+    }
+
+    #[test]
+    fn a_later_mapping_overrides_a_file_of_an_earlier_one() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("app")).unwrap();
+        std::fs::write(t.path().join("app/cfg"), "old").unwrap();
+        std::fs::write(t.path().join("cfg"), "new").unwrap();
+        let got = collect(
+            &[
+                mapping(&t.path().join("app"), "/app"),
+                mapping(&t.path().join("cfg"), "/app/cfg"),
+            ],
+            None,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            matches!(&got[1].kind, Kind::File { src, size: 3, .. } if src == &t.path().join("cfg"))
+        );
+    }
+
+    #[test]
+    fn a_file_where_a_directory_is_needed_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("d/x")).unwrap();
+        std::fs::write(t.path().join("d/x/f"), "").unwrap();
+        std::fs::write(t.path().join("file"), "").unwrap();
+        let err = collect(
+            &[
+                mapping(&t.path().join("d"), "/app"),
+                mapping(&t.path().join("file"), "/app/x"),
+            ],
+            None,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`/app/x/f` needs `/app/x` to be a directory, but another mapping puts a file there"
+        );
+    }
+
+    #[test]
+    fn ignored_paths_are_left_out_and_exceptions_keep_their_parents() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("vendor/deep")).unwrap();
+        std::fs::write(t.path().join("vendor/deep/keep.txt"), "k").unwrap();
+        std::fs::write(t.path().join("vendor/drop.txt"), "d").unwrap();
+        std::fs::write(t.path().join("main.pyc"), "c").unwrap();
+        std::fs::write(
+            t.path().join(".layerupignore"),
+            "*.pyc\nvendor\n!vendor/deep/keep.txt\n",
+        )
+        .unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        assert_eq!(
+            paths(&got),
+            [
+                "app",
+                "app/.layerupignore",
+                "app/vendor",
+                "app/vendor/deep",
+                "app/vendor/deep/keep.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_socket_is_refused_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(t.path().join("app.sock")).unwrap();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
+        assert!(err.to_string().ends_with("app.sock` is a socket; a layer holds only files, directories and symlinks (list it in .layerupignore to leave it out)"), "{err}");
+        assert_eq!(err.code(), crate::error::ExitCode::Input);
+    }
+
+    #[test]
+    fn a_missing_source_is_named() {
+        let err =
+            collect(&[mapping(Path::new("/nonexistent/src"), "/app")], None, &[]).unwrap_err();
+        assert_eq!(err.to_string(), "source `/nonexistent/src` does not exist");
+    }
+}

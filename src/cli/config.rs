@@ -1,0 +1,640 @@
+//! `layerup.toml` (committed) and `layerup.local.toml` (one developer's, uncommitted): project
+//! defaults for every flag, registry aliases and profiles, merged with where each value came from.
+//!
+//! Precedence, lowest first: `layerup.toml`, its `[profile.NAME]`, `layerup.local.toml`, its
+//! `[profile.NAME]`, the environment (`EXPECTED_REF`, Skaffold's variables), the command line.
+//! Config values reach the command as the flags they stand for, so they are validated exactly as
+//! typed flags are.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use crate::error::{Error, Result};
+
+pub const FILE: &str = "layerup.toml";
+pub const LOCAL_FILE: &str = "layerup.local.toml";
+
+/// What a key's value must look like.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    Str,
+    Int,
+    Bool,
+    /// Strings, one flag each.
+    List,
+    /// `{ K = "V" }`, one `--flag K=V` each.
+    Table,
+    /// A string, or an array of strings given as a JSON array (`entrypoint`, `cmd`).
+    Command,
+    /// `"KIND/NAME"`, or `true` for "find the workload" (`deploy`).
+    Workload,
+    /// `SRC[:DEST]` strings, SRC relative to the file's directory (`mappings`).
+    Mappings,
+}
+
+/// Every key a file may set, and the flag it stands for.
+const KEYS: &[(&str, &str, Shape)] = &[
+    ("base", "base", Shape::Str),
+    ("to", "to", Shape::Str),
+    ("mappings", "", Shape::Mappings),
+    ("platform", "platform", Shape::Str),
+    ("env", "env", Shape::Table),
+    ("labels", "label", Shape::Table),
+    ("entrypoint", "entrypoint", Shape::Command),
+    ("cmd", "cmd", Shape::Command),
+    ("workdir", "workdir", Shape::Str),
+    ("user", "user", Shape::Str),
+    ("chown", "chown", Shape::Str),
+    ("ignore", "ignore", Shape::List),
+    ("max-deltas", "max-deltas", Shape::Int),
+    ("squash-at", "squash-at", Shape::Str),
+    ("debounce", "debounce", Shape::Int),
+    ("deploy", "deploy", Shape::Workload),
+    ("container", "container", Shape::Str),
+    ("namespace", "namespace", Shape::Str),
+    ("context", "context", Shape::Str),
+    ("cluster-registry", "cluster-registry", Shape::Str),
+    ("allow-contexts", "allow-context", Shape::List),
+    ("timeout", "timeout", Shape::Str),
+    ("insecure", "insecure", Shape::Bool),
+    ("jobs", "jobs", Shape::Int),
+    ("tries", "tries", Shape::Int),
+    ("stall-timeout", "stall-timeout", Shape::Str),
+    ("chunk-size", "chunk-size", Shape::Str),
+];
+
+/// A value as read, in the form it is turned into flags.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    List(Vec<String>),
+    Table(BTreeMap<String, String>),
+}
+
+/// A value and where it came from (`layerup.toml:3`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub value: Value,
+    pub from: String,
+}
+
+/// The merged configuration.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// The directory holding the files (relative SRCs are resolved against it).
+    pub root: Option<PathBuf>,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+    pub profile: Option<String>,
+    /// How the profile was chosen: `--profile` or `LAYERUP_PROFILE`.
+    pub profile_from: &'static str,
+    pub values: BTreeMap<String, Setting>,
+    /// Registry aliases: the first path segment of a reference → what it stands for.
+    pub registries: BTreeMap<String, Setting>,
+}
+
+impl Config {
+    /// Finds `layerup.toml` / `layerup.local.toml` in `dir` or its nearest ancestor holding
+    /// either, and merges them with `profile` applied. No file: an empty configuration.
+    pub fn load(dir: &Path, profile: Option<&str>) -> Result<Config> {
+        let root = dir
+            .ancestors()
+            .find(|d| d.join(FILE).is_file() || d.join(LOCAL_FILE).is_file());
+        let mut config = Config {
+            root: root.map(Path::to_path_buf),
+            profile: profile.map(str::to_string),
+            profile_from: "--profile",
+            ..Config::default()
+        };
+        let mut profiles_seen = Vec::new();
+        if let Some(root) = root {
+            for name in [FILE, LOCAL_FILE] {
+                let path = root.join(name);
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("read", &path, &e)),
+                };
+                config.files.push(path.clone());
+                let found = config.merge_file(&path, name, &text, profile)?;
+                profiles_seen.extend(found);
+            }
+        }
+        if let Some(p) = profile {
+            if !profiles_seen.iter().any(|s| s == p) {
+                profiles_seen.sort();
+                profiles_seen.dedup();
+                let defined = if profiles_seen.is_empty() {
+                    "none is".to_string()
+                } else {
+                    format!("{} are", profiles_seen.join(", "))
+                };
+                return Err(Error::usage(format!(
+                    "profile `{p}` is not defined in {FILE} or {LOCAL_FILE} ({defined}): add a [profile.{p}] section"
+                )));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Merges one file: its top level, then its `[profile.NAME]`. Returns the profiles it
+    /// defines.
+    fn merge_file(
+        &mut self,
+        path: &Path,
+        name: &str,
+        text: &str,
+        profile: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let table = DeTable::parse(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
+            Error::usage(format!(
+                "{}:{line}: {}",
+                path.display(),
+                crate::error::one_line(e.message())
+            ))
+        })?;
+        let file = File { path, name, text };
+        let mut profiles = Vec::new();
+        let mut chosen = None;
+        for (key, value) in table.get_ref() {
+            if key.get_ref() != "profile" {
+                continue;
+            }
+            let DeValue::Table(all) = value.get_ref() else {
+                return Err(file.bad(value.span(), "`profile` holds sections: [profile.NAME]"));
+            };
+            for (pname, ptable) in all {
+                let DeValue::Table(t) = ptable.get_ref() else {
+                    return Err(file.bad(ptable.span(), "a profile is a section: [profile.NAME]"));
+                };
+                profiles.push(pname.get_ref().to_string());
+                if Some(pname.get_ref().as_ref()) == profile {
+                    chosen = Some(t);
+                }
+            }
+        }
+        self.merge_table(&file, table.get_ref(), None)?;
+        if let (Some(t), Some(p)) = (chosen, profile) {
+            self.merge_table(&file, t, Some(p))?;
+        }
+        Ok(profiles)
+    }
+
+    fn merge_table(&mut self, file: &File, table: &DeTable, profile: Option<&str>) -> Result<()> {
+        let from = |span: std::ops::Range<usize>| {
+            let at = format!("{}:{}", file.name, line_of(file.text, span.start));
+            match profile {
+                Some(p) => format!("{at} [profile.{p}]"),
+                None => at,
+            }
+        };
+        for (key, value) in table {
+            let k: &str = key.get_ref();
+            if k == "profile" && profile.is_none() {
+                continue;
+            }
+            if k == "registries" {
+                let DeValue::Table(aliases) = value.get_ref() else {
+                    return Err(file.bad(
+                        value.span(),
+                        "`registries` is a section of ALIAS = \"host/path\"",
+                    ));
+                };
+                for (alias, target) in aliases {
+                    let DeValue::String(t) = target.get_ref() else {
+                        return Err(file.bad(
+                            target.span(),
+                            "a registry alias is a string, like \"registry.example.com/team\"",
+                        ));
+                    };
+                    self.registries.insert(
+                        alias.get_ref().to_string(),
+                        Setting {
+                            value: Value::Str(t.to_string()),
+                            from: from(alias.span()),
+                        },
+                    );
+                }
+                continue;
+            }
+            let Some(&(_, _, shape)) = KEYS.iter().find(|(name, _, _)| *name == k) else {
+                let known: Vec<&str> = KEYS.iter().map(|k| k.0).collect();
+                return Err(file.bad(
+                    key.span(),
+                    &format!(
+                        "unknown key `{k}` (known: {}, [registries], [profile.NAME])",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let value = read(value.get_ref(), shape, file)
+                .map_err(|why| file.bad(value.span(), &format!("`{k}` {why}")))?;
+            let value = match (value, self.values.get(k)) {
+                // Tables add to what a lower file or section set.
+                (
+                    Value::Table(new),
+                    Some(Setting {
+                        value: Value::Table(old),
+                        ..
+                    }),
+                ) => {
+                    let mut all = old.clone();
+                    all.extend(new);
+                    Value::Table(all)
+                }
+                (v, _) => v,
+            };
+            self.values.insert(
+                k.to_string(),
+                Setting {
+                    value,
+                    from: from(key.span()),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The flags (`--name=value`) and the SRC arguments the configuration adds to a command line
+    /// of `cmd`, for every setting `cmd` takes and `given` says the user did not set already.
+    pub fn args_for(
+        &self,
+        cmd: &clap::Command,
+        given: &dyn Fn(&clap::Arg) -> bool,
+    ) -> (Vec<OsString>, Vec<OsString>) {
+        let mut out: Vec<String> = Vec::new();
+        let mut sources: Vec<String> = Vec::new();
+        for (key, setting) in &self.values {
+            let Some(&(_, flag, shape)) = KEYS.iter().find(|(name, _, _)| name == key) else {
+                continue;
+            };
+            let arg = if shape == Shape::Mappings {
+                cmd.get_arguments().find(|a| a.get_id() == "mappings")
+            } else {
+                cmd.get_arguments().find(|a| a.get_long() == Some(flag))
+            };
+            if arg.is_none_or(given) {
+                continue;
+            }
+            let f = |v: &str| format!("--{flag}={v}");
+            match (&setting.value, shape) {
+                (Value::List(items), Shape::Mappings) => sources.extend(items.iter().cloned()),
+                (Value::Bool(true), Shape::Workload) => out.push(format!("--{flag}=")),
+                (Value::Bool(b), _) => out.extend(b.then(|| format!("--{flag}"))),
+                (Value::Str(s), _) => out.push(f(s)),
+                (Value::Int(n), _) => out.push(f(&n.to_string())),
+                (Value::List(items), Shape::Command) => {
+                    out.push(f(&serde_json::to_string(items).unwrap_or_default()))
+                }
+                (Value::List(items), _) => out.extend(items.iter().map(|i| f(i))),
+                (Value::Table(t), _) => out.extend(t.iter().map(|(k, v)| f(&format!("{k}={v}")))),
+            }
+        }
+        let os = |v: Vec<String>| v.into_iter().map(OsString::from).collect();
+        (os(out), os(sources))
+    }
+
+    /// A reference with its first path segment replaced by the alias it names, if it names one
+    /// (`prod/app:1` → `registry.example.com/prod/app:1`). A segment that is a registry host
+    /// (`localhost`, or holding `.` or `:`) is never an alias, as in docker's rules.
+    pub fn expand(&self, reference: &str) -> String {
+        if reference.starts_with("oci:") {
+            return reference.to_string();
+        }
+        let bare = reference.strip_prefix("docker://").unwrap_or(reference);
+        let Some((first, rest)) = bare.split_once('/') else {
+            return reference.to_string();
+        };
+        if first.contains(['.', ':']) || first == "localhost" {
+            return reference.to_string();
+        }
+        match self.registries.get(first) {
+            Some(Setting {
+                value: Value::Str(target),
+                ..
+            }) => format!("{}/{rest}", target.trim_end_matches('/')),
+            _ => reference.to_string(),
+        }
+    }
+
+    /// What `layerup config` prints: every value, in TOML, with where it came from.
+    pub fn show(&self) -> String {
+        let mut lines = Vec::new();
+        match &self.profile {
+            Some(p) => lines.push(format!("# profile: {p} ({})", self.profile_from)),
+            None => lines.push("# profile: none (--profile NAME or LAYERUP_PROFILE)".to_string()),
+        }
+        if self.files.is_empty() {
+            lines.push(format!(
+                "# no {FILE} or {LOCAL_FILE} here or in a parent directory"
+            ));
+        }
+        for f in &self.files {
+            lines.push(format!("# read: {}", f.display()));
+        }
+        let mut rows: Vec<(String, &str)> = self
+            .values
+            .iter()
+            .map(|(k, s)| (format!("{k} = {}", toml_text(&s.value)), s.from.as_str()))
+            .collect();
+        rows.extend(self.registries.iter().map(|(k, s)| {
+            (
+                format!("registries.{k} = {}", toml_text(&s.value)),
+                s.from.as_str(),
+            )
+        }));
+        let width = rows
+            .iter()
+            .map(|(r, _)| r.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (row, from) in rows {
+            let pad = width - row.chars().count();
+            lines.push(format!("{row}{}  # {from}", " ".repeat(pad)));
+        }
+        lines.join("\n")
+    }
+}
+
+impl Config {
+    /// `layerup config --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let settings =
+            |m: &BTreeMap<String, Setting>| -> serde_json::Map<String, serde_json::Value> {
+                m.iter()
+                    .map(|(k, s)| {
+                        let value = match &s.value {
+                            Value::Str(v) => serde_json::json!(v),
+                            Value::Int(n) => serde_json::json!(n),
+                            Value::Bool(b) => serde_json::json!(b),
+                            Value::List(l) => serde_json::json!(l),
+                            Value::Table(t) => serde_json::json!(t),
+                        };
+                        (
+                            k.clone(),
+                            serde_json::json!({"value": value, "from": s.from}),
+                        )
+                    })
+                    .collect()
+            };
+        serde_json::json!({
+            "profile": self.profile,
+            "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "settings": settings(&self.values),
+            "registries": settings(&self.registries),
+        })
+    }
+}
+
+/// One file being read, for messages.
+struct File<'a> {
+    path: &'a Path,
+    name: &'a str,
+    text: &'a str,
+}
+
+impl File<'_> {
+    fn bad(&self, span: std::ops::Range<usize>, what: &str) -> Error {
+        Error::usage(format!(
+            "{}:{}: {what}",
+            self.path.display(),
+            line_of(self.text, span.start)
+        ))
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// A TOML value in the shape `shape` wants; the reason in words when it is not.
+fn read(v: &DeValue, shape: Shape, file: &File) -> std::result::Result<Value, String> {
+    let string = |v: &DeValue| match v {
+        DeValue::String(s) => Some(s.to_string()),
+        _ => None,
+    };
+    let strings = |v: &DeValue| match v {
+        DeValue::Array(a) => a
+            .iter()
+            .map(|i| string(i.get_ref()))
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    match shape {
+        Shape::Str => string(v).map(Value::Str).ok_or("must be a string".into()),
+        Shape::Int => match v {
+            DeValue::Integer(i) if i.radix() == 10 => i
+                .as_str()
+                .replace('_', "")
+                .parse()
+                .map(Value::Int)
+                .map_err(|_| "must be a whole number".into()),
+            _ => Err("must be a whole number".into()),
+        },
+        Shape::Bool => match v {
+            DeValue::Boolean(b) => Ok(Value::Bool(*b)),
+            _ => Err("must be true or false".into()),
+        },
+        Shape::List => strings(v)
+            .map(Value::List)
+            .ok_or("must be an array of strings".into()),
+        Shape::Command => string(v)
+            .map(Value::Str)
+            .or_else(|| strings(v).map(Value::List))
+            .ok_or("must be a string or an array of strings".into()),
+        Shape::Workload => match v {
+            DeValue::Boolean(b) => Ok(Value::Bool(*b)),
+            DeValue::String(s) => Ok(Value::Str(s.to_string())),
+            _ => Err("must be KIND/NAME or true (find the workload)".into()),
+        },
+        Shape::Table => match v {
+            DeValue::Table(t) => t
+                .iter()
+                .map(|(k, v)| string(v.get_ref()).map(|v| (k.get_ref().to_string(), v)))
+                .collect::<Option<BTreeMap<_, _>>>()
+                .map(Value::Table)
+                .ok_or("must be a table of strings, like { KEY = \"value\" }".into()),
+            _ => Err("must be a table of strings, like { KEY = \"value\" }".into()),
+        },
+        Shape::Mappings => {
+            let items = strings(v).ok_or("must be an array of \"SRC[:DEST]\" strings")?;
+            let resolved = items
+                .iter()
+                .map(|m| {
+                    let raw = crate::cli::parse::parse_mapping(m).map_err(|e| e.to_string())?;
+                    // A SRC is relative to the file, wherever layerup is run from.
+                    let rel = raw.src.strip_prefix(".").unwrap_or(&raw.src);
+                    let src = file.dir().join(rel);
+                    Ok(match raw.dest {
+                        Some(d) => format!("{}:{d}", src.display()),
+                        None => src.display().to_string(),
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            Ok(Value::List(resolved))
+        }
+    }
+}
+
+fn toml_text(v: &Value) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    match v {
+        Value::Str(s) => quote(s),
+        Value::Int(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::List(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| quote(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Table(t) => format!(
+            "{{ {} }}",
+            t.iter()
+                .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(files: &[(&str, &str)], profile: Option<&str>) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let sub = dir.path().join("deep/er");
+        std::fs::create_dir_all(&sub).unwrap();
+        let c = Config::load(&sub, profile);
+        // Paths in messages are the temporary directory's; the tests read the rest.
+        c.map_err(|e| {
+            Error::usage(
+                e.to_string()
+                    .replace(&dir.path().display().to_string(), "DIR"),
+            )
+        })
+    }
+
+    const BASE: &str = r#"
+base = "prod/app:1.0"
+to = "dev/app:dev"
+env = { A = "1", B = "2" }
+
+[registries]
+prod = "registry.example.com/prod"
+dev = "dev-registry.example.com/team"
+
+[profile.local]
+to = "dev/app:mine"
+env = { B = "local" }
+
+[profile.local.registries]
+dev = "localhost:5000/team"
+"#;
+
+    #[test]
+    fn a_profile_and_the_local_file_override_in_order_and_say_where() {
+        let c = load(
+            &[
+                (FILE, BASE),
+                (
+                    LOCAL_FILE,
+                    "jobs = 8\n[profile.local]\nto = \"dev/app:laptop\"\n",
+                ),
+            ],
+            Some("local"),
+        )
+        .unwrap();
+        assert_eq!(c.values["to"].value, Value::Str("dev/app:laptop".into()));
+        assert_eq!(c.values["to"].from, "layerup.local.toml:3 [profile.local]");
+        assert_eq!(c.values["base"].from, "layerup.toml:2");
+        assert_eq!(c.values["jobs"].value, Value::Int(8));
+        let env = BTreeMap::from([("A".into(), "1".into()), ("B".into(), "local".into())]);
+        assert_eq!(c.values["env"].value, Value::Table(env));
+        assert_eq!(c.expand("dev/app:x"), "localhost:5000/team/app:x");
+        assert_eq!(c.expand("prod/app:1"), "registry.example.com/prod/app:1");
+    }
+
+    #[test]
+    fn without_the_profile_its_values_stay_out() {
+        let c = load(&[(FILE, BASE)], None).unwrap();
+        assert_eq!(c.values["to"].value, Value::Str("dev/app:dev".into()));
+        assert_eq!(c.expand("dev/app:x"), "dev-registry.example.com/team/app:x");
+    }
+
+    #[test]
+    fn hosts_and_unknown_segments_are_not_aliases() {
+        let c = load(&[(FILE, BASE)], None).unwrap();
+        for r in [
+            "localhost:5000/prod/app",
+            "prod.io/x",
+            "other/app",
+            "alpine",
+            "oci:prod/x",
+        ] {
+            assert_eq!(c.expand(r), r);
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_file_and_line() {
+        let err = load(&[(FILE, "base = \"a\"\n\nregistires = 1\n")], None).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("DIR/layerup.toml:3: unknown key `registires`"),
+            "{err}"
+        );
+        let err = load(&[(FILE, "[profile.x]\njobs = \"four\"\n")], Some("x")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "DIR/layerup.toml:2: `jobs` must be a whole number"
+        );
+        let err = load(&[(FILE, "base = \n")], None).unwrap_err();
+        assert!(err.to_string().starts_with("DIR/layerup.toml:1: "), "{err}");
+    }
+
+    #[test]
+    fn an_undefined_profile_lists_the_defined_ones() {
+        let err = load(&[(FILE, BASE)], Some("ci")).unwrap_err();
+        assert!(
+            err.to_string().contains("profile `ci` is not defined")
+                && err.to_string().contains("local are"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mappings_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            "mappings = [\"./src:/app\", \"conf\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path(), None).unwrap();
+        assert_eq!(
+            c.values["mappings"].value,
+            Value::List(vec![
+                format!("{}/src:/app", dir.path().display()),
+                format!("{}/conf", dir.path().display())
+            ])
+        );
+    }
+}

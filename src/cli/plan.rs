@@ -1,0 +1,312 @@
+//! Validation: the arguments as typed (flags, layerup.toml, environment, all merged) become the
+//! commands' plans, checked before any file is read or any request sent.
+
+use crate::build::image::Tweaks;
+use crate::build::stack::Squash;
+use crate::cli::args::*;
+use crate::cli::parse::{command, key_value, parse_mapping, parse_owner};
+use crate::cluster::workload::WorkloadRef;
+use crate::cluster::Target;
+use crate::commands::copy::CopyPlan;
+use crate::commands::deploy::{Deploy, DeployImagePlan, DeployPlan, RollbackPlan};
+use crate::commands::inspect::InspectPlan;
+use crate::commands::push::PushPlan;
+use crate::commands::watch::WatchPlan;
+use crate::error::{Error, Result};
+use crate::oci::platform::Platform;
+use crate::oci::reference::ImageRef;
+use crate::store::registry::Options;
+use crate::units::{parse_duration, parse_size};
+
+/// Without `--chunk-size`: blobs up to this size go in one `PUT`, larger ones in one `PATCH`;
+/// after a failure, chunks of this size.
+const DEFAULT_CHUNK: &str = "4M";
+
+impl PushArgs {
+    /// Validates everything that can be checked without I/O beyond a `stat` of each source.
+    /// `source_date_epoch` is the `SOURCE_DATE_EPOCH` environment variable.
+    pub fn plan(&self, source_date_epoch: Option<&str>) -> Result<PushPlan> {
+        let base = self.base.as_deref().ok_or_else(|| {
+            Error::usage("no base image: give --base REF (or `base` in layerup.toml)")
+        })?;
+        let to_text = self.to.as_deref().ok_or_else(|| {
+            Error::usage("no destination: give --to REF (or `to` in layerup.toml)")
+        })?;
+        if self.mappings.is_empty() {
+            return Err(Error::usage(
+                "no files to add: give SRC[:DEST] (or `mappings` in layerup.toml)",
+            ));
+        }
+        let base = ImageRef::parse(base, "--base")?;
+        let to = ImageRef::parse(to_text, "--to")?;
+        if let ImageRef::Registry(r) = &to {
+            if r.digest().is_some() {
+                return Err(Error::usage(format!(
+                    "--to `{}` names a digest; give a tag (the digest is computed and printed)",
+                    to_text
+                )));
+            }
+        }
+        let mappings = self
+            .mappings
+            .iter()
+            .map(|m| parse_mapping(m))
+            .collect::<Result<Vec<_>>>()?;
+        for m in &mappings {
+            if std::fs::symlink_metadata(&m.src).is_err() {
+                return Err(Error::input(format!(
+                    "source `{}` does not exist",
+                    m.src.display()
+                )));
+            }
+        }
+        let platform = platform_or_host(self.platform.as_deref())?;
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') {
+                return Err(Error::usage(format!(
+                    "--workdir `{w}` must be an absolute path"
+                )));
+            }
+        }
+        let tweaks = Tweaks {
+            env: self
+                .env
+                .iter()
+                .map(|e| key_value(e, "--env"))
+                .collect::<Result<_>>()?,
+            entrypoint: self
+                .entrypoint
+                .as_deref()
+                .map(|c| command(c, "--entrypoint"))
+                .transpose()?,
+            cmd: self
+                .cmd
+                .as_deref()
+                .map(|c| command(c, "--cmd"))
+                .transpose()?,
+            workdir: self.workdir.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|l| key_value(l, "--label"))
+                .collect::<Result<_>>()?,
+            user: self.user.clone(),
+        };
+        let owner = self.chown.as_deref().map(parse_owner).transpose()?;
+        let mtime = match source_date_epoch.filter(|s| !s.is_empty()) {
+            Some(s) => s.trim().parse::<u64>().map_err(|_| {
+                Error::usage(format!(
+                    "SOURCE_DATE_EPOCH `{s}` is not a whole number of seconds"
+                ))
+            })?,
+            None => crate::build::tar::DEFAULT_MTIME,
+        };
+        let share = self
+            .squash_at
+            .trim_end_matches('%')
+            .parse::<u64>()
+            .map_err(|_| {
+                Error::usage(format!(
+                    "--squash-at `{}` must be a whole percentage, like 50%",
+                    self.squash_at
+                ))
+            })?;
+        let deploy = match self.deploy.as_deref() {
+            None => {
+                if let Some(flag) = self.cluster.given().or(self
+                    .cluster_registry
+                    .as_ref()
+                    .map(|_| "--cluster-registry"))
+                {
+                    return Err(Error::usage(format!("{flag} is for the cluster: add --deploy")));
+                }
+                None
+            }
+            Some(_) if matches!(to, ImageRef::Layout(_)) => {
+                return Err(Error::usage(format!(
+                    "--deploy needs --to in a registry (`{}` is a layout on disk; a cluster pulls from a registry)",
+                    to_text
+                )))
+            }
+            Some(w) => Some(Deploy {
+                plan: self.cluster.plan(Some(w).filter(|w| !w.is_empty()))?,
+                cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
+            }),
+        };
+        if self.ref_file.is_some() && matches!(to, ImageRef::Layout(_)) {
+            return Err(Error::usage(
+                "--ref-file names a registry image: --to is a layout on disk",
+            ));
+        }
+        Ok(PushPlan {
+            deploy,
+            ignore: self.ignore.clone(),
+            ref_file: self.ref_file.clone(),
+            base,
+            to,
+            mappings,
+            platform,
+            tweaks,
+            owner,
+            mtime,
+            net: self.transfer.options()?,
+            jobs: self.transfer.jobs,
+            full: self.full,
+            squash: Squash {
+                max_deltas: self.max_deltas,
+                share,
+            },
+        })
+    }
+}
+
+impl WatchArgs {
+    pub fn plan(&self, source_date_epoch: Option<&str>) -> Result<WatchPlan> {
+        Ok(WatchPlan {
+            push: self.push.plan(source_date_epoch)?,
+            debounce: std::time::Duration::from_millis(self.debounce),
+        })
+    }
+}
+
+impl ClusterArgs {
+    fn plan(&self, workload: Option<&str>) -> Result<DeployPlan> {
+        let workload = workload
+            .map(|w| {
+                WorkloadRef::parse(w).map_err(|e| Error::usage(format!("invalid workload: {e}")))
+            })
+            .transpose()?;
+        let wait = parse_duration(&self.timeout).ok_or_else(|| {
+            Error::usage(format!(
+                "--timeout `{}` is not a duration (like 90s, 2m)",
+                self.timeout
+            ))
+        })?;
+        Ok(DeployPlan {
+            workload,
+            container: self.container.clone(),
+            target: Target {
+                context: self.context.clone(),
+                namespace: self.namespace.clone(),
+                allow: self.allow_context.clone(),
+            },
+            wait: (!self.no_wait).then_some(wait),
+            dry_run: self.dry_run,
+        })
+    }
+
+    /// Flags given that only mean something with --deploy.
+    fn given(&self) -> Option<&'static str> {
+        [
+            (self.context.is_some(), "--context"),
+            (self.namespace.is_some(), "--namespace"),
+            (self.container.is_some(), "--container"),
+            (self.no_wait, "--no-wait"),
+            (self.dry_run, "--dry-run"),
+        ]
+        .into_iter()
+        .find_map(|(set, flag)| set.then_some(flag))
+    }
+}
+
+impl DeployArgs {
+    pub fn plan(&self) -> Result<DeployImagePlan> {
+        let image = ImageRef::parse(&self.image, "IMAGE")?;
+        if matches!(image, ImageRef::Layout(_)) {
+            return Err(Error::usage(format!(
+                "IMAGE `{}` is a layout on disk; a cluster pulls from a registry",
+                self.image
+            )));
+        }
+        Ok(DeployImagePlan {
+            image,
+            cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
+            net: self.transfer.options()?,
+            deploy: self.cluster.plan(self.workload.as_deref())?,
+        })
+    }
+}
+
+impl RollbackArgs {
+    pub fn plan(&self) -> Result<RollbackPlan> {
+        Ok(RollbackPlan {
+            deploy: self.cluster.plan(Some(&self.workload))?,
+            original: self.original,
+        })
+    }
+}
+
+impl InspectArgs {
+    pub fn plan(&self) -> Result<InspectPlan> {
+        Ok(InspectPlan {
+            image: ImageRef::parse(&self.image, "IMAGE")?,
+            platform: platform_or_host(self.platform.as_deref())?,
+            net: self.transfer.options()?,
+        })
+    }
+}
+
+impl CopyArgs {
+    pub fn plan(&self) -> Result<CopyPlan> {
+        let from = ImageRef::parse(&self.from, "SOURCE")?;
+        let to = ImageRef::parse(&self.to, "DEST")?;
+        if let ImageRef::Registry(r) = &to {
+            if r.digest().is_some() {
+                return Err(Error::usage(format!(
+                    "DEST `{}` names a digest; give a tag (the copy keeps the source's digest)",
+                    self.to
+                )));
+            }
+        }
+        let platform = platform_or_host(self.platform.as_deref())?;
+        Ok(CopyPlan {
+            from,
+            to,
+            all: self.all,
+            platform,
+            net: self.transfer.options()?,
+            jobs: self.transfer.jobs,
+        })
+    }
+}
+
+impl TransferArgs {
+    pub fn options(&self) -> Result<Options> {
+        if self.tries == 0 {
+            return Err(Error::usage("--tries must be at least 1"));
+        }
+        let stall = parse_duration(&self.stall_timeout).ok_or_else(|| {
+            Error::usage(format!(
+                "--stall-timeout `{}` is not a duration (like 30s, 2m, 500ms)",
+                self.stall_timeout
+            ))
+        })?;
+        let text = self.chunk_size.as_deref().unwrap_or(DEFAULT_CHUNK);
+        let chunk = parse_size(text).filter(|c| *c >= 1024).ok_or_else(|| {
+            Error::usage(format!(
+                "--chunk-size `{text}` is not a size of at least 1K (like 4M, 512K)"
+            ))
+        })?;
+        Ok(Options {
+            insecure: self.insecure,
+            attempts: self.tries,
+            stall,
+            chunk,
+            chunked: self.chunk_size.is_some(),
+        })
+    }
+}
+
+fn cluster_registry(text: Option<&str>) -> Result<Option<String>> {
+    match text {
+        Some(h) if !crate::oci::reference::is_registry_host(h) => Err(Error::usage(format!(
+            "--cluster-registry `{h}` is not a registry host (host[:port], like registry.local:5000)"
+        ))),
+        h => Ok(h.map(str::to_string)),
+    }
+}
+
+/// `--platform`, else this machine's: `linux/<arch>`.
+fn platform_or_host(text: Option<&str>) -> Result<Platform> {
+    text.map_or_else(|| Ok(Platform::host()), str::parse)
+}

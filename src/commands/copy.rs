@@ -1,0 +1,220 @@
+//! `copy`: an image, or a whole index, from one store to another, digest for digest — read
+//! the manifests, ask the destination what it lacks and say so, move those blobs (the one
+//! transfer: mount or stream), then write the manifests, children before the index.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{stream, StreamExt, TryStreamExt};
+use oci_spec::image::Digest;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::oci::manifest::{self, Descriptor, Family, Kind};
+use crate::oci::platform::{self, Platform};
+use crate::oci::reference::ImageRef;
+use crate::store::registry::{self, Fetched, Registry};
+use crate::store::Store;
+use crate::transfer::{self, Blob, Known, Moved, Moves, Role, Source};
+
+/// Manifests fetched in flight at once.
+const READS: usize = 16;
+
+/// A validated `layerup copy`.
+#[derive(Debug, Clone)]
+pub struct CopyPlan {
+    pub from: ImageRef,
+    pub to: ImageRef,
+    /// Every manifest of an index, not only the `platform` one.
+    pub all: bool,
+    pub platform: Platform,
+    pub net: registry::Options,
+    /// Blob transfers in flight at once.
+    pub jobs: usize,
+}
+
+/// What a copy will do, known before anything moves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Planned {
+    pub moves: Moves,
+    /// Manifests to write (0 when the destination tag already names the source).
+    pub manifests: usize,
+}
+
+#[derive(Debug)]
+pub struct Copied {
+    /// The destination pinned by digest, the source's digest: what layerup prints.
+    pub reference: String,
+    pub digest: Digest,
+    pub planned: Planned,
+    /// Every blob the copied manifests name, each once.
+    pub blobs: Vec<Moved>,
+    pub took: Duration,
+}
+
+impl Copied {
+    /// Blob bytes that crossed the wire (streamed source to destination).
+    pub fn bytes_sent(&self) -> u64 {
+        transfer::bytes_sent(&self.blobs)
+    }
+}
+
+/// One manifest or index to write, exactly as read.
+struct Doc {
+    bytes: Bytes,
+    digest: Digest,
+    media_type: String,
+}
+
+/// Copies `plan.from` to `plan.to`; `told` hears what will move before anything does.
+pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied> {
+    let started = Instant::now();
+    let registry = Arc::new(Registry::new(plan.net)?);
+    let source = Store::for_reading(&plan.from, &registry)?;
+    let dest = Store::for_writing(&plan.to, &registry)?;
+    tokio::try_join!(source.login(false, None), dest.login(true, Some(&source)))?;
+
+    let (children, top, descriptors) = read(&source, plan).await?;
+    let mut blobs: Vec<Blob> = descriptors
+        .into_iter()
+        .map(|d| Blob {
+            descriptor: d,
+            source: Source::Store(source.clone()),
+            role: Role::Blob,
+            known: Known::Unknown,
+        })
+        .collect();
+    // The tag already names this digest: the registry vouches for everything under it.
+    let done = dest.manifest_digest(None).await?.as_ref() == Some(&top.digest);
+    if done {
+        blobs.iter_mut().for_each(|b| b.known = Known::Present);
+    }
+    let planned = Planned {
+        moves: transfer::survey(&dest, &mut blobs).await?,
+        manifests: if done { 0 } else { children.len() + 1 },
+    };
+    told(&planned);
+    let moved = transfer::send(&dest, &blobs, plan.jobs).await?;
+    if !done {
+        // Every blob is in the destination now; an index's children go before the index.
+        stream::iter(&children)
+            .map(|c| dest.put_child(c.bytes.clone(), &c.digest, &c.media_type))
+            .buffer_unordered(plan.jobs.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        dest.put_manifest(top.bytes.clone(), &top.media_type)
+            .await?;
+    }
+    Ok(Copied {
+        reference: plan.to.pinned(&top.digest),
+        digest: top.digest,
+        planned,
+        blobs: moved,
+        took: started.elapsed(),
+    })
+}
+
+/// The manifests to write (an index's children, then the top one) and every blob they name,
+/// each once. Foreign layers are left out: they are referenced, never copied.
+async fn read(source: &Store, plan: &CopyPlan) -> Result<(Vec<Doc>, Doc, Vec<Descriptor>)> {
+    let name = source.image_ref().to_string();
+    let root = source.root().await?;
+    let (kind, doc) = classify(&root, &format!("`{name}`"))?;
+    let (top, kind, doc) = match kind {
+        Kind::Index(_) if !plan.all => {
+            let what = format!("index `{name}`");
+            let entry = platform::select(&doc, &plan.platform, &what)?;
+            let child = source.manifest(&entry).await?;
+            let (kind, doc) = classify(
+                &child,
+                &format!("the {} manifest of `{name}`", plan.platform),
+            )?;
+            (child, kind, doc)
+        }
+        _ => (root, kind, doc),
+    };
+    let mut blobs = Vec::new();
+    let mut children = Vec::new();
+    match kind {
+        Kind::Manifest(_) => blobs.extend(blobs_of(&doc, &name)?),
+        Kind::Index(_) => {
+            let entries = doc
+                .get("manifests")
+                .and_then(Value::as_array)
+                .ok_or_else(|| Error::image(format!("index `{name}` has no manifests list")))?
+                .iter()
+                .map(|e| Descriptor::parse(e, &format!("an entry of index `{name}`")))
+                .collect::<Result<Vec<_>>>()?;
+            let fetched: Vec<Fetched> = stream::iter(&entries)
+                .map(|e| source.manifest(e))
+                .buffered(READS)
+                .try_collect()
+                .await?;
+            for (e, f) in entries.iter().zip(fetched) {
+                let what = format!("manifest {} of index `{name}`", e.digest);
+                let (kind, child) = classify(&f, &what)?;
+                if let Kind::Index(_) = kind {
+                    return Err(Error::image(format!(
+                        "{what} is another index; layerup does not copy nested indexes"
+                    )));
+                }
+                blobs.extend(blobs_of(&child, &what)?);
+                children.push(doc_of(f, &child, &e.media_type, kind));
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    blobs.retain(|d| !d.is_foreign() && seen.insert(d.digest.clone()));
+    let top = doc_of(top, &doc, "", kind);
+    Ok((children, top, blobs))
+}
+
+fn classify(f: &Fetched, what: &str) -> Result<(Kind, Value)> {
+    manifest::classify(&f.bytes, f.content_type.as_deref(), what)
+}
+
+/// The config and layers of an image manifest — of any artifact too: copying does not care
+/// what the blobs hold.
+fn blobs_of(doc: &Value, what: &str) -> Result<Vec<Descriptor>> {
+    let mut out = vec![Descriptor::parse(
+        doc.get("config").unwrap_or(&Value::Null),
+        &format!("{what}'s config descriptor"),
+    )?];
+    if let Some(layers) = doc.get("layers").and_then(Value::as_array) {
+        for (i, l) in layers.iter().enumerate() {
+            out.push(Descriptor::parse(l, &format!("{what}'s layer {i}"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// The media type a manifest is written with: its own `mediaType`, else what its parent's
+/// descriptor or the registry said, else its family's by shape.
+fn doc_of(f: Fetched, doc: &Value, described: &str, kind: Kind) -> Doc {
+    let declared = doc
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let sent = f
+        .content_type
+        .as_deref()
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|c| manifest::ACCEPT.contains(&c.as_str()));
+    let by_shape = match kind {
+        Kind::Manifest(Family::Oci) => manifest::OCI_MANIFEST,
+        Kind::Manifest(Family::Docker) => manifest::DOCKER_MANIFEST,
+        Kind::Index(Family::Oci) => manifest::OCI_INDEX,
+        Kind::Index(Family::Docker) => manifest::DOCKER_LIST,
+    };
+    let media_type = declared
+        .or(Some(described.to_string()).filter(|d| !d.is_empty()))
+        .or(sent)
+        .unwrap_or_else(|| by_shape.to_string());
+    Doc {
+        bytes: f.bytes,
+        digest: f.digest,
+        media_type,
+    }
+}

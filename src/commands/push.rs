@@ -1,0 +1,366 @@
+//! `push`: one image, read bottom to top as the pipeline runs — the base's manifest and config,
+//! the last push's state and the tree at once; the app layers (a delta, or the full layer in
+//! parts); the new image; the blobs the destination lacks, then the manifest; the state saved.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use oci_spec::image::Digest;
+
+use crate::build::entry::{Entry, Mapping, RawMapping};
+use crate::build::image::{self, Image, NewLayer, Tweaks};
+use crate::build::stack::{self, FullReason, Mode, Squash};
+use crate::build::state::{self, Loaded};
+use crate::build::{base, tree};
+use crate::commands::deploy::{Change, Deploy};
+use crate::commands::Told;
+use crate::error::{Error, Result};
+use crate::oci::platform::Platform;
+use crate::oci::reference::ImageRef;
+use crate::store::registry::{self, Registry};
+use crate::store::Store;
+use crate::transfer::{self, Blob, Known, Moved, Role, Source};
+
+/// A validated `layerup push`.
+#[derive(Debug, Clone)]
+pub struct PushPlan {
+    pub base: ImageRef,
+    pub to: ImageRef,
+    pub mappings: Vec<RawMapping>,
+    pub platform: Platform,
+    pub tweaks: Tweaks,
+    pub owner: Option<(u32, u32)>,
+    /// Every entry's mtime and the image's `created` (Unix seconds).
+    pub mtime: u64,
+    pub net: registry::Options,
+    pub jobs: usize,
+    /// Push the full app layer even when a delta could be stacked.
+    pub full: bool,
+    pub squash: Squash,
+    /// `--ignore` patterns, applied after each directory's `.layerupignore`.
+    pub ignore: Vec<String>,
+    /// `--ref-file`: where to write the pushed image's tagged reference (Tilt reads it).
+    pub ref_file: Option<PathBuf>,
+    /// `--deploy`: then set the image in the cluster.
+    pub deploy: Option<Deploy>,
+}
+
+#[derive(Debug)]
+pub struct Pushed {
+    /// The destination pinned by digest: what layerup prints.
+    pub reference: String,
+    pub digest: Digest,
+    pub mode: Mode,
+    /// The layers this push made (the full app layer's parts, or the delta).
+    pub new_layers: Vec<NewLayer>,
+    /// Entries in the tree as walked.
+    pub entries: usize,
+    /// Every blob of the image, layers in manifest order, then the config.
+    pub blobs: Vec<Moved>,
+    pub timings: Timings,
+}
+
+impl Pushed {
+    /// Blob bytes that crossed the wire.
+    pub fn bytes_sent(&self) -> u64 {
+        transfer::bytes_sent(&self.blobs)
+    }
+
+    /// Why the push was full when a delta could have been stacked.
+    pub fn full_reason(&self) -> Option<&FullReason> {
+        match &self.mode {
+            Mode::Full { reason, .. } => reason.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Timings {
+    pub base: Duration,
+    pub layer: Duration,
+    pub push: Duration,
+}
+
+/// A push, then with `--deploy` the deploy step: `told` hears of the image as soon as it exists
+/// (before the rollout), then the deploy's events. The deploy's outcome is returned beside the
+/// push's, which stands whatever the rollout does.
+pub async fn run_and_deploy(
+    plan: &PushPlan,
+    told: &mut dyn FnMut(Told),
+) -> Result<(Pushed, Option<Result<Vec<Change>>>)> {
+    let started = Instant::now();
+    let pushed = run(plan).await?;
+    told(Told::Pushed(&pushed, started.elapsed()));
+    let Some(deploy) = &plan.deploy else {
+        return Ok((pushed, None));
+    };
+    let deployed = deploy
+        .run(&pushed.reference, &plan.base, &mut |e| {
+            told(Told::Deploy(e))
+        })
+        .await;
+    Ok((pushed, Some(deployed)))
+}
+
+/// One push, as the module's header says.
+pub async fn run(plan: &PushPlan) -> Result<Pushed> {
+    let registry = Arc::new(Registry::new(plan.net)?);
+    let source = Store::for_reading(&plan.base, &registry)?;
+    let dest = Store::for_writing(&plan.to, &registry)?;
+    let dest_name = plan.to.to_string();
+    let state_file = state::dir().map(|d| state::path(&d, &dest_name));
+    let mut timings = Timings::default();
+
+    // Three things at once: the base's manifest and config; the last push's state, then the
+    // destination's answer to "do you still hold its image?"; and (when the base is not needed
+    // to place the files) the walk of the tree.
+    let fetch_base = async {
+        let started = Instant::now();
+        source.login(false, None).await?;
+        let base = base::resolve(&source, &plan.platform).await?;
+        Ok::<_, Error>((base, started.elapsed()))
+    };
+    let check_dest = async {
+        let file = state_file.clone().filter(|_| !plan.full);
+        let load = blocking(move || Ok(file.map_or(Loaded::Missing, |f| state::load(&f))));
+        let (loaded, ()) = tokio::try_join!(load, dest.login(true, Some(&source)))?;
+        let Loaded::Found(last) = &loaded else {
+            return Ok((loaded, None, false));
+        };
+        let at_tag = dest.manifest_digest(None).await?;
+        let held = at_tag.as_ref() == Some(&last.image)
+            || dest.manifest_digest(Some(&last.image)).await?.is_some();
+        Ok::<_, Error>((loaded, at_tag, held))
+    };
+    let needs_base =
+        plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute());
+    let started = Instant::now();
+    let ((base, took), (loaded, at_tag, held), walked) = if needs_base {
+        let ((base, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
+        let walked = walk(plan, base.working_dir()).await?;
+        ((base, took), dest, walked)
+    } else {
+        tokio::try_join!(fetch_base, check_dest, walk(plan, None))?
+    };
+    timings.base = took;
+    let Walked {
+        mappings,
+        entries,
+        scanned_at,
+    } = walked;
+
+    // The last push's blobs are in the destination: its manifest, which names them all, is.
+    let last_image = match &loaded {
+        Loaded::Found(s) => Some(s.image.clone()),
+        _ => None,
+    };
+    let mut present: HashSet<Digest> = HashSet::new();
+    if let (true, Loaded::Found(s)) = (held, &loaded) {
+        present.extend(s.layers().into_iter().map(|l| l.digest));
+        if s.base == base.digest {
+            present.extend(base.layers.iter().map(|l| l.digest.clone()));
+        }
+    }
+    let settings = stack::settings(&mappings, plan.owner, plan.mtime);
+    let prev = if plan.full {
+        Err(Some(FullReason::Forced))
+    } else {
+        stack::usable(
+            loaded,
+            &settings,
+            &base.digest,
+            &base.name,
+            held,
+            &dest_name,
+        )
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("layerup-")
+        .tempdir()
+        .map_err(|e| Error::io("create a temporary directory in", &std::env::temp_dir(), &e))?;
+    let job = stack::Job {
+        roots: mappings
+            .iter()
+            .map(|m| m.dest.trim_start_matches('/').to_string())
+            .collect(),
+        entries,
+        scanned_at,
+        settings,
+        base: base.digest.clone(),
+        created_by: created_by(&mappings),
+        mtime: plan.mtime,
+        squash: plan.squash,
+        dir: tmp.path().to_path_buf(),
+    };
+    let stack::Built {
+        mode,
+        app,
+        uploads,
+        next: next_state,
+        entries,
+        restat,
+    } = blocking(move || stack::layers(job, prev)).await?;
+    timings.layer = started.elapsed().saturating_sub(timings.base);
+
+    let image = image::build(&base, &app, &plan.tweaks, &image::rfc3339(plan.mtime))?;
+    let same_image = last_image.as_ref() == Some(&image.digest);
+    let started = Instant::now();
+    // The state is written while the push runs, and put in place only once it succeeded.
+    let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
+    let mut next = next_state;
+    next.image = image.digest.clone();
+    let stage = blocking(move || Ok(save.map(|f| (state::stage(&f, &next), f))));
+    let transfer = async {
+        let unchanged = mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest);
+        // A delta and its config are new by nature: asking about them saves nothing.
+        let new = if matches!(mode, Mode::Full { .. }) {
+            Known::Unknown
+        } else {
+            Known::Missing
+        };
+        let mut blobs = blobs(&image, &uploads, &source, &present, new);
+        if unchanged {
+            blobs.iter_mut().for_each(|b| b.known = Known::Present);
+        }
+        transfer::survey(&dest, &mut blobs).await?;
+        let moved = transfer::send(&dest, &blobs, plan.jobs).await?;
+        if !unchanged {
+            // Every blob is acknowledged: only now may the manifest name them.
+            dest.put_manifest(Bytes::from(image.manifest.clone()), image.media_type)
+                .await?;
+            tracing::info!("manifest {}", image.digest);
+        }
+        Ok::<_, Error>(moved)
+    };
+    let (moved, staged) = tokio::try_join!(transfer, stage)?;
+    if let Some(file) = &plan.ref_file {
+        write_ref_file(&dest, &plan.to, &image, file).await?;
+    }
+    if let Some((staged, file)) = staged {
+        if let Err(e) = staged.and_then(state::Staged::commit) {
+            // The push succeeded; only the next one's speed is at stake.
+            tracing::warn!("{e}; the next push will be a full one");
+            state::remove(&file);
+        }
+    }
+    timings.push = started.elapsed();
+
+    Ok(Pushed {
+        reference: plan.to.pinned(&image.digest),
+        digest: image.digest,
+        mode,
+        new_layers: uploads.into_iter().map(|u| u.0).collect(),
+        entries,
+        blobs: moved,
+        timings,
+    })
+}
+
+/// Every blob the image names, each once, where its bytes come from: this run's files, the
+/// config in memory, the base's store for the rest. `present` are known to be in the
+/// destination; `new` is what is known of this run's blobs.
+fn blobs(
+    image: &Image,
+    uploads: &[(NewLayer, PathBuf)],
+    source: &Store,
+    present: &HashSet<Digest>,
+    new: Known,
+) -> Vec<Blob> {
+    let mut seen = HashSet::new();
+    let mut out: Vec<Blob> = image
+        .layers
+        .iter()
+        .filter(|l| seen.insert(l.digest.clone()))
+        .map(|l| {
+            let upload = uploads.iter().find(|u| u.0.digest == l.digest);
+            let (source, known) = match upload {
+                Some((_, path)) => (Source::File(path.clone()), new),
+                None => (Source::Store(source.clone()), Known::Unknown),
+            };
+            Blob {
+                descriptor: l.clone(),
+                source,
+                role: Role::Layer,
+                known: if present.contains(&l.digest) {
+                    Known::Present
+                } else {
+                    known
+                },
+            }
+        })
+        .collect();
+    out.push(Blob {
+        descriptor: image.config_descriptor.clone(),
+        source: Source::Bytes(Bytes::from(image.config.clone())),
+        role: Role::Config,
+        known: new,
+    });
+    out
+}
+
+/// Tilt's `outputs_image_ref_to` wants a tag it has not seen before for new content, and will
+/// not take a digest (tilt#5987): tag the image by its digest, as Tilt's own builds are tagged,
+/// and write that reference.
+async fn write_ref_file(dest: &Store, to: &ImageRef, image: &Image, file: &Path) -> Result<()> {
+    // The plan refused --ref-file with a layout destination.
+    let ImageRef::Registry(r) = to else {
+        return Err(Error::internal("--ref-file with a layout destination"));
+    };
+    let hex = image.digest.digest();
+    let tag = format!("layerup-{}", &hex[..16.min(hex.len())]);
+    dest.put_tag(&tag, Bytes::from(image.manifest.clone()), image.media_type)
+        .await?;
+    let line = format!("{}/{}:{tag}\n", r.registry(), r.repository());
+    std::fs::write(file, line).map_err(|e| Error::io("write the --ref-file", file, &e))
+}
+
+struct Walked {
+    mappings: Vec<Mapping>,
+    entries: Vec<Entry>,
+    /// When the walk started (ns since the epoch), for the index's racy-file guard.
+    scanned_at: i64,
+}
+
+/// Resolves the mappings (DEST relative to `--workdir`, else the base's, else `/`) and walks them.
+async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
+    let workdir = plan
+        .tweaks
+        .workdir
+        .as_deref()
+        .or(base_workdir)
+        .unwrap_or("/")
+        .to_string();
+    let mappings: Vec<Mapping> = plan.mappings.iter().map(|m| m.resolve(&workdir)).collect();
+    let owner = plan.owner;
+    let ignore = plan.ignore.clone();
+    blocking(move || {
+        let scanned_at = stack::now_ns();
+        let entries = tree::collect(&mappings, owner, &ignore)?;
+        Ok(Walked {
+            mappings,
+            entries,
+            scanned_at,
+        })
+    })
+    .await
+}
+
+/// Runs file work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("a file task stopped: {e}")))?
+}
+
+/// The history entry names where files went, never where they came from: the same files from
+/// another checkout (another directory name, another user's home) give the same image.
+fn created_by(mappings: &[Mapping]) -> String {
+    let dests: Vec<&str> = mappings.iter().map(|m| m.dest.as_str()).collect();
+    format!("layerup push to {}", dests.join(" "))
+}

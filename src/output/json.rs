@@ -1,0 +1,118 @@
+//! The `--json` documents: one object per result on stdout, with field names that stay stable
+//! (documented in docs/json.md); byte counts in bytes, times in milliseconds.
+
+use serde_json::{json, Value};
+
+use crate::build::stack::Mode;
+use crate::commands::copy::Copied;
+use crate::commands::deploy::Change;
+use crate::commands::inspect::Inspected;
+use crate::commands::push::Pushed;
+use crate::error::Error;
+use crate::transfer::{Moved, Role};
+
+fn blob(b: &Moved) -> Value {
+    let kind = match b.role {
+        Role::Layer => "layer",
+        Role::Config => "config",
+        Role::Blob => "blob",
+    };
+    json!({
+        "digest": b.digest.to_string(),
+        "kind": kind,
+        "size": b.size,
+        "outcome": b.outcome.word(),
+        "bytes_sent": b.bytes_sent(),
+    })
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// `push` (and each `watch` cycle).
+pub fn pushed(p: &Pushed, total: std::time::Duration) -> Value {
+    let (mode, changed, deleted) = match &p.mode {
+        Mode::Full { .. } => ("full", None, None),
+        Mode::Delta {
+            changed, deleted, ..
+        } => ("delta", Some(*changed), Some(*deleted)),
+        Mode::Unchanged => ("unchanged", Some(0), Some(0)),
+    };
+    let reason = p.full_reason();
+    json!({
+        "reference": p.reference,
+        "digest": p.digest.to_string(),
+        "mode": mode,
+        "full_reason": reason.map(ToString::to_string),
+        "full_code": reason.map(|r| r.code()),
+        "changed": changed,
+        "deleted": deleted,
+        "entries": p.entries,
+        "new_layers": p.new_layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
+        "blobs": p.blobs.iter().map(blob).collect::<Vec<_>>(),
+        "bytes_sent": p.bytes_sent(),
+        "timings_ms": {
+            "base": ms(p.timings.base),
+            "layer": ms(p.timings.layer),
+            "push": ms(p.timings.push),
+            "total": ms(total),
+        },
+    })
+}
+
+pub fn copied(c: &Copied) -> Value {
+    json!({
+        "reference": c.reference,
+        "digest": c.digest.to_string(),
+        "manifests": c.planned.manifests,
+        "blobs": c.blobs.iter().map(blob).collect::<Vec<_>>(),
+        "bytes_sent": c.bytes_sent(),
+        "timings_ms": {"total": ms(c.took)},
+    })
+}
+
+/// `deploy`, `rollback`, and the `deployed` field of `push --deploy`.
+pub fn changes(changes: &[Change]) -> Value {
+    Value::Array(
+        changes
+            .iter()
+            .map(|c| {
+                json!({
+                    "workload": c.workload.to_string(),
+                    "container": c.container,
+                    "from": c.from,
+                    "to": c.to,
+                    "changed": c.from != c.to,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A failure, on stdout with `--json`, so a caller reading stdout sees why.
+pub fn error(e: &Error) -> Value {
+    json!({"error": {"message": e.to_string(), "exit_code": e.code() as u8}})
+}
+
+/// `inspect`.
+pub fn inspected(i: &Inspected) -> Value {
+    let children = i.children.as_ref().map(|c| {
+        c.iter()
+            .map(|c| json!({"platform": c.platform, "digest": c.digest, "media_type": c.media_type, "size": c.size}))
+            .collect::<Vec<_>>()
+    });
+    json!({
+        "reference": i.reference,
+        "media_type": i.media_type,
+        "manifests": children,
+        "image": {
+            "digest": i.image.digest.to_string(),
+            "media_type": i.image_media_type,
+            "config": i.image.config,
+            "layers": i.image.layers.iter().map(|l| json!({
+                "digest": l.digest.to_string(), "size": l.size, "media_type": l.media_type,
+            })).collect::<Vec<_>>(),
+        },
+    })
+}

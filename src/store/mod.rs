@@ -1,0 +1,269 @@
+//! Stores: where an image is read from or written to — a registry repository or an OCI layout —
+//! behind the one set of operations the rest uses; and the credentials registries ask for.
+
+pub mod auth;
+pub mod layout;
+pub mod registry;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use oci_spec::distribution::Reference;
+use oci_spec::image::Digest;
+use tokio::sync::Mutex;
+
+use crate::error::Result;
+use crate::oci::manifest::Descriptor;
+use crate::oci::reference::{ImageRef, LayoutRef};
+use crate::oci::stream::{self, ByteStream, Cursor, Origin};
+use crate::store::layout::Layout;
+use crate::store::registry::{Fetched, Registry};
+
+/// Image configs are small by nature; one larger than this is refused unread.
+const CONFIG_LIMIT: u64 = 32 << 20;
+
+#[derive(Clone)]
+pub enum Store {
+    Registry {
+        registry: Arc<Registry>,
+        repo: Reference,
+    },
+    Layout {
+        layout: Layout,
+        at: LayoutRef,
+    },
+}
+
+impl Store {
+    /// A store to read from: a layout must already exist.
+    pub fn for_reading(r: &ImageRef, registry: &Arc<Registry>) -> Result<Self> {
+        Self::open(r, registry, Layout::open)
+    }
+
+    /// A store to write to: a layout is created when missing.
+    pub fn for_writing(r: &ImageRef, registry: &Arc<Registry>) -> Result<Self> {
+        Self::open(r, registry, Layout::create)
+    }
+
+    fn open(
+        r: &ImageRef,
+        registry: &Arc<Registry>,
+        layout: fn(&Path) -> Result<Layout>,
+    ) -> Result<Self> {
+        Ok(match r {
+            ImageRef::Registry(repo) => Store::Registry {
+                registry: registry.clone(),
+                repo: repo.clone(),
+            },
+            ImageRef::Layout(at) => Store::Layout {
+                layout: layout(&at.dir)?,
+                at: at.clone(),
+            },
+        })
+    }
+
+    pub fn image_ref(&self) -> ImageRef {
+        match self {
+            Store::Registry { repo, .. } => ImageRef::Registry(repo.clone()),
+            Store::Layout { at, .. } => ImageRef::Layout(at.clone()),
+        }
+    }
+
+    /// Sets up access before the first request (see [`Registry::login`]); layouts need none.
+    pub async fn login(&self, push: bool, mount_from: Option<&Store>) -> Result<()> {
+        if let Store::Registry { registry, repo } = self {
+            let from: Vec<&Reference> = match mount_from {
+                Some(s) if self.same_registry(s) => s.repo().into_iter().collect(),
+                _ => vec![],
+            };
+            registry.login(repo, push, &from).await?;
+        }
+        Ok(())
+    }
+
+    fn repo(&self) -> Option<&Reference> {
+        match self {
+            Store::Registry { repo, .. } => Some(repo),
+            Store::Layout { .. } => None,
+        }
+    }
+
+    /// Both are repositories of one registry, so a blob can be mounted rather than copied.
+    pub fn same_registry(&self, other: &Store) -> bool {
+        match (self.repo(), other.repo()) {
+            (Some(a), Some(b)) => a.resolve_registry() == b.resolve_registry(),
+            _ => false,
+        }
+    }
+
+    /// The manifest or index the reference names (its digest if it has one, else its tag).
+    pub async fn root(&self) -> Result<Fetched> {
+        match self {
+            Store::Registry { registry, repo } => {
+                let which = repo.digest().or(repo.tag()).unwrap_or("latest").to_string();
+                registry.manifest(repo, &which).await
+            }
+            Store::Layout { layout, at } => {
+                let d = layout.find(at.tag.as_deref(), at.digest.as_ref())?;
+                self.manifest(&d).await
+            }
+        }
+    }
+
+    /// A child manifest of an index, by its descriptor.
+    pub async fn manifest(&self, d: &Descriptor) -> Result<Fetched> {
+        match self {
+            Store::Registry { registry, repo } => registry.manifest(repo, d.digest.as_ref()).await,
+            Store::Layout { layout, .. } => Ok(Fetched {
+                bytes: layout.blob_bytes(&d.digest)?.into(),
+                digest: d.digest.clone(),
+                content_type: Some(d.media_type.clone()).filter(|m| !m.is_empty()),
+            }),
+        }
+    }
+
+    /// The digest of the manifest under this store's tag (`digest` `None`), or whether the
+    /// manifest `digest` is here: `None` when it is not.
+    pub async fn manifest_digest(&self, digest: Option<&Digest>) -> Result<Option<Digest>> {
+        match self {
+            Store::Registry { registry, repo } => {
+                let which = match digest {
+                    Some(d) => d.to_string(),
+                    None => repo.tag().unwrap_or("latest").to_string(),
+                };
+                registry.manifest_digest(repo, &which).await
+            }
+            Store::Layout { layout, at } => Ok(match digest {
+                Some(d) => layout.has_blob(d).then(|| d.clone()),
+                None => layout
+                    .find(Some(at.tag.as_deref().unwrap_or("latest")), None)
+                    .ok()
+                    .map(|d| d.digest),
+            }),
+        }
+    }
+
+    /// A small blob whole (an image config), verified; a read that breaks goes on where it
+    /// stopped.
+    pub async fn blob_bytes(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        stream::read_all(self.cursor(d)?, CONFIG_LIMIT).await
+    }
+
+    /// Where the blob `d` can be read from, at any offset.
+    pub fn origin(&self, d: &Descriptor) -> Arc<dyn Origin> {
+        Arc::new(StoreBlob {
+            store: self.clone(),
+            digest: d.digest.clone(),
+        })
+    }
+
+    /// The blob `d`, read through a verifying cursor.
+    pub fn cursor(&self, d: &Descriptor) -> Result<Cursor> {
+        let tries = match self {
+            Store::Registry { registry, .. } => registry.tries(),
+            Store::Layout { .. } => 1,
+        };
+        let what = format!("blob {} from {}", d.digest, self.image_ref());
+        Cursor::new(self.origin(d), &d.digest, d.size, what, tries)
+    }
+
+    /// The blob's bytes from offset `from`, unverified (see [`Store::cursor`]).
+    async fn blob_from(&self, d: &Digest, from: u64) -> Result<ByteStream> {
+        match self {
+            Store::Registry { registry, repo } => registry.blob_from(repo, d, from).await,
+            Store::Layout { layout, .. } => layout.blob_from(d, from).await,
+        }
+    }
+
+    pub async fn has_blob(&self, d: &Digest) -> Result<bool> {
+        match self {
+            Store::Registry { registry, repo } => registry.has_blob(repo, d).await,
+            Store::Layout { layout, .. } => Ok(layout.has_blob(d)),
+        }
+    }
+
+    /// Links a blob from `from` without moving its bytes; `false` if this store cannot.
+    pub async fn mount(&self, d: &Digest, from: &Store) -> Result<bool> {
+        match (self, from) {
+            (Store::Registry { registry, repo }, Store::Registry { repo: src, .. })
+                if self.same_registry(from) =>
+            {
+                registry.mount(repo, src, d).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Writes the blob the cursor reads.
+    pub async fn put_blob(&self, d: &Descriptor, cursor: Cursor) -> Result<()> {
+        let cursor = Arc::new(Mutex::new(cursor));
+        match self {
+            Store::Registry { registry, repo } => registry.upload(repo, &d.digest, cursor).await,
+            Store::Layout { layout, .. } => {
+                let body = stream::body(cursor.clone(), d.size);
+                match layout.put_blob(&d.digest, d.size, body).await {
+                    Err(e) => match cursor.lock().await.take_failure() {
+                        Some(real) => Err(stream::failure(d.digest.as_ref(), &real)),
+                        None => Err(e),
+                    },
+                    ok => ok,
+                }
+            }
+        }
+    }
+
+    /// Writes the manifest under the reference's tag (`latest` when it has none).
+    pub async fn put_manifest(&self, bytes: Bytes, media_type: &str) -> Result<()> {
+        let tag = match self {
+            Store::Registry { repo, .. } => repo.tag(),
+            Store::Layout { at, .. } => at.tag.as_deref(),
+        };
+        self.put_tag(tag.unwrap_or("latest"), bytes, media_type)
+            .await
+    }
+
+    /// Writes the manifest under `tag` (a second name for an image already pushed).
+    pub async fn put_tag(&self, tag: &str, bytes: Bytes, media_type: &str) -> Result<()> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry.put_manifest(repo, tag, bytes, media_type).await
+            }
+            Store::Layout { layout, .. } => {
+                layout.put_manifest(&bytes, media_type, tag)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes a manifest by its digest only, untagged: an index's child, which must be there
+    /// before the index that names it.
+    pub async fn put_child(&self, bytes: Bytes, digest: &Digest, media_type: &str) -> Result<()> {
+        match self {
+            Store::Registry { registry, repo } => {
+                registry
+                    .put_manifest(repo, digest.as_ref(), bytes, media_type)
+                    .await
+            }
+            Store::Layout { layout, .. } => {
+                let len = bytes.len() as u64;
+                let body = futures_util::stream::iter([Ok(bytes)]).boxed();
+                layout.put_blob(digest, len, body).await
+            }
+        }
+    }
+}
+
+/// One blob of a store, as an [`Origin`].
+struct StoreBlob {
+    store: Store,
+    digest: Digest,
+}
+
+impl Origin for StoreBlob {
+    fn open(&self, from: u64) -> BoxFuture<'_, Result<ByteStream>> {
+        self.store.blob_from(&self.digest, from).boxed()
+    }
+}

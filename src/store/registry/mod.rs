@@ -1,0 +1,790 @@
+//! The only place that talks HTTP to registries (OCI distribution spec v1.1), on reqwest.
+//!
+//! Every request goes through [`Registry::send`], which retries what a bad link or a busy registry
+//! causes (see `send.rs`), and blob uploads go through a resumable chunked upload (`upload.rs`).
+//! `oci-client` was used here first; it was dropped because none of this can be built on it:
+//! its calls neither retry nor expose the response (no `Retry-After`, no `Range`, no upload
+//! `Location`), its chunked push cannot resume, and its token request carries one scope, while a
+//! cross-repository mount needs `repository:<from>:pull` in the destination's token.
+
+mod send;
+pub mod transport;
+mod upload;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use oci_spec::distribution::Reference;
+use oci_spec::image::Digest;
+use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::Method;
+use reqwest::StatusCode;
+
+use crate::error::{redact_url, Error, ExitCode, Result};
+use crate::oci::digest;
+use crate::oci::manifest;
+use crate::oci::reference::is_loopback;
+use crate::oci::stream::{self, ByteStream};
+use crate::store::auth::{self, Credentials};
+use send::Verdict;
+
+/// Manifests over 4 MiB are refused by distribution and most registries; never read more.
+const MANIFEST_LIMIT: usize = 4 << 20;
+const USER_AGENT: &str = concat!("layerup/", env!("CARGO_PKG_VERSION"));
+
+/// How layerup treats the network; the defaults are the command line's (`cli::TransferArgs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Plain HTTP to registries that are not on loopback.
+    pub insecure: bool,
+    /// Tries per request (and per blob) before giving up: 1 means no retry.
+    pub attempts: u32,
+    /// A request that moves no byte for this long has failed (and is retried).
+    pub stall: Duration,
+    /// Bytes per PATCH when an upload goes in chunks: after a failure, or from the start with
+    /// `chunked`. Blobs up to this size go in one `PUT`.
+    pub chunk: u64,
+    /// Every blob larger than `chunk` in chunks from its first byte (`--chunk-size` given), for
+    /// registries or proxies that cannot take a whole blob in one request.
+    pub chunked: bool,
+}
+
+pub struct Registry {
+    http: reqwest::Client,
+    options: Options,
+    /// What [`Registry::login`] found for each (host, repository).
+    access: Mutex<HashMap<(String, String), Access>>,
+    /// Hosts that refused a chunked upload: their blobs go in one request from then on.
+    monolithic: Mutex<HashSet<String>>,
+    /// Hosts that have answered in this run: a refused connection to one is a restart or a
+    /// blip worth retrying, while one to a host never reached is a wrong address.
+    answered: Mutex<HashSet<String>>,
+}
+
+/// How requests for one repository are authenticated.
+#[derive(Clone, Default)]
+struct Access {
+    header: Option<HeaderValue>,
+    /// For a bearer token fetched from a token service: how to fetch a fresh one when it expires.
+    renew: Option<Renew>,
+}
+
+#[derive(Clone)]
+struct Renew {
+    realm: String,
+    service: Option<String>,
+    scopes: Vec<String>,
+    creds: Credentials,
+}
+
+/// One registry repository, as requests name it.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    host: &'a str,
+    repo: &'a str,
+}
+
+impl<'a> Target<'a> {
+    fn of(r: &'a Reference) -> Self {
+        Target {
+            host: r.resolve_registry(),
+            repo: r.repository(),
+        }
+    }
+}
+
+/// A manifest or index exactly as the registry sent it.
+pub struct Fetched {
+    pub bytes: Bytes,
+    pub digest: Digest,
+    pub content_type: Option<String>,
+}
+
+enum Challenge {
+    Open,
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+impl Registry {
+    /// Plain HTTP is used for loopback hosts, or every host with `options.insecure`; everything
+    /// else is TLS with verified certificates.
+    pub fn new(options: Options) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .dns_resolver(Arc::new(transport::Resolver))
+            .connect_timeout(options.stall.min(Duration::from_secs(15)))
+            .read_timeout(options.stall)
+            .build()
+            .map_err(|e| Error::internal(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Registry {
+            http,
+            options,
+            access: Mutex::new(HashMap::new()),
+            monolithic: Mutex::new(HashSet::new()),
+            answered: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Tries per request (`--tries`): also how often a broken read is taken up again.
+    pub fn tries(&self) -> u32 {
+        self.options.attempts
+    }
+
+    fn scheme(&self, host: &str) -> &'static str {
+        if self.options.insecure || is_loopback(host) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    fn url(&self, t: Target, path: &str) -> String {
+        format!("{}://{}/v2/{}/{path}", self.scheme(t.host), t.host, t.repo)
+    }
+
+    /// Gets whatever `repo` needs before any other request: nothing for an open registry, the
+    /// configured basic credentials, or one bearer token covering `repository:<repo>:pull` (and
+    /// `push` when `push`), plus `pull` on each of `mount_from` for cross-repository mounts.
+    pub async fn login(
+        &self,
+        repo: &Reference,
+        push: bool,
+        mount_from: &[&Reference],
+    ) -> Result<()> {
+        let host = repo.resolve_registry();
+        let creds = auth::lookup(repo.registry()).await?;
+        let challenge = self.challenge(host).await?;
+        let mut scopes = vec![format!(
+            "repository:{}:{}",
+            repo.repository(),
+            if push { "pull,push" } else { "pull" }
+        )];
+        scopes.extend(
+            mount_from
+                .iter()
+                .filter(|m| m.repository() != repo.repository())
+                .map(|m| format!("repository:{}:pull", m.repository())),
+        );
+        let access = match challenge {
+            Challenge::Open => Access::default(),
+            Challenge::Basic => match &creds {
+                Credentials::Basic(user, pass) => {
+                    self.check_basic(host, user, pass).await?;
+                    let raw = base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        format!("{user}:{pass}"),
+                    );
+                    Access {
+                        header: Some(secret_header(host, format!("Basic {raw}"))?),
+                        renew: None,
+                    }
+                }
+                _ => {
+                    return Err(Error::auth(format!(
+                        "registry {host} requires a username and password, and none is configured \
+                         for it (run `docker login {host}`, or add it to `auths` in your docker config)"
+                    )))
+                }
+            },
+            Challenge::Bearer { realm, service } => match &creds {
+                Credentials::Bearer(t) => Access {
+                    header: Some(secret_header(host, format!("Bearer {t}"))?),
+                    renew: None,
+                },
+                _ => {
+                    let renew = Renew {
+                        realm,
+                        service,
+                        scopes,
+                        creds,
+                    };
+                    let token = self.fetch_token(host, &renew).await?;
+                    Access {
+                        header: Some(secret_header(host, format!("Bearer {token}"))?),
+                        renew: Some(renew),
+                    }
+                }
+            },
+        };
+        self.access
+            .lock()
+            .expect("access lock")
+            .insert((host.to_string(), repo.repository().to_string()), access);
+        Ok(())
+    }
+
+    /// A fresh token for `t` after a 401 (the old one expired during a long transfer); `false`
+    /// when `t` has no token service to ask.
+    async fn renew(&self, t: Target<'_>) -> Result<bool> {
+        let key = (t.host.to_string(), t.repo.to_string());
+        let renew = self
+            .access
+            .lock()
+            .expect("access lock")
+            .get(&key)
+            .and_then(|a| a.renew.clone());
+        let Some(renew) = renew else {
+            return Ok(false);
+        };
+        let token = self.fetch_token(t.host, &renew).await?;
+        let header = secret_header(t.host, format!("Bearer {token}"))?;
+        if let Some(a) = self.access.lock().expect("access lock").get_mut(&key) {
+            a.header = Some(header);
+        }
+        Ok(true)
+    }
+
+    /// The credentials for `t`, for a request to `url`: only when `url` is on `t`'s own host.
+    /// A registry may send an upload to another host (its `Location`); credentials go only to
+    /// the host they were given for, as docker and containerd do.
+    fn header_for(&self, t: Target<'_>, url: &reqwest::Url) -> Option<HeaderValue> {
+        if !same_host(t.host, url) {
+            return None;
+        }
+        self.access
+            .lock()
+            .expect("access lock")
+            .get(&(t.host.to_string(), t.repo.to_string()))
+            .and_then(|a| a.header.clone())
+    }
+
+    /// `GET /v2/`: is the registry there, and how does it want to be authenticated?
+    async fn challenge(&self, host: &str) -> Result<Challenge> {
+        let url = format!("{}://{host}/v2/", self.scheme(host));
+        let t = Target { host, repo: "" };
+        let res = self
+            .send(t, &|| format!("reach registry {host}"), &|c| c.get(&url))
+            .await?;
+        match res.status() {
+            s if s.is_success() => Ok(Challenge::Open),
+            StatusCode::UNAUTHORIZED => {
+                let header = res
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                parse_challenge(header).ok_or_else(|| {
+                    Error::auth(format!(
+                        "registry {host} asks for authentication with a challenge layerup does not understand: `{}`",
+                        header.chars().take(120).collect::<String>()
+                    ))
+                })
+            }
+            s => Err(Error::new(
+                ExitCode::Registry,
+                format!("{host} does not look like a registry: GET /v2/ answered {s}"),
+            )),
+        }
+    }
+
+    /// One `GET /v2/` with the credentials, so a wrong password is reported as that, up front.
+    async fn check_basic(&self, host: &str, user: &str, pass: &str) -> Result<()> {
+        let url = format!("{}://{host}/v2/", self.scheme(host));
+        let t = Target { host, repo: "" };
+        let res = self
+            .send(t, &|| format!("log in to registry {host}"), &|c| {
+                c.get(&url).basic_auth(user, Some(pass))
+            })
+            .await?;
+        match res.status() {
+            s if s.is_success() => Ok(()),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(Error::auth(format!(
+                "registry {host} refused the username and password configured for it ({s})"
+            ))),
+            s => Err(Error::new(
+                ExitCode::Registry,
+                format!("registry {host} answered {s} to a login check"),
+            )),
+        }
+    }
+
+    /// The distribution token flow: `GET realm?service=…&scope=…` with basic credentials when
+    /// there are any, answered by `{"token"}` or `{"access_token"}`.
+    async fn fetch_token(&self, host: &str, renew: &Renew) -> Result<String> {
+        let Renew {
+            realm,
+            service,
+            scopes,
+            creds,
+        } = renew;
+        let realm_url = reqwest::Url::parse(realm)
+            .map_err(|_| Error::auth(format!("registry {host} names an invalid token realm")))?;
+        let realm_host = realm_url.host_str().unwrap_or("").to_string();
+        let realm_authority = match realm_url.port() {
+            Some(p) => format!("{realm_host}:{p}"),
+            None => realm_host.clone(),
+        };
+        if realm_url.scheme() != "https"
+            && matches!(creds, Credentials::Basic(..))
+            && !(self.options.insecure || is_loopback(&realm_authority))
+        {
+            return Err(Error::auth(format!(
+                "registry {host} asks for credentials to be sent to {} over plain HTTP; refusing \
+                 (pass --insecure to allow it)",
+                redact_url(realm)
+            )));
+        }
+        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        let t = Target {
+            host: &realm_authority,
+            repo: "",
+        };
+        let res = self
+            .send(t, &|| format!("get a token for registry {host}"), &|c| {
+                let req = c.get(realm_url.clone()).query(&query);
+                match creds {
+                    Credentials::Basic(u, p) => req.basic_auth(u, Some(p)),
+                    _ => req,
+                }
+            })
+            .await?;
+        let status = res.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(Error::auth(format!(
+                "the token service of registry {host} refused {} for {} ({status})",
+                if matches!(creds, Credentials::Anonymous) {
+                    "anonymous access"
+                } else {
+                    "the configured credentials"
+                },
+                scopes.join(" ")
+            )));
+        }
+        if !status.is_success() {
+            return Err(Error::auth(format!(
+                "the token service of registry {host} answered {status}"
+            )));
+        }
+        let body: serde_json::Value = res.json().await.map_err(|_| {
+            Error::auth(format!(
+                "the token service of registry {host} sent no JSON token"
+            ))
+        })?;
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::auth(format!(
+                    "the token service of registry {host} sent no token"
+                ))
+            })
+    }
+
+    /// GET or HEAD on a manifest, accepting every manifest and index type layerup reads.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        repo: &Reference,
+        tag_or_digest: &str,
+    ) -> Result<reqwest::Response> {
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("manifests/{tag_or_digest}"));
+        let accept = manifest::ACCEPT.join(", ");
+        self.send(t, &|| format!("read manifest {}", repo.whole()), &|c| {
+            c.request(method.clone(), &url).header(ACCEPT, &accept)
+        })
+        .await
+    }
+
+    /// Fetches a manifest or index by tag or digest, verifying it against the digest when one
+    /// was asked for, or against `Docker-Content-Digest` when the registry sent one. A body cut
+    /// or stalled on its way is asked for again, as any other request.
+    pub async fn manifest(&self, repo: &Reference, tag_or_digest: &str) -> Result<Fetched> {
+        let host = repo.resolve_registry();
+        let what = format!("manifest {}", repo.whole());
+        let action = || format!("cannot read {what}");
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let res = self
+                .manifest_request(Method::GET, repo, tag_or_digest)
+                .await?;
+            let status = res.status();
+            if !status.is_success() {
+                let body = res.text().await.unwrap_or_default();
+                return Err(status_error(status, &body, &action(), host));
+            }
+            let content_type = res
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let header_digest = res
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok());
+            if res
+                .content_length()
+                .is_some_and(|l| l > MANIFEST_LIMIT as u64)
+            {
+                return Err(Error::image(format!("{what} is larger than 4 MiB")));
+            }
+            let mut bytes = Vec::new();
+            let mut body = res.bytes_stream();
+            let mut broke = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(chunk) => bytes.extend_from_slice(&chunk),
+                    Err(e) => {
+                        broke = Some(e);
+                        break;
+                    }
+                }
+                if bytes.len() > MANIFEST_LIMIT {
+                    return Err(Error::image(format!("{what} is larger than 4 MiB")));
+                }
+            }
+            if let Some(e) = broke {
+                match self.judge_transport(&e, host, tries) {
+                    Verdict::Retry(wait, why) if tries < self.options.attempts => {
+                        let next = format!("try {} of {}", tries + 1, self.options.attempts);
+                        self.again(tries, &action(), &why, &next, wait).await?;
+                        continue;
+                    }
+                    Verdict::Retry(..) => {
+                        return Err(send::gave_up(
+                            transport::error(&e, host).context(action()),
+                            tries,
+                        ))
+                    }
+                    Verdict::Fail(e) => return Err(e.context(action())),
+                }
+            }
+            let asked: Option<Digest> = tag_or_digest.parse().ok();
+            let digest = match asked.or(header_digest) {
+                Some(expected) => {
+                    digest::verify(&bytes, &expected, &what)?;
+                    expected
+                }
+                None => digest::sha256(&bytes),
+            };
+            return Ok(Fetched {
+                bytes: bytes.into(),
+                digest,
+                content_type,
+            });
+        }
+    }
+
+    /// The digest of the manifest a tag or digest names (HEAD), or `None` when there is none.
+    pub async fn manifest_digest(
+        &self,
+        repo: &Reference,
+        tag_or_digest: &str,
+    ) -> Result<Option<Digest>> {
+        let host = repo.resolve_registry();
+        let res = self
+            .manifest_request(Method::HEAD, repo, tag_or_digest)
+            .await?;
+        let status = res.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(status_error(
+                status,
+                "",
+                &format!("cannot check manifest {}", repo.whole()),
+                host,
+            ));
+        }
+        // A registry that sends no digest header cannot prove it holds the one asked for.
+        Ok(res
+            .headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok()))
+    }
+
+    /// A blob's bytes from offset `from` (a `Range` request), unverified: read it through a
+    /// [`stream::Cursor`]. A registry that ignores `Range` sends it whole; the first `from`
+    /// bytes are dropped. Registries may redirect to storage elsewhere; reqwest follows, and
+    /// drops the `Authorization` header when the host changes.
+    pub async fn blob_from(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<ByteStream> {
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("blobs/{digest}"));
+        let action = || format!("cannot read blob {digest} from {}", repo.whole());
+        let range = format!("bytes={from}-");
+        let res = self
+            .send(t, &action, &|c| {
+                let req = c.get(&url);
+                if from > 0 {
+                    req.header(RANGE, &range)
+                } else {
+                    req
+                }
+            })
+            .await?;
+        let status = res.status();
+        if !status.is_success() {
+            let body = res.text().await.unwrap_or_default();
+            return Err(status_error(status, &body, &action(), t.host));
+        }
+        let body = res
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+            .boxed();
+        Ok(if status == StatusCode::PARTIAL_CONTENT || from == 0 {
+            body
+        } else {
+            stream::skip(body, from)
+        })
+    }
+
+    pub async fn has_blob(&self, repo: &Reference, digest: &Digest) -> Result<bool> {
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("blobs/{digest}"));
+        let action = || format!("cannot check for blob {digest} in {}", repo.whole());
+        let res = self.send(t, &action, &|c| c.head(&url)).await?;
+        match res.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(status_error(s, "", &action(), t.host)),
+        }
+    }
+
+    /// Asks the registry to link a blob it already holds in `from` into `to`. `false` when it
+    /// would not, and the blob must be copied instead: a 202 (an upload session instead of a
+    /// mount; abandoned, it expires), a blob it does not have, or a refusal (a token without
+    /// `pull` on `from` gets 401 from distribution). A mount only saves bytes; a real credential
+    /// problem surfaces on the upload that follows.
+    pub async fn mount(&self, to: &Reference, from: &Reference, digest: &Digest) -> Result<bool> {
+        let t = Target::of(to);
+        let url = self.url(t, "blobs/uploads/");
+        let query = [
+            ("mount", digest.to_string()),
+            ("from", from.repository().into()),
+        ];
+        let action = || format!("mount of {digest} from {}", from.whole());
+        let res = self
+            .send(t, &action, &|c| c.post(&url).query(&query))
+            .await?;
+        if res.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
+        tracing::debug!(status = %res.status(), "{}: not mounted, copying instead", action());
+        Ok(false)
+    }
+
+    /// Writes a manifest under `tag_or_digest`; the registry checks every blob it names is
+    /// present.
+    pub async fn put_manifest(
+        &self,
+        repo: &Reference,
+        tag_or_digest: &str,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<()> {
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("manifests/{tag_or_digest}"));
+        let action = || format!("cannot write manifest {}", repo.whole());
+        let res = self
+            .send(t, &action, &|c| {
+                c.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = res.text().await.unwrap_or_default();
+        Err(status_error(status, &body, &action(), t.host))
+    }
+}
+
+/// A header value holding a secret: marked sensitive, so no debug output of a request shows it.
+fn secret_header(host: &str, value: String) -> Result<HeaderValue> {
+    let mut v = HeaderValue::try_from(value).map_err(|_| {
+        Error::auth(format!(
+            "the credentials for {host} cannot be sent in an HTTP header"
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Resolves an upload `Location`, which may be relative to the registry (distribution spec).
+fn absolute(base: &str, location: &HeaderValue) -> Option<String> {
+    let loc = location.to_str().ok()?;
+    reqwest::Url::parse(base)
+        .ok()?
+        .join(loc)
+        .ok()
+        .map(|u| u.to_string())
+}
+
+fn location(base: &str, res: &reqwest::Response) -> Option<String> {
+    absolute(base, res.headers().get(LOCATION)?)
+}
+
+/// Parses `WWW-Authenticate` (RFC 7235) with `http-auth`, taking the first scheme offered.
+fn parse_challenge(header: &str) -> Option<Challenge> {
+    let challenges = http_auth::parse_challenges(header).ok()?;
+    let first = challenges.first()?;
+    if first.scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if first.scheme.eq_ignore_ascii_case("bearer") {
+        let param = |name: &str| {
+            first
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_unescaped())
+        };
+        return Some(Challenge::Bearer {
+            realm: param("realm")?,
+            service: param("service"),
+        });
+    }
+    None
+}
+
+/// Whether `url` is on `host` (`host[:port]` as a reference names it), port included.
+fn same_host(host: &str, url: &reqwest::Url) -> bool {
+    let Some(h) = url.host_str() else {
+        return false;
+    };
+    let authority = match url.port() {
+        Some(p) => format!("{h}:{p}"),
+        None => h.to_string(),
+    };
+    authority.eq_ignore_ascii_case(host)
+}
+
+/// A registry's error answer, worded from its status and its JSON error body (spec "Error Codes").
+fn status_error(status: StatusCode, body: &str, action: &str, host: &str) -> Error {
+    let detail = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let first = v.get("errors")?.as_array()?.first()?.clone();
+            let code = first.get("code")?.as_str()?.to_string();
+            let message = first
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string();
+            Some(if message.is_empty() {
+                code
+            } else {
+                format!("{code}: {message}")
+            })
+        })
+        .unwrap_or_else(|| {
+            body.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(160)
+                .collect()
+        });
+    let code = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ExitCode::Auth,
+        StatusCode::NOT_FOUND => ExitCode::NotFound,
+        _ => ExitCode::Registry,
+    };
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => " (check the credentials for this registry)",
+        StatusCode::FORBIDDEN => " (the credentials are valid but not allowed to do this)",
+        _ => "",
+    };
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(", {detail}")
+    };
+    Error::new(
+        code,
+        format!("{action}: registry {host} answered {status}{detail}{hint}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_used_except_on_loopback_or_when_insecure() {
+        let options = |insecure| Options {
+            insecure,
+            attempts: 1,
+            stall: Duration::from_secs(1),
+            chunk: 1 << 20,
+            chunked: false,
+        };
+        let strict = Registry::new(options(false)).unwrap();
+        assert_eq!(strict.scheme("registry.example.com"), "https");
+        assert_eq!(strict.scheme("10.1.2.3:5000"), "https");
+        assert_eq!(strict.scheme("127.0.0.1:5000"), "http");
+        assert_eq!(strict.scheme("localhost:5000"), "http");
+        let insecure = Registry::new(options(true)).unwrap();
+        assert_eq!(insecure.scheme("registry.example.com"), "http");
+    }
+
+    #[test]
+    fn bearer_challenge_gives_realm_and_service() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#,
+        );
+        match c {
+            Some(Challenge::Bearer { realm, service }) => {
+                assert_eq!(realm, "https://auth.example/token");
+                assert_eq!(service.as_deref(), Some("registry.example"));
+            }
+            _ => panic!("not a bearer challenge"),
+        }
+    }
+
+    #[test]
+    fn basic_challenge_is_recognised() {
+        assert!(matches!(
+            parse_challenge(r#"Basic realm="basic-realm""#),
+            Some(Challenge::Basic)
+        ));
+    }
+
+    #[test]
+    fn registry_error_body_is_worded_with_code_and_message() {
+        let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"9"}}]}"#;
+        let err = status_error(
+            StatusCode::NOT_FOUND,
+            body,
+            "cannot read manifest a:9",
+            "reg:5000",
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot read manifest a:9: registry reg:5000 answered 404 Not Found, MANIFEST_UNKNOWN: manifest unknown"
+        );
+        assert_eq!(err.code(), ExitCode::NotFound);
+    }
+
+    #[test]
+    fn denied_is_an_auth_failure_with_a_hint() {
+        let err = status_error(StatusCode::FORBIDDEN, "", "cannot upload", "reg");
+        assert_eq!(err.code(), ExitCode::Auth);
+        assert!(err
+            .to_string()
+            .ends_with("(the credentials are valid but not allowed to do this)"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Every registry request, retried as a bad link or a busy registry needs: connection failures,
+//! timeouts, 5xx and 429 (honouring `Retry-After`), with exponential backoff and jitter, a bounded
+//! number of tries, then one error naming what was being done, the registry and the last answer.
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, StatusCode};
+
+use super::transport::{self, Transport};
+use super::{same_host, status_error, Registry, Target};
+use crate::error::{Error, ExitCode, Result};
+pub(super) use crate::retry::backoff;
+
+/// A registry asking for a longer pause than this is treated as down, not busy.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What to do about one failed try.
+pub(super) enum Verdict {
+    /// Worth another try after this long.
+    Retry(Duration, String),
+    /// Final: retrying cannot help.
+    Fail(Error),
+}
+
+impl Registry {
+    /// Sends the request `build` makes (with `t`'s credentials) until it gets an answer that is
+    /// not worth retrying, which it returns whatever its status. `action` words the failure:
+    /// "cannot read manifest …".
+    pub(super) async fn send(
+        &self,
+        t: Target<'_>,
+        action: &(dyn Fn() -> String + Sync),
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Sync),
+    ) -> Result<Response> {
+        let mut renewed = false;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut req = build(&self.http).build().map_err(|e| {
+                Error::new(
+                    ExitCode::Registry,
+                    format!("{}: cannot make the request: {e}", action()),
+                )
+            })?;
+            let elsewhere = !same_host(t.host, req.url());
+            if let Some(h) = self.header_for(t, req.url()) {
+                req.headers_mut().insert(AUTHORIZATION, h);
+            }
+            let sent = self.http.execute(req).await;
+            if sent.is_ok() {
+                self.answered(t.host);
+            }
+            let verdict = match sent {
+                Ok(res) if res.status() == StatusCode::UNAUTHORIZED && elsewhere => {
+                    // The registry sent this request to another host, which asks for credentials:
+                    // they are not sent there.
+                    let other = res.url().host_str().unwrap_or("?").to_string();
+                    let other = match res.url().port() {
+                        Some(p) => format!("{other}:{p}"),
+                        None => other,
+                    };
+                    return Err(Error::auth(format!(
+                        "{}: registry {} sent the request on to {other}, which asks for \
+                         credentials; layerup sends {}'s credentials only to {}",
+                        action(),
+                        t.host,
+                        t.host,
+                        t.host
+                    )));
+                }
+                Ok(res) if res.status() == StatusCode::UNAUTHORIZED && !renewed => {
+                    // A token that expired during a long transfer: fetch a fresh one, once.
+                    renewed = true;
+                    // Boxed: fetching the token is itself a request sent through here.
+                    if Box::pin(self.renew(t)).await? {
+                        tries -= 1;
+                        continue;
+                    }
+                    return Ok(res);
+                }
+                Ok(res) => match self.judge_status(&res, tries) {
+                    None => return Ok(res),
+                    Some(Verdict::Retry(wait, why)) if tries < self.options.attempts => {
+                        Verdict::Retry(wait, why)
+                    }
+                    Some(Verdict::Retry(..)) => {
+                        let status = res.status();
+                        let body = res.text().await.unwrap_or_default();
+                        let e = status_error(status, &body, &action(), t.host);
+                        return Err(gave_up(e, tries));
+                    }
+                    Some(Verdict::Fail(e)) => return Err(e.context(action())),
+                },
+                Err(e) => match self.judge_transport(&e, t.host, tries) {
+                    Verdict::Retry(..) if tries >= self.options.attempts => {
+                        return Err(gave_up(
+                            transport::error(&e, t.host).context(action()),
+                            tries,
+                        ))
+                    }
+                    v => v,
+                },
+            };
+            match verdict {
+                Verdict::Retry(wait, why) => {
+                    let next = format!("try {} of {}", tries + 1, self.options.attempts);
+                    self.again(tries, &action(), &why, &next, wait).await?;
+                }
+                Verdict::Fail(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `None` when the answer is final (success or a client error the caller words itself).
+    pub(super) fn judge_status(&self, res: &Response, tries: u32) -> Option<Verdict> {
+        let status = res.status();
+        if !retryable(status) {
+            return None;
+        }
+        let asked = retry_after(res);
+        if let Some(after) = asked.filter(|a| *a > MAX_RETRY_AFTER) {
+            return Some(Verdict::Fail(Error::new(
+                ExitCode::Registry,
+                format!(
+                    "registry answered {status} and asks to wait {}s before trying again",
+                    after.as_secs()
+                ),
+            )));
+        }
+        let wait = asked.unwrap_or_else(|| backoff(tries));
+        Some(Verdict::Retry(wait, format!("registry answered {status}")))
+    }
+
+    /// Connection failures and timeouts are retried; a TLS failure, a name that does not
+    /// resolve, or a host that has refused every connection so far (a wrong port) is final.
+    pub(super) fn judge_transport(&self, e: &reqwest::Error, host: &str, tries: u32) -> Verdict {
+        let err = transport::error(e, host);
+        let final_ = match transport::classify(e) {
+            Transport::Tls | Transport::Dns => true,
+            // A host that never answered in this run is a wrong address, not weather.
+            Transport::Refused => !self.has_answered(host),
+            Transport::Timeout => e.is_connect() && !self.has_answered(host),
+            Transport::Broken | Transport::Other => false,
+        };
+        if final_ {
+            return Verdict::Fail(err);
+        }
+        Verdict::Retry(backoff(tries), err.to_string())
+    }
+
+    /// Waits `wait` before the next try, saying on stderr why and what comes `next`; or, once
+    /// `tries` are spent, the error `action: why`.
+    pub(super) async fn again(
+        &self,
+        tries: u32,
+        action: &str,
+        why: &str,
+        next: &str,
+        wait: Duration,
+    ) -> Result<()> {
+        if tries >= self.options.attempts {
+            let e = Error::new(ExitCode::Registry, format!("{action}: {why}"));
+            return Err(gave_up(e, tries));
+        }
+        tracing::warn!("{action}: {why}; {next} in {:.1}s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    pub(super) fn answered(&self, host: &str) {
+        let mut hosts = self.answered.lock().expect("answered lock");
+        if !hosts.contains(host) {
+            hosts.insert(host.to_string());
+        }
+    }
+
+    fn has_answered(&self, host: &str) -> bool {
+        self.answered.lock().expect("answered lock").contains(host)
+    }
+}
+
+/// 408, 429 and the 5xx that mean "not now": worth another try.
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (RFC 9110 also allows a date; registries send seconds).
+fn retry_after(res: &Response) -> Option<Duration> {
+    let text = res.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The last error, saying that it was not the first.
+pub(super) fn gave_up(e: Error, tries: u32) -> Error {
+    let code = e.code();
+    Error::new(code, format!("{e} (gave up after {tries} tries)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_statuses_are_retried() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 201, 202, 400, 401, 403, 404, 405, 416, 501] {
+            assert!(!retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+}

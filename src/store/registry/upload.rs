@@ -1,0 +1,366 @@
+//! Blob uploads that survive bad links (distribution spec, "Pushing blobs").
+//!
+//! A blob up to one chunk goes in one request (POST, then PUT with the body). A larger one
+//! streams in one PATCH with the whole body, then an empty PUT — one round trip and one append
+//! on the registry, as docker and crane send it. Only when that PATCH fails does the upload go
+//! in chunks: the upload's status (GET on its location, `204` with `Range`) says how much
+//! arrived, and PATCHes with `Content-Range` go on from there, each answer's `Range` checked.
+//! With `--chunk-size` given, larger blobs go in chunks from their first byte. Registries that
+//! cannot resume (distribution 2.8 drops a session whose PATCH was cut: 404
+//! BLOB_UPLOAD_INVALID) get that one blob started again from its first byte, with a fresh
+//! session. A registry that refuses PATCH gets every later blob in one PUT.
+//!
+//! The bytes come through a [`Cursor`]: verified as they pass, so a blob with the wrong bytes
+//! is never committed and that failure is final; and able to go back to the offset a registry
+//! names, re-reading its origin rather than keeping sent bytes in memory.
+
+use std::sync::Arc;
+
+use oci_spec::distribution::Reference;
+use oci_spec::image::Digest;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use reqwest::{Response, StatusCode};
+use tokio::sync::Mutex;
+
+use super::send::{backoff, Verdict};
+use super::{location, status_error, Registry, Target};
+use crate::error::{Error, ExitCode, Result};
+use crate::oci::stream::{self, Cursor};
+
+/// How one try at a blob ended, when it did not fail for good.
+enum Step {
+    Done,
+    /// Start the blob over, for this reason.
+    Again(String),
+}
+
+/// How the bytes after the acknowledged offset are sent.
+#[derive(Clone, Copy, PartialEq)]
+enum Pace {
+    /// Everything left, in one PATCH without `Content-Range` (a streamed upload).
+    Whole,
+    /// At most one chunk per PATCH, with `Content-Range`.
+    Chunks,
+}
+
+type Action<'a> = &'a (dyn Fn() -> String + Sync);
+
+impl Registry {
+    /// Uploads the blob the cursor reads, of known `digest`, to `repo`.
+    pub async fn upload(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        cursor: Arc<Mutex<Cursor>>,
+    ) -> Result<()> {
+        let t = Target::of(repo);
+        let action = || format!("cannot upload blob {digest} to {}", repo.whole());
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let why = match self.upload_once(t, digest, &cursor, &action).await? {
+                Step::Done => return Ok(()),
+                Step::Again(why) => why,
+            };
+            // The last try may have landed although its answer was lost.
+            if self.has_blob(repo, digest).await? {
+                return Ok(());
+            }
+            self.again(tries, &action(), &why, "starting it again", backoff(tries))
+                .await?;
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        t: Target<'_>,
+        digest: &Digest,
+        cursor: &Arc<Mutex<Cursor>>,
+        action: Action<'_>,
+    ) -> Result<Step> {
+        let size = {
+            let mut c = cursor.lock().await;
+            if let Err(e) = c.seek(0).await {
+                return Err(self.cursor_failure(&mut c, &e));
+            }
+            c.size()
+        };
+        let base = format!("{}://{}/", self.scheme(t.host), t.host);
+        let url = self.url(t, "blobs/uploads/");
+        let res = self.send(t, action, &|c| c.post(&url)).await?;
+        if res.status() != StatusCode::ACCEPTED {
+            let status = res.status();
+            let body = res.text().await.unwrap_or_default();
+            return Err(status_error(status, &body, &action(), t.host));
+        }
+        let Some(mut loc) = location(&base, &res) else {
+            return Err(Error::new(
+                ExitCode::Registry,
+                format!(
+                    "{}: registry {} started an upload without a Location",
+                    action(),
+                    t.host
+                ),
+            ));
+        };
+        // A registry may ask for larger chunks (`OCI-Chunk-Min-Length`, distribution spec 1.1).
+        let chunk = res
+            .headers()
+            .get("OCI-Chunk-Min-Length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map_or(self.options.chunk, |min| min.max(self.options.chunk));
+
+        if size <= chunk || self.monolithic.lock().expect("lock").contains(t.host) {
+            let res = self
+                .body_request(self.http.put(with_digest(&loc, digest)), t, cursor, size)
+                .await;
+            return match res {
+                Ok(r) if r.status().is_success() => Ok(Step::Done),
+                Ok(r) => self.refused(r, t, action).await,
+                Err(e) => Ok(match self.broken(cursor, &e, t).await? {
+                    Ok(why) => Step::Again(why),
+                    Err(step) => step,
+                }),
+            };
+        }
+
+        let mut pace = if self.options.chunked {
+            Pace::Chunks
+        } else {
+            Pace::Whole
+        };
+        let mut tries = 0;
+        loop {
+            let acked = cursor.lock().await.position();
+            if acked == size {
+                break;
+            }
+            let end = match pace {
+                Pace::Whole => size,
+                Pace::Chunks => (acked + chunk).min(size),
+            };
+            let mut req = self.http.patch(&loc);
+            if pace == Pace::Chunks {
+                req = req.header("Content-Range", format!("{acked}-{}", end - 1));
+            }
+            let failure = match self.body_request(req, t, cursor, end).await {
+                Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                    loc = location(&base, &r).unwrap_or(loc);
+                    // Spec: the registry MUST send Range; without it, trust the 202.
+                    match range_end(&r).unwrap_or(end) {
+                        n if n == end => {
+                            tries = 0;
+                            continue;
+                        }
+                        n if n > acked && n < end => {
+                            self.rewind(cursor, n).await?;
+                            tries = 0;
+                            continue;
+                        }
+                        // Kept nothing: a failure like any other, or this would never end.
+                        n if n == acked => "the registry kept none of the bytes sent".to_string(),
+                        n => {
+                            return Ok(Step::Again(format!(
+                                "the registry acknowledged {n} bytes after {end} were sent"
+                            )))
+                        }
+                    }
+                }
+                Ok(r) if r.status() == StatusCode::NOT_FOUND => {
+                    return Ok(Step::Again("the registry lost the upload session".into()));
+                }
+                Ok(r) if matches!(r.status().as_u16(), 400 | 405 | 415 | 501) => {
+                    self.monolithic
+                        .lock()
+                        .expect("lock")
+                        .insert(t.host.to_string());
+                    return Ok(Step::Again(format!(
+                        "the registry refused a chunk ({}); sending blobs in one request",
+                        r.status()
+                    )));
+                }
+                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
+                    if !self.renew(t).await? {
+                        return self.refused(r, t, action).await;
+                    }
+                    "the token expired".to_string()
+                }
+                Ok(r) => match self.judge_status(&r, tries + 1) {
+                    Some(Verdict::Retry(_, why)) => why,
+                    Some(Verdict::Fail(e)) => return Err(e.context(action())),
+                    None if r.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
+                        "the registry disagrees about the upload's offset".to_string()
+                    }
+                    None => return self.refused(r, t, action).await,
+                },
+                Err(e) => match self.broken(cursor, &e, t).await? {
+                    Ok(why) => why,
+                    Err(step) => return Ok(step),
+                },
+            };
+            tries += 1;
+            let why = format!("{failure} at byte {acked}");
+            self.again(
+                tries,
+                &action(),
+                &why,
+                "asking where the upload stands",
+                backoff(tries),
+            )
+            .await?;
+            // From here on, chunks: each acknowledged, so another failure costs at most one.
+            pace = Pace::Chunks;
+            let sent = cursor.lock().await.position();
+            match self.upload_status(t, &base, &loc, action).await? {
+                Some((n, next)) if n <= sent => {
+                    loc = next;
+                    self.rewind(cursor, n).await?;
+                }
+                Some((n, _)) => {
+                    return Ok(Step::Again(format!(
+                        "the registry holds {n} bytes of the upload, {sent} were sent"
+                    )))
+                }
+                None => {
+                    return Ok(Step::Again(
+                        "the registry dropped the upload session after the failure".into(),
+                    ))
+                }
+            }
+        }
+
+        let done = with_digest(&loc, digest);
+        let res = self
+            .send(t, action, &|c| c.put(&done).header(CONTENT_LENGTH, 0))
+            .await?;
+        if res.status().is_success() {
+            return Ok(Step::Done);
+        }
+        self.refused(res, t, action).await
+    }
+
+    /// Goes back to offset `n`, which the registry holds.
+    async fn rewind(&self, cursor: &Arc<Mutex<Cursor>>, n: u64) -> Result<()> {
+        let mut c = cursor.lock().await;
+        match c.seek(n).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.cursor_failure(&mut c, &e)),
+        }
+    }
+
+    fn cursor_failure(&self, c: &mut Cursor, e: &std::io::Error) -> Error {
+        let real = c.take_failure();
+        stream::failure("the blob", real.as_ref().unwrap_or(e))
+    }
+
+    /// Sends `req` with the cursor's bytes from where it stands up to `end` as its body.
+    async fn body_request(
+        &self,
+        req: reqwest::RequestBuilder,
+        t: Target<'_>,
+        cursor: &Arc<Mutex<Cursor>>,
+        end: u64,
+    ) -> reqwest::Result<Response> {
+        let from = cursor.lock().await.position();
+        let body = stream::body(cursor.clone(), end);
+        let mut req = req
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, end - from)
+            .body(reqwest::Body::wrap_stream(body))
+            .build()?;
+        if let Some(h) = self.header_for(t, req.url()) {
+            req.headers_mut().insert(AUTHORIZATION, h);
+        }
+        let res = self.http.execute(req).await;
+        if res.is_ok() {
+            self.answered(t.host);
+        }
+        res
+    }
+
+    /// `GET` on the upload: `(bytes held, next location)`, or `None` when the session is gone.
+    /// `Range: 0-0` is read as nothing held (it could be one byte; resending it is harmless).
+    async fn upload_status(
+        &self,
+        t: Target<'_>,
+        base: &str,
+        loc: &str,
+        action: Action<'_>,
+    ) -> Result<Option<(u64, String)>> {
+        let res = self.send(t, action, &|c| c.get(loc)).await?;
+        match res.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => {
+                let held = range_end(&res).filter(|n| *n > 1).unwrap_or(0);
+                let next = location(base, &res).unwrap_or_else(|| loc.to_string());
+                Ok(Some((held, next)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A final answer that is not success: a lost session is worth another try, anything else
+    /// is worded as the error it is.
+    async fn refused(&self, res: Response, t: Target<'_>, action: Action<'_>) -> Result<Step> {
+        let status = res.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Step::Again("the registry lost the upload session".into()));
+        }
+        if let Some(Verdict::Retry(_, why)) = self.judge_status(&res, 1) {
+            return Ok(Step::Again(why));
+        }
+        let body = res.text().await.unwrap_or_default();
+        Err(status_error(status, &body, &action(), t.host))
+    }
+
+    /// A request that broke off, because its source failed for good (wrong bytes, or an
+    /// origin that kept failing: final) or because the link to the registry did (the upload
+    /// may go on): the reason to go on, or the step to take.
+    async fn broken(
+        &self,
+        cursor: &Arc<Mutex<Cursor>>,
+        e: &reqwest::Error,
+        t: Target<'_>,
+    ) -> Result<std::result::Result<String, Step>> {
+        if let Some(err) = cursor.lock().await.take_failure() {
+            return Err(stream::failure("the blob", &err));
+        }
+        match self.judge_transport(e, t.host, 1) {
+            Verdict::Retry(_, why) => Ok(Ok(why)),
+            Verdict::Fail(e) => Err(e),
+        }
+    }
+}
+
+/// The upload location with `digest=` added, to complete the upload.
+fn with_digest(loc: &str, digest: &Digest) -> String {
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    format!(
+        "{loc}{sep}digest={}",
+        digest.to_string().replace(':', "%3A")
+    )
+}
+
+/// The bytes a `Range: 0-<last>` (or `bytes=0-<last>`) acknowledges: `last + 1`.
+fn range_end(res: &Response) -> Option<u64> {
+    let text = res.headers().get(RANGE)?.to_str().ok()?;
+    let text = text.trim().trim_start_matches("bytes=");
+    let (_, last) = text.split_once('-')?;
+    last.trim().parse::<u64>().ok().map(|n| n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completing_url_keeps_the_session_state() {
+        let d = crate::oci::digest::sha256(b"");
+        assert_eq!(
+            with_digest("http://r/v2/a/blobs/uploads/u?_state=x", &d),
+            format!(
+                "http://r/v2/a/blobs/uploads/u?_state=x&digest=sha256%3A{}",
+                d.digest()
+            )
+        );
+    }
+}
