@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): `layerup copy` against `skopeo copy`, registry to registry on loopback,
-# in the same run: a real multi-layer image of 100+ MB (this machine's Python standard library
+# Benchmark (not a test): `layerup copy` against `skopeo copy` and against the registry's own
+# floor (benches/floor.sh: curl streaming each blob source → destination in one upload, 4 at a
+# time), registry to registry on loopback, in the same run: a real multi-layer image of 100+ MB (this machine's Python standard library
 # and /usr/bin on busybox) and a 1 GiB one (four 256 MiB layers that do not compress), each
 # cold (a new repository every run: every blob moves) and warm (the same copy again: nothing
 # moves). Every cold run gets a fresh destination registry of its own, so that nothing — not even
@@ -11,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-for t in docker-registry skopeo umoci /usr/bin/time busybox python3; do
-  command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo umoci time busybox-static python3" >&2; exit 1; }
+for t in docker-registry skopeo umoci /usr/bin/time busybox python3 curl; do
+  command -v "$t" >/dev/null || { echo "missing $t: apt-get install -y docker-registry skopeo umoci time busybox-static python3 curl" >&2; exit 1; }
 done
 . benches/common.sh
 registry src 5300
@@ -35,11 +36,12 @@ rm -rf "$work/big"
 
 image_size() { skopeo inspect --raw --tls-verify=false "docker://$src/$1" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(len(m["layers"]), m["config"]["size"] + sum(l["size"] for l in m["layers"]))'; }
 
-printf '%-6s %-5s %-22s %-22s\n' image case "layerup (s, MiB)" "skopeo (s, MiB)"
+tools=(layerup skopeo floor)
+printf '%-6s %-5s %-20s %-20s %-20s %s\n' image case "layerup (s, MiB)" "skopeo (s, MiB)" "floor (s, MiB)" "layerup/floor"
 for image in real gib; do
   read -r layers bytes <<<"$(image_size "$image:1")"
   for i in $(seq "$runs"); do
-    for tool in layerup skopeo; do
+    for tool in "${tools[@]}"; do
       n=$((${n:-0} + 1))
       registry "dst$n" $((5400 + 2 * n))
       dst=$host
@@ -47,6 +49,10 @@ for image in real gib; do
         to="$dst/$tool/$image:1"
         if [ "$tool" = layerup ]; then
           measure "$work/$image-$case-$tool" "$layerup" -q copy "$src/$image:1" "$to"
+        elif [ "$tool" = floor ]; then
+          # The floor asks nothing first: warm, it would send everything again.
+          [ "$case" = warm ] && continue
+          measure "$work/$image-$case-$tool" benches/floor.sh "$src/$image:1" "$to"
         else
           measure "$work/$image-$case-$tool" skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "docker://$src/$image:1" "docker://$to"
         fi
@@ -62,12 +68,19 @@ for image in real gib; do
   done
   for case in cold warm; do
     row=()
-    for tool in layerup skopeo; do
+    for tool in "${tools[@]}"; do
       f="$work/$image-$case-$tool"
-      row+=("$(cut -d' ' -f1 "$f" | median) s, $(( $(cut -d' ' -f2 "$f" | median) / 1024 )) MiB")
+      if [ -s "$f" ]; then
+        row+=("$(cut -d' ' -f1 "$f" | median) s, $(( $(cut -d' ' -f2 "$f" | median) / 1024 )) MiB")
+      else
+        row+=("-")
+      fi
     done
-    printf '%-6s %-5s %-22s %-22s\n' "$image" "$case" "${row[0]}" "${row[1]}"
+    ratio=-
+    [ "${row[2]}" = - ] || ratio=$(python3 -c "print(f'{float(\"${row[0]%% *}\") / float(\"${row[2]%% *}\"):.2f}x')")
+    printf '%-6s %-5s %-20s %-20s %-20s %s\n' "$image" "$case" "${row[0]}" "${row[1]}" "${row[2]}" "$ratio"
   done
   echo "       ($layers layers, $((bytes / 1024 / 1024)) MiB moved cold, 0 warm; medians of $runs runs)"
 done
 echo "each layerup copy's digest equals the source's (checked on the first run of each image)"
+echo "floor: curl, each blob streamed from the source into one upload (POST, PATCH, PUT), 4 at a time (its peak is one curl's)"

@@ -29,10 +29,21 @@ struct Big {
 
 fn big() -> &'static Big {
     static BIG: OnceLock<Big> = OnceLock::new();
-    BIG.get_or_init(|| {
+    BIG.get_or_init(|| image_with(3 << 20))
+}
+
+/// An image whose big layer (6 MiB) is over the default chunk size: without `--chunk-size` it
+/// goes in one PATCH.
+fn large() -> &'static Big {
+    static LARGE: OnceLock<Big> = OnceLock::new();
+    LARGE.get_or_init(|| image_with(6 << 20))
+}
+
+fn image_with(bytes: usize) -> Big {
+    {
         let registry = Registry::start();
         let tree = tempfile::tempdir().unwrap();
-        std::fs::write(tree.path().join("blob.bin"), noise(3 << 20)).unwrap();
+        std::fs::write(tree.path().join("blob.bin"), noise(bytes)).unwrap();
         let to = registry.reference("src/app:big");
         push_tree(tree.path(), &prod().oci, &to, &[]).ok();
         let manifest = raw_manifest_bytes(&registry.host, "src/app", "big");
@@ -56,7 +67,7 @@ fn big() -> &'static Big {
             blobs,
             big,
         }
-    })
+    }
 }
 
 impl Big {
@@ -102,6 +113,117 @@ fn nth(
 
 fn is_patch(r: &Req) -> bool {
     r.method == "PATCH" && r.is_upload()
+}
+
+/// A copy of the large image with no `--chunk-size`: each blob in one request.
+fn copy_large_via(to: &str) -> Run {
+    Layerup::new().args(["copy", &large().reference, to]).run()
+}
+
+#[test]
+fn a_reset_mid_blob_on_a_resumable_registry_goes_on_from_where_it_stands() {
+    let large = large();
+    let reg = Resumable::start();
+    let proxy = Proxy::start(&reg.host, nth(1, is_patch, || Fault::CutAt(2_000_000)));
+    let run = copy_large_via(&proxy.reference("dev/app:1"));
+    run.ok();
+    assert_eq!(reg.manifest("dev/app", "1").unwrap(), large.manifest);
+    for (d, size) in &large.blobs {
+        let held = reg.blob(d).unwrap_or_else(|| panic!("{d} is missing"));
+        assert_eq!((held.len() as u64, sha256(&held)), (*size, d.clone()));
+    }
+    let patches: Vec<_> = proxy
+        .stats()
+        .seen
+        .into_iter()
+        .filter(|s| s.method == "PATCH")
+        .collect();
+    assert_eq!(
+        (patches[0].status, patches[0].content_length),
+        (0, large.big.1),
+        "the first PATCH carried the whole blob, and was cut"
+    );
+    assert!(
+        patches.len() >= 2,
+        "then chunks from the offset: {patches:?}"
+    );
+    let again = proxy.stats().upload_bytes - large.total();
+    assert!(
+        again <= 4 << 20,
+        "{again} bytes sent again, more than one chunk: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("asking where the upload stands")
+            && !run.stderr.contains("starting it again"),
+        "resumed, not restarted: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_reset_mid_blob_on_distribution_sends_only_that_blob_again() {
+    let large = large();
+    let dev = Registry::start();
+    let proxy = Proxy::start(&dev.host, nth(1, is_patch, || Fault::CutAt(2_000_000)));
+    let run = copy_large_via(&proxy.reference("dev/app:1"));
+    run.ok();
+    large.assert_copied(&dev.host, "dev/app", "1");
+    let again = proxy.stats().upload_bytes - large.total();
+    assert!(again > 0, "the cut was not seen");
+    assert!(
+        again <= large.big.1,
+        "{again} bytes sent again, more than the cut blob's {}",
+        large.big.1
+    );
+    assert!(run.stderr.contains("starting it again"), "{}", run.stderr);
+}
+
+#[test]
+fn a_download_cut_mid_blob_goes_on_with_a_range_request() {
+    let large = large();
+    let dev = Registry::start();
+    let target = large.big.0.clone();
+    let source = Proxy::start(
+        &large.registry.host,
+        nth(
+            1,
+            move |r: &Req| r.is_blob_get() && r.path.ends_with(&target),
+            || Fault::CutAnswerAt(2_500_000),
+        ),
+    );
+    let run = Layerup::new()
+        .args(["copy", &source.reference("src/app:big")])
+        .args([dev.reference("dev/app:1")])
+        .run();
+    run.ok();
+    large.assert_copied(&dev.host, "dev/app", "1");
+    let gets: Vec<_> = source
+        .stats()
+        .seen
+        .into_iter()
+        .filter(|s| s.path.ends_with(&large.big.0))
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let from: u64 = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the second GET asks for a range: {gets:?}"));
+    assert!(from > 0 && from <= 2_500_000, "went on from byte {from}");
+    let downloaded = source.stats().download_bytes;
+    assert!(
+        downloaded <= large.total() + (1 << 20),
+        "{downloaded} bytes downloaded for {}",
+        large.total()
+    );
+    assert!(
+        run.stderr.contains("reading on from there") && !run.stderr.contains("starting it again"),
+        "the upload never saw the break: {}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -110,18 +110,14 @@ impl State {
     }
 }
 
-/// Where states live: `$LAYERUP_STATE_DIR`, else `$XDG_CACHE_HOME/layerup`, else
-/// `~/.cache/layerup` (the XDG base directory defaults; the cache is the right place for data
-/// that only saves work and can be rebuilt).
-pub fn dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("LAYERUP_STATE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("layerup")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache/layerup")))
+/// Where states live, from the environment `env` gives: `$LAYERUP_STATE_DIR`, else
+/// `$XDG_CACHE_HOME/layerup`, else `~/.cache/layerup` (the XDG base directory defaults; the
+/// cache is the right place for data that only saves work and can be rebuilt).
+pub fn dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("LAYERUP_STATE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("layerup")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/layerup")))
 }
 
 /// The state file of one destination (as [`crate::oci::reference::ImageRef`] prints it).

@@ -620,6 +620,61 @@ dev = "localhost:5000/team"
         );
     }
 
+    /// Every long flag of every command, with the commands that take it.
+    fn flags() -> BTreeMap<String, Vec<String>> {
+        use clap::CommandFactory;
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for sub in crate::cli::args::Cli::command().get_subcommands() {
+            for a in sub.get_arguments() {
+                let name = a
+                    .get_long()
+                    .map_or_else(|| a.get_id().to_string(), str::to_string);
+                out.entry(name)
+                    .or_default()
+                    .push(sub.get_name().to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_key_stands_for_a_flag_that_exists() {
+        let flags = flags();
+        for (key, flag, shape) in KEYS {
+            let flag = if *shape == Shape::Mappings {
+                "mappings"
+            } else {
+                flag
+            };
+            assert!(
+                flags.contains_key(flag),
+                "layerup.toml key `{key}` stands for --{flag}, which no command has"
+            );
+        }
+    }
+
+    /// Flags that are about one run, not a project's defaults: no layerup.toml key, on purpose.
+    const ONE_RUN: &[&str] = &[
+        "help", "version", "verbose", "quiet", "json", "profile", "full", "ref-file", "dry-run",
+        "no-wait", "original", "all",
+        // Positional arguments of copy, deploy, rollback, inspect and completions.
+        "from", "image", "workload", "shell",
+    ];
+
+    #[test]
+    fn every_flag_has_a_key_or_is_one_run_only() {
+        for (flag, commands) in flags() {
+            let keyed = KEYS.iter().any(|(_, f, shape)| {
+                *f == flag || (*shape == Shape::Mappings && flag == "mappings")
+            });
+            assert!(
+                keyed || ONE_RUN.contains(&flag.as_str()),
+                "--{flag} (of {}) has no layerup.toml key: add one to KEYS or to ONE_RUN",
+                commands.join(", ")
+            );
+        }
+    }
+
     #[test]
     fn mappings_are_relative_to_the_file() {
         let dir = tempfile::tempdir().unwrap();

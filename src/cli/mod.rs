@@ -131,10 +131,9 @@ pub fn parse(
         Command::Inspect(a) => expand(&mut a.image),
         Command::Rollback(_) | Command::Config | Command::Completions { .. } | Command::Man => {}
     }
-    let sde = env("SOURCE_DATE_EPOCH");
     let job = match cli.command {
-        Command::Push(a) => a.plan(sde.as_deref()).map(Job::Push),
-        Command::Watch(a) => a.plan(sde.as_deref()).map(Job::Watch),
+        Command::Push(a) => a.plan(env).map(Job::Push),
+        Command::Watch(a) => a.plan(env).map(Job::Watch),
         Command::Copy(a) => a.plan().map(Job::Copy),
         Command::Deploy(a) => a.plan().map(Job::Deploy),
         Command::Rollback(a) => a.plan().map(Job::Rollback),

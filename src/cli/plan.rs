@@ -25,7 +25,10 @@ const DEFAULT_CHUNK: &str = "4M";
 impl PushArgs {
     /// Validates everything that can be checked without I/O beyond a `stat` of each source.
     /// `source_date_epoch` is the `SOURCE_DATE_EPOCH` environment variable.
-    pub fn plan(&self, source_date_epoch: Option<&str>) -> Result<PushPlan> {
+    /// `env` is the process environment (`SOURCE_DATE_EPOCH`, where states live).
+    pub fn plan(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<PushPlan> {
+        let source_date_epoch = env("SOURCE_DATE_EPOCH");
+        let source_date_epoch = source_date_epoch.as_deref();
         let base = self.base.as_deref().ok_or_else(|| {
             Error::usage("no base image: give --base REF (or `base` in layerup.toml)")
         })?;
@@ -140,6 +143,7 @@ impl PushArgs {
         }
         Ok(PushPlan {
             deploy,
+            state_dir: crate::build::state::dir(env),
             ignore: self.ignore.clone(),
             ref_file: self.ref_file.clone(),
             base,
@@ -161,9 +165,9 @@ impl PushArgs {
 }
 
 impl WatchArgs {
-    pub fn plan(&self, source_date_epoch: Option<&str>) -> Result<WatchPlan> {
+    pub fn plan(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<WatchPlan> {
         Ok(WatchPlan {
-            push: self.push.plan(source_date_epoch)?,
+            push: self.push.plan(env)?,
             debounce: std::time::Duration::from_millis(self.debounce),
         })
     }

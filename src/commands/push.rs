@@ -46,6 +46,9 @@ pub struct PushPlan {
     pub ref_file: Option<PathBuf>,
     /// `--deploy`: then set the image in the cluster.
     pub deploy: Option<Deploy>,
+    /// Where the state of the last push to each destination is kept; `None`: every push is a
+    /// full one, and nothing is remembered.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -112,7 +115,7 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
     let source = Store::for_reading(&plan.base, &registry)?;
     let dest = Store::for_writing(&plan.to, &registry)?;
     let dest_name = plan.to.to_string();
-    let state_file = state::dir().map(|d| state::path(&d, &dest_name));
+    let state_file = plan.state_dir.as_ref().map(|d| state::path(d, &dest_name));
     let mut timings = Timings::default();
 
     // Three things at once: the base's manifest and config; the last push's state, then the

@@ -15,6 +15,8 @@ pub struct Req {
     pub method: String,
     pub path: String,
     pub content_length: u64,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
 }
 
 impl Req {
@@ -43,6 +45,8 @@ pub enum Fault {
     Corrupt(u64),
     /// Forward the first `n` body bytes, run the hook (kill the registry, say), drop both ends.
     CutAndRun(u64, Box<dyn FnOnce() + Send>),
+    /// Forward, then pass on only the first `n` bytes of the answer's body and drop both ends.
+    CutAnswerAt(u64),
 }
 
 type Rule = Box<dyn FnMut(&Req) -> Fault + Send>;
@@ -53,12 +57,17 @@ pub struct Seen {
     pub path: String,
     pub status: u16,
     pub at: Instant,
+    pub range: Option<String>,
+    /// The request body's length.
+    pub content_length: u64,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Blob bytes forwarded to the registry in PATCH and PUT bodies of upload sessions.
     pub upload_bytes: u64,
+    /// Blob bytes passed back to the client in answers to blob GETs.
+    pub download_bytes: u64,
     /// Every request: method, path, the status the client got (0 when cut), when it came.
     pub seen: Vec<Seen>,
 }
@@ -175,6 +184,7 @@ fn serve(
         content_length: header(&headers, "content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        range: header(&headers, "range"),
     };
     assert!(
         header(&headers, "transfer-encoding").is_none(),
@@ -188,6 +198,8 @@ fn serve(
             path: req.path.clone(),
             status,
             at,
+            range: req.range.clone(),
+            content_length: req.content_length,
         })
     };
     if let Fault::Answer(status, extra, body) = &fault {
@@ -261,11 +273,27 @@ fn serve(
         Fault::Corrupt(at) => Some(*at),
         _ => None,
     };
+    let cut_answer = match &fault {
+        Fault::CutAnswerAt(n) => Some(*n),
+        _ => None,
+    };
     let mut offset = 0u64;
     loop {
-        let got = upr.read(&mut buf)?;
+        let mut want = buf.len();
+        if let Some(n) = cut_answer {
+            want = want.min((n - offset) as usize);
+            if want == 0 {
+                let _ = client.shutdown(Shutdown::Both);
+                record(0);
+                return Ok(());
+            }
+        }
+        let got = upr.read(&mut buf[..want])?;
         if got == 0 {
             break;
+        }
+        if req.is_blob_get() {
+            stats.lock().unwrap().download_bytes += got as u64;
         }
         if let Some(at) = flip {
             if (offset..offset + got as u64).contains(&at) {
