@@ -33,7 +33,9 @@ pub enum ExitCode {
 /// One failure, worded as a single line that names what failed and where.
 ///
 /// The message never holds a credential: registries and helpers are named by host, URLs pass
-/// through [`redact_url`], and credential values are never formatted.
+/// through [`redact_url`], and credential values are never formatted. It never holds a control
+/// character either: text from registries, API servers and file names is [`escape`]d as the
+/// error is made, so a hostile answer cannot forge a second line or drive the terminal.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
@@ -43,10 +45,12 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-        }
+        let message = message.into();
+        let message = match escape(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(safe) => safe,
+        };
+        Error { code, message }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {
@@ -87,7 +91,7 @@ impl Error {
 
     /// Prefixes the message with what was being done, keeping the exit code.
     pub fn context(mut self, what: impl std::fmt::Display) -> Self {
-        self.message = format!("{what}: {}", self.message);
+        self.message = format!("{}: {}", escape(&what.to_string()), self.message);
         self
     }
 }
@@ -121,6 +125,30 @@ pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     })
 }
 
+/// Text from outside (a registry's message, an API server's, a file name) made safe for a
+/// terminal and one line: control characters (newlines, ESC, C1 codes) and the bidirectional
+/// overrides that reorder what is shown are written as escapes (`\n`, `\u{1b}`).
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// Text made one line: runs of whitespace (a kubelet message's newlines) become one space.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -151,6 +179,22 @@ mod tests {
             "https://bob:hunter2@reg.example/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1",
         );
         assert_eq!(shown, "https://reg.example/v2/a/blobs/uploads/x");
+    }
+
+    #[test]
+    fn control_characters_from_outside_never_reach_the_terminal() {
+        let hostile = "denied\nerror: forged\u{1b}[2J\u{1b}]0;title\u{7}\u{9b}31m \u{202e}txt.exe";
+        let e = Error::new(ExitCode::Registry, format!("cannot read: {hostile}"));
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), 1);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(
+            shown.contains("denied\\nerror: forged\\u{1b}[2J"),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{202e}"), "{shown}");
+        let wrapped = Error::new(ExitCode::Registry, "x").context("file `a\nb`");
+        assert_eq!(wrapped.to_string(), "file `a\\nb`: x");
     }
 
     #[test]

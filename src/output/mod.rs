@@ -26,7 +26,7 @@ impl Report {
     /// A line on stderr, unless quiet; above the progress bar when one is drawn.
     fn note(&self, line: &str) {
         if !self.quiet {
-            progress::say(line);
+            progress::say(&crate::error::escape(line));
         }
     }
 

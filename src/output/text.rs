@@ -9,8 +9,18 @@ use crate::commands::copy::{Copied, Planned};
 use crate::commands::deploy::{Change, Event};
 use crate::commands::inspect::Inspected;
 use crate::commands::push::Pushed;
+use crate::error::escape;
 use crate::transfer::{count, Moved, Outcome, Role};
 use crate::units::human;
+
+/// Lines joined, each escaped: what came from a registry or an API server cannot add a line
+/// or drive the terminal.
+fn lines(out: Vec<String>) -> String {
+    out.iter()
+        .map(|l| escape(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// One line on what a push did: its kind, what moved, and where the time went.
 pub fn summary(p: &Pushed) -> String {
@@ -114,7 +124,7 @@ pub fn copied(c: &Copied) -> String {
 
 /// A container set: `deployment/app app localhost:5000/app@sha256:…`.
 pub fn change(c: &Change) -> String {
-    format!("{} {} {}", c.workload, c.container, c.to)
+    escape(&format!("{} {} {}", c.workload, c.container, c.to)).into_owned()
 }
 
 /// A deploy step's line; `None` for events quiet leaves out. A dry run's patch is several lines.
@@ -125,12 +135,17 @@ pub fn event(e: &Event) -> String {
             place,
             patch,
         } => {
-            let mut text = format!("would patch {place}:");
+            let mut out = vec![format!("would patch {place}:")];
             for c in changes.iter() {
-                text += &format!("\n  container {}: {} -> {}", c.container, c.from, c.to);
+                out.push(format!(
+                    "  container {}: {} -> {}",
+                    c.container, c.from, c.to
+                ));
             }
+            out.push("with this strategic-merge patch:".to_string());
             let body = serde_json::to_string_pretty(patch).unwrap_or_default();
-            text + &format!("\nwith this strategic-merge patch:\n{body}")
+            out.extend(body.lines().map(str::to_string));
+            lines(out)
         }
         Event::Patched(c) => format!(
             "{}: container {} set to {} (was {})",
@@ -207,5 +222,5 @@ pub fn inspected(i: &Inspected) -> String {
             .unwrap_or_default();
         out.push(format!("  {}  {:>10}{by}", l.digest, human(l.size)));
     }
-    out.join("\n")
+    lines(out)
 }

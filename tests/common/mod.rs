@@ -7,6 +7,7 @@
 
 pub mod kube;
 pub mod proxy;
+pub mod recorder;
 pub mod resumable;
 pub mod token;
 

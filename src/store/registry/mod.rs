@@ -62,6 +62,9 @@ pub struct Registry {
     /// Hosts that have answered in this run: a refused connection to one is a restart or a
     /// blip worth retrying, while one to a host never reached is a wrong address.
     answered: Mutex<HashSet<String>>,
+    /// Every secret this run sends (passwords, tokens, their encodings), to strip from whatever
+    /// a registry says back before it is shown.
+    secrets: Mutex<Vec<String>>,
 }
 
 /// How requests for one repository are authenticated.
@@ -129,7 +132,41 @@ impl Registry {
             access: Mutex::new(HashMap::new()),
             monolithic: Mutex::new(HashSet::new()),
             answered: Mutex::new(HashSet::new()),
+            secrets: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The body of a registry's answer, at most 64 KiB, with every secret of this run replaced
+    /// by `<redacted>`: a registry that echoes a credential back does not get it printed.
+    async fn answer_text(&self, res: reqwest::Response) -> String {
+        let mut text = String::new();
+        let mut body = res.bytes_stream();
+        while let Some(Ok(piece)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&piece));
+            if text.len() > 64 << 10 {
+                break;
+            }
+        }
+        self.scrub(&text)
+    }
+
+    /// `text` with every secret of this run replaced by `<redacted>`.
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in self.secrets.lock().expect("secrets lock").iter() {
+            if !s.is_empty() && out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "<redacted>");
+            }
+        }
+        out
+    }
+
+    /// Remembers a secret this run sends, so it is never shown.
+    fn secret(&self, value: &str) {
+        let mut all = self.secrets.lock().expect("secrets lock");
+        if !all.iter().any(|s| s == value) {
+            all.push(value.to_string());
+        }
     }
 
     /// Tries per request (`--tries`): also how often a broken read is taken up again.
@@ -176,11 +213,13 @@ impl Registry {
             Challenge::Open => Access::default(),
             Challenge::Basic => match &creds {
                 Credentials::Basic(user, pass) => {
-                    self.check_basic(host, user, pass).await?;
                     let raw = base64::Engine::encode(
                         &base64::engine::general_purpose::STANDARD,
                         format!("{user}:{pass}"),
                     );
+                    self.secret(pass);
+                    self.secret(&raw);
+                    self.check_basic(host, user, pass).await?;
                     Access {
                         header: Some(secret_header(host, format!("Basic {raw}"))?),
                         renew: None,
@@ -194,11 +233,17 @@ impl Registry {
                 }
             },
             Challenge::Bearer { realm, service } => match &creds {
-                Credentials::Bearer(t) => Access {
+                Credentials::Bearer(t) => {
+                    self.secret(t);
+                    Access {
                     header: Some(secret_header(host, format!("Bearer {t}"))?),
                     renew: None,
-                },
+                    }
+                }
                 _ => {
+                    if let Credentials::Basic(_, pass) = &creds {
+                        self.secret(pass);
+                    }
                     let renew = Renew {
                         realm,
                         service,
@@ -245,7 +290,7 @@ impl Registry {
     /// A registry may send an upload to another host (its `Location`); credentials go only to
     /// the host they were given for, as docker and containerd do.
     fn header_for(&self, t: Target<'_>, url: &reqwest::Url) -> Option<HeaderValue> {
-        if !same_host(t.host, url) {
+        if !self.same_origin(t.host, url) {
             return None;
         }
         self.access
@@ -370,7 +415,8 @@ impl Registry {
                 "the token service of registry {host} sent no JSON token"
             ))
         })?;
-        body.get("token")
+        let token = body
+            .get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
             .filter(|t| !t.is_empty())
@@ -379,7 +425,9 @@ impl Registry {
                 Error::auth(format!(
                     "the token service of registry {host} sent no token"
                 ))
-            })
+            })?;
+        self.secret(&token);
+        Ok(token)
     }
 
     /// GET or HEAD on a manifest, accepting every manifest and index type layerup reads.
@@ -413,7 +461,7 @@ impl Registry {
                 .await?;
             let status = res.status();
             if !status.is_success() {
-                let body = res.text().await.unwrap_or_default();
+                let body = self.answer_text(res).await;
                 return Err(status_error(status, &body, &action(), host));
             }
             let content_type = res
@@ -535,7 +583,7 @@ impl Registry {
             .await?;
         let status = res.status();
         if !status.is_success() {
-            let body = res.text().await.unwrap_or_default();
+            let body = self.answer_text(res).await;
             return Err(status_error(status, &body, &action(), t.host));
         }
         let body = res
@@ -607,7 +655,7 @@ impl Registry {
         if status.is_success() {
             return Ok(());
         }
-        let body = res.text().await.unwrap_or_default();
+        let body = self.answer_text(res).await;
         Err(status_error(status, &body, &action(), t.host))
     }
 }
@@ -658,6 +706,14 @@ fn parse_challenge(header: &str) -> Option<Challenge> {
         });
     }
     None
+}
+
+impl Registry {
+    /// Whether `url` is the registry `host` itself: same host and port, and the scheme layerup
+    /// speaks to it (an `http://` upload location from an `https://` registry is not).
+    fn same_origin(&self, host: &str, url: &reqwest::Url) -> bool {
+        same_host(host, url) && url.scheme() == self.scheme(host)
+    }
 }
 
 /// Whether `url` is on `host` (`host[:port]` as a reference names it), port included.

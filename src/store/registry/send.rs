@@ -8,7 +8,7 @@ use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::transport::{self, Transport};
-use super::{same_host, status_error, Registry, Target};
+use super::{status_error, Registry, Target};
 use crate::error::{Error, ExitCode, Result};
 pub(super) use crate::retry::backoff;
 
@@ -43,7 +43,7 @@ impl Registry {
                     format!("{}: cannot make the request: {e}", action()),
                 )
             })?;
-            let elsewhere = !same_host(t.host, req.url());
+            let elsewhere = !self.same_origin(t.host, req.url());
             if let Some(h) = self.header_for(t, req.url()) {
                 req.headers_mut().insert(AUTHORIZATION, h);
             }
@@ -52,22 +52,8 @@ impl Registry {
                 self.answered(t.host);
             }
             let verdict = match sent {
-                Ok(res) if res.status() == StatusCode::UNAUTHORIZED && elsewhere => {
-                    // The registry sent this request to another host, which asks for credentials:
-                    // they are not sent there.
-                    let other = res.url().host_str().unwrap_or("?").to_string();
-                    let other = match res.url().port() {
-                        Some(p) => format!("{other}:{p}"),
-                        None => other,
-                    };
-                    return Err(Error::auth(format!(
-                        "{}: registry {} sent the request on to {other}, which asks for \
-                         credentials; layerup sends {}'s credentials only to {}",
-                        action(),
-                        t.host,
-                        t.host,
-                        t.host
-                    )));
+                Ok(res) if elsewhere && res.status() == StatusCode::UNAUTHORIZED => {
+                    return Err(self.refused_elsewhere(t, &res, action));
                 }
                 Ok(res) if res.status() == StatusCode::UNAUTHORIZED && !renewed => {
                     // A token that expired during a long transfer: fetch a fresh one, once.
@@ -86,7 +72,7 @@ impl Registry {
                     }
                     Some(Verdict::Retry(..)) => {
                         let status = res.status();
-                        let body = res.text().await.unwrap_or_default();
+                        let body = self.answer_text(res).await;
                         let e = status_error(status, &body, &action(), t.host);
                         return Err(gave_up(e, tries));
                     }
@@ -110,6 +96,29 @@ impl Registry {
                 Verdict::Fail(e) => return Err(e),
             }
         }
+    }
+
+    /// A 401 from a host the registry sent a request on to: its credentials are not sent
+    /// there, so this is final, and the error names that host.
+    pub(super) fn refused_elsewhere(
+        &self,
+        t: Target<'_>,
+        res: &Response,
+        action: &(dyn Fn() -> String + Sync),
+    ) -> Error {
+        let u = res.url();
+        let other = match u.port() {
+            Some(p) => format!("{}:{p}", u.host_str().unwrap_or("?")),
+            None => u.host_str().unwrap_or("?").to_string(),
+        };
+        Error::auth(format!(
+            "{}: registry {} sent the request on to {other}, which asks for credentials; \
+             layerup sends the credentials for {} only to {}",
+            action(),
+            t.host,
+            t.host,
+            t.host
+        ))
     }
 
     /// `None` when the answer is final (success or a client error the caller words itself).

@@ -90,7 +90,7 @@ impl Registry {
         let res = self.send(t, action, &|c| c.post(&url)).await?;
         if res.status() != StatusCode::ACCEPTED {
             let status = res.status();
-            let body = res.text().await.unwrap_or_default();
+            let body = self.answer_text(res).await;
             return Err(status_error(status, &body, &action(), t.host));
         }
         let Some(mut loc) = location(&base, &res) else {
@@ -114,6 +114,7 @@ impl Registry {
             let res = self
                 .body_request(self.http.put(with_digest(&loc, digest)), t, cursor, size)
                 .await;
+            self.check_elsewhere(t, &res, action)?;
             return match res {
                 Ok(r) if r.status().is_success() => Ok(Step::Done),
                 Ok(r) => self.refused(r, t, action).await,
@@ -143,7 +144,9 @@ impl Registry {
             if pace == Pace::Chunks {
                 req = req.header("Content-Range", format!("{acked}-{}", end - 1));
             }
-            let failure = match self.body_request(req, t, cursor, end).await {
+            let res = self.body_request(req, t, cursor, end).await;
+            self.check_elsewhere(t, &res, action)?;
+            let failure = match res {
                 Ok(r) if r.status() == StatusCode::ACCEPTED => {
                     loc = location(&base, &r).unwrap_or(loc);
                     // Spec: the registry MUST send Range; without it, trust the 202.
@@ -239,6 +242,23 @@ impl Registry {
         self.refused(res, t, action).await
     }
 
+    /// An upload sent on to another host that asks for credentials: final (see `send`).
+    fn check_elsewhere(
+        &self,
+        t: Target<'_>,
+        res: &reqwest::Result<Response>,
+        action: Action<'_>,
+    ) -> Result<()> {
+        match res {
+            Ok(r)
+                if r.status() == StatusCode::UNAUTHORIZED && !self.same_origin(t.host, r.url()) =>
+            {
+                Err(self.refused_elsewhere(t, r, action))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Goes back to offset `n`, which the registry holds.
     async fn rewind(&self, cursor: &Arc<Mutex<Cursor>>, n: u64) -> Result<()> {
         let mut c = cursor.lock().await;
@@ -308,7 +328,7 @@ impl Registry {
         if let Some(Verdict::Retry(_, why)) = self.judge_status(&res, 1) {
             return Ok(Step::Again(why));
         }
-        let body = res.text().await.unwrap_or_default();
+        let body = self.answer_text(res).await;
         Err(status_error(status, &body, &action(), t.host))
     }
 

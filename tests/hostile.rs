@@ -1,0 +1,162 @@
+//! layerup under attack: a hostile registry, a careless teammate's tree, a mistyped command.
+//! Each security case asserts from what the other side received (a listener logging headers),
+//! or from the bytes layerup wrote, never from layerup's own word.
+
+mod common;
+
+use base64::Engine as _;
+use common::proxy::{Fault, Proxy, Req};
+use common::recorder::Recorder;
+use common::token::TokenServer;
+use common::*;
+
+const USER: &str = "dev-bot";
+const PASSWORD: &str = "s3cret-Pa55word";
+
+/// A docker config directory whose `auths` hold the user and password for `host`.
+fn config_for(host: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let config = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// Answers the upload POST (not a mount) with a `Location` on `other`.
+fn send_uploads_to(other: &str) -> impl FnMut(&Req) -> Fault + Send + 'static {
+    let other = other.to_string();
+    move |r: &Req| {
+        if r.method == "POST" && r.path.contains("/blobs/uploads/") && !r.path.contains("mount=") {
+            let loc = format!("http://{other}/v2/dev/app/blobs/uploads/stolen?_state=x");
+            Fault::Answer(202, vec![("Location", loc)], String::new())
+        } else {
+            Fault::Forward
+        }
+    }
+}
+
+/// Pushes (and copies) through `proxy` to a registry that wants credentials, with the upload
+/// sent on to `other`: `other` must never see them, and the error names it.
+fn assert_credentials_stay_home(proxy: &Proxy, other: &Recorder, config: &tempfile::TempDir) {
+    let tree = app_tree();
+    for args in [
+        push_args(tree.path(), &prod().oci, &proxy.reference("dev/app:1")).to_vec(),
+        vec![
+            "copy".into(),
+            prod().oci.clone(),
+            proxy.reference("dev/app:2"),
+        ],
+    ] {
+        let run = Layerup::new()
+            .env("DOCKER_CONFIG", config.path())
+            .args(&args)
+            .run();
+        run.fails(5, &[&other.host, "asks for credentials"]);
+        assert_eq!(run.stderr.matches("error:").count(), 1, "{}", run.stderr);
+        let seen = other.seen();
+        assert!(!seen.is_empty(), "the upload went to the other host");
+        for h in &seen {
+            assert!(
+                !h.headers.contains_key("authorization"),
+                "credentials went to {}: {h:?}",
+                other.host
+            );
+        }
+    }
+}
+
+#[test]
+fn an_upload_location_on_another_host_gets_no_basic_credentials() {
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let other = Recorder::start(401, &[("WWW-Authenticate", "Basic realm=\"evil\"")]);
+    let proxy = Proxy::start(&dev.host, send_uploads_to(&other.host));
+    assert_credentials_stay_home(&proxy, &other, &config_for(&proxy.host));
+}
+
+#[test]
+fn an_upload_location_on_another_host_gets_no_bearer_token() {
+    let tokens = TokenServer::start(USER, PASSWORD);
+    let dev = tokens.registry();
+    let other = Recorder::start(
+        401,
+        &[(
+            "WWW-Authenticate",
+            "Bearer realm=\"http://127.0.0.1:1/token\"",
+        )],
+    );
+    let proxy = Proxy::start(&dev.host, send_uploads_to(&other.host));
+    assert_credentials_stay_home(&proxy, &other, &config_for(&proxy.host));
+}
+
+#[test]
+fn a_registry_message_cannot_forge_lines_or_drive_the_terminal() {
+    let body = "{\"errors\":[{\"code\":\"DENIED\",\"message\":\"no\\nerror: forged line\\u001b[2J\\u001b]0;pwned\\u0007\\u009b31m\"}]}";
+    let proxy = Proxy::start(&prod().registry.host, move |r: &Req| {
+        if r.path.contains("/manifests/") {
+            Fault::Answer(403, vec![], body.into())
+        } else {
+            Fault::Forward
+        }
+    });
+    let tree = app_tree();
+    let dev = Registry::start();
+    for json in [false, true] {
+        let mut run = Layerup::new().args(push_args(
+            tree.path(),
+            &proxy.reference("prod/app:oci"),
+            &dev.reference("dev/app:1"),
+        ));
+        if json {
+            run = run.args(["--json"]);
+        }
+        let run = run.run();
+        run.fails(5, &["DENIED: no\\nerror: forged line\\u{1b}[2J"]);
+        assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
+        for out in [&run.stderr, &run.stdout] {
+            assert!(
+                !out.chars().any(|c| c.is_control() && c != '\n'),
+                "a control character reached the terminal: {out:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_registry_that_echoes_the_password_back_does_not_get_it_printed() {
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let echo = format!(
+        "{{\"errors\":[{{\"code\":\"DENIED\",\"message\":\"you sent {PASSWORD} and {}\"}}]}}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let proxy = Proxy::start(&dev.host, move |r: &Req| {
+        if r.method == "PUT" && r.path.contains("/manifests/") {
+            Fault::Answer(400, vec![], echo.clone())
+        } else {
+            Fault::Forward
+        }
+    });
+    let config = config_for(&proxy.host);
+    let tree = app_tree();
+    let run = Layerup::new()
+        .env("DOCKER_CONFIG", config.path())
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &proxy.reference("dev/app:1"),
+        ))
+        .args(["--json"])
+        .run();
+    run.fails(8, &["you sent <redacted> and <redacted>"]);
+    assert!(!run.stderr.contains(PASSWORD) && !run.stdout.contains(PASSWORD));
+}
+
+#[test]
+fn a_file_name_with_a_newline_stays_on_one_line() {
+    let tree = tempfile::tempdir().unwrap();
+    let _sock =
+        std::os::unix::net::UnixListener::bind(tree.path().join("a\nerror: b.sock")).unwrap();
+    let dev = Registry::start();
+    let run = push_tree(tree.path(), &prod().oci, &dev.reference("dev/app:1"), &[]);
+    run.fails(3, &["a\\nerror: b.sock` is a socket"]);
+    assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
+}
