@@ -388,3 +388,19 @@ fn credentials_from_a_containers_auth_json_as_skopeo_wrote_it() {
     l.command().env_remove("REGISTRY_AUTH_FILE");
     l.run().ok();
 }
+
+#[test]
+fn a_failing_helper_never_has_its_output_printed() {
+    let dev = Registry::start();
+    let client = Client::new(serde_json::json!({"credHelpers": {&dev.host: "leaky"}}));
+    client.helper_script(
+        "leaky",
+        &format!("printf '{{\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}'\nexit 1\n"),
+    );
+    for json in [false, true] {
+        let extra: &[&str] = if json { &["--json"] } else { &[] };
+        let run = client.push(&prod().oci, &dev.reference("dev/app:dev"), extra);
+        run.fails(5, &["docker-credential-leaky", "failed (exit status: 1)"]);
+        assert_no_secret(&run);
+    }
+}

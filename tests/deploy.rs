@@ -357,7 +357,7 @@ fn a_context_that_is_not_local_is_refused_before_any_request() {
         .env("KUBECONFIG", &config)
         .args(["deploy", &image, "deployment/web"])
         .run();
-    out.fails(2, &["context `gke_acme_prod` (API server prod.example.com:6443) is not a local development cluster", "--allow-context gke_acme_prod"]);
+    out.fails(2, &["context `gke_acme_prod` (API server prod.example.com:6443) is not named like a local development cluster", "--allow-context gke_acme_prod"]);
     assert!(kube.requests().is_empty(), "{:?}", kube.requests());
 
     // Allowed, by flag or by environment, the same command goes through the proxy to it.
@@ -722,4 +722,75 @@ fn the_test_api_server_patches_as_the_api_reference_says() {
         json!([{"name": "app", "image": "x:1"}]),
         "a JSON merge patch replaces the list"
     );
+}
+
+#[test]
+fn a_loopback_server_is_no_evidence_of_a_development_cluster() {
+    // What an `ssh -L` tunnel or `kubectl proxy` to production looks like.
+    let c = cluster("production");
+    c.kube.add("deployments", NS, web(BASE));
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let out = c.deploy_web(extra);
+        out.fails(2, &["context `production`", "--allow-context production"]);
+    }
+    assert!(c.kube.requests().is_empty(), "{:?}", c.kube.requests());
+
+    // push --deploy asks before pushing anything.
+    let dev = Registry::start();
+    let tree = app_tree();
+    let out = Layerup::new()
+        .env("KUBECONFIG", &c.config)
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &dev.reference("dev/app:1"),
+        ))
+        .args(["--deploy", "deployment/web"])
+        .run();
+    out.fails(2, &["context `production`"]);
+    assert!(dev.writes().is_empty(), "{:?}", dev.writes());
+    assert!(c.kube.requests().is_empty());
+}
+
+#[test]
+fn a_failing_credential_plugin_is_named_and_its_output_never_shown() {
+    let kube = FakeKube::start();
+    kube.add("deployments", NS, web(BASE));
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("get-token");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\necho '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{\"token\":\"SECRET-TOKEN-0042\"}}'\necho 'SECRET-TOKEN-0042 on stderr too' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\ncontexts:\n- name: kind-dev\n  context:\n    cluster: c\n    user: u\n    namespace: {NS}\ncurrent-context: kind-dev\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      interactiveMode: Never\n",
+            kube.url,
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let image = dev(D1);
+    for json in [false, true] {
+        let mut l =
+            Layerup::new()
+                .env("KUBECONFIG", &config)
+                .args(["deploy", &image, "deployment/web"]);
+        if json {
+            l = l.args(["--json"]);
+        }
+        let out = l.run();
+        out.fails(5, &["get-token", "exit status: 3"]);
+        assert!(
+            !out.stderr.contains("SECRET-TOKEN") && !out.stdout.contains("SECRET-TOKEN"),
+            "the plugin's output was shown: {}{}",
+            out.stderr,
+            out.stdout
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    }
 }

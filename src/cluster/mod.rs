@@ -34,6 +34,8 @@ pub struct Cluster {
     pub context: String,
     /// The API server's `host[:port]`, for messages.
     pub server: String,
+    /// The context's credential plugin (`exec.command`), for messages.
+    plugin: Option<String>,
 }
 
 /// A failed API call, before it is worded: 409 is the one callers act on.
@@ -42,56 +44,24 @@ pub enum Failure {
     Other(Error),
 }
 
+/// A kubeconfig context the guard let through, not yet connected.
+struct Loaded {
+    context: String,
+    config: kube::Config,
+    server: String,
+    plugin: Option<String>,
+}
+
 impl Cluster {
     /// Reads the kubeconfig (`KUBECONFIG`, else `~/.kube/config`), picks the context, and checks
     /// it with the guard — all before any request is sent.
     pub async fn connect(target: &Target) -> Result<Cluster> {
-        let kubeconfig = Kubeconfig::read().map_err(|e| {
-            Error::usage(format!(
-                "cannot read the kubeconfig (KUBECONFIG, else ~/.kube/config): {}",
-                chain(&e)
-            ))
-        })?;
-        let context = match target
-            .context
-            .clone()
-            .or(kubeconfig.current_context.clone())
-        {
-            Some(c) => c,
-            None => {
-                return Err(Error::usage(
-                    "the kubeconfig has no current context; name one with --context",
-                ))
-            }
-        };
-        if !kubeconfig.contexts.iter().any(|c| c.name == context) {
-            let known: Vec<&str> = kubeconfig
-                .contexts
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            return Err(Error::usage(format!(
-                "the kubeconfig has no context `{context}` (it has: {})",
-                known.join(", ")
-            )));
-        }
-        let options = KubeConfigOptions {
-            context: Some(context.clone()),
-            ..Default::default()
-        };
-        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .map_err(|e| {
-                Error::usage(format!(
-                    "cannot use kubeconfig context `{context}`: {}",
-                    chain(&e)
-                ))
-            })?;
-        let server = config
-            .cluster_url
-            .authority()
-            .map_or_else(|| config.cluster_url.to_string(), |a| a.to_string());
-        guard::check(&context, &server, &target.allow).map_err(Error::usage)?;
+        let Loaded {
+            context,
+            mut config,
+            server,
+            plugin,
+        } = load(target).await?;
         config.connect_timeout = Some(Duration::from_secs(10));
         // A watch is ended by the server within its timeoutSeconds (below this), so any answer
         // that takes longer is a stalled server.
@@ -100,20 +70,99 @@ impl Cluster {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
-        let client = kube::Client::try_from(config).map_err(|e| {
-            Error::usage(format!(
-                "cannot use kubeconfig context `{context}`: {}",
-                chain(&e)
-            ))
-        })?;
+        let client = kube::Client::try_from(config)
+            .map_err(|e| unusable(&context, &e, plugin.as_deref()))?;
         Ok(Cluster {
             client,
             namespace,
             context,
             server,
+            plugin,
         })
     }
+}
 
+/// Checks, with no request sent, that the context `target` names may be used: the kubeconfig
+/// reads, the context exists, and the guard lets it through. `push --deploy` and `watch
+/// --deploy` ask this before pushing anything.
+pub async fn check(target: &Target) -> Result<()> {
+    load(target).await.map(|_| ())
+}
+
+/// A context that cannot be used: its credentials (exit 5), or anything else in it (exit 2).
+fn unusable(context: &str, e: &(dyn std::error::Error + 'static), plugin: Option<&str>) -> Error {
+    let code = if auth_error(e).is_some() {
+        ExitCode::Auth
+    } else {
+        ExitCode::Usage
+    };
+    Error::new(
+        code,
+        format!(
+            "cannot use kubeconfig context `{context}`: {}",
+            describe(e, plugin)
+        ),
+    )
+}
+
+/// The kubeconfig's context, once the guard has let it through.
+async fn load(target: &Target) -> Result<Loaded> {
+    let kubeconfig = Kubeconfig::read().map_err(|e| {
+        Error::usage(format!(
+            "cannot read the kubeconfig (KUBECONFIG, else ~/.kube/config): {}",
+            describe(&e, None)
+        ))
+    })?;
+    let context = match target
+        .context
+        .clone()
+        .or(kubeconfig.current_context.clone())
+    {
+        Some(c) => c,
+        None => {
+            return Err(Error::usage(
+                "the kubeconfig has no current context; name one with --context",
+            ))
+        }
+    };
+    let Some(named) = kubeconfig.contexts.iter().find(|c| c.name == context) else {
+        let known: Vec<&str> = kubeconfig
+            .contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        return Err(Error::usage(format!(
+            "the kubeconfig has no context `{context}` (it has: {})",
+            known.join(", ")
+        )));
+    };
+    let user = named.context.as_ref().and_then(|c| c.user.clone());
+    let plugin = kubeconfig
+        .auth_infos
+        .iter()
+        .find(|a| Some(&a.name) == user.as_ref())
+        .and_then(|a| a.auth_info.as_ref()?.exec.as_ref()?.command.clone());
+    let options = KubeConfigOptions {
+        context: Some(context.clone()),
+        ..Default::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(|e| unusable(&context, &e, plugin.as_deref()))?;
+    let server = config
+        .cluster_url
+        .authority()
+        .map_or_else(|| config.cluster_url.to_string(), |a| a.to_string());
+    guard::check(&context, &server, &target.allow).map_err(Error::usage)?;
+    Ok(Loaded {
+        context,
+        config,
+        server,
+        plugin,
+    })
+}
+
+impl Cluster {
     fn api(&self, group: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
         let gvk = GroupVersionKind::gvk(group, "v1", kind);
         let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
@@ -236,10 +285,10 @@ impl Cluster {
                 };
                 Error::new(code, message)
             }
-            kube::Error::Auth(a) => Error::auth(format!(
+            e if auth_error(&e).is_some() => Error::auth(format!(
                 "cannot get credentials for context {}: {}",
                 self.context,
-                chain(&a)
+                describe(&e, self.plugin.as_deref())
             )),
             e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::new(
                 ExitCode::Unreachable,
@@ -252,7 +301,10 @@ impl Cluster {
             ),
             e => Error::new(
                 ExitCode::Cluster,
-                format!("cannot {what} {place}: {}", chain(&e)),
+                format!(
+                    "cannot {what} {place}: {}",
+                    describe(&e, self.plugin.as_deref())
+                ),
             ),
         }
     }
@@ -260,6 +312,61 @@ impl Cluster {
 
 fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+/// The credential error in an error's chain, if it holds one.
+fn auth_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a kube::client::AuthError> {
+    let mut current = Some(e);
+    while let Some(c) = current {
+        if let Some(a) = c.downcast_ref::<kube::client::AuthError>() {
+            return Some(a);
+        }
+        if let Some(kube::Error::Auth(a)) = c.downcast_ref::<kube::Error>() {
+            return Some(a);
+        }
+        current = c.source();
+    }
+    None
+}
+
+/// An error in one line. A credential plugin's failure is said as which plugin failed and its
+/// exit status, never what it printed: kube's own wording quotes the plugin's whole output,
+/// which can hold the token it was about to hand over.
+fn describe(e: &(dyn std::error::Error + 'static), plugin: Option<&str>) -> String {
+    use kube::client::AuthError as A;
+    let plugin = plugin.map_or_else(
+        || "the credential plugin".to_string(),
+        |p| format!("the credential plugin `{p}`"),
+    );
+    match auth_error(e) {
+        Some(A::AuthExecRun { out, .. }) => format!("{plugin} failed ({})", out.status),
+        Some(A::AuthExecStart(io)) => {
+            format!("{plugin} could not start: {}", crate::error::os_reason(io))
+        }
+        Some(A::AuthExecParse(_)) => format!("{plugin} printed no ExecCredential"),
+        Some(A::ExecPluginFailed) => format!("{plugin} answered without a status"),
+        Some(A::AuthExec(_)) => format!("{plugin} could not be run"),
+        Some(A::ReadTokenFile(io, path)) => format!(
+            "cannot read the token file `{}`: {}",
+            path.display(),
+            crate::error::os_reason(io)
+        ),
+        Some(other) => format!(
+            "the kubeconfig's credentials cannot be used ({})",
+            kind_of(other)
+        ),
+        None => chain(e),
+    }
+}
+
+/// The variant of a credential error, without its payload.
+fn kind_of(e: &kube::client::AuthError) -> String {
+    let debug = format!("{e:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// An error and its causes in one line, without repeating a cause the message already holds.

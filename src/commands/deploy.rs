@@ -87,6 +87,12 @@ pub struct Deploy {
 }
 
 impl Deploy {
+    /// Whether the cluster may be used at all, asked before anything is pushed: a refused
+    /// context sees no request, and the registry no write.
+    pub async fn check(&self) -> Result<()> {
+        crate::cluster::check(&self.plan.target).await
+    }
+
     /// Sets the pushed image in the cluster: the workload named, or every one running the base's
     /// or the destination's repository (by either name of the registry).
     pub async fn run(

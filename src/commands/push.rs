@@ -95,6 +95,9 @@ pub async fn run_and_deploy(
     plan: &PushPlan,
     told: &mut dyn FnMut(Told),
 ) -> Result<(Pushed, Option<Result<Vec<Change>>>)> {
+    if let Some(deploy) = &plan.deploy {
+        deploy.check().await?;
+    }
     let started = Instant::now();
     let pushed = run(plan).await?;
     told(Told::Pushed(&pushed, started.elapsed()));

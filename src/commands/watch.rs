@@ -25,6 +25,9 @@ pub struct WatchPlan {
 /// the next one starts.
 pub async fn run(watch: &WatchPlan, mut report: impl FnMut(Told)) -> Result<()> {
     let (plan, quiet) = (&watch.push, watch.debounce);
+    if let Some(deploy) = &plan.deploy {
+        deploy.check().await?;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading a file (layerup's own push does) is not a change.

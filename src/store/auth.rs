@@ -251,24 +251,32 @@ async fn run_helper(
         ))
     })?;
     if !out.status.success() {
-        let said = String::from_utf8_lossy(if out.stdout.is_empty() {
-            &out.stderr
-        } else {
-            &out.stdout
-        });
-        if said.to_lowercase().contains("credentials not found") {
+        // The protocol's "no entry" answer; helpers print it on stdout or stderr.
+        let said = |b: &[u8]| String::from_utf8_lossy(b).to_lowercase();
+        if said(&out.stdout).contains("credentials not found")
+            || said(&out.stderr).contains("credentials not found")
+        {
             return Ok(None);
         }
-        let first = said.lines().next().unwrap_or("").trim();
-        let first: String = first.chars().take(200).collect();
+        // Never its stdout — where the protocol puts answers, a failing helper may still have
+        // written the secret — only the first line of what it said on stderr.
+        let why = String::from_utf8_lossy(&out.stderr);
+        let why: String = why
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(200)
+            .collect();
         return Err(Error::auth(format!(
             "{} failed ({}){}",
             named(),
             out.status,
-            if first.is_empty() {
-                String::new()
+            if why.is_empty() {
+                format!("; run `{program} get` with {server} on its input to see why")
             } else {
-                format!(": {first}")
+                format!(": {why}")
             }
         )));
     }
