@@ -205,12 +205,8 @@ fn a_bare_deploy_typed_last_leaves_the_files_sources_alone() {
         ],
         &[("KUBECONFIG", &missing)],
     );
-    // The push ran (its reference is out), then the deploy step found no kubeconfig.
-    assert!(
-        out.stdout
-            .starts_with(&format!("{}/team/app@sha256:", dev.host)),
-        "{}",
-        out.stderr
-    );
+    // `--deploy` took no SRC as its workload (that would be "invalid workload", or "no files"):
+    // the plan was whole, and its cluster check, before any push, found no kubeconfig.
     out.fails(2, &["cannot read the kubeconfig"]);
+    assert!(dev.writes().is_empty(), "nothing pushed before the check");
 }

@@ -559,7 +559,7 @@ fn a_large_full_push_is_split_and_a_full_push_again_uploads_only_the_changed_par
     assert!(parts > 1, "{}", run.stderr);
     assert!(
         run.stderr
-            .starts_with(&format!("full: 22 entries in {parts} layers (")),
+            .starts_with(&format!("full: 21 entries in {parts} layers (")),
         "{}",
         run.stderr
     );

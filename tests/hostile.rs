@@ -160,3 +160,139 @@ fn a_file_name_with_a_newline_stays_on_one_line() {
     run.fails(3, &["a\\nerror: b.sock` is a socket"]);
     assert_eq!(run.stderr.lines().count(), 1, "{:?}", run.stderr);
 }
+
+/// A base whose `/tmp` is 1777 and whose `/usr/local/bin` holds a tool, made with umoci and
+/// pushed with skopeo to `reg` as `base/tmp:1`.
+fn base_with_tmp(reg: &Registry) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    busybox_rootfs(&root);
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    std::fs::write(root.join("usr/local/bin/base-tool"), "#!/bin/sh\n").unwrap();
+    let layout = dir.path().join("layout");
+    let img = format!("{}:1", layout.display());
+    run(std::process::Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(std::process::Command::new("umoci").args(["new", "--image", &img]));
+    run(std::process::Command::new("umoci")
+        .args(["insert", "--image", &img])
+        .arg(&root)
+        .arg("/"));
+    run(std::process::Command::new("umoci").args([
+        "config",
+        "--image",
+        &img,
+        "--config.env",
+        "PATH=/bin",
+    ]));
+    let base = reg.reference("base/tmp:1");
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("oci:{img}"),
+        &format!("docker://{base}"),
+    ]);
+    base
+}
+
+#[test]
+fn a_dest_never_changes_the_mode_of_a_directory_the_base_has() {
+    use std::os::unix::fs::PermissionsExt;
+    let reg = Registry::start();
+    let base = base_with_tmp(&reg);
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("cfg"), "k=v\n").unwrap();
+    let bin = src.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("my-tool"), "#!/bin/sh\necho mine\n").unwrap();
+    std::fs::set_permissions(bin.join("my-tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let to = reg.reference("dev/tmp:1");
+    let pinned = push(&[
+        &format!("{}:/tmp/cfg", src.path().join("cfg").display()),
+        &format!("{}:/usr/local/bin", bin.display()),
+        "--base",
+        &base,
+        "--to",
+        &to,
+    ])
+    .ok()
+    .to_string();
+    let seen = run_in(
+        &pinned,
+        "stat -c '%a %u' /tmp /usr/local/bin; ls /usr/local/bin; cat /tmp/cfg",
+    );
+    assert_eq!(seen, "1777 0\n755 0\nbase-tool\nmy-tool\nk=v\n");
+}
+
+#[test]
+fn a_source_named_like_a_whiteout_is_refused_and_nothing_is_pushed() {
+    let dev = Registry::start();
+    for name in [".wh.server.sh", ".wh..wh..opq"] {
+        let tree = app_tree();
+        std::fs::write(tree.path().join("pkg").join(name), "").unwrap();
+        let run = push_tree(tree.path(), &prod().oci, &dev.reference("dev/app:1"), &[]);
+        run.fails(3, &[&format!("pkg/{name}` is named like a whiteout")]);
+        let tree = app_tree();
+        let run = push(&[
+            &format!("{}:/app/{name}", tree.path().join("VERSION").display()),
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/app:1"),
+        ]);
+        run.fails(2, &["named like a whiteout"]);
+    }
+    assert!(dev.writes().is_empty(), "{:?}", dev.writes());
+}
+
+#[test]
+fn mistyped_numbers_are_usage_errors() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let to = dev.reference("dev/app:1");
+    // Milliseconds, the usual slip: year 55840.
+    let run = Layerup::new()
+        .env("SOURCE_DATE_EPOCH", "1700000000000")
+        .args(push_args(tree.path(), &prod().oci, &to))
+        .run();
+    run.fails(
+        2,
+        &["SOURCE_DATE_EPOCH `1700000000000` is after the year 9999"],
+    );
+    let run = push_tree(tree.path(), &prod().oci, &to, &["--jobs", "0"]);
+    run.fails(2, &["--jobs must be at least 1"]);
+    assert!(dev.writes().is_empty());
+}
+
+#[test]
+fn a_layout_tag_is_never_a_path() {
+    let tree = app_tree();
+    let work = tempfile::tempdir().unwrap();
+    let nested = work.path().join("a/b");
+    std::fs::create_dir_all(&nested).unwrap();
+    let mut l = Layerup::new().args(push_args(tree.path(), &prod().oci, "oci:out:../../evil"));
+    l.command().current_dir(&nested);
+    l.run().fails(2, &["`../../evil` is not a tag"]);
+    let entries: Vec<_> = walk(work.path());
+    assert_eq!(entries, ["a", "a/b"], "nothing was written anywhere");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            if e.path().is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}

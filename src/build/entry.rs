@@ -6,6 +6,25 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 
+/// How whiteout names begin (image-spec layer.md): an entry so named deletes a path of the layers
+/// below, so no file of the user's may carry one into a layer.
+pub const WHITEOUT: &str = ".wh.";
+
+/// The refusal of a source whose name would be read as a whiteout.
+pub fn whiteout_named(src: &Path, name: &str) -> Error {
+    let what = if name == ".wh..wh..opq" {
+        "everything the base image has in its directory".to_string()
+    } else {
+        format!("the base image's `{}`", &name[WHITEOUT.len()..])
+    };
+    Error::input(format!(
+        "`{}` is named like a whiteout (`{WHITEOUT}…`): in a layer it would delete {what}; rename \
+         it, or leave it out in {}",
+        src.display(),
+        crate::build::ignore::FILE_NAME
+    ))
+}
+
 /// One `SRC[:DEST]` as given, before the image's working directory is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMapping {

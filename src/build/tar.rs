@@ -317,13 +317,7 @@ mod tests {
         let names: Vec<&str> = listed.iter().map(|l| l.0.as_str()).collect();
         assert_eq!(
             names,
-            [
-                "app/",
-                "app/VERSION",
-                "app/main.py",
-                "app/pkg/",
-                "app/pkg/mod.py"
-            ]
+            ["app/VERSION", "app/main.py", "app/pkg/", "app/pkg/mod.py"]
         );
         assert!(listed
             .iter()

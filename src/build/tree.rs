@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 
-use crate::build::entry::{unsupported, Entry, Kind, Mapping};
+use crate::build::entry::{unsupported, whiteout_named, Entry, Kind, Mapping, WHITEOUT};
 use crate::build::ignore::IgnoreRules;
 use crate::build::walk::{self, Item};
 use crate::error::{Error, Result};
@@ -40,6 +40,9 @@ pub fn collect(
                         m.src.display()
                     ))
                 })?;
+                if name.starts_with(WHITEOUT) {
+                    return Err(whiteout_named(&m.src, name));
+                }
                 join(&dest, name)
             } else {
                 dest
@@ -56,15 +59,7 @@ pub fn collect(
         if !meta.is_dir() {
             return Err(unsupported(&m.src, meta.file_type()));
         }
-        if !dest.is_empty() {
-            let item = Item {
-                path: dest.clone(),
-                kind: Kind::Dir,
-                mode,
-                inode: None,
-            };
-            found.push(item);
-        }
+        // The directory the contents land in is not the layer's: see `add_parents`.
         let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
         let walked = walk::walk(m.src.clone(), &dest, &rules, walk::threads())?;
         found.extend(walked.items);
@@ -94,10 +89,12 @@ fn join(dest: &str, rel: &str) -> String {
     }
 }
 
-/// Every entry's parent directories are in the layer, as runtimes and `tar -x` expect. Parents
-/// above a mapping's destination are `0755 root`; the image's own metadata for them is unknown
-/// because base layers are never downloaded; `skipped` directories (left out by ignore rules,
-/// with their modes) are the user's and get `owner`. `entries` are sorted by path, and stay so.
+/// The parent directories the layer owns are in it: `skipped` ones (left out by ignore rules but
+/// holding a kept path; the user's, with their modes, and `owner`). A mapping's DEST and the
+/// directories above it are not: the base may have them (`/tmp` 1777, `/usr/local/bin`), and an
+/// entry would replace their mode and owner with ones layerup cannot know, since it never reads
+/// the base's layers. Appliers create the missing ones, as `COPY` in a Dockerfile does (0755,
+/// root). Checks that no parent is a file. `entries` are sorted by path, and stay so.
 fn add_parents(
     entries: &mut Vec<Entry>,
     skipped: &HashMap<String, u32>,
@@ -122,14 +119,15 @@ fn add_parents(
                     )))
                 }
                 Err(_) => {
-                    let (mode, (uid, gid)) = skipped.get(parent).map_or((0o755, (0, 0)), |m| (*m, owner));
-                    missing.entry(parent).or_insert_with(|| Entry {
-                        path: parent.to_string(),
-                        kind: Kind::Dir,
-                        mode,
-                        uid,
-                        gid,
-                    });
+                    if let Some(mode) = skipped.get(parent) {
+                        missing.entry(parent).or_insert_with(|| Entry {
+                            path: parent.to_string(),
+                            kind: Kind::Dir,
+                            mode: *mode,
+                            uid: owner.0,
+                            gid: owner.1,
+                        });
+                    }
                 }
             }
         }
@@ -194,24 +192,23 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_lands_under_dest_with_parents_sorted() {
+    fn a_directory_lands_under_dest_sorted_without_dest_or_its_parents() {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t.path().join("b/c")).unwrap();
         std::fs::write(t.path().join("b/c/f.txt"), "x").unwrap();
         std::fs::write(t.path().join("a.txt"), "y").unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let got = collect(&[mapping(t.path(), "/srv/app")], None, &[]).unwrap();
+        // `/srv` and `/srv/app` may be the base's: their modes are not the layer's to set.
         assert_eq!(
             paths(&got),
             [
-                "srv",
-                "srv/app",
                 "srv/app/a.txt",
                 "srv/app/b",
                 "srv/app/b/c",
                 "srv/app/b/c/f.txt"
             ]
         );
-        assert_eq!(got[0].mode, 0o755);
     }
 
     #[test]
@@ -220,7 +217,7 @@ mod tests {
         symlink("/etc", t.path().join("etc-link")).unwrap();
         symlink("../../outside", t.path().join("up")).unwrap();
         let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
-        let kinds: Vec<_> = got.iter().skip(1).map(|e| e.kind.clone()).collect();
+        let kinds: Vec<_> = got.iter().map(|e| e.kind.clone()).collect();
         assert_eq!(
             kinds,
             [
@@ -241,11 +238,11 @@ mod tests {
         std::fs::hard_link(t.path().join("z"), t.path().join("a")).unwrap();
         let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
         assert!(
-            matches!(got[1].kind, Kind::File { .. }),
+            matches!(got[0].kind, Kind::File { .. }),
             "app/a holds the bytes"
         );
         assert_eq!(
-            got[2].kind,
+            got[1].kind,
             Kind::Hardlink {
                 target: "app/a".into()
             }
@@ -259,9 +256,9 @@ mod tests {
         std::fs::write(&f, "#!/bin/sh").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4750)).unwrap();
         let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
-        assert_eq!((got[1].mode, got[1].uid, got[1].gid), (0o4750, 0, 0));
+        assert_eq!((got[0].mode, got[0].uid, got[0].gid), (0o4750, 0, 0));
         let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000)), &[]).unwrap();
-        assert_eq!((got[1].uid, got[1].gid), (1000, 2000));
+        assert_eq!((got[0].uid, got[0].gid), (1000, 2000));
     }
 
     #[test]
@@ -276,17 +273,14 @@ mod tests {
         };
         assert_eq!(
             paths(&collect(&[into], None, &[]).unwrap()),
-            ["etc", "etc/app", "etc/app/config.yaml"]
+            ["etc/app/config.yaml"]
         );
         let at = Mapping {
             src: f,
             dest: "/etc/app.yaml".into(),
             into_dir: false,
         };
-        assert_eq!(
-            paths(&collect(&[at], None, &[]).unwrap()),
-            ["etc", "etc/app.yaml"]
-        );
+        assert_eq!(paths(&collect(&[at], None, &[]).unwrap()), ["etc/app.yaml"]);
     }
 
     #[test]
@@ -305,7 +299,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(&got[1].kind, Kind::File { src, size: 3, .. } if src == &t.path().join("cfg"))
+            matches!(&got[0].kind, Kind::File { src, size: 3, .. } if src == &t.path().join("cfg"))
         );
     }
 
@@ -346,13 +340,45 @@ mod tests {
         assert_eq!(
             paths(&got),
             [
-                "app",
                 "app/.layerupignore",
                 "app/vendor",
                 "app/vendor/deep",
                 "app/vendor/deep/keep.txt"
             ]
         );
+    }
+
+    #[test]
+    fn whiteout_names_are_refused_unless_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join(".wh.server.sh"), "").unwrap();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(".wh.server.sh` is named like a whiteout")
+                && err
+                    .to_string()
+                    .contains("delete the base image's `server.sh`"),
+            "{err}"
+        );
+        assert_eq!(err.code(), crate::error::ExitCode::Input);
+        std::fs::remove_file(t.path().join(".wh.server.sh")).unwrap();
+        std::fs::create_dir(t.path().join("lib")).unwrap();
+        std::fs::write(t.path().join("lib/.wh..wh..opq"), "").unwrap();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("everything the base image has in its directory"),
+            "{err}"
+        );
+        let kept = collect(&[mapping(t.path(), "/app")], None, &["**/.wh.*".into()]).unwrap();
+        assert_eq!(paths(&kept), ["app/lib"]);
+        let file = Mapping {
+            src: t.path().join("lib/.wh..wh..opq"),
+            dest: "/app".into(),
+            into_dir: true,
+        };
+        assert!(collect(&[file], None, &[]).is_err());
     }
 
     #[test]

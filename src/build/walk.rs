@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 
-use crate::build::entry::{unsupported, Kind};
+use crate::build::entry::{unsupported, whiteout_named, Kind, WHITEOUT};
 use crate::build::ignore::IgnoreRules;
 use crate::error::{Error, Result};
 
@@ -217,6 +217,10 @@ impl Work<'_> {
                     subdirs.push((src, path.clone()));
                     out.walked.skipped.push((path, mode));
                 }
+                continue;
+            }
+            if name.starts_with(WHITEOUT) {
+                out.fail(&path, whiteout_named(&src, name));
                 continue;
             }
             let (kind, inode) = if ftype.is_dir() {

@@ -1,7 +1,7 @@
 //! Values as typed on the command line and in layerup.toml: mappings, `KEY=VALUE`, commands,
 //! owners (pure).
 
-use crate::build::entry::RawMapping;
+use crate::build::entry::{RawMapping, WHITEOUT};
 use crate::error::{Error, Result};
 
 /// `SRC[:DEST]`: the last `:` separates them, so a source whose name holds `:` needs a DEST.
@@ -18,6 +18,12 @@ pub fn parse_mapping(text: &str) -> Result<RawMapping> {
     if dest == Some("") {
         return Err(Error::usage(format!(
             "mapping `{text}` has an empty DEST (write SRC or SRC:DEST)"
+        )));
+    }
+    if let Some(part) = dest.and_then(|d| d.split('/').find(|p| p.starts_with(WHITEOUT))) {
+        return Err(Error::usage(format!(
+            "mapping `{text}`: DEST part `{part}` is named like a whiteout (`{WHITEOUT}…`), which \
+             in a layer deletes paths of the base image"
         )));
     }
     Ok(RawMapping {
@@ -81,6 +87,8 @@ mod tests {
     #[rstest]
     #[case(":/app", "has no source")]
     #[case("./src:", "has an empty DEST")]
+    #[case("./x:/app/.wh.server.sh", "named like a whiteout")]
+    #[case("./x:/app/.wh..wh..opq/", "named like a whiteout")]
     fn broken_mappings_are_usage_errors(#[case] text: &str, #[case] why: &str) {
         assert!(parse_mapping(text).unwrap_err().to_string().contains(why));
     }

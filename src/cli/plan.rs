@@ -18,6 +18,9 @@ use crate::oci::reference::ImageRef;
 use crate::store::registry::Options;
 use crate::units::{parse_duration, parse_size};
 
+/// 9999-12-31T23:59:59Z: the last time an RFC 3339 `created` can hold.
+const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+
 /// Without `--chunk-size`: blobs up to this size go in one `PUT`, larger ones in one `PATCH`;
 /// after a failure, chunks of this size.
 const DEFAULT_CHUNK: &str = "4M";
@@ -97,11 +100,21 @@ impl PushArgs {
         };
         let owner = self.chown.as_deref().map(parse_owner).transpose()?;
         let mtime = match source_date_epoch.filter(|s| !s.is_empty()) {
-            Some(s) => s.trim().parse::<u64>().map_err(|_| {
-                Error::usage(format!(
-                    "SOURCE_DATE_EPOCH `{s}` is not a whole number of seconds"
-                ))
-            })?,
+            Some(s) => {
+                let secs = s.trim().parse::<u64>().map_err(|_| {
+                    Error::usage(format!(
+                        "SOURCE_DATE_EPOCH `{s}` is not a whole number of seconds"
+                    ))
+                })?;
+                // The image's `created` is RFC 3339, whose years have four digits.
+                if secs > LAST_SECOND_OF_9999 {
+                    return Err(Error::usage(format!(
+                        "SOURCE_DATE_EPOCH `{s}` is after the year 9999: it counts seconds since \
+                         1970 (a value in milliseconds is 1000 times too large)"
+                    )));
+                }
+                secs
+            }
             None => crate::build::tar::DEFAULT_MTIME,
         };
         let share = self
@@ -278,6 +291,9 @@ impl TransferArgs {
     pub fn options(&self) -> Result<Options> {
         if self.tries == 0 {
             return Err(Error::usage("--tries must be at least 1"));
+        }
+        if self.jobs == 0 {
+            return Err(Error::usage("--jobs must be at least 1"));
         }
         let stall = parse_duration(&self.stall_timeout).ok_or_else(|| {
             Error::usage(format!(

@@ -233,10 +233,17 @@ fn parse_layout(rest: &str) -> std::result::Result<LayoutRef, String> {
             .map_err(|e| format!("bad digest `{digest}`: {e}"))?;
         (dir, None, Some(digest))
     } else {
-        match rest.rsplit_once(':') {
-            // A path may hold ':' too; only a valid tag after the last one is taken as the tag.
+        // As skopeo's `oci:` transport: the first `:` ends the path, and what follows is a tag.
+        // A tag that is not one (`../../evil`) is an error, never a path to write to.
+        match rest.split_once(':') {
             Some((dir, tag)) if is_tag(tag) => (dir, Some(tag.to_string()), None),
-            _ => (rest, None, None),
+            Some((_, tag)) => {
+                return Err(format!(
+                    "`{tag}` is not a tag (letters, digits, `_`, `.` and `-`, at most 128, not \
+                     starting with `.` or `-`); a layout directory cannot hold `:`"
+                ))
+            }
+            None => (rest, None, None),
         }
     };
     if dir.is_empty() {
@@ -319,7 +326,7 @@ mod tests {
     #[rstest]
     #[case("oci:./mirror", "./mirror", None)]
     #[case("oci:./mirror:app", "./mirror", Some("app"))]
-    #[case("oci:/tmp/a:b/c", "/tmp/a:b/c", None)]
+    #[case("oci:/tmp/a:b", "/tmp/a", Some("b"))]
     fn layout_references_split_dir_and_tag(
         #[case] input: &str,
         #[case] dir: &str,
@@ -330,6 +337,15 @@ mod tests {
         };
         assert_eq!(l.dir, PathBuf::from(dir));
         assert_eq!(l.tag.as_deref(), tag);
+    }
+
+    #[rstest]
+    #[case("oci:./out:../../evil")]
+    #[case("oci:/tmp/a:b/c")]
+    #[case("oci:./out:")]
+    fn a_layout_tag_that_is_not_a_tag_is_refused_never_a_path(#[case] input: &str) {
+        let err = ImageRef::parse(input, "--to").unwrap_err();
+        assert!(err.to_string().contains("is not a tag"), "{err}");
     }
 
     #[test]

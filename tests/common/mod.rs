@@ -390,7 +390,7 @@ pub fn prod() -> &'static Prod {
 }
 
 /// Busybox as a root filesystem: a real static binary and the applets the tests call.
-fn busybox_rootfs(root: &Path) {
+pub fn busybox_rootfs(root: &Path) {
     require("busybox", "busybox-static");
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
