@@ -296,3 +296,85 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A push from the prod base through a proxy that applies `fault` to the first request
+/// `pick` chooses.
+fn push_through(
+    pick: impl Fn(&Req) -> bool + Send + 'static,
+    fault: Fault,
+    extra: &[&str],
+) -> (Run, Registry) {
+    let mut fault = Some(fault);
+    let proxy = Proxy::start(&prod().registry.host, move |r: &Req| {
+        if fault.is_some() && pick(r) {
+            return fault.take().unwrap();
+        }
+        Fault::Forward
+    });
+    let dev = Registry::start();
+    let tree = app_tree();
+    let run = push_tree(
+        tree.path(),
+        &proxy.reference("prod/app:oci"),
+        &dev.reference("dev/app:1"),
+        extra,
+    );
+    (run, dev)
+}
+
+fn is_manifest_get(r: &Req) -> bool {
+    r.method == "GET" && r.path.contains("/manifests/")
+}
+
+fn config_digest() -> String {
+    inspect_raw(&prod().oci)["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_base_manifest_or_config_cut_once_is_read_again() {
+    let (run, _) = push_through(is_manifest_get, Fault::CutAnswerAt(40), &[]);
+    run.ok();
+    let config = config_digest();
+    let (run, _) = push_through(
+        move |r: &Req| r.is_blob_get() && r.path.ends_with(&config),
+        Fault::CutAnswerAt(40),
+        &[],
+    );
+    run.ok();
+    assert!(
+        run.stderr.contains("reading on from there"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_base_read_that_stalls_is_a_timeout_retried_not_an_unusable_image() {
+    let stall = Fault::StallAnswerAt(40, std::time::Duration::from_secs(3));
+    let config = config_digest();
+    let pick = move |r: &Req| r.is_blob_get() && r.path.ends_with(&config);
+    let (run, _) = push_through(pick.clone(), stall, &["--stall-timeout", "1s"]);
+    run.ok();
+    assert!(
+        run.stderr.contains("did not answer in time"),
+        "{}",
+        run.stderr
+    );
+
+    let stall = Fault::StallAnswerAt(40, std::time::Duration::from_secs(3));
+    let (run, dev) = push_through(pick, stall, &["--stall-timeout", "1s", "--tries", "1"]);
+    run.fails(4, &["did not answer in time"]);
+    assert!(dev.writes().is_empty());
+
+    let stall = Fault::StallAnswerAt(40, std::time::Duration::from_secs(3));
+    let (run, _) = push_through(is_manifest_get, stall, &["--stall-timeout", "1s"]);
+    run.ok();
+    assert!(
+        run.stderr.contains("did not answer in time"),
+        "{}",
+        run.stderr
+    );
+}

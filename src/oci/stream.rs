@@ -217,17 +217,14 @@ impl Cursor {
                     broken += 1;
                     self.source = None;
                     if broken >= self.tries {
-                        let e = std::io::Error::new(
-                            e.kind(),
-                            format!("{} (gave up after {broken} tries)", e),
-                        );
-                        return Err(self.fail(e));
+                        return Err(self.fail(gave_up(e, broken)));
                     }
                     let wait = crate::retry::backoff(broken);
                     tracing::warn!(
-                        "reading {} broke at byte {}: {e}; reading on from there in {:.1}s",
+                        "reading {} broke at byte {}: {}; reading on from there in {:.1}s",
                         self.what,
                         self.read,
+                        crate::error::escape(&e.to_string()),
                         wait.as_secs_f64()
                     );
                     tokio::time::sleep(wait).await;
@@ -288,6 +285,15 @@ impl Cursor {
         let shown = std::io::Error::new(e.kind(), e.to_string());
         self.failed = Some(e);
         shown
+    }
+}
+
+/// The last failure of a read that kept breaking, saying so; an [`Error`] inside keeps its code.
+fn gave_up(e: std::io::Error, tries: u32) -> std::io::Error {
+    let text = format!("{e} (gave up after {tries} tries)");
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(inner) => std::io::Error::other(Error::new(inner.code(), text)),
+        None => std::io::Error::new(e.kind(), text),
     }
 }
 

@@ -47,6 +47,8 @@ pub enum Fault {
     CutAndRun(u64, Box<dyn FnOnce() + Send>),
     /// Forward, then pass on only the first `n` bytes of the answer's body and drop both ends.
     CutAnswerAt(u64),
+    /// Forward, pass on the first `n` bytes of the answer's body, then hold the rest this long.
+    StallAnswerAt(u64, Duration),
 }
 
 type Rule = Box<dyn FnMut(&Req) -> Fault + Send>;
@@ -277,6 +279,10 @@ fn serve(
         Fault::CutAnswerAt(n) => Some(*n),
         _ => None,
     };
+    let mut stall_answer = match &fault {
+        Fault::StallAnswerAt(n, d) => Some((*n, *d)),
+        _ => None,
+    };
     let mut offset = 0u64;
     loop {
         let mut want = buf.len();
@@ -286,6 +292,14 @@ fn serve(
                 let _ = client.shutdown(Shutdown::Both);
                 record(0);
                 return Ok(());
+            }
+        }
+        if let Some((n, _)) = stall_answer {
+            want = want.min((n - offset) as usize);
+            if want == 0 {
+                client.flush()?;
+                std::thread::sleep(stall_answer.take().unwrap().1);
+                continue;
             }
         }
         let got = upr.read(&mut buf[..want])?;

@@ -586,9 +586,12 @@ impl Registry {
             let body = self.answer_text(res).await;
             return Err(status_error(status, &body, &action(), t.host));
         }
+        // A body that breaks is worded like any transport failure (a stall as a timeout), and
+        // keeps its exit code through the cursor that reads it.
+        let host = t.host.to_string();
         let body = res
             .bytes_stream()
-            .map(|r| r.map_err(std::io::Error::other))
+            .map(move |r| r.map_err(|e| std::io::Error::other(transport::error(&e, &host))))
             .boxed();
         Ok(if status == StatusCode::PARTIAL_CONTENT || from == 0 {
             body
