@@ -378,3 +378,16 @@ fn a_base_read_that_stalls_is_a_timeout_retried_not_an_unusable_image() {
         run.stderr
     );
 }
+
+#[test]
+fn an_ipv6_loopback_registry_can_be_named_and_is_spoken_to_over_http() {
+    let dev = Registry::start_ipv6();
+    assert!(dev.host.starts_with("[::1]:"));
+    let tree = app_tree();
+    let to = dev.reference("dev/app:v6");
+    let pinned = push_tree(tree.path(), &prod().oci, &to, &[]).ok().to_string();
+    assert!(pinned.starts_with(&format!("{}/dev/app@sha256:", dev.host)), "{pinned}");
+    // skopeo 1.x cannot parse a bracketed IPv6 reference; the registry itself is asked.
+    let manifest = raw_manifest_bytes(&dev.host, "dev/app", "v6");
+    assert_eq!(sha256(&manifest), digest_of(&pinned));
+}

@@ -205,3 +205,74 @@ fn with_deploy_every_push_is_set_in_the_workload_and_awaited() {
     assert_eq!(image(), pushes[1]);
     w.stop();
 }
+
+#[test]
+fn what_layerup_writes_inside_the_sources_is_neither_a_trigger_nor_in_the_image() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let (state, tmp) = (tree.path().join(".state"), tree.path().join(".tmp"));
+    std::fs::create_dir(&tmp).unwrap();
+    let ref_file = tree.path().join("ref.txt");
+    let mut layerup = Layerup::new()
+        .env("LAYERUP_STATE_DIR", &state)
+        .env("TMPDIR", &tmp)
+        .args(["watch", "-v", "--debounce", "100"])
+        .args(
+            push_args(tree.path(), &prod().oci, &dev.reference("dev/app:own"))
+                .into_iter()
+                .skip(1),
+        )
+        .args(["--ref-file".as_ref(), ref_file.as_os_str()]);
+    let mut child = layerup
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            sink.lock().unwrap().push(line.unwrap());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no first push");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its own writes (state, temporary layers, the ref file) came after the push began.
+    std::thread::sleep(SETTLE * 2);
+    assert_eq!(
+        lines.lock().unwrap().len(),
+        1,
+        "it pushed again with no edit"
+    );
+    std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
+    while lines.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "no push after an edit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(SETTLE);
+    let pushed = lines.lock().unwrap().clone();
+    assert_eq!(pushed.len(), 2, "one edit, one push: {pushed:?}");
+    run(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]));
+    child.wait().unwrap();
+    assert!(
+        ref_file.is_file() && state.is_dir(),
+        "layerup wrote them inside the source"
+    );
+    let listed = run_in(&pushed[1], "ls -a /app");
+    for own in [".state", "ref.txt"] {
+        assert!(
+            !listed.lines().any(|l| l == own),
+            "{own} is in the image: {listed}"
+        );
+    }
+    assert!(
+        listed.lines().any(|l| l == ".tmp"),
+        "the user's own TMPDIR is theirs: {listed}"
+    );
+    assert_eq!(run_in(&pushed[1], "ls -a /app/.tmp"), ".\n..\n");
+}

@@ -25,6 +25,66 @@ pub fn whiteout_named(src: &Path, name: &str) -> Error {
     ))
 }
 
+/// A path layerup itself writes — the `--ref-file`, the state directory, a layout destination,
+/// the temporary directories `$TMPDIR/layerup-*` — which is never part of a layer, nor a change
+/// for `watch` to push, even when it lies inside a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Own {
+    /// The directory it is in, absolute (its symlinks resolved where it exists).
+    pub dir: PathBuf,
+    pub name: String,
+    /// Every name in `dir` that starts with `name`, not only `name` itself.
+    pub prefix: bool,
+}
+
+impl Own {
+    /// `path` (absolute), or a name prefixed so when `prefix`.
+    pub fn new(path: &Path, prefix: bool) -> Option<Own> {
+        let name = path.file_name()?.to_str()?.to_string();
+        let dir = path.parent()?;
+        let dir = std::fs::canonicalize(dir)
+            .or_else(|_| std::path::absolute(dir))
+            .ok()?;
+        Some(Own { dir, name, prefix })
+    }
+
+    fn names(&self, name: &str) -> bool {
+        name == self.name || (self.prefix && name.starts_with(&self.name))
+    }
+
+    /// Whether `path` (absolute) is this one or inside it.
+    pub fn covers(&self, path: &Path) -> bool {
+        path.strip_prefix(&self.dir).ok().and_then(|rest| {
+            let first = rest.components().next()?;
+            Some(self.names(first.as_os_str().to_str()?))
+        }) == Some(true)
+    }
+
+    /// Within a source directory `root` (canonical): the directory (relative, `/`-separated,
+    /// empty for the root itself) and the name the walk must leave out there.
+    pub fn within(&self, root: &Path) -> Option<OwnRel> {
+        let rel = self.dir.strip_prefix(root).ok()?;
+        Some(OwnRel {
+            dir: rel.to_str()?.to_string(),
+            own: self.clone(),
+        })
+    }
+}
+
+/// An [`Own`] path seen from a source directory, for the walk.
+#[derive(Debug, Clone)]
+pub struct OwnRel {
+    pub dir: String,
+    own: Own,
+}
+
+impl OwnRel {
+    /// Whether the entry `name` of the directory `dir` (relative to the source) is layerup's.
+    pub fn is(&self, dir: &str, name: &str) -> bool {
+        self.dir == dir && self.own.names(name)
+    }
+}
+
 /// One `SRC[:DEST]` as given, before the image's working directory is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMapping {

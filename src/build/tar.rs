@@ -253,6 +253,7 @@ mod tests {
             }],
             None,
             &[],
+            &[],
         )
         .unwrap();
         let mut out = Vec::new();

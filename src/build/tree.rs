@@ -6,18 +6,22 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 
-use crate::build::entry::{unsupported, whiteout_named, Entry, Kind, Mapping, WHITEOUT};
+use crate::build::entry::{
+    unsupported, whiteout_named, Entry, Kind, Mapping, Own, OwnRel, WHITEOUT,
+};
 use crate::build::ignore::IgnoreRules;
 use crate::build::walk::{self, Item};
 use crate::error::{Error, Result};
 
 /// Walks every mapping and returns the layer's entries in byte order of their paths, parents
 /// before children. Later mappings win over earlier ones at the same path.
-/// `ignore` patterns apply to every directory source after its `.layerupignore`.
+/// `ignore` patterns apply to every directory source after its `.layerupignore`; `own` paths
+/// (layerup's own files) are left out wherever they are.
 pub fn collect(
     mappings: &[Mapping],
     owner: Option<(u32, u32)>,
     ignore: &[String],
+    own: &[Own],
 ) -> Result<Vec<Entry>> {
     let mut found: Vec<Item> = Vec::new();
     // Directories left out by ignore rules, remembered in case a `!` rule keeps something inside.
@@ -61,7 +65,11 @@ pub fn collect(
         }
         // The directory the contents land in is not the layer's: see `add_parents`.
         let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
-        let walked = walk::walk(m.src.clone(), &dest, &rules, walk::threads())?;
+        let inside: Vec<OwnRel> = match std::fs::canonicalize(&m.src) {
+            Ok(root) if !own.is_empty() => own.iter().filter_map(|o| o.within(&root)).collect(),
+            _ => Vec::new(),
+        };
+        let walked = walk::walk(m.src.clone(), &dest, &rules, &inside, walk::threads())?;
         found.extend(walked.items);
         skipped_dirs.extend(walked.skipped);
     }
@@ -198,7 +206,7 @@ mod tests {
         std::fs::write(t.path().join("b/c/f.txt"), "x").unwrap();
         std::fs::write(t.path().join("a.txt"), "y").unwrap();
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let got = collect(&[mapping(t.path(), "/srv/app")], None, &[]).unwrap();
+        let got = collect(&[mapping(t.path(), "/srv/app")], None, &[], &[]).unwrap();
         // `/srv` and `/srv/app` may be the base's: their modes are not the layer's to set.
         assert_eq!(
             paths(&got),
@@ -216,7 +224,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         symlink("/etc", t.path().join("etc-link")).unwrap();
         symlink("../../outside", t.path().join("up")).unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap();
         let kinds: Vec<_> = got.iter().map(|e| e.kind.clone()).collect();
         assert_eq!(
             kinds,
@@ -236,7 +244,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("z"), "data").unwrap();
         std::fs::hard_link(t.path().join("z"), t.path().join("a")).unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap();
         assert!(
             matches!(got[0].kind, Kind::File { .. }),
             "app/a holds the bytes"
@@ -255,9 +263,9 @@ mod tests {
         let f = t.path().join("run.sh");
         std::fs::write(&f, "#!/bin/sh").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4750)).unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap();
         assert_eq!((got[0].mode, got[0].uid, got[0].gid), (0o4750, 0, 0));
-        let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000)), &[]).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], Some((1000, 2000)), &[], &[]).unwrap();
         assert_eq!((got[0].uid, got[0].gid), (1000, 2000));
     }
 
@@ -272,7 +280,7 @@ mod tests {
             into_dir: true,
         };
         assert_eq!(
-            paths(&collect(&[into], None, &[]).unwrap()),
+            paths(&collect(&[into], None, &[], &[]).unwrap()),
             ["etc/app/config.yaml"]
         );
         let at = Mapping {
@@ -280,7 +288,10 @@ mod tests {
             dest: "/etc/app.yaml".into(),
             into_dir: false,
         };
-        assert_eq!(paths(&collect(&[at], None, &[]).unwrap()), ["etc/app.yaml"]);
+        assert_eq!(
+            paths(&collect(&[at], None, &[], &[]).unwrap()),
+            ["etc/app.yaml"]
+        );
     }
 
     #[test]
@@ -295,6 +306,7 @@ mod tests {
                 mapping(&t.path().join("cfg"), "/app/cfg"),
             ],
             None,
+            &[],
             &[],
         )
         .unwrap();
@@ -316,6 +328,7 @@ mod tests {
             ],
             None,
             &[],
+            &[],
         )
         .unwrap_err();
         assert_eq!(
@@ -336,7 +349,7 @@ mod tests {
             "*.pyc\nvendor\n!vendor/deep/keep.txt\n",
         )
         .unwrap();
-        let got = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap();
+        let got = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap();
         assert_eq!(
             paths(&got),
             [
@@ -352,7 +365,7 @@ mod tests {
     fn whiteout_names_are_refused_unless_ignored() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join(".wh.server.sh"), "").unwrap();
-        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap_err();
         assert!(
             err.to_string()
                 .contains(".wh.server.sh` is named like a whiteout")
@@ -365,35 +378,46 @@ mod tests {
         std::fs::remove_file(t.path().join(".wh.server.sh")).unwrap();
         std::fs::create_dir(t.path().join("lib")).unwrap();
         std::fs::write(t.path().join("lib/.wh..wh..opq"), "").unwrap();
-        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap_err();
         assert!(
             err.to_string()
                 .contains("everything the base image has in its directory"),
             "{err}"
         );
-        let kept = collect(&[mapping(t.path(), "/app")], None, &["**/.wh.*".into()]).unwrap();
+        let kept = collect(
+            &[mapping(t.path(), "/app")],
+            None,
+            &["**/.wh.*".into()],
+            &[],
+        )
+        .unwrap();
         assert_eq!(paths(&kept), ["app/lib"]);
         let file = Mapping {
             src: t.path().join("lib/.wh..wh..opq"),
             dest: "/app".into(),
             into_dir: true,
         };
-        assert!(collect(&[file], None, &[]).is_err());
+        assert!(collect(&[file], None, &[], &[]).is_err());
     }
 
     #[test]
     fn a_socket_is_refused_by_name() {
         let t = tempfile::tempdir().unwrap();
         let _sock = std::os::unix::net::UnixListener::bind(t.path().join("app.sock")).unwrap();
-        let err = collect(&[mapping(t.path(), "/app")], None, &[]).unwrap_err();
+        let err = collect(&[mapping(t.path(), "/app")], None, &[], &[]).unwrap_err();
         assert!(err.to_string().ends_with("app.sock` is a socket; a layer holds only files, directories and symlinks (list it in .layerupignore to leave it out)"), "{err}");
         assert_eq!(err.code(), crate::error::ExitCode::Input);
     }
 
     #[test]
     fn a_missing_source_is_named() {
-        let err =
-            collect(&[mapping(Path::new("/nonexistent/src"), "/app")], None, &[]).unwrap_err();
+        let err = collect(
+            &[mapping(Path::new("/nonexistent/src"), "/app")],
+            None,
+            &[],
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "source `/nonexistent/src` does not exist");
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 
-use crate::build::entry::{unsupported, whiteout_named, Kind, WHITEOUT};
+use crate::build::entry::{unsupported, whiteout_named, Kind, OwnRel, WHITEOUT};
 use crate::build::ignore::IgnoreRules;
 use crate::error::{Error, Result};
 
@@ -36,7 +36,14 @@ pub struct Walked {
 /// leading `/`, empty for the root). Never follows a symlink: each entry is `lstat`ed relative
 /// to its open directory. On trouble, the error of the first path in byte order, so that the
 /// same tree always gives the same message whatever the threads did.
-pub fn walk(src: PathBuf, dest: &str, rules: &IgnoreRules, threads: usize) -> Result<Walked> {
+/// `own` are paths layerup writes inside this source: left out, never walked into.
+pub fn walk(
+    src: PathBuf,
+    dest: &str,
+    rules: &IgnoreRules,
+    own: &[OwnRel],
+    threads: usize,
+) -> Result<Walked> {
     let work = Work {
         queue: Mutex::new(Queue {
             dirs: vec![(src, dest.to_string())],
@@ -46,6 +53,7 @@ pub fn walk(src: PathBuf, dest: &str, rules: &IgnoreRules, threads: usize) -> Re
         // `rel` is the image path with the destination's part cut off.
         cut: if dest.is_empty() { 0 } else { dest.len() + 1 },
         rules,
+        own,
     };
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1))
@@ -91,6 +99,7 @@ struct Work<'a> {
     ready: Condvar,
     cut: usize,
     rules: &'a IgnoreRules,
+    own: &'a [OwnRel],
 }
 
 /// One worker's share.
@@ -183,6 +192,7 @@ impl Work<'_> {
         subdirs: &mut Vec<(PathBuf, String)>,
     ) -> Result<()> {
         let read = |e: std::io::Error| Error::io("read", dir, &e);
+        let rel_dir = dir_path.get(self.cut..).unwrap_or("");
         for item in std::fs::read_dir(dir).map_err(read)? {
             let item = item.map_err(read)?;
             let src = item.path();
@@ -198,6 +208,9 @@ impl Work<'_> {
                 );
                 continue;
             };
+            if !self.own.is_empty() && self.own.iter().any(|o| o.is(rel_dir, name)) {
+                continue;
+            }
             let path = if dir_path.is_empty() {
                 name.to_string()
             } else {
@@ -276,16 +289,18 @@ mod tests {
             }
         }
         let rules = IgnoreRules::default();
-        let one = sorted(walk(t.path().into(), "app", &rules, 1).unwrap());
+        let one = sorted(walk(t.path().into(), "app", &rules, &[], 1).unwrap());
         assert_eq!(one.len(), 30 * 7);
         assert!(one.iter().all(|(p, _, _)| p.starts_with("app/d")));
-        let many = sorted(walk(t.path().into(), "app", &rules, 4).unwrap());
+        let many = sorted(walk(t.path().into(), "app", &rules, &[], 4).unwrap());
         assert_eq!(one, many);
 
         let _a = std::os::unix::net::UnixListener::bind(t.path().join("d07/sub/a.sock")).unwrap();
         let _b = std::os::unix::net::UnixListener::bind(t.path().join("d21/b.sock")).unwrap();
         for threads in [1, 2, 4, 4, 4] {
-            let err = walk(t.path().into(), "app", &rules, threads).err().unwrap();
+            let err = walk(t.path().into(), "app", &rules, &[], threads)
+                .err()
+                .unwrap();
             assert!(
                 err.to_string().contains("d07/sub/a.sock` is a socket"),
                 "{err}"

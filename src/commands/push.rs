@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use oci_spec::image::Digest;
 
-use crate::build::entry::{Entry, Mapping, RawMapping};
+use crate::build::entry::{Entry, Mapping, Own, RawMapping};
 use crate::build::image::{self, Image, NewLayer, Tweaks};
 use crate::build::stack::{self, FullReason, Mode, Squash};
 use crate::build::state::{self, Loaded};
@@ -23,6 +23,9 @@ use crate::oci::reference::ImageRef;
 use crate::store::registry::{self, Registry};
 use crate::store::Store;
 use crate::transfer::{self, Blob, Known, Moved, Role, Source};
+
+/// How this run's temporary directories are named, in `TMPDIR`.
+const TMP_PREFIX: &str = "layerup-";
 
 /// A validated `layerup push`.
 #[derive(Debug, Clone)]
@@ -185,7 +188,7 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
         )
     };
     let tmp = tempfile::Builder::new()
-        .prefix("layerup-")
+        .prefix(TMP_PREFIX)
         .tempdir()
         .map_err(|e| Error::io("create a temporary directory in", &std::env::temp_dir(), &e))?;
     let job = stack::Job {
@@ -343,9 +346,10 @@ async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
     let mappings: Vec<Mapping> = plan.mappings.iter().map(|m| m.resolve(&workdir)).collect();
     let owner = plan.owner;
     let ignore = plan.ignore.clone();
+    let own = own_paths(plan);
     blocking(move || {
         let scanned_at = stack::now_ns();
-        let entries = tree::collect(&mappings, owner, &ignore)?;
+        let entries = tree::collect(&mappings, owner, &ignore, &own)?;
         Ok(Walked {
             mappings,
             entries,
@@ -353,6 +357,18 @@ async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
         })
     })
     .await
+}
+
+/// The paths this push writes: never part of the layer, nor (for `watch`) a change — even when a
+/// source holds them (a `--ref-file` in the project, `TMPDIR` or the state directory inside it).
+pub fn own_paths(plan: &PushPlan) -> Vec<Own> {
+    let mut own = vec![Own::new(&std::env::temp_dir().join(TMP_PREFIX), true)];
+    own.push(plan.ref_file.as_deref().and_then(|f| Own::new(f, false)));
+    own.push(plan.state_dir.as_deref().and_then(|d| Own::new(d, false)));
+    if let ImageRef::Layout(l) = &plan.to {
+        own.push(Own::new(&l.dir, false));
+    }
+    own.into_iter().flatten().collect()
 }
 
 /// Runs file work off the async threads.

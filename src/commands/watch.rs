@@ -29,10 +29,16 @@ pub async fn run(watch: &WatchPlan, mut report: impl FnMut(Told)) -> Result<()> 
         deploy.check().await?;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let own = push::own_paths(plan);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading a file (layerup's own push does) is not a change.
+        // Reading a file (layerup's own push does) is not a change, nor is a write of layerup's
+        // own (its state, its temporary files, the --ref-file).
         let relevant = match event {
-            Ok(e) => !matches!(e.kind, EventKind::Access(_)),
+            Ok(e) => {
+                !matches!(e.kind, EventKind::Access(_))
+                    && (e.paths.is_empty()
+                        || !e.paths.iter().all(|p| own.iter().any(|o| o.covers(p))))
+            }
             // An overflowed queue lost events: treat it as a change, the delta finds which.
             Err(_) => true,
         };
@@ -42,8 +48,10 @@ pub async fn run(watch: &WatchPlan, mut report: impl FnMut(Told)) -> Result<()> 
     })
     .map_err(|e| Error::internal(format!("cannot watch files: {e}")))?;
     for m in &plan.mappings {
+        // Absolute, so that events name absolute paths, comparable with layerup's own.
+        let src = std::fs::canonicalize(&m.src).unwrap_or_else(|_| m.src.clone());
         watcher
-            .watch(&m.src, RecursiveMode::Recursive)
+            .watch(&src, RecursiveMode::Recursive)
             .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", m.src.display())))?;
     }
     loop {

@@ -146,8 +146,19 @@ fn parse_docker(s: &str) -> Option<Reference> {
     })
 }
 
-/// `host[:port]`: dot-separated labels of letters, digits and inner hyphens.
+/// `host[:port]`: dot-separated labels of letters, digits and inner hyphens; or an IPv6 address
+/// in brackets (`[::1]:5000`), as the distribution reference grammar allows.
 fn is_domain(d: &str) -> bool {
+    if let Some(rest) = d.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = match after.strip_prefix(':') {
+            Some(p) => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()),
+            None => after.is_empty(),
+        };
+        return port_ok && ip.parse::<std::net::Ipv6Addr>().is_ok();
+    }
     let (host, port) = match d.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (d, None),
@@ -305,6 +316,8 @@ mod tests {
     #[case("prod/app:1.0", "docker.io/prod/app:1.0")]
     #[case("docker://prod/app:1.0", "docker.io/prod/app:1.0")]
     #[case("localhost:5000/dev/app", "localhost:5000/dev/app:latest")]
+    #[case("[::1]:5000/prod/app:1.0", "[::1]:5000/prod/app:1.0")]
+    #[case("[fe80::1]/app", "[fe80::1]/app:latest")]
     #[case("127.0.0.1:5000/dev/app:dev", "127.0.0.1:5000/dev/app:dev")]
     #[case(
         "registry.example.com/prod/app:1.0",

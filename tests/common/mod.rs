@@ -88,6 +88,21 @@ impl Registry {
     }
 
     pub fn start_with(opts: RegistryOptions) -> Self {
+        Self::start_at(opts, "127.0.0.1")
+    }
+
+    /// A registry on IPv6 loopback, named `[::1]:PORT`.
+    pub fn start_ipv6() -> Self {
+        Self::start_at(
+            RegistryOptions {
+                htpasswd: None,
+                token: None,
+            },
+            "[::1]",
+        )
+    }
+
+    fn start_at(opts: RegistryOptions, ip: &str) -> Self {
         require("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -108,13 +123,13 @@ impl Registry {
             );
         }
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: layerup-tests\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: \"{ip}:{port}\"\n  secret: layerup-tests\n{auth}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let (shell, guard) = Self::spawn(dir.path());
         let reg = Registry {
-            host: format!("127.0.0.1:{port}"),
+            host: format!("{ip}:{port}"),
             dir,
             guard,
             shell,
