@@ -308,33 +308,24 @@ fn a_base_blob_with_wrong_bytes_is_refused() {
     assert_untouched(&dev);
 }
 
-#[test]
-fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
-    let dev = Registry::start();
+/// A push of 48 MiB that do not compress (seconds of work for a test build) into `dev`, with
+/// `tmp` as TMPDIR, interrupted by `signal` once its layer file has bytes in it.
+fn interrupted_push(dev: &Registry, tmp: &Path, signal: &str) -> std::process::Output {
     let tree = tempfile::tempdir().unwrap();
-    // 48 MiB that do not compress: seconds of work for a test build.
     std::fs::write(tree.path().join("noise.bin"), noise(48 << 20)).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_layerup"))
         .args(push_args(
             tree.path(),
             &prod().oci,
             &dev.reference("dev/app:x"),
         ))
-        .env("TMPDIR", tmp.path())
-        .env("DOCKER_CONFIG", tmp.path())
-        .env("LAYERUP_STATE_DIR", tmp.path().join("state"))
+        .env("TMPDIR", tmp)
+        .env("DOCKER_CONFIG", tmp)
+        .env("LAYERUP_STATE_DIR", tmp.join("state"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Layers are written into a `layerup-*` directory of TMPDIR.
-    let layer_dir = || {
-        std::fs::read_dir(tmp.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.file_name().to_string_lossy().starts_with("layerup-"))
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let started = |d: std::fs::DirEntry| {
         std::fs::read_dir(d.path())
@@ -343,23 +334,67 @@ fn ctrl_c_while_compressing_leaves_no_temporary_file_and_writes_nothing() {
             .filter_map(|e| e.ok())
             .any(|f| f.metadata().is_ok_and(|m| m.len() > 0))
     };
-    while !layer_dir().is_some_and(started) {
+    while !layer_dir(tmp).is_some_and(started) {
         assert!(
             std::time::Instant::now() < deadline,
             "the layer file never appeared"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
-    let out = child.wait_with_output().unwrap();
+    run(Command::new("kill").args([signal, &child.id().to_string()]));
+    child.wait_with_output().unwrap()
+}
+
+/// The `layerup-*` directory of TMPDIR that layers are written into, if there is one.
+fn layer_dir(tmp: &Path) -> Option<std::fs::DirEntry> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("layerup-"))
+}
+
+/// Ctrl-C, and SIGTERM as Tilt, `timeout` and systemd send it, end a push the same way.
+#[rstest]
+#[case("-INT")]
+#[case("-TERM")]
+fn an_interrupt_while_compressing_leaves_no_temporary_file_and_writes_nothing(
+    #[case] signal: &str,
+) {
+    let dev = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = interrupted_push(&dev, tmp.path(), signal);
     assert_eq!(out.status.code(), Some(130));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         "error: interrupted"
     );
     assert!(
-        layer_dir().is_none(),
+        layer_dir(tmp.path()).is_none(),
         "the temporary layer files were deleted"
     );
     assert_untouched(&dev);
+}
+
+#[test]
+fn a_push_killed_outright_leaves_files_the_next_run_deletes() {
+    let dev = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = interrupted_push(&dev, tmp.path(), "-KILL");
+    assert_eq!(out.status.code(), None, "killed by the signal");
+    let left = layer_dir(tmp.path())
+        .expect("SIGKILL leaves the layer files")
+        .path();
+    assert_untouched(&dev);
+    // The next run, with the same TMPDIR, deletes them: no live run holds their lock.
+    let tree = app_tree();
+    Layerup::new()
+        .env("TMPDIR", tmp.path())
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &dev.reference("dev/app:y"),
+        ))
+        .run()
+        .ok();
+    assert!(!left.exists(), "{} is still there", left.display());
 }

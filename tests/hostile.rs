@@ -385,9 +385,44 @@ fn an_ipv6_loopback_registry_can_be_named_and_is_spoken_to_over_http() {
     assert!(dev.host.starts_with("[::1]:"));
     let tree = app_tree();
     let to = dev.reference("dev/app:v6");
-    let pinned = push_tree(tree.path(), &prod().oci, &to, &[]).ok().to_string();
-    assert!(pinned.starts_with(&format!("{}/dev/app@sha256:", dev.host)), "{pinned}");
+    let pinned = push_tree(tree.path(), &prod().oci, &to, &[])
+        .ok()
+        .to_string();
+    assert!(
+        pinned.starts_with(&format!("{}/dev/app@sha256:", dev.host)),
+        "{pinned}"
+    );
     // skopeo 1.x cannot parse a bracketed IPv6 reference; the registry itself is asked.
     let manifest = raw_manifest_bytes(&dev.host, "dev/app", "v6");
     assert_eq!(sha256(&manifest), digest_of(&pinned));
+}
+
+#[test]
+fn a_platform_a_single_platform_base_lacks_is_an_error_not_a_silent_other() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let to = dev.reference("dev/app:1");
+    let run = push_tree(
+        tree.path(),
+        &prod().oci,
+        &to,
+        &["--platform", "linux/s390x"],
+    );
+    run.fails(
+        6,
+        &["is a single-platform image: it has linux/amd64, not linux/s390x"],
+    );
+    let run = Layerup::new()
+        .args(["copy", &prod().oci, &to, "--platform", "linux/s390x"])
+        .run();
+    run.fails(6, &["it has linux/amd64, not linux/s390x"]);
+    assert!(dev.writes().is_empty());
+    // Asked for what it is, or not asked at all, it is used.
+    push_tree(
+        tree.path(),
+        &prod().oci,
+        &to,
+        &["--platform", "linux/amd64"],
+    )
+    .ok();
 }

@@ -36,6 +36,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
             dest: Some("/app".into()),
         }],
         platform: "linux/amd64".parse::<Platform>().unwrap(),
+        platform_asked: false,
         tweaks: Tweaks::default(),
         owner: None,
         mtime: layerup::build::tar::DEFAULT_MTIME,
@@ -148,6 +149,7 @@ fn a_copy_tells_what_will_move_before_it_moves_and_reports_each_blob() {
         to: ImageRef::parse(&to, "to").unwrap(),
         all: false,
         platform: "linux/amd64".parse().unwrap(),
+        platform_asked: false,
         net: net(),
         jobs: 4,
     };

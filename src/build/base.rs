@@ -33,13 +33,19 @@ impl Base {
     }
 }
 
-/// Reads the base image's manifest and config from `store`.
-pub async fn resolve(store: &Store, want: &Platform) -> Result<Base> {
-    resolve_from(store, store.root().await?, want).await
+/// Reads the base image's manifest and config from `store`: from an index, the `want` image.
+/// With `asked` (`--platform` was given), a single-platform image must be of that platform too.
+pub async fn resolve(store: &Store, want: &Platform, asked: bool) -> Result<Base> {
+    resolve_from(store, store.root().await?, want, asked).await
 }
 
 /// [`resolve`] from the reference's document, already fetched.
-pub async fn resolve_from(store: &Store, root: Fetched, want: &Platform) -> Result<Base> {
+pub async fn resolve_from(
+    store: &Store,
+    root: Fetched,
+    want: &Platform,
+    asked: bool,
+) -> Result<Base> {
     let name = store.image_ref().to_string();
     let (kind, doc) = classify(&root, &format!("base image `{name}`"))?;
     let (fetched, family, doc) = match kind {
@@ -61,6 +67,9 @@ pub async fn resolve_from(store: &Store, root: Fetched, want: &Platform) -> Resu
     let (config_desc, layers) = image_parts(&doc, &name)?;
     let config_bytes = store.blob_bytes(&config_desc).await?;
     let config = check_config(&config_bytes, layers.len(), &name)?;
+    if let (true, Kind::Manifest(_)) = (asked, kind) {
+        check_platform(&config, want, &name)?;
+    }
     Ok(Base {
         name,
         digest: fetched.digest,
@@ -69,6 +78,21 @@ pub async fn resolve_from(store: &Store, root: Fetched, want: &Platform) -> Resu
         config,
         layers,
     })
+}
+
+/// A single-platform base asked for another platform is not silently taken instead.
+fn check_platform(config: &Value, want: &Platform, name: &str) -> Result<()> {
+    match Platform::of_config(config) {
+        Some(p) if p.serves(want) => Ok(()),
+        Some(p) => Err(Error::new(
+            crate::error::ExitCode::NotFound,
+            format!(
+                "base image `{name}` is a single-platform image: it has {p}, not {want} (leave \
+                 out --platform, or use a base with a {want} image)"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn classify(f: &Fetched, what: &str) -> Result<(Kind, Value)> {

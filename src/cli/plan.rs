@@ -163,6 +163,7 @@ impl PushArgs {
             to,
             mappings,
             platform,
+            platform_asked: self.platform.is_some(),
             tweaks,
             owner,
             mtime,
@@ -281,6 +282,7 @@ impl CopyArgs {
             to,
             all: self.all,
             platform,
+            platform_asked: self.platform.is_some(),
             net: self.transfer.options()?,
             jobs: self.transfer.jobs,
         })

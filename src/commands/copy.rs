@@ -30,6 +30,8 @@ pub struct CopyPlan {
     /// Every manifest of an index, not only the `platform` one.
     pub all: bool,
     pub platform: Platform,
+    /// `--platform` was given: a single-platform source must be of it.
+    pub platform_asked: bool,
     pub net: registry::Options,
     /// Blob transfers in flight at once.
     pub jobs: usize,
@@ -132,6 +134,28 @@ async fn read(source: &Store, plan: &CopyPlan) -> Result<(Vec<Doc>, Doc, Vec<Des
                 &format!("the {} manifest of `{name}`", plan.platform),
             )?;
             (child, kind, doc)
+        }
+        Kind::Manifest(_) if plan.platform_asked => {
+            // A single-platform image asked for another platform is not copied instead.
+            let config = Descriptor::parse(
+                doc.get("config").unwrap_or(&Value::Null),
+                &format!("`{name}`'s config descriptor"),
+            )?;
+            let bytes = source.blob_bytes(&config).await?;
+            let has = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|c| Platform::of_config(&c));
+            if let Some(p) = has.filter(|p| !p.serves(&plan.platform)) {
+                return Err(Error::new(
+                    crate::error::ExitCode::NotFound,
+                    format!(
+                        "`{name}` is a single-platform image: it has {p}, not {} (leave out \
+                         --platform)",
+                        plan.platform
+                    ),
+                ));
+            }
+            (root, kind, doc)
         }
         _ => (root, kind, doc),
     };

@@ -60,7 +60,7 @@ pub async fn run(plan: &InspectPlan) -> Result<Inspected> {
             .collect()
     });
     let (reference, content_type) = (r.pinned(&root.digest), root.content_type.clone());
-    let image = base::resolve_from(&store, root, platform).await?;
+    let image = base::resolve_from(&store, root, platform, false).await?;
     let image_media_type = image.manifest["mediaType"]
         .as_str()
         .unwrap_or(image.family.manifest())

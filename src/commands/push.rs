@@ -34,6 +34,8 @@ pub struct PushPlan {
     pub to: ImageRef,
     pub mappings: Vec<RawMapping>,
     pub platform: Platform,
+    /// `--platform` was given: a single-platform base must be of it.
+    pub platform_asked: bool,
     pub tweaks: Tweaks,
     pub owner: Option<(u32, u32)>,
     /// Every entry's mtime and the image's `created` (Unix seconds).
@@ -130,7 +132,7 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
     let fetch_base = async {
         let started = Instant::now();
         source.login(false, None).await?;
-        let base = base::resolve(&source, &plan.platform).await?;
+        let base = base::resolve(&source, &plan.platform, plan.platform_asked).await?;
         Ok::<_, Error>((base, started.elapsed()))
     };
     let check_dest = async {
@@ -187,10 +189,7 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
             &dest_name,
         )
     };
-    let tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempdir()
-        .map_err(|e| Error::io("create a temporary directory in", &std::env::temp_dir(), &e))?;
+    let (tmp, _lock) = temp_dir()?;
     let job = stack::Job {
         roots: mappings
             .iter()
@@ -369,6 +368,51 @@ pub fn own_paths(plan: &PushPlan) -> Vec<Own> {
         own.push(Own::new(&l.dir, false));
     }
     own.into_iter().flatten().collect()
+}
+
+/// This run's temporary directory for layer files, in `TMPDIR`, locked for as long as it lives.
+/// Ctrl-C and SIGTERM delete it on the way out; a run killed outright (SIGKILL, OOM) cannot, so
+/// each run first deletes those whose lock nobody holds: their process is gone (the kernel
+/// releases a dead process's locks).
+fn temp_dir() -> Result<(tempfile::TempDir, std::fs::File)> {
+    let root = std::env::temp_dir();
+    sweep(&root);
+    let failed = |e: std::io::Error| Error::io("create a temporary directory in", &root, &e);
+    let tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempdir()
+        .map_err(failed)?;
+    // Locked under another name, then renamed: `.lock` never exists unlocked while its run
+    // lives, so a sweep cannot take a directory being set up for a dead one.
+    let staging = tmp.path().join(".lock.new");
+    let lock = std::fs::File::create(&staging).map_err(failed)?;
+    lock.lock().map_err(failed)?;
+    std::fs::rename(&staging, tmp.path().join(LOCK)).map_err(failed)?;
+    Ok((tmp, lock))
+}
+
+const LOCK: &str = ".lock";
+
+/// Deletes the `layerup-*` directories of `root` whose lock no live run holds.
+fn sweep(root: &Path) {
+    let Ok(items) = std::fs::read_dir(root) else {
+        return;
+    };
+    for item in items.flatten() {
+        if !item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(item.path().join(LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            tracing::info!(
+                "deleting {}, left by a run that was killed",
+                item.path().display()
+            );
+            let _ = std::fs::remove_dir_all(item.path());
+        }
+    }
 }
 
 /// Runs file work off the async threads.

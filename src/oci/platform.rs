@@ -27,6 +27,28 @@ impl Platform {
         }
     }
 
+    /// An image config's platform (`os`, `architecture`, `variant` at its top level).
+    pub fn of_config(config: &Value) -> Option<Platform> {
+        let os = config.get("os")?.as_str()?.to_lowercase();
+        let arch = config.get("architecture")?.as_str()?.to_lowercase();
+        let variant = config
+            .get("variant")
+            .and_then(Value::as_str)
+            .map(str::to_lowercase);
+        let (architecture, variant) = normalise_arch(&arch, variant);
+        Some(Platform {
+            os,
+            architecture,
+            variant,
+        })
+    }
+
+    /// Whether an image of this platform serves a request for `want`: same os and
+    /// architecture, and the variant when `want` names one.
+    pub fn serves(&self, want: &Platform) -> bool {
+        self.matches(want, want.variant.is_some())
+    }
+
     fn matches(&self, other: &Platform, exact_variant: bool) -> bool {
         self.os == other.os
             && self.architecture == other.architecture
