@@ -150,7 +150,10 @@ impl Report {
         if self.json {
             println!("{}", c.to_json());
         } else {
-            println!("{}", c.show());
+            // Names in the files (registry aliases) are the files' text: escaped like any other.
+            for line in c.show().lines() {
+                println!("{}", crate::error::escape(line));
+            }
         }
     }
 

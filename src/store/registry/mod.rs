@@ -33,6 +33,8 @@ use send::Verdict;
 
 /// Manifests over 4 MiB are refused by distribution and most registries; never read more.
 const MANIFEST_LIMIT: usize = 4 << 20;
+/// A token service's answer is a few KiB; never read more than this.
+const TOKEN_LIMIT: usize = 1 << 20;
 const USER_AGENT: &str = concat!("layerup/", env!("CARGO_PKG_VERSION"));
 
 /// How layerup treats the network; the defaults are the command line's (`cli::TransferArgs`).
@@ -410,7 +412,19 @@ impl Registry {
                 "the token service of registry {host} answered {status}"
             )));
         }
-        let body: serde_json::Value = res.json().await.map_err(|_| {
+        // A token answer is small; one that goes on and on is not read to the end.
+        let mut raw = Vec::new();
+        let mut stream = res.bytes_stream();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| transport::error(&e, host))?;
+            raw.extend_from_slice(&piece);
+            if raw.len() > TOKEN_LIMIT {
+                return Err(Error::auth(format!(
+                    "the token service of registry {host} sent more than 1 MiB"
+                )));
+            }
+        }
+        let body: serde_json::Value = serde_json::from_slice(&raw).map_err(|_| {
             Error::auth(format!(
                 "the token service of registry {host} sent no JSON token"
             ))
