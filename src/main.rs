@@ -9,10 +9,15 @@ use layerup::commands::{copy, deploy, inspect, push, watch};
 use layerup::error::Error;
 use layerup::output::{progress, Report};
 
+/// The environment as layerup reads it: unset and empty are the same.
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
 fn main() -> ExitCode {
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let invocation = match cli::parse(std::env::args_os().collect(), &cwd, &env) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invocation = match cli::parse(argv.clone(), &cwd, &env) {
         Ok(Parsed::Run(i)) => i,
         Ok(Parsed::Show(text)) => {
             print!("{text}");
@@ -29,7 +34,7 @@ fn main() -> ExitCode {
         json,
         job,
     } = *invocation;
-    let out = Report { quiet, json };
+    let out = Report::new(quiet, json);
     let job = match job {
         Ok(job) => job,
         Err(e) => {
@@ -38,8 +43,16 @@ fn main() -> ExitCode {
         }
     };
     match &job {
-        Job::Config(c) => {
-            out.config(c);
+        Job::Config(c, image) => {
+            out.config(c, image.as_deref());
+            return ExitCode::SUCCESS;
+        }
+        Job::Images(all) if all.iter().all(|(_, j)| matches!(j, Job::Config(..))) => {
+            for (name, j) in all {
+                if let Job::Config(c, image) = j {
+                    out.named(name).config(c, image.as_deref());
+                }
+            }
             return ExitCode::SUCCESS;
         }
         Job::Completions(shell) => {
@@ -72,14 +85,26 @@ fn main() -> ExitCode {
     };
     // A bar while blobs move, on a terminal, when nothing else writes there.
     let bar_wanted = !quiet && !json && verbose == 0 && job.moves_blobs();
-    let watching = matches!(job, Job::Watch(_));
+    let watching = match &job {
+        Job::Watch(_) => true,
+        Job::Images(all) => all.iter().any(|(_, j)| matches!(j, Job::Watch(_))),
+        _ => false,
+    };
+    // A watch of the whole project looks for its services again as it runs.
+    let discover: Option<watch::Discover> = match &job {
+        Job::Images(_) if watching => {
+            let (argv, cwd) = (argv.clone(), cwd.clone());
+            Some(Box::new(move || rediscover(&argv, &cwd)))
+        }
+        _ => None,
+    };
     // On Ctrl-C or SIGTERM (Tilt, `timeout`, systemd), drop the command (which deletes its
     // temporary layer files) instead of dying with them on disk. Nothing half-written can be
     // left in a registry: the manifest goes last.
     let result = runtime.block_on(async {
         let bar = progress::Bar::start(bar_wanted);
         tokio::select! {
-            r = run(job, out) => { drop(bar); Some(r) },
+            r = run(job, out.clone(), discover) => { drop(bar); Some(r) },
             _ = interrupted() => None,
         }
     });
@@ -116,16 +141,38 @@ impl From<Error> for Failed {
     }
 }
 
+/// The project's watched images, found again as the command line found them.
+fn rediscover(
+    argv: &[std::ffi::OsString],
+    cwd: &std::path::Path,
+) -> Result<Vec<(String, watch::WatchPlan)>, Error> {
+    let Parsed::Run(inv) = cli::parse(argv.to_vec(), cwd, &env)? else {
+        return Ok(Vec::new());
+    };
+    match inv.job? {
+        Job::Images(all) => Ok(all
+            .into_iter()
+            .filter_map(|(n, j)| match j {
+                Job::Watch(w) => Some((n, w)),
+                _ => None,
+            })
+            .collect()),
+        Job::Watch(w) => Ok(vec![(String::new(), w)]),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Runs one command and reports what it tells and what it returns.
-async fn run(job: Job, out: Report) -> Result<(), Failed> {
+async fn run(job: Job, out: Report, discover: Option<watch::Discover>) -> Result<(), Failed> {
     match job {
+        Job::Images(all) => run_images(all, out, discover).await,
         Job::Push(plan) => {
             let started = std::time::Instant::now();
             let (pushed, deployed) = push::run_and_deploy(&plan, &mut |t| out.push_told(t)).await?;
             out.push_done(&pushed, deployed, started.elapsed())
                 .map_err(Failed::Reported)
         }
-        Job::Watch(plan) => Ok(watch::run(&plan, |t| out.watch_told(t)).await?),
+        Job::Watch(plan) => Ok(watch::run(&plan, move |t| out.watch_told(t)).await?),
         Job::Copy(plan) => {
             let copied = copy::run(&plan, |p| out.planned(p)).await?;
             out.copied(&copied);
@@ -145,8 +192,75 @@ async fn run(job: Job, out: Report) -> Result<(), Failed> {
             out.inspected(&inspect::run(&plan).await?);
             Ok(())
         }
-        Job::Config(_) | Job::Completions(_) | Job::Man => Ok(()),
+        Job::Config(..) | Job::Completions(_) | Job::Man => Ok(()),
     }
+}
+
+/// One command for several images: pushes and watches run together; the others one image
+/// after another. Every image is reported under its name, and one failing does not stop the
+/// others: the exit code is the first failure's.
+async fn run_images(
+    all: Vec<(String, Job)>,
+    out: Report,
+    discover: Option<watch::Discover>,
+) -> Result<(), Failed> {
+    let mut failed: Option<u8> = None;
+    let mut fail = |code: u8| {
+        failed.get_or_insert(code);
+    };
+    if all.iter().all(|(_, j)| matches!(j, Job::Push(_))) {
+        let plans: Vec<(String, push::PushPlan)> = all
+            .into_iter()
+            .filter_map(|(n, j)| match j {
+                Job::Push(p) => Some((n, p)),
+                _ => None,
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let told = |name: &str, t: layerup::commands::Told<'_>| out.named(name).push_told(t);
+        let results = push::run_many(&plans, &told).await;
+        for ((name, _), result) in plans.iter().zip(results) {
+            let out = out.named(name);
+            match result {
+                Ok((pushed, deployed)) => {
+                    if let Err(code) = out.push_done(&pushed, deployed, started.elapsed()) {
+                        fail(code);
+                    }
+                }
+                Err(e) => {
+                    out.error(&e);
+                    fail(e.code() as u8);
+                }
+            }
+        }
+        return failed.map_or(Ok(()), |c| Err(Failed::Reported(c)));
+    }
+    if all.iter().all(|(_, j)| matches!(j, Job::Watch(_))) {
+        let plans: Vec<(String, watch::WatchPlan)> = all
+            .into_iter()
+            .filter_map(|(n, j)| match j {
+                Job::Watch(w) => Some((n, w)),
+                _ => None,
+            })
+            .collect();
+        let report: watch::Report =
+            std::sync::Arc::new(move |name: &str, t: layerup::commands::Told<'_>| {
+                if name.is_empty() {
+                    out.watch_told(t)
+                } else {
+                    out.named(name).watch_told(t)
+                }
+            });
+        return Ok(watch::run_many(plans, discover, report).await?);
+    }
+    for (name, j) in all {
+        let out = out.named(&name);
+        if let Err(Failed::Error(e)) = Box::pin(run(j, out.clone(), None)).await {
+            out.error(&e);
+            fail(e.code() as u8);
+        }
+    }
+    failed.map_or(Ok(()), |c| Err(Failed::Reported(c)))
 }
 
 /// Ctrl-C, or SIGTERM.

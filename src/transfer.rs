@@ -155,13 +155,17 @@ pub struct Moves {
 /// Asks the destination about every blob whose presence is unknown (HEAD, [`CHECKS`] at a
 /// time), marks those it holds, and says what will travel.
 pub async fn survey(dest: &Store, blobs: &mut [Blob]) -> Result<Moves> {
-    let asked: Vec<(usize, bool)> = stream::iter(blobs.iter().enumerate())
-        .filter(|(_, b)| {
-            futures_util::future::ready(b.known == Known::Unknown && !b.descriptor.is_foreign())
-        })
+    let checks = blobs
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.known == Known::Unknown && !b.descriptor.is_foreign())
         .map(
             |(i, b)| async move { Ok::<_, Error>((i, dest.has_blob(&b.descriptor.digest).await?)) },
         )
+        // Collected: an iterator with a filter closure held across an await makes the future
+        // not `Send` for every lifetime (rustc#110338), and watch spawns pushes on tasks.
+        .collect::<Vec<_>>();
+    let asked: Vec<(usize, bool)> = stream::iter(checks)
         .buffer_unordered(CHECKS)
         .try_collect()
         .await?;
@@ -189,16 +193,44 @@ pub async fn survey(dest: &Store, blobs: &mut [Blob]) -> Result<Moves> {
     Ok(moves)
 }
 
-/// Puts every blob the destination lacks there, largest first, `jobs` at a time, and returns a
-/// report per blob in the order given. Blobs still [`Known::Unknown`] are asked about first.
-pub async fn send(dest: &Store, blobs: &[Blob], jobs: usize) -> Result<Vec<Moved>> {
+/// Blob transfers in flight at once across a run (`--jobs`): one image's, or every image's
+/// of a project pushed together.
+#[derive(Clone)]
+pub struct Slots {
+    permits: Arc<tokio::sync::Semaphore>,
+    jobs: usize,
+}
+
+impl Slots {
+    pub fn new(jobs: usize) -> Self {
+        Slots {
+            permits: Arc::new(tokio::sync::Semaphore::new(jobs.max(1))),
+            jobs: jobs.max(1),
+        }
+    }
+}
+
+/// Puts every blob the destination lacks there, largest first, as many at a time as `slots`
+/// allow, and returns a report per blob in the order given. Blobs still [`Known::Unknown`] are
+/// asked about first.
+pub async fn send(dest: &Store, blobs: &[Blob], slots: &Slots) -> Result<Vec<Moved>> {
     crate::meter::planned(blobs.len());
     let mut order: Vec<usize> = (0..blobs.len()).collect();
     // Largest first: with a bounded number in flight, the long ones should not start last.
     order.sort_by_key(|&i| std::cmp::Reverse(blobs[i].descriptor.size));
-    let mut moved: Vec<(usize, Moved)> = stream::iter(order)
-        .map(|i| async move { Ok::<_, Error>((i, one(dest, &blobs[i]).await?)) })
-        .buffer_unordered(jobs.max(1))
+    let moves = order
+        .into_iter()
+        .map(|i| async move {
+            let _slot = slots
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Error::internal("the transfer slots closed"))?;
+            Ok::<_, Error>((i, one(dest, &blobs[i]).await?))
+        })
+        .collect::<Vec<_>>();
+    let mut moved: Vec<(usize, Moved)> = stream::iter(moves)
+        .buffer_unordered(slots.jobs)
         .try_collect()
         .await?;
     moved.sort_by_key(|(i, _)| *i);

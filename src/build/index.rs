@@ -312,10 +312,13 @@ pub fn index_of(entries: &[Entry], scanned_at: i64) -> Index {
 /// Compares the walked `entries` (sorted, parents first, as [`crate::build::tree::collect`]
 /// gives them) with `old`. `hash` reads a file's bytes; it is called only for files whose stat
 /// changed or was racy, and whose size still matches.
+/// `suspects` (sorted image paths) are hashed even when their stat matches: file events said
+/// they changed, and a write within the clock's tick leaves the mtime unmoved.
 pub fn diff(
     old: &Index,
     entries: &[Entry],
     scanned_at: i64,
+    suspects: &[String],
     mut hash: impl FnMut(&Path) -> Result<Sha>,
 ) -> Result<Delta> {
     let mut records: Vec<(String, Record)> = Vec::with_capacity(entries.len());
@@ -334,7 +337,8 @@ pub fn diff(
         let prev = olds.next_if(|(p, _)| **p == e.path).map(|(_, r)| r);
         let mut rec = Record::of(e);
         if let (Some(prev), Kind::File { src, .. }) = (prev, &e.kind) {
-            let racy = is_racy(prev.mtime, old.scanned_at);
+            let racy = is_racy(prev.mtime, old.scanned_at)
+                || (!suspects.is_empty() && suspects.binary_search(&e.path).is_ok());
             if prev.kind == RecordKind::File && prev.size == rec.size {
                 rec.sha = if rec.same_stat(prev) && !racy {
                     prev.sha
@@ -605,7 +609,7 @@ mod tests {
                 (p.clone(), s)
             })
             .collect();
-        let d = diff(&index, &entries(new, &stats), 10, fake_hash).unwrap();
+        let d = diff(&index, &entries(new, &stats), 10, &[], fake_hash).unwrap();
         let stacked = apply(old, &d.entries);
         (d, stacked)
     }
@@ -709,7 +713,7 @@ mod tests {
             r.sha = Some([7; 32]);
         }
         let mut reads = 0;
-        let d = diff(&index, &first, 20_000_000_000, |p| {
+        let d = diff(&index, &first, 20_000_000_000, &[], |p| {
             reads += 1;
             fake_hash(p)
         })
@@ -732,7 +736,7 @@ mod tests {
             })
             .collect::<Vec<_>>();
         let mut reads = 0;
-        let d = diff(&index, &racy, 20_000_000_000, |p| {
+        let d = diff(&index, &racy, 20_000_000_000, &[], |p| {
             reads += 1;
             fake_hash(p)
         })

@@ -149,8 +149,10 @@ pub enum Mode {
 pub struct Job {
     /// The mappings' destinations (image paths without the leading `/`).
     pub roots: Vec<String>,
-    pub entries: Vec<Entry>,
+    pub entries: std::sync::Arc<Vec<Entry>>,
     pub scanned_at: i64,
+    /// Image paths to hash even when their stat looks unchanged (file events named them).
+    pub suspects: Vec<String>,
     pub settings: Settings,
     pub base: Digest,
     pub created_by: String,
@@ -186,7 +188,7 @@ pub fn layers(
             Err(why) => break 'delta why,
             Ok(prev) => prev,
         };
-        let mut delta = diff(&prev.index, &job.entries, job.scanned_at)?;
+        let mut delta = diff(&prev.index, &job.entries, job.scanned_at, &job.suspects)?;
         let written = if delta.is_empty() {
             None
         } else {
@@ -358,9 +360,15 @@ fn write_layer(
     })
 }
 
-/// The delta between the last push's index and the tree as walked now.
-pub fn diff(prev: &Index, entries: &[Entry], scanned_at: i64) -> Result<Delta> {
-    index::diff(prev, entries, scanned_at, hash_file)
+/// The delta between the last push's index and the tree as walked now; `suspects` (sorted
+/// image paths) are hashed even when their stat looks unchanged.
+pub fn diff(
+    prev: &Index,
+    entries: &[Entry],
+    scanned_at: i64,
+    suspects: &[String],
+) -> Result<Delta> {
+    index::diff(prev, entries, scanned_at, suspects, hash_file)
 }
 
 /// sha256 of a file's bytes.

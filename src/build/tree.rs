@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use crate::build::entry::{
     unsupported, whiteout_named, Entry, Kind, Mapping, Own, OwnRel, WHITEOUT,
@@ -69,7 +70,14 @@ pub fn collect(
             Ok(root) if !own.is_empty() => own.iter().filter_map(|o| o.within(&root)).collect(),
             _ => Vec::new(),
         };
-        let walked = walk::walk(m.src.clone(), &dest, &rules, &inside, walk::threads())?;
+        let walked = walk::walk(
+            m.src.clone(),
+            &dest,
+            &dest,
+            &rules,
+            &inside,
+            walk::threads(),
+        )?;
         found.extend(walked.items);
         skipped_dirs.extend(walked.skipped);
     }
@@ -87,6 +95,223 @@ pub fn collect(
     let mut entries = link_hardlinks(found.into_iter(), uid, gid);
     add_parents(&mut entries, &skipped_dirs, (uid, gid))?;
     Ok(entries)
+}
+
+/// What an update of the tree from file events came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Update {
+    /// The entries are the tree now; `suspects` are the image paths of the files events
+    /// named, sorted: their stat cannot be trusted to show a change (see `index::diff`).
+    Done { suspects: Vec<String> },
+    /// Only a whole walk can tell, and why.
+    WalkAll(&'static str),
+}
+
+/// A directory mapping, as an update looks at it.
+struct Root {
+    /// The source, its symlinks resolved (events name paths so).
+    src: PathBuf,
+    dest: String,
+    rules: IgnoreRules,
+    own: Vec<OwnRel>,
+}
+
+/// Brings `entries` (the tree as [`collect`] last gave it) up to date with the paths events
+/// named (absolute), reading only those: a file's stat, a new directory's contents. Cost follows
+/// the edit, not the tree. Anything it cannot be sure of — a changed ignore file, ignore rules
+/// with `!` exceptions, hardlinks, overlapping mappings, a path whose parent is unknown — asks
+/// for a whole walk instead.
+pub fn update(
+    entries: &mut Vec<Entry>,
+    mappings: &[Mapping],
+    owner: Option<(u32, u32)>,
+    ignore: &[String],
+    own: &[Own],
+    paths: &[PathBuf],
+) -> Result<Update> {
+    use Update::WalkAll;
+    if entries
+        .iter()
+        .any(|e| matches!(e.kind, Kind::Hardlink { .. }))
+    {
+        return Ok(WalkAll("the tree holds hardlinks"));
+    }
+    let dests: Vec<&str> = mappings
+        .iter()
+        .map(|m| m.dest.trim_start_matches('/'))
+        .collect();
+    for (i, a) in dests.iter().enumerate() {
+        for b in &dests[i + 1..] {
+            let inside =
+                |x: &str, y: &str| x.is_empty() || y == x || y.starts_with(&format!("{x}/"));
+            if inside(a, b) || inside(b, a) {
+                return Ok(WalkAll("the mappings overlap"));
+            }
+        }
+    }
+    let (uid, gid) = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
+    let mut roots = Vec::new();
+    let mut files = Vec::new();
+    for m in mappings {
+        let Ok(src) = std::fs::canonicalize(&m.src) else {
+            return Ok(WalkAll("a source is gone"));
+        };
+        if src.is_file() {
+            files.push((src, m));
+            continue;
+        }
+        let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
+        if rules.has_exceptions() {
+            return Ok(WalkAll("ignore rules with `!` exceptions"));
+        }
+        let own = own.iter().filter_map(|o| o.within(&src)).collect();
+        roots.push(Root {
+            src,
+            dest: m.dest.trim_start_matches('/').to_string(),
+            rules,
+            own,
+        });
+    }
+    let mut paths = paths.to_vec();
+    paths.sort();
+    paths.dedup();
+    let mut suspects = Vec::new();
+    let mut added: Vec<Entry> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    for p in &paths {
+        if own.iter().any(|o| o.covers(p)) {
+            continue;
+        }
+        if files.iter().any(|(src, _)| src == p) {
+            // A file source changed: cheap enough to read again with the rest.
+            return Ok(WalkAll("a file source changed"));
+        }
+        let Some(root) = roots.iter().find(|r| p.starts_with(&r.src)) else {
+            continue;
+        };
+        let Some(rel) = p.strip_prefix(&root.src).ok().and_then(Path::to_str) else {
+            return Ok(WalkAll("a path that is not UTF-8"));
+        };
+        if rel.is_empty() {
+            continue;
+        }
+        if rel == crate::build::ignore::FILE_NAME {
+            return Ok(WalkAll("the ignore file changed"));
+        }
+        // Left out by an ignore rule or as layerup's own, at any level: not the layer's.
+        let mut dir = "";
+        let mut left_out = false;
+        for part in rel.split('/') {
+            let at = if dir.is_empty() {
+                part.to_string()
+            } else {
+                format!("{dir}/{part}")
+            };
+            if root.own.iter().any(|o| o.is(dir, part)) || root.rules.excludes(&at) {
+                left_out = true;
+                break;
+            }
+            dir = &rel[..at.len()];
+        }
+        if left_out {
+            continue;
+        }
+        let path = join(&root.dest, rel);
+        let meta = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                removed.push(path);
+                continue;
+            }
+            Err(e) => return Err(Error::io("read", p, &e)),
+        };
+        let known = entries.binary_search_by(|e| e.path.as_str().cmp(&path));
+        if let (true, Ok(i)) = (meta.is_dir(), known) {
+            if entries[i].kind == Kind::Dir {
+                // A directory that stays one: its own metadata only; its contents have events
+                // of their own.
+                entries[i].mode = meta.mode() & 0o7777;
+                continue;
+            }
+        }
+        removed.push(path.clone());
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(WHITEOUT) {
+            return Err(whiteout_named(p, name));
+        }
+        let mode = meta.mode() & 0o7777;
+        let ftype = meta.file_type();
+        let kind = if ftype.is_dir() {
+            let walked = walk::walk(p.clone(), &path, &root.dest, &root.rules, &root.own, 1)?;
+            if walked.items.iter().any(|i| i.inode.is_some()) {
+                return Ok(WalkAll("a file with several names"));
+            }
+            if !walked.skipped.is_empty() {
+                return Ok(WalkAll("ignored directories"));
+            }
+            added.extend(walked.items.into_iter().map(|i| Entry {
+                path: i.path,
+                kind: i.kind,
+                mode: i.mode,
+                uid,
+                gid,
+            }));
+            Kind::Dir
+        } else if ftype.is_file() {
+            let (kind, inode) = Kind::file(p.clone(), &meta);
+            if inode.is_some() {
+                return Ok(WalkAll("a file with several names"));
+            }
+            suspects.push(path.clone());
+            kind
+        } else if ftype.is_symlink() {
+            let target = std::fs::read_link(p).map_err(|e| Error::io("read symlink", p, &e))?;
+            Kind::Symlink { target }
+        } else {
+            return Err(unsupported(p, ftype));
+        };
+        added.push(Entry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+        });
+    }
+    if removed.is_empty() {
+        suspects.sort();
+        return Ok(Update::Done { suspects });
+    }
+    // Each changed path, and everything once under it, goes; what is there now comes back.
+    removed.sort();
+    removed.dedup();
+    entries.retain(|e| {
+        let p = e.path.as_str();
+        let under = |r: &String| {
+            p == r
+                || p.strip_prefix(r.as_str())
+                    .is_some_and(|s| s.starts_with('/'))
+        };
+        !removed.iter().any(under)
+    });
+    entries.extend(added);
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|later, kept| later.path == kept.path);
+    // Every entry's parent inside its mapping must be a directory of the tree.
+    for e in entries.iter() {
+        let Some((parent, _)) = e.path.rsplit_once('/') else {
+            continue;
+        };
+        if dests.contains(&parent) {
+            continue;
+        }
+        match entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
+            Ok(i) if entries[i].kind == Kind::Dir => {}
+            _ => return Ok(WalkAll("a path whose directory is not in the tree")),
+        }
+    }
+    suspects.sort();
+    Ok(Update::Done { suspects })
 }
 
 fn join(dest: &str, rel: &str) -> String {
@@ -398,6 +623,125 @@ mod tests {
             into_dir: true,
         };
         assert!(collect(&[file], None, &[], &[]).is_err());
+    }
+
+    #[test]
+    fn an_update_from_the_paths_events_name_gives_what_a_whole_walk_gives() {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        let at = |p: &str| root.join(p);
+        std::fs::create_dir_all(at("d/e")).unwrap();
+        std::fs::write(at("a.txt"), "a").unwrap();
+        std::fs::write(at("d/b.txt"), "b").unwrap();
+        std::fs::write(at("d/e/c.txt"), "c").unwrap();
+        std::fs::write(at(".layerupignore"), "*.log\n").unwrap();
+        let maps = [mapping(&root, "/app")];
+        let walk = || collect(&maps, None, &[], &[]).unwrap();
+        let mut entries = walk();
+        type Edit = Box<dyn Fn(&dyn Fn(&str) -> PathBuf) -> Vec<&'static str>>;
+        let edits: Vec<(&str, Edit)> = vec![
+            (
+                "a new file",
+                Box::new(|at| {
+                    std::fs::write(at("n.txt"), "n").unwrap();
+                    vec!["n.txt"]
+                }),
+            ),
+            (
+                "a longer file",
+                Box::new(|at| {
+                    std::fs::write(at("a.txt"), "aaaa").unwrap();
+                    vec!["a.txt"]
+                }),
+            ),
+            (
+                "a deleted file",
+                Box::new(|at| {
+                    std::fs::remove_file(at("d/b.txt")).unwrap();
+                    vec!["d/b.txt"]
+                }),
+            ),
+            (
+                "a directory moved in",
+                Box::new(|at| {
+                    std::fs::create_dir_all(at("x/y")).unwrap();
+                    std::fs::write(at("x/y/z.txt"), "z").unwrap();
+                    vec!["x"]
+                }),
+            ),
+            (
+                "a renamed directory",
+                Box::new(|at| {
+                    std::fs::rename(at("x"), at("w")).unwrap();
+                    vec!["x", "w"]
+                }),
+            ),
+            (
+                "a deleted directory",
+                Box::new(|at| {
+                    std::fs::remove_dir_all(at("d")).unwrap();
+                    vec!["d"]
+                }),
+            ),
+            (
+                "a mode",
+                Box::new(|at| {
+                    std::fs::set_permissions(at("a.txt"), std::fs::Permissions::from_mode(0o600))
+                        .unwrap();
+                    vec!["a.txt"]
+                }),
+            ),
+            (
+                "a file where a directory was",
+                Box::new(|at| {
+                    std::fs::remove_dir_all(at("w")).unwrap();
+                    std::fs::write(at("w"), "now a file").unwrap();
+                    vec!["w"]
+                }),
+            ),
+            (
+                "a symlink",
+                Box::new(|at| {
+                    symlink("a.txt", at("l")).unwrap();
+                    vec!["l"]
+                }),
+            ),
+            (
+                "an ignored file",
+                Box::new(|at| {
+                    std::fs::write(at("debug.log"), "x").unwrap();
+                    vec!["debug.log"]
+                }),
+            ),
+            (
+                "an event for a path that did not change",
+                Box::new(|_| vec!["a.txt", "n.txt"]),
+            ),
+        ];
+        for (what, edit) in edits {
+            let paths: Vec<PathBuf> = edit(&at).into_iter().map(at).collect();
+            let done = super::update(&mut entries, &maps, None, &[], &[], &paths).unwrap();
+            assert!(matches!(done, Update::Done { .. }), "{what}: {done:?}");
+            assert_eq!(entries, walk(), "after {what}");
+        }
+    }
+
+    #[test]
+    fn what_an_update_cannot_be_sure_of_asks_for_a_whole_walk() {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        std::fs::write(root.join("a"), "a").unwrap();
+        let maps = [mapping(&root, "/app")];
+        let mut entries = collect(&maps, None, &[], &[]).unwrap();
+        std::fs::write(root.join(".layerupignore"), "a\n").unwrap();
+        let paths = [root.join(".layerupignore")];
+        let done = super::update(&mut entries, &maps, None, &[], &[], &paths).unwrap();
+        assert_eq!(done, Update::WalkAll("the ignore file changed"));
+        std::fs::remove_file(root.join(".layerupignore")).unwrap();
+        std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+        let paths = [root.join("b")];
+        let done = super::update(&mut entries, &maps, None, &[], &[], &paths).unwrap();
+        assert_eq!(done, Update::WalkAll("a file with several names"));
     }
 
     #[test]

@@ -36,10 +36,13 @@ pub struct Walked {
 /// leading `/`, empty for the root). Never follows a symlink: each entry is `lstat`ed relative
 /// to its open directory. On trouble, the error of the first path in byte order, so that the
 /// same tree always gives the same message whatever the threads did.
-/// `own` are paths layerup writes inside this source: left out, never walked into.
+/// `own` are paths layerup writes inside this source: left out, never walked into. `base` is
+/// the mapping's destination, which ignore rules and `own` are relative to: `dest` itself, or
+/// one of its parents when a directory inside the source is walked alone (`tree::update`).
 pub fn walk(
     src: PathBuf,
     dest: &str,
+    base: &str,
     rules: &IgnoreRules,
     own: &[OwnRel],
     threads: usize,
@@ -51,7 +54,7 @@ pub fn walk(
         }),
         ready: Condvar::new(),
         // `rel` is the image path with the destination's part cut off.
-        cut: if dest.is_empty() { 0 } else { dest.len() + 1 },
+        cut: if base.is_empty() { 0 } else { base.len() + 1 },
         rules,
         own,
     };
@@ -289,16 +292,16 @@ mod tests {
             }
         }
         let rules = IgnoreRules::default();
-        let one = sorted(walk(t.path().into(), "app", &rules, &[], 1).unwrap());
+        let one = sorted(walk(t.path().into(), "app", "app", &rules, &[], 1).unwrap());
         assert_eq!(one.len(), 30 * 7);
         assert!(one.iter().all(|(p, _, _)| p.starts_with("app/d")));
-        let many = sorted(walk(t.path().into(), "app", &rules, &[], 4).unwrap());
+        let many = sorted(walk(t.path().into(), "app", "app", &rules, &[], 4).unwrap());
         assert_eq!(one, many);
 
         let _a = std::os::unix::net::UnixListener::bind(t.path().join("d07/sub/a.sock")).unwrap();
         let _b = std::os::unix::net::UnixListener::bind(t.path().join("d21/b.sock")).unwrap();
         for threads in [1, 2, 4, 4, 4] {
-            let err = walk(t.path().into(), "app", &rules, &[], threads)
+            let err = walk(t.path().into(), "app", "app", &rules, &[], threads)
                 .err()
                 .unwrap();
             assert!(

@@ -59,8 +59,12 @@ pub enum Command {
     #[command(after_help = ROLLBACK_EXAMPLES)]
     Rollback(RollbackArgs),
     /// Print the settings layerup.toml and layerup.local.toml give (with --profile applied),
-    /// and where each came from.
-    Config,
+    /// and where each came from; with image names, those of each image.
+    Config {
+        /// Images of the project (`[images.NAME]`, or a directory below with its layerup.toml).
+        #[arg(value_name = "IMAGE")]
+        names: Vec<String>,
+    },
     /// Show an image: its index, the platform's manifest, config and layers (no layer is
     /// downloaded).
     #[command(
@@ -128,8 +132,12 @@ pub struct WatchArgs {
     pub push: PushArgs,
     /// How long the files must stay still before a push starts (milliseconds): a burst of
     /// writes (a save, a `git checkout`) is one push.
-    #[arg(long, default_value_t = 200, value_name = "MS")]
+    #[arg(long, default_value_t = 30, value_name = "MS")]
     pub debounce: u64,
+    /// How often the whole tree is walked to catch a change whose file event was lost (the
+    /// pushes themselves read only the paths events name).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub verify_every: String,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("max-deltas", "max-deltas", Shape::Int),
     ("squash-at", "squash-at", Shape::Str),
     ("debounce", "debounce", Shape::Int),
+    ("verify-every", "verify-every", Shape::Str),
     ("deploy", "deploy", Shape::Workload),
     ("container", "container", Shape::Str),
     ("namespace", "namespace", Shape::Str),
@@ -96,6 +97,9 @@ pub struct Config {
     pub values: BTreeMap<String, Setting>,
     /// Registry aliases: the first path segment of a reference → what it stands for.
     pub registries: BTreeMap<String, Setting>,
+    /// `[images.NAME]`: each image's own settings, over `values` (which are every image's
+    /// defaults). Empty for a one-image project.
+    pub images: BTreeMap<String, BTreeMap<String, Setting>>,
 }
 
 impl Config {
@@ -105,6 +109,13 @@ impl Config {
         let root = dir
             .ancestors()
             .find(|d| d.join(FILE).is_file() || d.join(LOCAL_FILE).is_file());
+        Self::load_from(root, profile, true)
+    }
+
+    /// The files of the directory `root` (none: an empty configuration). `profile` must be
+    /// defined there when `strict`; a service's file below the project root need not define
+    /// the project's profiles.
+    pub fn load_from(root: Option<&Path>, profile: Option<&str>, strict: bool) -> Result<Config> {
         let mut config = Config {
             root: root.map(Path::to_path_buf),
             profile: profile.map(str::to_string),
@@ -125,7 +136,7 @@ impl Config {
                 profiles_seen.extend(found);
             }
         }
-        if let Some(p) = profile {
+        if let Some(p) = profile.filter(|_| strict) {
             if !profiles_seen.iter().any(|s| s == p) {
                 profiles_seen.sort();
                 profiles_seen.dedup();
@@ -199,6 +210,44 @@ impl Config {
             if k == "profile" && profile.is_none() {
                 continue;
             }
+            if k == "images" && profile.is_none() {
+                let DeValue::Table(images) = value.get_ref() else {
+                    return Err(file.bad(value.span(), "`images` holds sections: [images.NAME]"));
+                };
+                for (name, table) in images {
+                    let DeValue::Table(t) = table.get_ref() else {
+                        return Err(file.bad(table.span(), "an image is a section: [images.NAME]"));
+                    };
+                    let name = name.get_ref().to_string();
+                    if !is_image_name(&name) {
+                        return Err(file.bad(
+                            table.span(),
+                            &format!("image name `{name}`: letters, digits, `-`, `_` and `.` only"),
+                        ));
+                    }
+                    let mut own = self.images.remove(&name).unwrap_or_default();
+                    for (key, value) in t {
+                        if !KEYS.iter().any(|(n, _, _)| n == key.get_ref()) {
+                            return Err(file.bad(
+                                key.span(),
+                                &format!(
+                                    "unknown key `{}` in [images.{name}] (an image takes the \
+                                     keys of the top level)",
+                                    key.get_ref()
+                                ),
+                            ));
+                        }
+                        let at = format!(
+                            "{}:{} [images.{name}]",
+                            file.name,
+                            line_of(file.text, key.span().start)
+                        );
+                        merge_value(&mut own, file, key, value, at)?;
+                    }
+                    self.images.insert(name, own);
+                }
+                continue;
+            }
             if k == "registries" {
                 let DeValue::Table(aliases) = value.get_ref() else {
                     return Err(file.bad(
@@ -223,20 +272,18 @@ impl Config {
                 }
                 continue;
             }
-            let Some(&(_, _, shape)) = KEYS.iter().find(|(name, _, _)| *name == k) else {
-                let known: Vec<&str> = KEYS.iter().map(|k| k.0).collect();
-                return Err(file.bad(
-                    key.span(),
-                    &format!(
-                        "unknown key `{k}` (known: {}, [registries], [profile.NAME])",
-                        known.join(", ")
-                    ),
-                ));
-            };
-            let value = read(value.get_ref(), shape, file)
-                .map_err(|why| file.bad(value.span(), &format!("`{k}` {why}")))?;
-            let value = match (value, self.values.get(k)) {
-                // Tables add to what a lower file or section set.
+            merge_value(&mut self.values, file, key, value, from(key.span()))?;
+        }
+        Ok(())
+    }
+
+    /// The settings of `image` (`[images.NAME]` over the top level), or of the top level.
+    pub fn values_for(&self, image: Option<&str>) -> BTreeMap<String, Setting> {
+        let mut values = self.values.clone();
+        let own = image.and_then(|i| self.images.get(i));
+        for (k, s) in own.into_iter().flatten() {
+            let merged = match (&s.value, values.get(k)) {
+                // Tables add to the defaults (`env`, `labels`), as a lower file's would.
                 (
                     Value::Table(new),
                     Some(Setting {
@@ -245,32 +292,31 @@ impl Config {
                     }),
                 ) => {
                     let mut all = old.clone();
-                    all.extend(new);
-                    Value::Table(all)
+                    all.extend(new.clone());
+                    Setting {
+                        value: Value::Table(all),
+                        from: s.from.clone(),
+                    }
                 }
-                (v, _) => v,
+                _ => s.clone(),
             };
-            self.values.insert(
-                k.to_string(),
-                Setting {
-                    value,
-                    from: from(key.span()),
-                },
-            );
+            values.insert(k.clone(), merged);
         }
-        Ok(())
+        values
     }
 
     /// The flags (`--name=value`) and the SRC arguments the configuration adds to a command line
-    /// of `cmd`, for every setting `cmd` takes and `given` says the user did not set already.
+    /// of `cmd` — for `image`, or the top level — for every setting `cmd` takes and `given`
+    /// says the user did not set already.
     pub fn args_for(
         &self,
+        image: Option<&str>,
         cmd: &clap::Command,
         given: &dyn Fn(&clap::Arg) -> bool,
     ) -> (Vec<OsString>, Vec<OsString>) {
         let mut out: Vec<String> = Vec::new();
         let mut sources: Vec<String> = Vec::new();
-        for (key, setting) in &self.values {
+        for (key, setting) in &self.values_for(image) {
             let Some(&(_, flag, shape)) = KEYS.iter().find(|(name, _, _)| name == key) else {
                 continue;
             };
@@ -323,8 +369,10 @@ impl Config {
         }
     }
 
-    /// What `layerup config` prints: every value, in TOML, with where it came from.
-    pub fn show(&self) -> String {
+    /// What `layerup config` prints: every value (of `image`, or the top level), in TOML, with
+    /// where it came from.
+    pub fn show(&self, image: Option<&str>) -> String {
+        let values = self.values_for(image);
         let mut lines = Vec::new();
         match &self.profile {
             Some(p) => lines.push(format!("# profile: {p} ({})", self.profile_from)),
@@ -338,8 +386,7 @@ impl Config {
         for f in &self.files {
             lines.push(format!("# read: {}", f.display()));
         }
-        let mut rows: Vec<(String, &str)> = self
-            .values
+        let mut rows: Vec<(String, &str)> = values
             .iter()
             .map(|(k, s)| (format!("{k} = {}", toml_text(&s.value)), s.from.as_str()))
             .collect();
@@ -364,7 +411,7 @@ impl Config {
 
 impl Config {
     /// `layerup config --json`.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub fn to_json(&self, image: Option<&str>) -> serde_json::Value {
         let settings =
             |m: &BTreeMap<String, Setting>| -> serde_json::Map<String, serde_json::Value> {
                 m.iter()
@@ -386,10 +433,60 @@ impl Config {
         serde_json::json!({
             "profile": self.profile,
             "files": self.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-            "settings": settings(&self.values),
+            "settings": settings(&self.values_for(image)),
+            "images": self.images.keys().collect::<Vec<_>>(),
             "registries": settings(&self.registries),
         })
     }
+}
+
+/// Reads one `key = value` of a file into `values`, checked against the key's shape.
+fn merge_value(
+    values: &mut BTreeMap<String, Setting>,
+    file: &File,
+    key: &toml::Spanned<std::borrow::Cow<'_, str>>,
+    value: &toml::Spanned<DeValue<'_>>,
+    from: String,
+) -> Result<()> {
+    let k: &str = key.get_ref();
+    let Some(&(_, _, shape)) = KEYS.iter().find(|(name, _, _)| *name == k) else {
+        let known: Vec<&str> = KEYS.iter().map(|k| k.0).collect();
+        return Err(file.bad(
+            key.span(),
+            &format!(
+                "unknown key `{k}` (known: {}, [registries], [images.NAME], [profile.NAME])",
+                known.join(", ")
+            ),
+        ));
+    };
+    let value = read(value.get_ref(), shape, file)
+        .map_err(|why| file.bad(value.span(), &format!("`{k}` {why}")))?;
+    let value = match (value, values.get(k)) {
+        // Tables add to what a lower file or section set.
+        (
+            Value::Table(new),
+            Some(Setting {
+                value: Value::Table(old),
+                ..
+            }),
+        ) => {
+            let mut all = old.clone();
+            all.extend(new);
+            Value::Table(all)
+        }
+        (v, _) => v,
+    };
+    values.insert(k.to_string(), Setting { value, from });
+    Ok(())
+}
+
+/// `[images.NAME]`: a name that reads well on a line of output and in a command.
+fn is_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with(['.', '-'])
 }
 
 /// One file being read, for messages.
@@ -657,8 +754,8 @@ dev = "localhost:5000/team"
     const ONE_RUN: &[&str] = &[
         "help", "version", "verbose", "quiet", "json", "profile", "full", "ref-file", "dry-run",
         "no-wait", "original", "all",
-        // Positional arguments of copy, deploy, rollback, inspect and completions.
-        "from", "image", "workload", "shell",
+        // Positional arguments of copy, deploy, rollback, inspect, config and completions.
+        "from", "image", "workload", "shell", "names",
     ];
 
     #[test]

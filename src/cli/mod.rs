@@ -1,16 +1,19 @@
 //! The command line: clap's arguments, layerup.toml and the environment merged into them, then
-//! validated into a plan for one command. Nothing here prints or exits: `main` does.
+//! validated into a plan — for one image, or for several images of a project by name. Nothing
+//! here prints or exits: `main` does.
 
 pub mod args;
 pub mod config;
 pub mod parse;
 pub mod plan;
+pub mod project;
 
 use std::ffi::OsString;
 use std::path::Path;
+use std::sync::Arc;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{DeployImagePlan, RollbackPlan};
@@ -20,6 +23,7 @@ use crate::commands::watch::WatchPlan;
 use crate::error::{Error, Result};
 use args::{Cli, Command};
 use config::Config;
+use project::Project;
 
 /// What the command line asks for.
 pub enum Parsed {
@@ -45,21 +49,32 @@ pub enum Job {
     Deploy(DeployImagePlan),
     Rollback(RollbackPlan),
     Inspect(InspectPlan),
-    Config(Config),
+    /// The settings of the project's top level, or of one image.
+    Config(Arc<Config>, Option<String>),
     Completions(clap_complete::Shell),
     Man,
+    /// The same command for several images of the project, each with its name.
+    Images(Vec<(String, Job)>),
 }
 
 impl Job {
     /// Whether blobs move, so a progress bar means something.
     pub fn moves_blobs(&self) -> bool {
-        matches!(self, Job::Push(_) | Job::Copy(_))
+        match self {
+            Job::Push(_) | Job::Copy(_) => true,
+            Job::Images(all) => all.iter().any(|(_, j)| j.moves_blobs()),
+            _ => false,
+        }
     }
 }
 
 /// Parses the command line with layerup.toml's settings (and the environment's: Tilt's
 /// `EXPECTED_REF`, Skaffold's variables, `SOURCE_DATE_EPOCH`) filling in what the command line
 /// leaves out, expands registry aliases, and validates the result into a plan.
+///
+/// Image names select images of the project (`layerup push api web`); a bare `push` or `watch`
+/// takes every image when the project has several (`[images.NAME]` tables, or layerup.toml
+/// files below the current directory). Otherwise, one image as the files and flags say.
 pub fn parse(
     argv: Vec<OsString>,
     cwd: &Path,
@@ -70,13 +85,171 @@ pub fn parse(
         Ok(m) => m,
         Err(e) => return clap_failure(e),
     };
-    let mut config = Config::load(
-        cwd,
-        matches.get_one::<String>("profile").map(String::as_str),
-    )?;
-    if matches.value_source("profile") == Some(ValueSource::EnvVariable) {
-        config.profile_from = "LAYERUP_PROFILE";
+    let profile = matches.get_one::<String>("profile").map(String::as_str);
+    let (name, sub) = matches.subcommand().expect("clap requires a subcommand");
+    let words = words(name, sub);
+    let typed = |id: &str| {
+        sub.try_get_raw(id).ok().flatten().is_some()
+            && matches!(sub.value_source(id), Some(ValueSource::CommandLine))
+    };
+    let whole =
+        matches!(name, "push" | "watch") && words.is_empty() && !typed("base") && !typed("to");
+    let profile_from = if matches.value_source("profile") == Some(ValueSource::EnvVariable) {
+        "LAYERUP_PROFILE"
+    } else {
+        "--profile"
+    };
+    let project = Project::load(cwd, profile, profile_from, whole || !words.is_empty())?;
+    let selected = match project.select(&words) {
+        Some(images) if !words.is_empty() => Some(images),
+        _ if whole && project.many => Some(project.images.clone()),
+        _ => None,
+    };
+    let Some(images) = selected else {
+        return one(argv, &cmd, &project.root, None, env);
+    };
+    if images.is_empty() {
+        return Err(Error::usage("the project has no images to work on"));
     }
+    // Each image: the command line without the names, and its own settings.
+    let rest: Vec<OsString> = without(&argv, &words);
+    let mut jobs = Vec::new();
+    let mut flags = None;
+    for image in &images {
+        let argv = with_image_words(&rest, name, image);
+        let parsed = one(argv, &cmd, &image.config, image.table.as_deref(), env)?;
+        let Parsed::Run(inv) = parsed else {
+            return Ok(parsed);
+        };
+        let Invocation {
+            verbose,
+            quiet,
+            json,
+            job,
+        } = *inv;
+        flags = Some((verbose, quiet, json));
+        let job = match (job, name) {
+            (Ok(Job::Config(c, _)), "config") => Ok(Job::Config(c, image.table.clone())),
+            (job, _) => job.map_err(|e| e.context(format!("image {}", image.name))),
+        };
+        match job {
+            Ok(j) => jobs.push((image.name.clone(), j)),
+            Err(e) => {
+                return Ok(Parsed::Run(Box::new(Invocation {
+                    verbose,
+                    quiet,
+                    json,
+                    job: Err(e),
+                })))
+            }
+        }
+    }
+    let (verbose, quiet, json) = flags.expect("at least one image");
+    let job = same_destinations(&jobs, &images).map(|()| Job::Images(jobs));
+    Ok(Parsed::Run(Box::new(Invocation {
+        verbose,
+        quiet,
+        json,
+        job,
+    })))
+}
+
+/// The positional words that may be image names: SRCs of push and watch, IMAGE and WORKLOAD of
+/// deploy, WORKLOAD of rollback, IMAGE of inspect, NAMES of config.
+fn words(command: &str, sub: &ArgMatches) -> Vec<String> {
+    let ids: &[&str] = match command {
+        "push" | "watch" => &["mappings"],
+        "deploy" => &["image", "workload"],
+        "rollback" => &["workload"],
+        "inspect" => &["image"],
+        "config" => &["names"],
+        _ => &[],
+    };
+    ids.iter()
+        .filter_map(|id| sub.try_get_many::<String>(id).ok().flatten())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// `argv` with the first occurrence of each of `words` taken out.
+fn without(argv: &[OsString], words: &[String]) -> Vec<OsString> {
+    let mut out = argv.to_vec();
+    for w in words {
+        if let Some(i) = out.iter().skip(1).position(|a| a == w.as_str()) {
+            out.remove(i + 1);
+        }
+    }
+    out
+}
+
+/// For commands that name an image by reference or a workload (deploy, rollback, inspect), the
+/// image's own: its `to`, and its `deploy` workload.
+fn with_image_words(argv: &[OsString], command: &str, image: &project::Image) -> Vec<OsString> {
+    let values = image.config.values_for(image.table.as_deref());
+    let text = |k: &str| match values.get(k).map(|s| &s.value) {
+        Some(config::Value::Str(s)) => Some(image.config.expand(s)),
+        _ => None,
+    };
+    let words: Vec<String> = match command {
+        "deploy" => text("to").into_iter().chain(text("deploy")).collect(),
+        "rollback" => text("deploy").into_iter().collect(),
+        "inspect" => text("to").into_iter().collect(),
+        _ => return argv.to_vec(),
+    };
+    let mut out = argv.to_vec();
+    let at = out
+        .iter()
+        .position(|a| a == command)
+        .map_or(out.len(), |i| i + 1);
+    for (n, w) in words.into_iter().enumerate() {
+        out.insert(at + n, w.into());
+    }
+    out
+}
+
+/// Two images pushed to one destination would overwrite each other's tag and state.
+fn same_destinations(jobs: &[(String, Job)], images: &[project::Image]) -> Result<()> {
+    let to = |j: &Job| match j {
+        Job::Push(p) => Some(p.to.to_string()),
+        Job::Watch(w) => Some(w.push.to.to_string()),
+        _ => None,
+    };
+    for (i, (a, ja)) in jobs.iter().enumerate() {
+        for (b, jb) in &jobs[i + 1..] {
+            if let (Some(x), Some(y)) = (to(ja), to(jb)) {
+                if x == y {
+                    let file = |n: &str| {
+                        images
+                            .iter()
+                            .find(|i| i.name == n)
+                            .map_or_else(String::new, project::Image::file)
+                    };
+                    return Err(Error::usage(format!(
+                        "images `{a}` ({}) and `{b}` ({}) both push to `{x}`: give each its own `to`",
+                        file(a),
+                        file(b)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One image's command: `config`'s settings (those of `image`, or the top level) fill in what
+/// `argv` leaves out, then it is validated into a plan.
+fn one(
+    argv: Vec<OsString>,
+    cmd: &clap::Command,
+    config: &Arc<Config>,
+    image: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Parsed> {
+    let matches = match cmd.clone().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) => return clap_failure(e),
+    };
     let mut extra: Vec<OsString> = Vec::new();
     let mut sources: Vec<OsString> = Vec::new();
     if let Some((name, sub)) = matches.subcommand() {
@@ -96,7 +269,7 @@ pub fn parse(
         };
         let given = |a: &clap::Arg| typed(a) || set.iter().any(|id| a.get_id() == id);
         extra.extend(from_env);
-        let (flags, srcs) = config.args_for(sub_cmd, &given);
+        let (flags, srcs) = config.args_for(image, sub_cmd, &given);
         extra.extend(flags);
         sources = srcs;
     }
@@ -129,7 +302,10 @@ pub fn parse(
         Command::Copy(a) => [&mut a.from, &mut a.to].into_iter().for_each(expand),
         Command::Deploy(a) => expand(&mut a.image),
         Command::Inspect(a) => expand(&mut a.image),
-        Command::Rollback(_) | Command::Config | Command::Completions { .. } | Command::Man => {}
+        Command::Rollback(_)
+        | Command::Config { .. }
+        | Command::Completions { .. }
+        | Command::Man => {}
     }
     let job = match cli.command {
         Command::Push(a) => a.plan(env).map(Job::Push),
@@ -138,7 +314,7 @@ pub fn parse(
         Command::Deploy(a) => a.plan().map(Job::Deploy),
         Command::Rollback(a) => a.plan().map(Job::Rollback),
         Command::Inspect(a) => a.plan().map(Job::Inspect),
-        Command::Config => Ok(Job::Config(config)),
+        Command::Config { .. } => Ok(Job::Config(Arc::clone(config), image.map(str::to_string))),
         Command::Completions { shell } => Ok(Job::Completions(shell)),
         Command::Man => Ok(Job::Man),
     };

@@ -21,6 +21,9 @@ use crate::units::{parse_duration, parse_size};
 /// 9999-12-31T23:59:59Z: the last time an RFC 3339 `created` can hold.
 const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
 
+/// File events waiting at most for one image of a watch before they count as lost.
+const DEFAULT_QUEUE: usize = 4096;
+
 /// Without `--chunk-size`: blobs up to this size go in one `PUT`, larger ones in one `PATCH`;
 /// after a failure, chunks of this size.
 const DEFAULT_CHUNK: &str = "4M";
@@ -180,9 +183,20 @@ impl PushArgs {
 
 impl WatchArgs {
     pub fn plan(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<WatchPlan> {
+        let verify = parse_duration(&self.verify_every).ok_or_else(|| {
+            Error::usage(format!(
+                "--verify-every `{}` is not a duration (like 60s, 5m)",
+                self.verify_every
+            ))
+        })?;
         Ok(WatchPlan {
             push: self.push.plan(env)?,
             debounce: std::time::Duration::from_millis(self.debounce),
+            verify,
+            // A knob for tests and for trees whose edits come in very large bursts.
+            queue: env("LAYERUP_WATCH_QUEUE")
+                .and_then(|q| q.parse().ok())
+                .unwrap_or(DEFAULT_QUEUE),
         })
     }
 }

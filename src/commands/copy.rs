@@ -98,7 +98,7 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
         manifests: if done { 0 } else { children.len() + 1 },
     };
     told(&planned);
-    let moved = transfer::send(&dest, &blobs, plan.jobs).await?;
+    let moved = transfer::send(&dest, &blobs, &transfer::Slots::new(plan.jobs)).await?;
     if !done {
         // Every blob is in the destination now; an index's children go before the index.
         stream::iter(&children)

@@ -99,7 +99,7 @@ impl Deploy {
         &self,
         pushed: &str,
         base: &ImageRef,
-        told: &mut dyn FnMut(Event),
+        told: &mut (dyn FnMut(Event) + Send),
     ) -> Result<Vec<Change>> {
         let image = in_cluster(pushed, self.cluster_registry.as_deref());
         let mut repos: Vec<String> = Vec::new();
@@ -119,7 +119,7 @@ impl Deploy {
 /// it as [`Deploy::run`] does, matching workloads by IMAGE's repository.
 pub async fn deploy_image(
     plan: &DeployImagePlan,
-    told: &mut dyn FnMut(Event),
+    told: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Vec<Change>> {
     let (image, net) = (&plan.image, plan.net);
     let ImageRef::Registry(r) = image else {
@@ -173,7 +173,7 @@ pub async fn deploy(
     plan: &DeployPlan,
     image: &str,
     repos: &[String],
-    told: &mut dyn FnMut(Event),
+    told: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Vec<Change>> {
     let cluster = Cluster::connect(&plan.target).await?;
     let runs = |i: &str| repository_of(i).is_some_and(|r| repos.contains(&r));
@@ -205,7 +205,10 @@ pub async fn deploy(
 
 /// Puts back, in the named workload, the image each container ran before layerup's last write
 /// (`original`: before its first write in a row).
-pub async fn rollback(rollback: &RollbackPlan, told: &mut dyn FnMut(Event)) -> Result<Vec<Change>> {
+pub async fn rollback(
+    rollback: &RollbackPlan,
+    told: &mut (dyn FnMut(Event) + Send),
+) -> Result<Vec<Change>> {
     let (plan, original) = (&rollback.deploy, rollback.original);
     let Some(id) = &plan.workload else {
         return Err(Error::usage(
@@ -268,7 +271,7 @@ pub async fn rollback(rollback: &RollbackPlan, told: &mut dyn FnMut(Event)) -> R
 async fn search(
     cluster: &Cluster,
     container: Option<&str>,
-    runs: &dyn Fn(&str) -> bool,
+    runs: &(dyn Fn(&str) -> bool + Sync),
     repos: &[String],
 ) -> Result<Vec<(WorkloadRef, Value)>> {
     let mut found = Vec::new();
@@ -309,7 +312,7 @@ async fn search(
 }
 
 /// From a workload as read: which containers get which image.
-type Choose<'a> = dyn Fn(&Workload) -> Result<Vec<(String, String)>> + 'a;
+type Choose<'a> = dyn Fn(&Workload) -> Result<Vec<(String, String)>> + Sync + 'a;
 
 /// A workload as patched (or not), for the wait.
 struct Written {
@@ -328,7 +331,7 @@ async fn write(
     mut obj: Value,
     dry_run: bool,
     choose: &Choose<'_>,
-    told: &mut dyn FnMut(Event),
+    told: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Written> {
     for _ in 0..CONFLICT_TRIES {
         let w =
@@ -411,7 +414,7 @@ async fn write(
 }
 
 /// Each container: set, or already running its image (nothing sent for it).
-fn tell_changes(changes: &[Change], told: &mut dyn FnMut(Event)) {
+fn tell_changes(changes: &[Change], told: &mut (dyn FnMut(Event) + Send)) {
     for c in changes {
         told(if c.from == c.to {
             Event::Unchanged(c)
@@ -426,7 +429,7 @@ async fn finish(
     cluster: &Cluster,
     plan: &DeployPlan,
     written: Vec<Written>,
-    told: &mut dyn FnMut(Event),
+    told: &mut (dyn FnMut(Event) + Send),
 ) -> Result<Vec<Change>> {
     if let (Some(limit), false) = (plan.wait, plan.dry_run) {
         let deadline = Instant::now() + limit;
@@ -444,7 +447,7 @@ async fn wait(
     w: &Written,
     deadline: Instant,
     limit: Duration,
-    told: &mut dyn FnMut(Event),
+    told: &mut (dyn FnMut(Event) + Send),
 ) -> Result<()> {
     let started = Instant::now();
     let id = &w.id;

@@ -22,4 +22,6 @@ pub enum Told<'a> {
     Deploy(deploy::Event<'a>),
     /// A watched push's deploy step failed; watching goes on.
     DeployFailed(&'a Error),
+    /// A watched image is watched no more: its layerup.toml went away.
+    Stopped,
 }

@@ -13,7 +13,7 @@ use oci_spec::image::Digest;
 use crate::build::entry::{Entry, Mapping, Own, RawMapping};
 use crate::build::image::{self, Image, NewLayer, Tweaks};
 use crate::build::stack::{self, FullReason, Mode, Squash};
-use crate::build::state::{self, Loaded};
+use crate::build::state::{self, Loaded, State};
 use crate::build::{base, tree};
 use crate::commands::deploy::{Change, Deploy};
 use crate::commands::Told;
@@ -22,7 +22,7 @@ use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
 use crate::store::registry::{self, Registry};
 use crate::store::Store;
-use crate::transfer::{self, Blob, Known, Moved, Role, Source};
+use crate::transfer::{self, Blob, Known, Moved, Role, Slots, Source};
 
 /// How this run's temporary directories are named, in `TMPDIR`.
 const TMP_PREFIX: &str = "layerup-";
@@ -98,13 +98,14 @@ pub struct Timings {
 /// push's, which stands whatever the rollout does.
 pub async fn run_and_deploy(
     plan: &PushPlan,
-    told: &mut dyn FnMut(Told),
+    told: &mut (dyn FnMut(Told) + Send),
 ) -> Result<(Pushed, Option<Result<Vec<Change>>>)> {
     if let Some(deploy) = &plan.deploy {
         deploy.check().await?;
     }
     let started = Instant::now();
-    let pushed = run(plan).await?;
+    let session = Session::new(plan.net, plan.jobs)?;
+    let pushed = run_in(plan, &session, None, Changes::All).await?;
     told(Told::Pushed(&pushed, started.elapsed()));
     let Some(deploy) = &plan.deploy else {
         return Ok((pushed, None));
@@ -117,28 +118,183 @@ pub async fn run_and_deploy(
     Ok((pushed, Some(deployed)))
 }
 
+/// What one image's push and deploy step came to.
+pub type Outcome = Result<(Pushed, Option<Result<Vec<Change>>>)>;
+
+/// Several images of a project at once, sharing one [`Session`]: its connections, logins and
+/// tokens per registry, and `--jobs` over every blob in flight. One image's failure (a bad file,
+/// its registry down, a rollout) is its own: the others go on. The transfer settings are the
+/// first plan's. Every image's deploy context is checked before anything is pushed.
+pub async fn run_many(
+    plans: &[(String, PushPlan)],
+    told: &(dyn Fn(&str, Told) + Sync),
+) -> Vec<Outcome> {
+    let Some((_, first)) = plans.first() else {
+        return Vec::new();
+    };
+    let session = match Session::new(first.net, first.jobs) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = Error::new(e.code(), e.to_string());
+            return plans
+                .iter()
+                .map(|_| Err(Error::new(e.code(), e.to_string())))
+                .collect();
+        }
+    };
+    for (name, plan) in plans {
+        if let Some(d) = &plan.deploy {
+            if let Err(e) = d.check().await {
+                let e = e.context(format!("image {name}"));
+                return plans
+                    .iter()
+                    .map(|_| Err(Error::new(e.code(), e.to_string())))
+                    .collect();
+            }
+        }
+    }
+    let one = |name: &str, plan: &PushPlan| {
+        let session = &session;
+        let name = name.to_string();
+        let plan = plan.clone();
+        async move {
+            let started = Instant::now();
+            let pushed = run_in(&plan, session, None, Changes::All).await?;
+            told(&name, Told::Pushed(&pushed, started.elapsed()));
+            let Some(deploy) = &plan.deploy else {
+                return Ok((pushed, None));
+            };
+            let deployed = deploy
+                .run(&pushed.reference, &plan.base, &mut |e| {
+                    told(&name, Told::Deploy(e))
+                })
+                .await;
+            Ok((pushed, Some(deployed)))
+        }
+    };
+    futures_util::future::join_all(plans.iter().map(|(n, p)| one(n, p))).await
+}
+
+/// What pushes in one process share: the registry client (its connections, its logins and
+/// tokens) and the blob transfers in flight (`--jobs` across every image).
+pub struct Session {
+    pub registry: Arc<Registry>,
+    pub slots: Slots,
+}
+
+impl Session {
+    pub fn new(net: registry::Options, jobs: usize) -> Result<Session> {
+        Ok(Session {
+            registry: Arc::new(Registry::new(net)?),
+            slots: Slots::new(jobs),
+        })
+    }
+}
+
+/// One image's memory between the pushes of a watch: the tree as last walked and the state as
+/// last pushed, kept in memory so that an edit costs what changed — not a walk of the tree and
+/// a read of its file index.
+#[derive(Default)]
+pub struct Memory {
+    walked: Option<Walked>,
+    state: Option<Box<State>>,
+    logged_in: bool,
+    /// The state being written after the last push; it comes back when written.
+    saving: Option<tokio::task::JoinHandle<Box<State>>>,
+}
+
+impl Memory {
+    /// Waits for the state being written, so that nothing is left half done on the way out.
+    pub async fn settle(&mut self) {
+        if let Some(s) = self.saving.take() {
+            self.state = s.await.ok();
+        }
+    }
+
+    /// Forgets the tree as walked: the next push walks it whole.
+    pub fn forget_tree(&mut self) {
+        self.walked = None;
+    }
+
+    /// A check that the tree on disk is still the one remembered — a whole walk, compared — to
+    /// run off the async threads and off the edit path; `None` before the first walk.
+    pub fn verifier(
+        &self,
+        plan: &PushPlan,
+    ) -> Option<impl FnOnce() -> Result<bool> + Send + 'static> {
+        let w = self.walked.as_ref()?;
+        let (mappings, entries) = (w.mappings.clone(), w.entries.clone());
+        let (owner, ignore, own) = (plan.owner, plan.ignore.clone(), own_paths(plan));
+        Some(move || Ok(tree::collect(&mappings, owner, &ignore, &own)? == *entries))
+    }
+}
+
+/// What changed in the sources since the last push of a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Anything: walk the whole tree.
+    All,
+    /// Only these paths (absolute), as file events named them.
+    Paths(Vec<PathBuf>),
+}
+
 /// One push, as the module's header says.
 pub async fn run(plan: &PushPlan) -> Result<Pushed> {
-    let registry = Arc::new(Registry::new(plan.net)?);
-    let source = Store::for_reading(&plan.base, &registry)?;
-    let dest = Store::for_writing(&plan.to, &registry)?;
+    let session = Session::new(plan.net, plan.jobs)?;
+    run_in(plan, &session, None, Changes::All).await
+}
+
+/// One push in `session`; with `memory` (watch), the last push's tree and state are taken from
+/// it rather than read again, only the `changes` are looked at, and the state is written after
+/// the push returns.
+pub async fn run_in(
+    plan: &PushPlan,
+    session: &Session,
+    mut memory: Option<&mut Memory>,
+    changes: Changes,
+) -> Result<Pushed> {
+    let registry = &session.registry;
+    let source = Store::for_reading(&plan.base, registry)?;
+    let dest = Store::for_writing(&plan.to, registry)?;
     let dest_name = plan.to.to_string();
     let state_file = plan.state_dir.as_ref().map(|d| state::path(d, &dest_name));
     let mut timings = Timings::default();
+    let logged_in = memory.as_ref().is_some_and(|m| m.logged_in);
+    let remembered = match memory.as_mut() {
+        Some(m) => match m.saving.take() {
+            Some(saving) => saving.await.ok(),
+            None => m.state.take(),
+        },
+        None => None,
+    };
+    let last_walk = memory.as_mut().and_then(|m| m.walked.take());
 
     // Three things at once: the base's manifest and config; the last push's state, then the
     // destination's answer to "do you still hold its image?"; and (when the base is not needed
     // to place the files) the walk of the tree.
     let fetch_base = async {
         let started = Instant::now();
-        source.login(false, None).await?;
+        if !logged_in {
+            source.login(false, None).await?;
+        }
         let base = base::resolve(&source, &plan.platform, plan.platform_asked).await?;
         Ok::<_, Error>((base, started.elapsed()))
     };
     let check_dest = async {
         let file = state_file.clone().filter(|_| !plan.full);
-        let load = blocking(move || Ok(file.map_or(Loaded::Missing, |f| state::load(&f))));
-        let (loaded, ()) = tokio::try_join!(load, dest.login(true, Some(&source)))?;
+        let load = async {
+            match remembered {
+                Some(s) if !plan.full => Ok(Loaded::Found(s)),
+                _ => blocking(move || Ok(file.map_or(Loaded::Missing, |f| state::load(&f)))).await,
+            }
+        };
+        let login = async {
+            if logged_in {
+                return Ok(());
+            }
+            dest.login(true, Some(&source)).await
+        };
+        let (loaded, ()) = tokio::try_join!(load, login)?;
         let Loaded::Found(last) = &loaded else {
             return Ok((loaded, None, false));
         };
@@ -152,17 +308,22 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
     let started = Instant::now();
     let ((base, took), (loaded, at_tag, held), walked) = if needs_base {
         let ((base, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
-        let walked = walk(plan, base.working_dir()).await?;
+        let walked = walk(plan, base.working_dir(), last_walk, &changes).await?;
         ((base, took), dest, walked)
     } else {
-        tokio::try_join!(fetch_base, check_dest, walk(plan, None))?
+        tokio::try_join!(
+            fetch_base,
+            check_dest,
+            walk(plan, None, last_walk, &changes)
+        )?
     };
     timings.base = took;
     let Walked {
         mappings,
         entries,
         scanned_at,
-    } = walked;
+        suspects,
+    } = walked.clone();
 
     // The last push's blobs are in the destination: its manifest, which names them all, is.
     let last_image = match &loaded {
@@ -197,6 +358,7 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
             .collect(),
         entries,
         scanned_at,
+        suspects,
         settings,
         base: base.digest.clone(),
         created_by: created_by(&mappings),
@@ -217,11 +379,9 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
     let image = image::build(&base, &app, &plan.tweaks, &image::rfc3339(plan.mtime))?;
     let same_image = last_image.as_ref() == Some(&image.digest);
     let started = Instant::now();
-    // The state is written while the push runs, and put in place only once it succeeded.
     let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
-    let mut next = next_state;
+    let mut next = Box::new(next_state);
     next.image = image.digest.clone();
-    let stage = blocking(move || Ok(save.map(|f| (state::stage(&f, &next), f))));
     let transfer = async {
         let unchanged = mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest);
         // A delta and its config are new by nature: asking about them saves nothing.
@@ -235,7 +395,7 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
             blobs.iter_mut().for_each(|b| b.known = Known::Present);
         }
         transfer::survey(&dest, &mut blobs).await?;
-        let moved = transfer::send(&dest, &blobs, plan.jobs).await?;
+        let moved = transfer::send(&dest, &blobs, &session.slots).await?;
         if !unchanged {
             // Every blob is acknowledged: only now may the manifest name them.
             dest.put_manifest(Bytes::from(image.manifest.clone()), image.media_type)
@@ -244,16 +404,41 @@ pub async fn run(plan: &PushPlan) -> Result<Pushed> {
         }
         Ok::<_, Error>(moved)
     };
-    let (moved, staged) = tokio::try_join!(transfer, stage)?;
+    let moved = match memory {
+        // Watch: the push is reported as soon as it is done; the state is written after it,
+        // and handed back to the next push of this watch (which takes it from memory).
+        Some(m) => {
+            let moved = transfer.await?;
+            m.walked = Some(walked);
+            m.logged_in = true;
+            match save {
+                Some(file) => {
+                    m.saving = Some(tokio::task::spawn_blocking(move || {
+                        save_state(&file, &next);
+                        next
+                    }))
+                }
+                None => m.state = Some(next),
+            }
+            moved
+        }
+        // One push: the state is written while the push runs, and put in place only once it
+        // succeeded.
+        None => {
+            let stage = blocking(move || Ok(save.map(|f| (state::stage(&f, &next), f))));
+            let (moved, staged) = tokio::try_join!(transfer, stage)?;
+            if let Some((staged, file)) = staged {
+                if let Err(e) = staged.and_then(state::Staged::commit) {
+                    // The push succeeded; only the next one's speed is at stake.
+                    tracing::warn!("{e}; the next push will be a full one");
+                    state::remove(&file);
+                }
+            }
+            moved
+        }
+    };
     if let Some(file) = &plan.ref_file {
         write_ref_file(&dest, &plan.to, &image, file).await?;
-    }
-    if let Some((staged, file)) = staged {
-        if let Err(e) = staged.and_then(state::Staged::commit) {
-            // The push succeeded; only the next one's speed is at stake.
-            tracing::warn!("{e}; the next push will be a full one");
-            state::remove(&file);
-        }
     }
     timings.push = started.elapsed();
 
@@ -326,15 +511,26 @@ async fn write_ref_file(dest: &Store, to: &ImageRef, image: &Image, file: &Path)
     std::fs::write(file, line).map_err(|e| Error::io("write the --ref-file", file, &e))
 }
 
+/// The tree of one push.
+#[derive(Clone)]
 struct Walked {
     mappings: Vec<Mapping>,
-    entries: Vec<Entry>,
+    entries: Arc<Vec<Entry>>,
     /// When the walk started (ns since the epoch), for the index's racy-file guard.
     scanned_at: i64,
+    /// Image paths file events named: hashed even when their stat looks unchanged.
+    suspects: Vec<String>,
 }
 
-/// Resolves the mappings (DEST relative to `--workdir`, else the base's, else `/`) and walks them.
-async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
+/// Resolves the mappings (DEST relative to `--workdir`, else the base's, else `/`) and walks
+/// them — or, given the last walk of the same mappings and the paths that changed since, looks
+/// at those paths only.
+async fn walk(
+    plan: &PushPlan,
+    base_workdir: Option<&str>,
+    last: Option<Walked>,
+    changes: &Changes,
+) -> Result<Walked> {
     let workdir = plan
         .tweaks
         .workdir
@@ -346,16 +542,46 @@ async fn walk(plan: &PushPlan, base_workdir: Option<&str>) -> Result<Walked> {
     let owner = plan.owner;
     let ignore = plan.ignore.clone();
     let own = own_paths(plan);
+    let paths = match changes {
+        Changes::Paths(p) => Some(p.clone()),
+        Changes::All => None,
+    };
     blocking(move || {
         let scanned_at = stack::now_ns();
+        if let (Some(last), Some(paths)) = (last, paths) {
+            if last.mappings == mappings {
+                let mut entries = Arc::unwrap_or_clone(last.entries);
+                let update = tree::update(&mut entries, &mappings, owner, &ignore, &own, &paths)?;
+                match update {
+                    tree::Update::Done { suspects } => {
+                        return Ok(Walked {
+                            mappings,
+                            entries: Arc::new(entries),
+                            scanned_at,
+                            suspects,
+                        })
+                    }
+                    tree::Update::WalkAll(why) => tracing::info!("walking the whole tree: {why}"),
+                }
+            }
+        }
         let entries = tree::collect(&mappings, owner, &ignore, &own)?;
         Ok(Walked {
             mappings,
-            entries,
+            entries: Arc::new(entries),
             scanned_at,
+            suspects: Vec::new(),
         })
     })
     .await
+}
+
+/// Writes the state of a watched push, after it: a failure only costs the next run's speed.
+fn save_state(file: &Path, state: &State) {
+    if let Err(e) = state::stage(file, state).and_then(state::Staged::commit) {
+        tracing::warn!("{e}; the next run will push in full");
+        state::remove(file);
+    }
 }
 
 /// The paths this push writes: never part of the layer, nor (for `watch`) a change — even when a

@@ -1,12 +1,24 @@
-//! `watch`: a push whenever the sources change — bursts of events coalesced into one push,
-//! never two pushes at once, a change during a push answered by one more push after it.
+//! `watch`: a push whenever the sources change, for one image or every image of a project.
+//!
+//! File events say which paths changed, and only those are read again (`tree::update`): an
+//! edit costs what it changed, not a walk of the tree. Events can be lost — an overflowed
+//! queue, a watch error — and then the tree is walked whole; a verifying walk also runs now and
+//! then, off the edit path, so a missed event is caught rather than trusted forever. A burst of
+//! events (a save, a `git checkout`) is one push, started once the sources have been still for
+//! the debounce; pushes of one image never overlap, and a change during a push gives one more
+//! after it. Each image has its own loop; they share connections, logins and `--jobs`.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
-use crate::commands::push::{self, PushPlan};
+use crate::build::entry::Own;
+use crate::commands::push::{self, Changes, Memory, PushPlan, Session};
 use crate::commands::Told;
 use crate::error::{Error, Result};
 
@@ -16,72 +28,313 @@ pub struct WatchPlan {
     pub push: PushPlan,
     /// How long the sources must stay still before a push starts.
     pub debounce: Duration,
+    /// How often the whole tree is walked to catch a change whose event was lost.
+    pub verify: Duration,
+    /// File events waiting at most for one image; past that, they are dropped and the next
+    /// push walks the whole tree (the queue overflowed).
+    pub queue: usize,
 }
 
-/// Pushes once, then again after every change to the sources, until the future is dropped
-/// (Ctrl-C). The debounce is how long the sources must stay still before a push starts: editors and
-/// `git checkout` write in bursts. Every finished push, good or failed, goes to `report`; a
-/// failed push does not end the loop. With `--deploy`, each push that worked is deployed before
-/// the next one starts.
-pub async fn run(watch: &WatchPlan, mut report: impl FnMut(Told)) -> Result<()> {
-    let (plan, quiet) = (&watch.push, watch.debounce);
-    if let Some(deploy) = &plan.deploy {
-        deploy.check().await?;
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let own = push::own_paths(plan);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading a file (layerup's own push does) is not a change, nor is a write of layerup's
-        // own (its state, its temporary files, the --ref-file).
-        let relevant = match event {
-            Ok(e) => {
-                !matches!(e.kind, EventKind::Access(_))
-                    && (e.paths.is_empty()
-                        || !e.paths.iter().all(|p| own.iter().any(|o| o.covers(p))))
-            }
-            // An overflowed queue lost events: treat it as a change, the delta finds which.
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = tx.send(());
+/// What a watch hears about one image: the events it reports, by the image's name (empty for a
+/// watch of one image).
+pub type Report = Arc<dyn Fn(&str, Told) + Send + Sync>;
+
+/// Finds the project's images again (as the command line did), for a watch that starts the
+/// services added while it runs and stops those removed.
+pub type Discover = Box<dyn Fn() -> Result<Vec<(String, WatchPlan)>> + Send + Sync>;
+
+/// How often the project's files are looked for again.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// Watches one image, until the future is dropped (Ctrl-C).
+pub async fn run(watch: &WatchPlan, report: impl Fn(Told) + Send + Sync + 'static) -> Result<()> {
+    let report: Report = Arc::new(move |_, t| report(t));
+    run_many(vec![(String::new(), watch.clone())], None, report).await
+}
+
+/// What the router sends one image's loop.
+enum Msg {
+    Paths(Vec<PathBuf>),
+    /// Events were lost: walk the whole tree.
+    Rescan,
+}
+
+/// One image being watched.
+struct Watched {
+    plan: WatchPlan,
+    /// Its sources, symlinks resolved, as events name them.
+    sources: Vec<PathBuf>,
+    own: Vec<Own>,
+    tx: mpsc::Sender<Msg>,
+    task: tokio::task::AbortHandle,
+}
+
+/// Watches every image, each pushed once and then after every change to its sources, until the
+/// future is dropped. With `discover`, images are looked for again every few seconds: new ones
+/// start, removed ones stop, changed ones start over.
+pub async fn run_many(
+    images: Vec<(String, WatchPlan)>,
+    discover: Option<Discover>,
+    report: Report,
+) -> Result<()> {
+    let Some((_, first)) = images.first() else {
+        return Err(Error::usage("there is no image to watch"));
+    };
+    for (name, w) in &images {
+        if let Some(deploy) = &w.push.deploy {
+            deploy.check().await.map_err(|e| named(e, name))?;
         }
+    }
+    let session = Arc::new(Session::new(first.push.net, first.push.jobs)?);
+    let watched: Arc<std::sync::Mutex<BTreeMap<String, Watched>>> = Arc::default();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(move |e| {
+        let _ = events_tx.send(e);
     })
     .map_err(|e| Error::internal(format!("cannot watch files: {e}")))?;
-    for m in &plan.mappings {
-        // Absolute, so that events name absolute paths, comparable with layerup's own.
-        let src = std::fs::canonicalize(&m.src).unwrap_or_else(|_| m.src.clone());
-        watcher
-            .watch(&src, RecursiveMode::Recursive)
-            .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", m.src.display())))?;
+    let mut loops = JoinSet::new();
+    let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
+    for (name, plan) in images {
+        start(
+            &name,
+            plan,
+            &session,
+            &report,
+            &watched,
+            &mut loops,
+            &mut watcher,
+            &mut watching,
+        )?;
     }
+    let mut look_again = tokio::time::interval(DISCOVER_EVERY);
+    look_again.tick().await;
     loop {
-        let started = Instant::now();
-        match push::run(plan).await {
-            Ok(pushed) => {
-                report(Told::Pushed(&pushed, started.elapsed()));
-                if let Some(d) = &plan.deploy {
-                    let deployed = d
-                        .run(&pushed.reference, &plan.base, &mut |e| {
-                            report(Told::Deploy(e))
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return Ok(()) };
+                route(event, &watched);
+            }
+            _ = look_again.tick(), if discover.is_some() => {
+                let found = match (discover.as_ref().expect("checked"))() {
+                    Ok(found) => found,
+                    Err(e) => {
+                        report("", Told::PushFailed(&e));
+                        continue;
+                    }
+                };
+                let mut found: BTreeMap<String, WatchPlan> = found.into_iter().collect();
+                let gone: Vec<String> = {
+                    let w = watched.lock().expect("watched lock");
+                    w.iter()
+                        .filter(|(n, i)| {
+                            found.get(*n).is_none_or(|p| format!("{p:?}") != format!("{:?}", i.plan))
                         })
-                        .await;
-                    if let Err(e) = deployed {
-                        report(Told::DeployFailed(&e));
+                        .map(|(n, _)| n.clone())
+                        .collect()
+                };
+                for name in gone {
+                    if let Some(i) = watched.lock().expect("watched lock").remove(&name) {
+                        i.task.abort();
+                        if !found.contains_key(&name) {
+                            report(&name, Told::Stopped);
+                        }
+                    }
+                }
+                let new: Vec<String> = {
+                    let w = watched.lock().expect("watched lock");
+                    found.keys().filter(|n| !w.contains_key(*n)).cloned().collect()
+                };
+                for name in new {
+                    let plan = found.remove(&name).expect("found");
+                    if let Err(e) = start(
+                        &name, plan, &session, &report, &watched, &mut loops, &mut watcher,
+                        &mut watching,
+                    ) {
+                        report(&name, Told::PushFailed(&e));
                     }
                 }
             }
-            Err(e) => report(Told::PushFailed(&e)),
+            Some(done) = loops.join_next() => {
+                if let Ok(Err(e)) = done {
+                    return Err(e);
+                }
+            }
         }
-        // Events that came during the push are waiting: they start the next one at once.
-        if rx.recv().await.is_none() {
-            return Ok(());
-        }
-        settle(&mut rx, quiet).await;
-        tracing::info!("changes seen; pushing");
     }
 }
 
-/// Waits until no event has come for `quiet`, swallowing those that do.
-async fn settle(rx: &mut mpsc::UnboundedReceiver<()>, quiet: Duration) {
-    while let Ok(Some(())) = tokio::time::timeout(quiet, rx.recv()).await {}
+/// Starts watching one image: its sources join the watcher, and its loop starts.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    name: &str,
+    plan: WatchPlan,
+    session: &Arc<Session>,
+    report: &Report,
+    watched: &Arc<std::sync::Mutex<BTreeMap<String, Watched>>>,
+    loops: &mut JoinSet<Result<()>>,
+    watcher: &mut notify::RecommendedWatcher,
+    watching: &mut BTreeSet<PathBuf>,
+) -> Result<()> {
+    let mut sources = Vec::new();
+    for m in &plan.push.mappings {
+        // Absolute, so that events name absolute paths, comparable with layerup's own.
+        let src = std::fs::canonicalize(&m.src).unwrap_or_else(|_| m.src.clone());
+        if !watching.iter().any(|w| src.starts_with(w)) {
+            watcher
+                .watch(&src, RecursiveMode::Recursive)
+                .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", src.display())))?;
+            watching.insert(src.clone());
+        }
+        sources.push(src);
+    }
+    let (tx, rx) = mpsc::channel(plan.queue.max(1));
+    let task = loops.spawn(image_loop(
+        name.to_string(),
+        plan.clone(),
+        session.clone(),
+        report.clone(),
+        rx,
+    ));
+    let own = push::own_paths(&plan.push);
+    watched.lock().expect("watched lock").insert(
+        name.to_string(),
+        Watched {
+            plan,
+            sources,
+            own,
+            tx,
+            task,
+        },
+    );
+    Ok(())
+}
+
+/// Sends an event's paths to the images whose sources hold them. A lost event (an error, a
+/// rescan hint, a full queue) means a whole walk for the images it may concern.
+fn route(
+    event: notify::Result<notify::Event>,
+    watched: &std::sync::Mutex<BTreeMap<String, Watched>>,
+) {
+    let w = watched.lock().expect("watched lock");
+    let event = match event {
+        Ok(e) if !e.need_rescan() => e,
+        // An overflowed kernel queue or a broken watch: anything may have changed.
+        _ => {
+            for i in w.values() {
+                let _ = i.tx.try_send(Msg::Rescan);
+            }
+            return;
+        }
+    };
+    // Reading a file (layerup's own push does) is not a change.
+    if matches!(event.kind, EventKind::Access(_)) {
+        return;
+    }
+    for i in w.values() {
+        let paths: Vec<PathBuf> = event
+            .paths
+            .iter()
+            .filter(|p| i.sources.iter().any(|s| p.starts_with(s)))
+            // Nor is a write of layerup's own (its state, temporary files, the --ref-file).
+            .filter(|p| !i.own.iter().any(|o| o.covers(p)))
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            continue;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = i.tx.try_send(Msg::Paths(paths)) {
+            // The queue overflowed: these events are lost, and the loop will walk in full
+            // (the Rescan goes in as soon as there is room; a full queue ends in one anyway).
+            let tx = i.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Msg::Rescan).await;
+            });
+        }
+    }
+}
+
+/// One image: push, then wait for changes, gather them for the debounce, push again.
+async fn image_loop(
+    name: String,
+    plan: WatchPlan,
+    session: Arc<Session>,
+    report: Report,
+    mut rx: mpsc::Receiver<Msg>,
+) -> Result<()> {
+    let push_plan = &plan.push;
+    let mut memory = Memory::default();
+    let mut changes = Changes::All;
+    let mut next_verify = Instant::now() + plan.verify;
+    loop {
+        let started = Instant::now();
+        match push::run_in(push_plan, &session, Some(&mut memory), changes).await {
+            Ok(pushed) => {
+                report(&name, Told::Pushed(&pushed, started.elapsed()));
+                if let Some(d) = &push_plan.deploy {
+                    let deployed = d
+                        .run(&pushed.reference, &push_plan.base, &mut |e| {
+                            report(&name, Told::Deploy(e))
+                        })
+                        .await;
+                    if let Err(e) = deployed {
+                        report(&name, Told::DeployFailed(&e));
+                    }
+                }
+            }
+            Err(e) => {
+                // Whatever the failure left of the tree as walked is not to be trusted.
+                memory.forget_tree();
+                report(&name, Told::PushFailed(&e));
+            }
+        }
+        // Events that came during the push are waiting: they start the next one at once.
+        let first = loop {
+            let wait = tokio::time::sleep_until(next_verify.into());
+            tokio::select! {
+                msg = rx.recv() => break msg,
+                _ = wait => {
+                    next_verify = Instant::now() + plan.verify;
+                    if let Some(check) = memory.verifier(push_plan) {
+                        match push::blocking(check).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::info!("{name}: the tree changed without an event; walking it whole");
+                                break Some(Msg::Rescan);
+                            }
+                            Err(e) => tracing::info!("{name}: the verifying walk failed: {e}"),
+                        }
+                    }
+                }
+            }
+        };
+        let Some(first) = first else {
+            memory.settle().await;
+            return Ok(());
+        };
+        let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut all = false;
+        let mut take = |m: Msg| match m {
+            Msg::Paths(p) => paths.extend(p),
+            Msg::Rescan => all = true,
+        };
+        take(first);
+        // The debounce: until the sources have been still this long.
+        while let Ok(Some(m)) = tokio::time::timeout(plan.debounce, rx.recv()).await {
+            take(m);
+        }
+        changes = if all {
+            Changes::All
+        } else {
+            Changes::Paths(paths.into_iter().collect())
+        };
+        tracing::info!("{name}: changes seen; pushing");
+    }
+}
+
+fn named(e: Error, name: &str) -> Error {
+    if name.is_empty() {
+        e
+    } else {
+        e.context(format!("image {name}"))
+    }
 }

@@ -15,18 +15,61 @@ use crate::commands::push::Pushed;
 use crate::commands::Told;
 use crate::error::{Error, Result};
 
-/// How results are reported: `-q` (only results and errors), `--json` (documents on stdout).
-#[derive(Debug, Clone, Copy)]
+/// How results are reported: `-q` (only results and errors), `--json` (documents on stdout);
+/// for one image of several, under its name.
+#[derive(Debug, Clone)]
 pub struct Report {
     pub quiet: bool,
     pub json: bool,
+    /// The image's name, when a command works on several.
+    pub image: Option<std::sync::Arc<str>>,
 }
 
 impl Report {
+    pub fn new(quiet: bool, json: bool) -> Self {
+        Report {
+            quiet,
+            json,
+            image: None,
+        }
+    }
+
+    /// The same, for the image `name` of several.
+    pub fn named(&self, name: &str) -> Report {
+        Report {
+            image: Some(name.into()),
+            ..self.clone()
+        }
+    }
+
+    /// `line`, under the image's name when there is one.
+    fn tagged(&self, line: &str) -> String {
+        match &self.image {
+            Some(name) => format!("{name}: {line}"),
+            None => line.to_string(),
+        }
+    }
+
+    /// A result on stdout: `NAME RESULT` for one image of several.
+    fn result(&self, line: &str) {
+        match &self.image {
+            Some(name) => println!("{name} {line}"),
+            None => println!("{line}"),
+        }
+    }
+
+    /// A `--json` document on stdout, with the image's name in it.
+    fn document(&self, mut doc: serde_json::Value) {
+        if let (Some(name), Some(obj)) = (&self.image, doc.as_object_mut()) {
+            obj.insert("image".into(), serde_json::json!(name.as_ref()));
+        }
+        println!("{doc}");
+    }
+
     /// A line on stderr, unless quiet; above the progress bar when one is drawn.
     fn note(&self, line: &str) {
         if !self.quiet {
-            progress::say(&crate::error::escape(line));
+            progress::say(&crate::error::escape(&self.tagged(line)));
         }
     }
 
@@ -38,7 +81,7 @@ impl Report {
         }
         if !self.json {
             self.note(&text::summary(p));
-            println!("{}", p.reference);
+            self.result(&p.reference);
         }
     }
 
@@ -48,6 +91,7 @@ impl Report {
             Told::Pushed(p, _) => self.pushed(p),
             Told::Deploy(e) => self.event(&e, false),
             Told::PushFailed(e) | Told::DeployFailed(e) => self.error(e),
+            Told::Stopped => {}
         }
     }
 
@@ -63,7 +107,7 @@ impl Report {
             _ => None,
         };
         if let Some(Err(e)) = &deployed {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", self.tagged(&e.to_string()));
         }
         if self.json {
             let mut doc = json::pushed(p, total);
@@ -72,7 +116,7 @@ impl Report {
                 Some(Err(e)) => doc["deploy_error"] = json::error(&e)["error"].clone(),
                 None => {}
             }
-            println!("{doc}");
+            self.document(doc);
         }
         failed.map_or(Ok(()), Err)
     }
@@ -85,20 +129,23 @@ impl Report {
                     self.note(&why);
                 }
                 if self.json {
-                    println!("{}", json::pushed(p, took));
+                    self.document(json::pushed(p, took));
                 } else {
                     self.note(&text::cycle(p, took));
-                    println!("{}", p.reference);
+                    self.result(&p.reference);
                 }
             }
             Told::PushFailed(e) => {
-                eprintln!("error: {e} (still watching)");
+                eprintln!("error: {} (still watching)", self.tagged(&e.to_string()));
                 if self.json {
-                    println!("{}", json::error(e));
+                    self.document(json::error(e));
                 }
             }
-            Told::DeployFailed(e) => eprintln!("error: {e} (still watching)"),
+            Told::DeployFailed(e) => {
+                eprintln!("error: {} (still watching)", self.tagged(&e.to_string()))
+            }
             Told::Deploy(e) => self.event(&e, false),
+            Told::Stopped => self.note("its layerup.toml is gone: no longer watched"),
         }
     }
 
@@ -117,10 +164,10 @@ impl Report {
     /// result is the patch it printed.
     pub fn changes(&self, changes: &[Change], dry_run: bool) {
         if self.json {
-            println!("{}", serde_json::json!({"changes": json::changes(changes)}));
+            self.document(serde_json::json!({"changes": json::changes(changes)}));
         } else if !dry_run {
             for c in changes {
-                println!("{}", text::change(c));
+                self.result(&text::change(c));
             }
         }
     }
@@ -132,26 +179,33 @@ impl Report {
     pub fn copied(&self, c: &Copied) {
         self.note(&text::copied(c));
         if self.json {
-            println!("{}", json::copied(c));
+            self.document(json::copied(c));
         } else {
-            println!("{}", c.reference);
+            self.result(&c.reference);
         }
     }
 
     pub fn inspected(&self, i: &Inspected) {
         if self.json {
-            println!("{}", json::inspected(i));
+            self.document(json::inspected(i));
         } else {
+            if let Some(name) = &self.image {
+                println!("# {name}");
+            }
             println!("{}", text::inspected(i));
         }
     }
 
-    pub fn config(&self, c: &Config) {
+    /// `layerup config`: the settings of `image`, or of the top level.
+    pub fn config(&self, c: &Config, image: Option<&str>) {
         if self.json {
-            println!("{}", c.to_json());
+            self.document(c.to_json(image));
         } else {
+            if let Some(name) = &self.image {
+                println!("# image: {name}");
+            }
             // Names in the files (registry aliases) are the files' text: escaped like any other.
-            for line in c.show().lines() {
+            for line in c.show(image).lines() {
                 println!("{}", crate::error::escape(line));
             }
         }
@@ -159,9 +213,9 @@ impl Report {
 
     /// The error, once: one line on stderr, and the document on stdout with `--json`.
     pub fn error(&self, e: &Error) {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", self.tagged(&e.to_string()));
         if self.json {
-            println!("{}", json::error(e));
+            self.document(json::error(e));
         }
     }
 }
