@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use common::*;
@@ -76,64 +75,6 @@ impl Dev {
         assert!(run.stderr.starts_with("full:"), "{}", run.stderr);
         run.ok().to_string()
     }
-}
-
-/// Every path under `/app` of an image unpacked by umoci: kind, mode, owner, and the bytes or
-/// link target.
-fn unpacked_tree(image: &str) -> BTreeMap<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = format!("{}:x", dir.path().join("layout").display());
-    skopeo(&[
-        "copy",
-        "-q",
-        &format!("docker://{image}"),
-        &format!("oci:{layout}"),
-    ]);
-    let bundle = dir.path().join("bundle");
-    run(std::process::Command::new("umoci")
-        .args(["unpack", "--image", &layout])
-        .arg(&bundle));
-    let root = bundle.join("rootfs/app");
-    let mut out = BTreeMap::new();
-    for e in walkdir(&root) {
-        let meta = std::fs::symlink_metadata(&e).unwrap();
-        let what = if meta.is_dir() {
-            "dir".to_string()
-        } else if meta.file_type().is_symlink() {
-            format!("-> {}", std::fs::read_link(&e).unwrap().display())
-        } else {
-            format!("file {:?}", std::fs::read(&e).unwrap())
-        };
-        let rel = e.strip_prefix(&root).unwrap().display().to_string();
-        out.insert(
-            rel,
-            format!(
-                "{:o} {}:{} {what}",
-                meta.permissions().mode() & 0o7777,
-                meta.uid(),
-                meta.gid()
-            ),
-        );
-    }
-    out
-}
-
-fn walkdir(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-            let mut children: Vec<PathBuf> = std::fs::read_dir(&p)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            children.sort();
-            out.extend(children);
-        }
-        i += 1;
-    }
-    out
 }
 
 /// What podman (containers/storage applying each layer) shows under `/app`.

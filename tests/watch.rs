@@ -40,6 +40,11 @@ impl Watching {
         if let Some(k) = kubeconfig {
             layerup = layerup.env("KUBECONFIG", k);
         }
+        Self::of(layerup, state)
+    }
+
+    /// A watch as `layerup` is set up to run it (`state` kept for as long as it runs).
+    fn of(mut layerup: Layerup, state: tempfile::TempDir) -> Self {
         let mut child = layerup
             .command()
             .stdout(Stdio::piped())
@@ -275,4 +280,190 @@ fn what_layerup_writes_inside_the_sources_is_neither_a_trigger_nor_in_the_image(
         "the user's own TMPDIR is theirs: {listed}"
     );
     assert_eq!(run_in(&pushed[1], "ls -a /app/.tmp"), ".\n..\n");
+}
+
+/// A tree with no hardlinks (so each edit is read from its events alone): files, a nested
+/// directory, a symlink.
+fn plain_tree() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("pkg/sub")).unwrap();
+    std::fs::write(t.path().join("VERSION"), "1\n").unwrap();
+    std::fs::write(t.path().join("pkg/mod.py"), "x = 1\n").unwrap();
+    std::fs::write(t.path().join("pkg/sub/data.txt"), "data\n").unwrap();
+    std::os::unix::fs::symlink("pkg/mod.py", t.path().join("main.py")).unwrap();
+    t
+}
+
+/// A full push of `tree` from scratch, to compare a watched image with.
+fn fresh_push(tree: &std::path::Path, dev: &Registry) -> String {
+    push_tree(tree, &prod().oci, &dev.reference("dev/app:fresh"), &[])
+        .ok()
+        .to_string()
+}
+
+#[test]
+fn edits_read_from_their_events_alone_give_the_image_a_full_push_gives() {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = Registry::start();
+    let tree = plain_tree();
+    let p = |rel: &str| tree.path().join(rel);
+    let w = Watching::start_with(tree.path(), &dev.reference("dev/app:ev"), &[], None);
+    w.wait_for("the first push", |w| w.pushes().len() == 1);
+    let edits: Vec<Box<dyn Fn()>> = vec![
+        Box::new(|| std::fs::write(p("VERSION"), "2\n").unwrap()),
+        Box::new(|| {
+            std::fs::create_dir_all(p("new/deep")).unwrap();
+            std::fs::write(p("new/deep/a.txt"), "a\n").unwrap();
+            std::fs::write(p("new/b.txt"), "b\n").unwrap();
+        }),
+        Box::new(|| std::fs::remove_file(p("pkg/mod.py")).unwrap()),
+        Box::new(|| std::fs::rename(p("new"), p("moved")).unwrap()),
+        Box::new(|| {
+            std::fs::set_permissions(p("VERSION"), std::fs::Permissions::from_mode(0o600)).unwrap()
+        }),
+        Box::new(|| std::fs::remove_dir_all(p("pkg/sub")).unwrap()),
+        Box::new(|| std::fs::write(p("pkg/sub"), "a file now\n").unwrap()),
+    ];
+    for edit in &edits {
+        let before = w.pushes().len();
+        edit();
+        w.wait_for("a push after the edit", |w| w.pushes().len() > before);
+    }
+    std::thread::sleep(SETTLE);
+    let pushes = w.pushes();
+    let log = w.stop();
+    assert!(!log.contains("walking the whole tree"), "{log}");
+    assert_eq!(
+        unpacked_tree(pushes.last().unwrap()),
+        unpacked_tree(&fresh_push(tree.path(), &dev)),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_overflowed_event_queue_walks_the_whole_tree_and_the_image_is_right() {
+    let dev = Registry::start();
+    let tree = plain_tree();
+    let state = tempfile::tempdir().unwrap();
+    let layerup = Layerup::new()
+        .env("LAYERUP_STATE_DIR", state.path())
+        .env("LAYERUP_WATCH_QUEUE", "1")
+        .args(["watch", "-v", "--debounce", "300", "--squash-at", "100000%"])
+        .args(
+            push_args(tree.path(), &prod().oci, &dev.reference("dev/app:of"))
+                .into_iter()
+                .skip(1),
+        );
+    let w = Watching::of(layerup, state);
+    w.wait_for("the first push", |w| w.pushes().len() == 1);
+    for d in 0..20 {
+        let dir = tree.path().join(format!("burst/{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..10 {
+            std::fs::write(dir.join(format!("{f}.txt")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    std::fs::remove_file(tree.path().join("VERSION")).unwrap();
+    w.wait_for("a push after the burst", |w| w.pushes().len() >= 2);
+    std::thread::sleep(SETTLE);
+    let pushes = w.pushes();
+    let log = w.stop();
+    assert!(
+        log.contains("file events were lost; walking the whole tree"),
+        "{log}"
+    );
+    assert_eq!(
+        unpacked_tree(pushes.last().unwrap()),
+        unpacked_tree(&fresh_push(tree.path(), &dev))
+    );
+}
+
+#[test]
+fn a_change_no_event_reports_is_found_by_the_verifying_walk() {
+    let dev = Registry::start();
+    let tree = plain_tree();
+    // A second name outside the tree: a write through it raises no event in the tree.
+    let outside = tempfile::tempdir().unwrap();
+    let other_name = outside.path().join("version-link");
+    std::fs::hard_link(tree.path().join("VERSION"), &other_name).unwrap();
+    let w = Watching::start_with(
+        tree.path(),
+        &dev.reference("dev/app:verify"),
+        &["--verify-every", "1s"],
+        None,
+    );
+    w.wait_for("the first push", |w| w.pushes().len() == 1);
+    std::fs::write(&other_name, "written behind its back\n").unwrap();
+    w.wait_for("a push from the verifying walk", |w| w.pushes().len() == 2);
+    let pushed = w.pushes()[1].clone();
+    let log = w.stop();
+    assert!(log.contains("the tree changed without an event"), "{log}");
+    assert_eq!(
+        run_in(&pushed, "cat /app/VERSION"),
+        "written behind its back\n"
+    );
+}
+
+#[test]
+fn a_service_added_under_a_running_watch_is_pushed_and_a_removed_one_stops() {
+    let dev = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let service = |name: &str| {
+        let d = dir.path().join("services").join(name);
+        std::fs::create_dir_all(d.join("src")).unwrap();
+        std::fs::write(d.join("src/NAME"), format!("{name}\n")).unwrap();
+        std::fs::write(
+            d.join("layerup.toml"),
+            format!(
+                "base = \"{}\"\nto = \"{}\"\nmappings = [\"./src:/app\"]\n",
+                prod().oci,
+                dev.reference(&format!("svc/{name}:dev"))
+            ),
+        )
+        .unwrap();
+        d
+    };
+    service("a");
+    let b = service("b");
+    let state = tempfile::tempdir().unwrap();
+    let mut layerup = Layerup::new().env("LAYERUP_STATE_DIR", state.path()).args([
+        "watch",
+        "--squash-at",
+        "100000%",
+    ]);
+    layerup.command().current_dir(dir.path());
+    let w = Watching::of(layerup, state);
+    let pushed = |w: &Watching, name: &str| {
+        w.pushes()
+            .iter()
+            .filter(|l| l.starts_with(&format!("{name} ")))
+            .count()
+    };
+    w.wait_for("a and b", |w| {
+        pushed(w, "services/a") == 1 && pushed(w, "services/b") == 1
+    });
+    let c = service("c");
+    w.wait_for("the new service", |w| pushed(w, "services/c") == 1);
+    let line = w
+        .pushes()
+        .into_iter()
+        .find(|l| l.starts_with("services/c "))
+        .unwrap();
+    assert_eq!(
+        run_in(line.split_once(' ').unwrap().1, "cat /app/NAME"),
+        "c\n"
+    );
+    std::fs::write(c.join("src/NAME"), "c 2\n").unwrap();
+    w.wait_for("an edit of the new service", |w| {
+        pushed(w, "services/c") == 2
+    });
+
+    std::fs::remove_file(b.join("layerup.toml")).unwrap();
+    w.wait_for("b stopped", |w| {
+        w.log().contains("services/b: its layerup.toml is gone")
+    });
+    std::fs::write(b.join("src/NAME"), "b 2\n").unwrap();
+    std::thread::sleep(SETTLE);
+    assert_eq!(pushed(&w, "services/b"), 1, "{}", w.log());
+    w.stop();
 }

@@ -323,6 +323,7 @@ async fn image_loop(
             take(m);
         }
         changes = if all {
+            tracing::info!("{name}: file events were lost; walking the whole tree");
             Changes::All
         } else {
             Changes::Paths(paths.into_iter().collect())

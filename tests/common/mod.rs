@@ -773,3 +773,62 @@ pub fn has_blob(host: &str, repo: &str, digest: &str) -> bool {
     )
     .0 == 200
 }
+
+/// Every path under `/app` of an image unpacked by umoci: kind, mode, owner, and the bytes or
+/// link target.
+pub fn unpacked_tree(image: &str) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let layout = format!("{}:x", dir.path().join("layout").display());
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("docker://{image}"),
+        &format!("oci:{layout}"),
+    ]);
+    let bundle = dir.path().join("bundle");
+    run(std::process::Command::new("umoci")
+        .args(["unpack", "--image", &layout])
+        .arg(&bundle));
+    let root = bundle.join("rootfs/app");
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir(&root) {
+        let meta = std::fs::symlink_metadata(&e).unwrap();
+        let what = if meta.is_dir() {
+            "dir".to_string()
+        } else if meta.file_type().is_symlink() {
+            format!("-> {}", std::fs::read_link(&e).unwrap().display())
+        } else {
+            format!("file {:?}", std::fs::read(&e).unwrap())
+        };
+        let rel = e.strip_prefix(&root).unwrap().display().to_string();
+        out.insert(
+            rel,
+            format!(
+                "{:o} {}:{} {what}",
+                meta.permissions().mode() & 0o7777,
+                meta.uid(),
+                meta.gid()
+            ),
+        );
+    }
+    out
+}
+
+pub fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            let mut children: Vec<PathBuf> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            children.sort();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
+}

@@ -1,0 +1,199 @@
+//! A project of several images: `[images.NAME]` tables and layerup.toml files below the current
+//! directory, pushed together against the real registry, each image checked by running it.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// A directory with `files` written into it (path, text).
+fn project(files: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+/// `layerup ARGS` run in `dir`, remembering pushes in it (a hidden directory: no service).
+fn layerup_in(dir: &Path, args: &[&str]) -> Run {
+    let mut l = Layerup::new()
+        .env("LAYERUP_STATE_DIR", dir.join(".state"))
+        .args(args);
+    l.command().current_dir(dir);
+    l.run()
+}
+
+/// `name reference` lines of stdout, by name.
+fn results(run: &Run) -> std::collections::BTreeMap<String, String> {
+    run.stdout
+        .lines()
+        .map(|l| {
+            let (n, r) = l
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("not `NAME REF`: {l}"));
+            (n.to_string(), r.to_string())
+        })
+        .collect()
+}
+
+/// Three services of one shop, in one layerup.toml.
+fn shop(dev: &Registry) -> tempfile::TempDir {
+    let toml = format!(
+        "base = \"{}\"\nenv = {{ SHOP = \"dev\" }}\n\
+         [images.api]\nto = \"{}\"\nmappings = [\"./api:/app\"]\n\
+         [images.web]\nto = \"{}\"\nmappings = [\"./web:/app\"]\n\
+         [images.cart]\nto = \"{}\"\nmappings = [\"./cart:/app\"]\nenv = {{ CART = \"1\" }}\n",
+        prod().oci,
+        dev.reference("shop/api:dev"),
+        dev.reference("shop/web:dev"),
+        dev.reference("shop/cart:dev"),
+    );
+    project(&[
+        ("layerup.toml", toml),
+        ("api/NAME", "api\n".into()),
+        ("web/NAME", "web\n".into()),
+        ("cart/NAME", "cart\n".into()),
+    ])
+}
+
+#[test]
+fn every_image_of_a_project_is_pushed_at_once_and_runs() {
+    let dev = Registry::start();
+    let dir = shop(&dev);
+    let run = layerup_in(dir.path(), &["push"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pushed = results(&run);
+    assert_eq!(pushed.keys().collect::<Vec<_>>(), ["api", "cart", "web"]);
+    for (name, reference) in &pushed {
+        assert!(reference.starts_with(&dev.reference(&format!("shop/{name}@sha256:"))));
+        let seen = run_in(reference, "cat /app/NAME; echo \"$SHOP:$CART\"");
+        let cart = if name == "cart" { "1" } else { "" };
+        assert_eq!(seen, format!("{name}\ndev:{cart}\n"));
+    }
+    for name in ["api", "web", "cart"] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}: full:"))),
+            "{}",
+            run.stderr
+        );
+    }
+
+    // By name, one of them; with --json, one object per image, named.
+    std::fs::write(dir.path().join("web/NAME"), "web 2\n").unwrap();
+    let run = layerup_in(
+        dir.path(),
+        &["push", "web", "--json", "--squash-at", "100000%"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let docs: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["image"], "web");
+    assert_eq!(docs[0]["mode"], "delta", "{}", run.stdout);
+}
+
+#[test]
+fn services_below_are_found_and_named_by_their_path() {
+    let dev = Registry::start();
+    let service = |name: &str| {
+        format!(
+            "base = \"{}\"\nto = \"{}\"\nmappings = [\"./src:/app\"]\n",
+            prod().oci,
+            dev.reference(&format!("svc/{name}:dev"))
+        )
+    };
+    let dir = project(&[
+        ("services/a/layerup.toml", service("a")),
+        ("services/a/src/NAME", "a\n".into()),
+        ("services/b/layerup.toml", service("b")),
+        ("services/b/src/NAME", "b\n".into()),
+        // Hidden and git-ignored directories are not looked into.
+        (".cache/c/layerup.toml", service("c")),
+        ("vendor/d/layerup.toml", service("d")),
+        (".gitignore", "vendor/\n".into()),
+    ]);
+    let run = layerup_in(dir.path(), &["push"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pushed = results(&run);
+    assert_eq!(
+        pushed.keys().collect::<Vec<_>>(),
+        ["services/a", "services/b"]
+    );
+    assert_eq!(run_in(&pushed["services/b"], "cat /app/NAME"), "b\n");
+    let config = layerup_in(dir.path(), &["config", "services/a"]);
+    assert!(
+        config.stdout.contains("# image: services/a"),
+        "{}",
+        config.stdout
+    );
+}
+
+#[test]
+fn two_images_with_one_destination_are_an_error_naming_both_files() {
+    let dev = Registry::start();
+    let same = dev.reference("svc/same:dev");
+    let service = || {
+        format!(
+            "base = \"{}\"\nto = \"{same}\"\nmappings = [\"./src:/app\"]\n",
+            prod().oci
+        )
+    };
+    let dir = project(&[
+        ("a/layerup.toml", service()),
+        ("a/src/x", "a".into()),
+        ("b/layerup.toml", service()),
+        ("b/src/x", "b".into()),
+    ]);
+    let run = layerup_in(dir.path(), &["push"]);
+    run.fails(
+        2,
+        &[
+            "images `a`",
+            "and `b`",
+            "a/layerup.toml",
+            "b/layerup.toml",
+            "both push to",
+        ],
+    );
+    assert!(dev.writes().is_empty());
+}
+
+#[test]
+fn one_image_failing_leaves_the_others_pushed_and_the_exit_code_says_so() {
+    let dev = Registry::start();
+    let gone = Registry::start();
+    let down = gone.reference("shop/down:dev");
+    drop(gone);
+    let toml = format!(
+        "base = \"{}\"\n[images.up]\nto = \"{}\"\nmappings = [\"./up:/app\"]\n\
+         [images.down]\nto = \"{down}\"\nmappings = [\"./down:/app\"]\n",
+        prod().oci,
+        dev.reference("shop/up:dev"),
+    );
+    let dir = project(&[
+        ("layerup.toml", toml),
+        ("up/NAME", "up\n".into()),
+        ("down/NAME", "down\n".into()),
+    ]);
+    let run = layerup_in(dir.path(), &["push"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    let pushed = results(&run);
+    assert_eq!(pushed.keys().collect::<Vec<_>>(), ["up"]);
+    assert_eq!(run_in(&pushed["up"], "cat /app/NAME"), "up\n");
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("error: down: ") && l.contains("cannot reach registry")),
+        "{}",
+        run.stderr
+    );
+}
