@@ -278,27 +278,34 @@ pub fn update(
             gid,
         });
     }
-    if removed.is_empty() {
-        suspects.sort();
-        return Ok(Update::Done { suspects });
-    }
     // Each changed path, and everything once under it, goes; what is there now comes back.
+    // Entries are sorted: a path's descendants (`P/…`) are one run right after it.
     removed.sort();
     removed.dedup();
-    entries.retain(|e| {
-        let p = e.path.as_str();
-        let under = |r: &String| {
-            p == r
-                || p.strip_prefix(r.as_str())
-                    .is_some_and(|s| s.starts_with('/'))
-        };
-        !removed.iter().any(under)
-    });
-    entries.extend(added);
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    entries.dedup_by(|later, kept| later.path == kept.path);
-    // Every entry's parent inside its mapping must be a directory of the tree.
-    for e in entries.iter() {
+    for r in &removed {
+        let prefix = format!("{r}/");
+        let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
+        let run = entries[start..].partition_point(|e| e.path.starts_with(&prefix));
+        entries.drain(start..start + run);
+        if let Ok(i) = entries.binary_search_by(|e| e.path.as_str().cmp(r)) {
+            entries.remove(i);
+        }
+    }
+    added.sort_by(|a, b| a.path.cmp(&b.path));
+    if added.len() < 64 {
+        for e in added.iter().cloned() {
+            match entries.binary_search_by(|x| x.path.cmp(&e.path)) {
+                Ok(i) => entries[i] = e,
+                Err(i) => entries.insert(i, e),
+            }
+        }
+    } else {
+        entries.extend(added.iter().cloned());
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        entries.dedup_by(|later, kept| later.path == kept.path);
+    }
+    // Every new entry's parent inside its mapping must be a directory of the tree.
+    for e in &added {
         let Some((parent, _)) = e.path.rsplit_once('/') else {
             continue;
         };
