@@ -243,6 +243,10 @@ async fn run_images(
                 _ => None,
             })
             .collect();
+        // On a terminal, one line per image, redrawn in place (not with -q, -v or --json).
+        let mut out = out;
+        let plain = out.quiet || out.json || tracing::enabled!(tracing::Level::INFO);
+        out.board = progress::Board::start(!plain).map(std::sync::Arc::new);
         let report: watch::Report =
             std::sync::Arc::new(move |name: &str, t: layerup::commands::Told<'_>| {
                 if name.is_empty() {

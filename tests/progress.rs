@@ -50,3 +50,75 @@ fn a_terminal_sees_blobs_and_bytes_and_a_pipe_sees_no_bar() {
         piped.stderr
     );
 }
+
+/// A watch of several images on a terminal keeps one line per image, updated in place.
+#[test]
+fn a_watch_of_several_images_keeps_one_line_each_on_a_terminal() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    require("script", "bsdutils");
+    let dev = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = format!("base = \"{}\"\n", prod().oci);
+    for name in ["api", "web"] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("NAME"), name).unwrap();
+        toml += &format!(
+            "[images.{name}]\nto = \"{}\"\nmappings = [\"./{name}:/app\"]\n",
+            dev.reference(&format!("shop/{name}:dev"))
+        );
+    }
+    std::fs::write(dir.path().join("layerup.toml"), toml).unwrap();
+    let line = format!(
+        "timeout -s INT 60 {} watch --squash-at 100000%",
+        env!("CARGO_BIN_EXE_layerup")
+    );
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .current_dir(dir.path())
+        .env("LAYERUP_STATE_DIR", state.path())
+        .env("DOCKER_CONFIG", state.path())
+        .env("REGISTRY_AUTH_FILE", state.path().join("auth.json"))
+        .env("TERM", "xterm")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let sink = seen.clone();
+    let mut out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(50);
+        while !what(&seen.lock().unwrap()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for(&|s| s.matches("full, ").count() >= 2);
+    std::fs::write(dir.path().join("web/NAME"), "web 2").unwrap();
+    wait_for(&|s| s.contains("1 changed, 0 deleted"));
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let _ = child.wait();
+    let all = seen.lock().unwrap().clone();
+    let web = all.rfind("web ").unwrap();
+    assert!(all[web..].contains("1 changed, 0 deleted"), "{all}");
+    assert!(
+        all.contains("api ") && all.contains("\u{1b}["),
+        "lines redrawn in place: {all:?}"
+    );
+}

@@ -17,12 +17,14 @@ use crate::error::{Error, Result};
 
 /// How results are reported: `-q` (only results and errors), `--json` (documents on stdout);
 /// for one image of several, under its name.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Report {
     pub quiet: bool,
     pub json: bool,
     /// The image's name, when a command works on several.
     pub image: Option<std::sync::Arc<str>>,
+    /// A watch of several images on a terminal: one line per image, updated in place.
+    pub board: Option<std::sync::Arc<progress::Board>>,
 }
 
 impl Report {
@@ -31,6 +33,7 @@ impl Report {
             quiet,
             json,
             image: None,
+            board: None,
         }
     }
 
@@ -121,8 +124,21 @@ impl Report {
         failed.map_or(Ok(()), Err)
     }
 
-    /// What a watch tells: one status line and the reference per push, or one document.
+    /// What a watch tells: one status line and the reference per push, or one document; on a
+    /// board, the image's line.
     pub fn watch_told(&self, t: Told) {
+        if let (Some(board), Some(name)) = (&self.board, &self.image) {
+            if let Some(line) = text::board_line(&t) {
+                board.set(name, &crate::error::escape(&format!("{name:<24} {line}")));
+            }
+            // The references still reach a program reading stdout; a person has the board.
+            if let Told::Pushed(p, _) = &t {
+                if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    self.result(&p.reference);
+                }
+            }
+            return;
+        }
         match t {
             Told::Pushed(p, took) => {
                 if let Some(why) = text::full_reason(p) {

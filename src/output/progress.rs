@@ -67,3 +67,36 @@ impl Drop for Bar {
         }
     }
 }
+
+/// One line per image, updated in place: a watch of several images on a terminal. Lines go in
+/// the order images first report.
+pub struct Board {
+    multi: indicatif::MultiProgress,
+    lines: std::sync::Mutex<std::collections::BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+impl Board {
+    /// A board on stderr, when it is a terminal and `wanted`.
+    pub fn start(wanted: bool) -> Option<Board> {
+        if !wanted || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        Some(Board {
+            multi: indicatif::MultiProgress::new(),
+            lines: Default::default(),
+        })
+    }
+
+    /// Sets the line of `image`.
+    pub fn set(&self, image: &str, line: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let bar = lines.entry(image.to_string()).or_insert_with(|| {
+            let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg}").expect("a valid template"),
+            );
+            bar
+        });
+        bar.set_message(line.to_string());
+    }
+}

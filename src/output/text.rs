@@ -9,6 +9,7 @@ use crate::commands::copy::{Copied, Planned};
 use crate::commands::deploy::{Change, Event};
 use crate::commands::inspect::Inspected;
 use crate::commands::push::Pushed;
+use crate::commands::Told;
 use crate::error::escape;
 use crate::transfer::{count, Moved, Outcome, Role};
 use crate::units::human;
@@ -85,6 +86,37 @@ pub fn cycle(p: &Pushed, took: Duration) -> String {
         took.as_secs_f64(),
         p.reference
     )
+}
+
+/// An image's line on a watch's board: its last change, what was sent, the digest, the time;
+/// then its rollout. `None` for what does not change the line.
+pub fn board_line(t: &Told) -> Option<String> {
+    Some(match t {
+        Told::Pushed(p, took) => {
+            let what = match &p.mode {
+                Mode::Full { .. } => format!("full, {} entries", p.entries),
+                Mode::Delta {
+                    changed, deleted, ..
+                } => format!("{changed} changed, {deleted} deleted"),
+                Mode::Unchanged => "no changes".to_string(),
+            };
+            let hex = p.digest.digest();
+            format!(
+                "{what}; {} sent in {:.2}s; {}",
+                human(p.bytes_sent()),
+                took.as_secs_f64(),
+                &hex[..12.min(hex.len())]
+            )
+        }
+        Told::PushFailed(e) => format!("error: {e}"),
+        Told::DeployFailed(e) => format!("rollout failed: {e}"),
+        Told::Deploy(Event::Waiting(_, what)) => format!("rolling out: {what}"),
+        Told::Deploy(Event::Ready(_, took)) => {
+            format!("rolled out in {:.1}s", took.as_secs_f64())
+        }
+        Told::Stopped => "stopped: its layerup.toml is gone".to_string(),
+        Told::Deploy(_) => return None,
+    })
 }
 
 /// What a copy is about to move, before it moves it.
