@@ -794,3 +794,60 @@ fn a_failing_credential_plugin_is_named_and_its_output_never_shown() {
         assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     }
 }
+
+#[test]
+fn deploy_and_rollback_take_an_image_of_the_project_by_name() {
+    require_kubectl();
+    let dev_reg = Registry::start();
+    let to = dev_reg.reference("shop/web:dev");
+    let c = cluster_running(web(&prod().oci));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("web")).unwrap();
+    std::fs::write(dir.path().join("web/NAME"), "web").unwrap();
+    std::fs::write(
+        dir.path().join("layerup.toml"),
+        format!(
+            "base = \"{}\"\nnamespace = \"{NS}\"\n[images.web]\nto = \"{to}\"\n\
+             mappings = [\"./web:/app\"]\ndeploy = \"deployment/web\"\ncontainer = \"app\"\n",
+            prod().oci
+        ),
+    )
+    .unwrap();
+    let in_dir = |args: &[&str]| {
+        let mut l = Layerup::new().env("KUBECONFIG", &c.config).args(args);
+        l.command().current_dir(dir.path());
+        l.run()
+    };
+    let pushed = in_dir(&["push", "web", "--no-wait"]);
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    let reference = pushed
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("web ")
+        .unwrap()
+        .to_string();
+    assert_eq!(c.image("web", "app"), reference);
+
+    // `deploy web`: web's `to`, resolved to its digest, set in web's workload.
+    run(Command::new("kubectl").env("KUBECONFIG", &c.config).args([
+        "-n",
+        NS,
+        "set",
+        "image",
+        "deployment/web",
+        &format!("app={}", prod().oci),
+    ]));
+    let deployed = in_dir(&["deploy", "web", "--no-wait"]);
+    assert_eq!(deployed.code, 0, "{}", deployed.stderr);
+    assert_eq!(
+        deployed.stdout.trim(),
+        format!("web deployment/web app {reference}")
+    );
+    assert_eq!(c.image("web", "app"), reference);
+
+    let rolled = in_dir(&["rollback", "web", "--no-wait"]);
+    assert_eq!(rolled.code, 0, "{}", rolled.stderr);
+    assert_eq!(c.image("web", "app"), prod().oci);
+}
