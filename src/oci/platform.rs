@@ -29,9 +29,15 @@ impl Platform {
 
     /// An image config's platform (`os`, `architecture`, `variant` at its top level).
     pub fn of_config(config: &Value) -> Option<Platform> {
-        let os = config.get("os")?.as_str()?.to_lowercase();
-        let arch = config.get("architecture")?.as_str()?.to_lowercase();
-        let variant = config
+        Self::of_object(config)
+    }
+
+    /// `os`, `architecture` and `variant` of a JSON object (an image config, or an index entry's
+    /// `platform`), normalised.
+    fn of_object(p: &Value) -> Option<Platform> {
+        let os = p.get("os")?.as_str()?.to_lowercase();
+        let arch = p.get("architecture")?.as_str()?.to_lowercase();
+        let variant = p
             .get("variant")
             .and_then(Value::as_str)
             .map(str::to_lowercase);
@@ -113,20 +119,9 @@ fn normalise_arch(arch: &str, variant: Option<String>) -> (String, Option<String
     }
 }
 
+/// An index entry's platform.
 pub fn entry_platform(entry: &Value) -> Option<Platform> {
-    let p = entry.get("platform")?;
-    let os = p.get("os")?.as_str()?.to_lowercase();
-    let arch = p.get("architecture")?.as_str()?.to_lowercase();
-    let variant = p
-        .get("variant")
-        .and_then(Value::as_str)
-        .map(str::to_lowercase);
-    let (architecture, variant) = normalise_arch(&arch, variant);
-    Some(Platform {
-        os,
-        architecture,
-        variant,
-    })
+    Platform::of_object(entry.get("platform")?)
 }
 
 /// Picks the image for `want` from an index's `manifests`. An exact variant match wins; without
