@@ -160,63 +160,6 @@ fn without_all_an_index_is_resolved_to_the_platform() {
     assert_eq!(inspect_config(pinned)["architecture"], "arm64");
 }
 
-/// `prod/app:multi` plus an attestation manifest (platform unknown/unknown, as buildkit writes
-/// them), in an index of its own, seeded byte for byte.
-fn attested_index(reg: &Registry) -> (String, Vec<u8>) {
-    let multi = inspect_raw(&prod().multi);
-    let statement = br#"{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://spdx.dev/Document","subject":[]}"#;
-    skopeo(&[
-        "copy",
-        "-q",
-        "--all",
-        "--preserve-digests",
-        &format!("docker://{}", prod().multi),
-        &format!("docker://{}", reg.reference("prod/app:multi")),
-    ]);
-    let config = br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let config_d = put_blob(&reg.host, "prod/app", config);
-    let layer_d = put_blob(&reg.host, "prod/app", statement);
-    let attestation = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_d, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.in-toto+json", "digest": layer_d, "size": statement.len(),
-                    "annotations": {"in-toto.io/predicate-type": "https://spdx.dev/Document"}}]
-    });
-    let att = serde_json::to_vec(&attestation).unwrap();
-    let att_d = sha256(&att);
-    put_manifest(
-        &reg.host,
-        "prod/app",
-        &att_d,
-        "application/vnd.oci.image.manifest.v1+json",
-        &att,
-    );
-    let mut entries = multi["manifests"].as_array().unwrap().clone();
-    let subject = entries[0]["digest"].clone();
-    entries.push(serde_json::json!({
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": att_d, "size": att.len(),
-        "platform": {"architecture": "unknown", "os": "unknown"},
-        "annotations": {"vnd.docker.reference.digest": subject, "vnd.docker.reference.type": "attestation-manifest"}
-    }));
-    // Two-space indentation: a document no serializer here would write the same way again.
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": entries
-    });
-    let bytes = serde_json::to_vec_pretty(&index).unwrap();
-    put_manifest(
-        &reg.host,
-        "prod/app",
-        "attested",
-        "application/vnd.oci.image.index.v1+json",
-        &bytes,
-    );
-    (reg.reference("prod/app:attested"), bytes)
-}
-
 #[test]
 fn all_copies_the_index_and_every_child_byte_for_byte_attestations_included() {
     let prod_reg = Registry::start();

@@ -851,3 +851,74 @@ fn deploy_and_rollback_take_an_image_of_the_project_by_name() {
     assert_eq!(rolled.code, 0, "{}", rolled.stderr);
     assert_eq!(c.image("web", "app"), prod().oci);
 }
+
+/// A push with --deploy and no --platform, from the multi-platform base, into a cluster whose
+/// nodes are `nodes` (os, arch).
+fn push_for_nodes(nodes: &[(&str, &str)], dev: &Registry) -> (Run, Cluster) {
+    let c = cluster_running(web(&prod().multi));
+    for (i, (os, arch)) in nodes.iter().enumerate() {
+        c.kube.add_node(&format!("node-{i}"), os, arch);
+    }
+    let tree = app_tree();
+    let run = c.layerup(&[
+        "push",
+        &format!("{}:/app", tree.path().display()),
+        "--base",
+        &prod().multi,
+        "--to",
+        &dev.reference("dev/app:nodes"),
+        "--deploy",
+        "deployment/web",
+        "--container",
+        "app",
+        "-n",
+        NS,
+        "--no-wait",
+    ]);
+    (run, c)
+}
+
+#[test]
+fn without_platform_a_deploy_pushes_the_platforms_of_the_clusters_nodes() {
+    let dev = Registry::start();
+    let (run, c) = push_for_nodes(&[("linux", "arm64")], &dev);
+    let pinned = run.ok().lines().next().unwrap().to_string();
+    assert_eq!(inspect_config(&pinned)["architecture"], "arm64");
+    assert_eq!(c.image("web", "app"), pinned);
+
+    let (run, c) = push_for_nodes(
+        &[("linux", "amd64"), ("linux", "arm64"), ("linux", "amd64")],
+        &dev,
+    );
+    let pinned = run.ok().lines().next().unwrap().to_string();
+    let index = inspect_raw(&pinned);
+    let platforms: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"], "an index of both");
+    assert_eq!(c.image("web", "app"), pinned);
+
+    let (run, c) = push_for_nodes(&[("linux", "s390x")], &dev);
+    run.fails(
+        6,
+        &["no linux/s390x image; it has linux/amd64, linux/arm64"],
+    );
+    assert_eq!(c.image("web", "app"), prod().multi, "nothing deployed");
+}
+
+#[test]
+fn a_rollout_refused_for_the_platform_says_so() {
+    let c = web_cluster();
+    c.kube.wrong_platform("@sha256:11111");
+    let out = c.deploy_web(&["--timeout", "20s"]);
+    out.fails(
+        10,
+        &[
+            "no match for platform in manifest",
+            "no build for the node's platform",
+        ],
+    );
+}

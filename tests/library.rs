@@ -37,6 +37,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
         }],
         platform: "linux/amd64".parse::<Platform>().unwrap(),
         platform_asked: false,
+        platforms: None,
         tweaks: Tweaks::default(),
         owner: None,
         mtime: layerup::build::tar::DEFAULT_MTIME,

@@ -80,6 +80,99 @@ pub async fn resolve_from(
     })
 }
 
+/// The index of a multi-platform base, as read.
+#[derive(Debug, Clone)]
+pub struct BaseIndex {
+    pub name: String,
+    pub digest: Digest,
+    pub family: Family,
+    pub doc: Value,
+}
+
+/// The base's images for every platform of `want` (`None`: every platform its index has,
+/// attestations aside), each with its index entry, and the index. A single-platform base gives
+/// its one image and no index — when it is of a platform asked for.
+pub async fn resolve_many(
+    store: &Store,
+    want: Option<&[Platform]>,
+) -> Result<(Vec<(Descriptor, Base)>, Option<BaseIndex>)> {
+    let root = store.root().await?;
+    let name = store.image_ref().to_string();
+    let (kind, doc) = classify(&root, &format!("base image `{name}`"))?;
+    let Kind::Index(family) = kind else {
+        let entry = Descriptor::new("", root.digest.clone(), root.bytes.len() as u64);
+        let base =
+            match want {
+                Some([one]) => resolve_from(store, root, one, true).await?,
+                Some(many) => {
+                    // One image, several platforms asked: it can be at most one of them.
+                    let base = resolve_from(store, root, &many[0], false).await?;
+                    let has = Platform::of_config(&base.config);
+                    return Err(Error::new(
+                        crate::error::ExitCode::NotFound,
+                        format!(
+                        "base image `{name}` is a single-platform image ({}): it cannot give {}",
+                        has.map_or("platform unknown".into(), |p| p.to_string()),
+                        many.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    ));
+                }
+                None => resolve_from(store, root, &Platform::host(), false).await?,
+            };
+        return Ok((vec![(entry, base)], None));
+    };
+    let what = format!("base index `{name}`");
+    let platforms: Vec<Platform> = match want {
+        Some(w) => w.to_vec(),
+        None => {
+            let mut all: Vec<Platform> = Vec::new();
+            for e in doc
+                .get("manifests")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(p) = platform::entry_platform(e).filter(|p| p.os != "unknown") {
+                    if !all.contains(&p) {
+                        all.push(p);
+                    }
+                }
+            }
+            if all.is_empty() {
+                return Err(Error::image(format!("{what} lists no runnable platforms")));
+            }
+            all
+        }
+    };
+    let mut images = Vec::new();
+    for p in &platforms {
+        let entry = platform::select(&doc, p, &what)?;
+        let child = store.manifest(&entry).await?;
+        let base = resolve_from(store, child, p, true).await?;
+        images.push((entry, base));
+    }
+    // In the index's order, whatever the order asked.
+    let position = |d: &Descriptor| {
+        doc.get("manifests")
+            .and_then(Value::as_array)
+            .and_then(|m| {
+                m.iter().position(|e| {
+                    e.get("digest").and_then(Value::as_str) == Some(d.digest.as_ref())
+                })
+            })
+    };
+    images.sort_by_key(|(e, _)| position(e));
+    Ok((
+        images,
+        Some(BaseIndex {
+            name,
+            digest: root.digest,
+            family,
+            doc,
+        }),
+    ))
+}
+
 /// A single-platform base asked for another platform is not silently taken instead.
 fn check_platform(config: &Value, want: &Platform, name: &str) -> Result<()> {
     match Platform::of_config(config) {

@@ -5,7 +5,7 @@
 use oci_spec::image::Digest;
 use serde_json::{json, Map, Value};
 
-use crate::build::base::Base;
+use crate::build::base::{Base, BaseIndex};
 use crate::error::{Error, Result};
 use crate::oci::digest;
 use crate::oci::manifest::{Descriptor, Family};
@@ -40,6 +40,57 @@ pub struct Image {
     pub media_type: &'static str,
     /// Every layer the manifest names, base layers first.
     pub layers: Vec<Descriptor>,
+}
+
+/// The new index of a multi-platform push, serialised once.
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: &'static str,
+}
+
+/// The index for the new images: the base's, its media type, field order and annotations
+/// kept, listing each new image in the place its platform had — and nothing else. Entries for
+/// platforms not pushed are left out (their images lack the app layer: a pull there would run
+/// other code), and so are attestations (`unknown/unknown`: they describe the base's images, not
+/// these). `images` are each base entry with the image that replaces it.
+pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Index> {
+    let mut index = base.doc.as_object().cloned().unwrap_or_default();
+    let media_type = match base.family {
+        Family::Oci => crate::oci::manifest::OCI_INDEX,
+        Family::Docker => crate::oci::manifest::DOCKER_LIST,
+    };
+    index.insert("schemaVersion".into(), json!(2));
+    index.insert("mediaType".into(), json!(media_type));
+    let entries: Vec<Value> = images
+        .iter()
+        .map(|(entry, image)| {
+            let mut e = entry.raw.as_object().cloned().unwrap_or_default();
+            e.insert("mediaType".into(), json!(image.media_type));
+            e.insert("digest".into(), json!(image.digest.to_string()));
+            e.insert("size".into(), json!(image.manifest.len()));
+            Value::Object(e)
+        })
+        .collect();
+    index.insert("manifests".into(), Value::Array(entries));
+    index.remove("subject");
+    if base.family == Family::Oci {
+        let annotations = index
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(BASE_NAME.into(), json!(base.name));
+            a.insert(BASE_DIGEST.into(), json!(base.digest.to_string()));
+        }
+    }
+    let bytes = serde_json::to_vec(&Value::Object(index))
+        .map_err(|e| Error::internal(format!("cannot serialise the index: {e}")))?;
+    Ok(Index {
+        digest: digest::sha256(&bytes),
+        bytes,
+        media_type,
+    })
 }
 
 const BASE_NAME: &str = "org.opencontainers.image.base.name";

@@ -375,7 +375,7 @@ pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
 }
 
 /// Skaffold's custom-builder contract: `IMAGE` (with `BUILD_CONTEXT`, which only Skaffold sets
-/// beside it) is where to push, `PLATFORMS` which platform, `PUSH_IMAGE=false` asks for an
+/// beside it) is where to push, `PLATFORMS` which platforms (several: an index of them), `PUSH_IMAGE=false` asks for an
 /// image loaded into a local docker daemon, which layerup has not got. Returns the flags it
 /// stands for and the ids of the arguments they set.
 fn skaffold(
@@ -406,15 +406,13 @@ fn skaffold(
     };
     put("to", image);
     if let Some(p) = env("PLATFORMS").filter(|p| !p.trim().is_empty()) {
-        let all: Vec<&str> = p.split(',').map(str::trim).collect();
-        if all.len() > 1 {
-            return Err(Error::usage(format!(
-                "Skaffold asked for {} platforms ({p}); layerup adds a layer to one platform's \
-                 image per run: build for one (--platform in skaffold.yaml's custom build)",
-                all.len()
-            )));
-        }
-        put("platform", all[0].to_string());
+        // Several platforms make an index of them (`--platform a,b`).
+        let all: Vec<&str> = p
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        put("platform", all.join(","));
     }
     Ok((flags, set))
 }

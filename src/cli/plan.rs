@@ -10,7 +10,7 @@ use crate::cluster::Target;
 use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{Deploy, DeployImagePlan, DeployPlan, RollbackPlan};
 use crate::commands::inspect::InspectPlan;
-use crate::commands::push::PushPlan;
+use crate::commands::push::{Platforms, PushPlan};
 use crate::commands::watch::WatchPlan;
 use crate::error::{Error, Result};
 use crate::oci::platform::Platform;
@@ -69,7 +69,7 @@ impl PushArgs {
                 )));
             }
         }
-        let platform = platform_or_host(self.platform.as_deref())?;
+        let (platform, platforms) = platforms(self.platform.as_deref())?;
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
                 return Err(Error::usage(format!(
@@ -167,6 +167,7 @@ impl PushArgs {
             mappings,
             platform,
             platform_asked: self.platform.is_some(),
+            platforms,
             tweaks,
             owner,
             mtime,
@@ -339,6 +340,29 @@ fn cluster_registry(text: Option<&str>) -> Result<Option<String>> {
             "--cluster-registry `{h}` is not a registry host (host[:port], like registry.local:5000)"
         ))),
         h => Ok(h.map(str::to_string)),
+    }
+}
+
+/// `--platform` of push and watch: one platform (or this machine's), or `all` or a list of
+/// them for an index.
+fn platforms(text: Option<&str>) -> Result<(Platform, Option<Platforms>)> {
+    match text.map(str::trim) {
+        Some("all") => Ok((Platform::host(), Some(Platforms::All))),
+        Some(list) if list.contains(',') => {
+            let mut all: Vec<Platform> = Vec::new();
+            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let p: Platform = p.parse()?;
+                if !all.contains(&p) {
+                    all.push(p);
+                }
+            }
+            let first = all.first().cloned().unwrap_or_else(Platform::host);
+            match all.len() {
+                0 | 1 => Ok((first, None)),
+                _ => Ok((first, Some(Platforms::These(all)))),
+            }
+        }
+        other => Ok((platform_or_host(other)?, None)),
     }
 }
 

@@ -16,6 +16,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::Value;
 
 use crate::error::{Error, ExitCode, Result};
+use crate::oci::platform::Platform;
 use workload::{Kind, WorkloadRef};
 
 /// Which cluster and namespace, as kubectl's `--context` and `-n`, and the contexts the user
@@ -240,6 +241,35 @@ impl Cluster {
                 })
                 .map_err(|e| self.failure(&format!("watch {w}"), Some(&w), e))
         }))
+    }
+
+    /// The platforms of the cluster's nodes (`status.nodeInfo`), each once, in node order.
+    pub async fn node_platforms(&self) -> Result<Vec<Platform>> {
+        let gvk = GroupVersionKind::gvk("", "v1", "Node");
+        let nodes: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk, "nodes"),
+        );
+        let list = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| self.failure("list nodes", None, e))?;
+        let mut out: Vec<Platform> = Vec::new();
+        for node in list.items.into_iter().map(to_value) {
+            let info = &node["status"]["nodeInfo"];
+            let (Some(os), Some(arch)) = (
+                info["operatingSystem"].as_str(),
+                info["architecture"].as_str(),
+            ) else {
+                continue;
+            };
+            if let Ok(p) = format!("{os}/{arch}").parse::<Platform>() {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn pods(&self, selector: &str) -> Result<Vec<Value>> {

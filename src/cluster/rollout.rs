@@ -163,6 +163,13 @@ pub fn trouble(pod: &Value, container: &str, image: &str) -> Option<Trouble> {
         })
 }
 
+/// Whether a pod's trouble is an image built for another platform than its node's: the pull
+/// finds no matching manifest (containerd), or the binary cannot run (`exec format error`).
+pub fn wrong_platform(why: &str) -> bool {
+    let w = why.to_lowercase();
+    w.contains("no match for platform") || w.contains("exec format error")
+}
+
 /// The newest Warning event that says more than the waiting reason, as `Reason: message`. The
 /// kubelet follows each real cause ("Failed to pull image …: not found") with an echo of the
 /// state ("Error: ImagePullBackOff"), which would hide it.

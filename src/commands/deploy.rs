@@ -93,6 +93,14 @@ impl Deploy {
         crate::cluster::check(&self.plan.target).await
     }
 
+    /// The platforms of the cluster's nodes, read once.
+    pub async fn node_platforms(&self) -> Result<Vec<crate::oci::platform::Platform>> {
+        Cluster::connect(&self.plan.target)
+            .await?
+            .node_platforms()
+            .await
+    }
+
     /// Sets the pushed image in the cluster: the workload named, or every one running the base's
     /// or the destination's repository (by either name of the registry).
     pub async fn run(
@@ -545,6 +553,12 @@ async fn check_pods(cluster: &Cluster, w: &Written) -> Result<()> {
             let mut why = format!("{}: {}", t.reason, t.message);
             if let Some(warning) = rollout::latest_warning(&events) {
                 why = format!("{why} ({warning})");
+            }
+            if rollout::wrong_platform(&why) {
+                why = format!(
+                    "{why} — the image has no build for the node's platform (push without \
+                     --platform to take the cluster nodes' platforms, or name theirs)"
+                );
             }
             return Err(Error::new(
                 ExitCode::Rollout,

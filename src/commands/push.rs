@@ -18,11 +18,20 @@ use crate::build::{base, tree};
 use crate::commands::deploy::{Change, Deploy};
 use crate::commands::Told;
 use crate::error::{Error, Result};
+use crate::oci::manifest::Descriptor;
 use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
 use crate::store::registry::{self, Registry};
 use crate::store::Store;
 use crate::transfer::{self, Blob, Known, Moved, Role, Slots, Source};
+
+/// The platforms of a multi-platform push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Platforms {
+    /// Every platform the base's index has (attestations aside).
+    All,
+    These(Vec<Platform>),
+}
 
 /// How this run's temporary directories are named, in `TMPDIR`.
 const TMP_PREFIX: &str = "layerup-";
@@ -36,6 +45,9 @@ pub struct PushPlan {
     pub platform: Platform,
     /// `--platform` was given: a single-platform base must be of it.
     pub platform_asked: bool,
+    /// `--platform all` or a list: every one of these platforms of the base, with the same app
+    /// layers, into one index (`platform` is then unused).
+    pub platforms: Option<Platforms>,
     pub tweaks: Tweaks,
     pub owner: Option<(u32, u32)>,
     /// Every entry's mtime and the image's `created` (Unix seconds).
@@ -66,8 +78,10 @@ pub struct Pushed {
     pub new_layers: Vec<NewLayer>,
     /// Entries in the tree as walked.
     pub entries: usize,
-    /// Every blob of the image, layers in manifest order, then the config.
+    /// Every blob of the image (of every platform's, each once), layers then configs.
     pub blobs: Vec<Moved>,
+    /// A multi-platform push: each platform and its image's digest (`digest` is the index's).
+    pub platforms: Vec<(Platform, Digest)>,
     pub timings: Timings,
 }
 
@@ -103,6 +117,7 @@ pub async fn run_and_deploy(
     if let Some(deploy) = &plan.deploy {
         deploy.check().await?;
     }
+    let plan = &for_cluster(plan).await;
     let started = Instant::now();
     let session = Session::new(plan.net, plan.jobs)?;
     let pushed = run_in(plan, &session, None, Changes::All).await?;
@@ -158,6 +173,7 @@ pub async fn run_many(
         let name = name.to_string();
         let plan = plan.clone();
         async move {
+            let plan = for_cluster(&plan).await;
             let started = Instant::now();
             let pushed = run_in(&plan, session, None, Changes::All).await?;
             told(&name, Told::Pushed(&pushed, started.elapsed()));
@@ -173,6 +189,43 @@ pub async fn run_many(
         }
     };
     futures_util::future::join_all(plans.iter().map(|(n, p)| one(n, p))).await
+}
+
+/// With `--deploy` and no `--platform`, the platforms of the cluster's nodes, read once: an
+/// arm64 laptop deploying to amd64 nodes pushes what they can run. One platform: that image;
+/// several: an index of them. Nodes that cannot be read (RBAC) leave the default as it was.
+pub async fn for_cluster(plan: &PushPlan) -> PushPlan {
+    let mut plan = plan.clone();
+    let Some(deploy) = plan.deploy.as_ref().filter(|_| !plan.platform_asked) else {
+        return plan;
+    };
+    if plan.platforms.is_some() {
+        return plan;
+    }
+    match deploy.node_platforms().await {
+        Ok(nodes) if nodes.len() == 1 => {
+            tracing::info!("the cluster's nodes are {}", nodes[0]);
+            plan.platform = nodes[0].clone();
+            plan.platform_asked = true;
+        }
+        Ok(nodes) if nodes.len() > 1 => {
+            tracing::info!(
+                "the cluster's nodes are {}",
+                nodes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            plan.platforms = Some(Platforms::These(nodes));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "{e}; pushing for {} (give --platform to choose)",
+            plan.platform
+        ),
+    }
+    plan
 }
 
 /// What pushes in one process share: the registry client (its connections, its logins and
@@ -277,8 +330,16 @@ pub async fn run_in(
         if !logged_in {
             source.login(false, None).await?;
         }
-        let base = base::resolve(&source, &plan.platform, plan.platform_asked).await?;
-        Ok::<_, Error>((base, started.elapsed()))
+        let bases = match &plan.platforms {
+            None => {
+                let base = base::resolve(&source, &plan.platform, plan.platform_asked).await?;
+                let entry = Descriptor::new("", base.digest.clone(), 0);
+                (vec![(entry, base)], None)
+            }
+            Some(Platforms::All) => base::resolve_many(&source, None).await?,
+            Some(Platforms::These(p)) => base::resolve_many(&source, Some(p)).await?,
+        };
+        Ok::<_, Error>((bases, started.elapsed()))
     };
     let check_dest = async {
         let file = state_file.clone().filter(|_| !plan.full);
@@ -306,10 +367,11 @@ pub async fn run_in(
     let needs_base =
         plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute());
     let started = Instant::now();
-    let ((base, took), (loaded, at_tag, held), walked) = if needs_base {
-        let ((base, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
-        let walked = walk(plan, base.working_dir(), last_walk, &changes).await?;
-        ((base, took), dest, walked)
+    let (((bases, index), took), (loaded, at_tag, held), walked) = if needs_base {
+        let ((bases, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
+        let workdir = working_dir(&bases.0)?;
+        let walked = walk(plan, workdir.as_deref(), last_walk, &changes).await?;
+        ((bases, took), dest, walked)
     } else {
         tokio::try_join!(
             fetch_base,
@@ -330,11 +392,18 @@ pub async fn run_in(
         Loaded::Found(s) => Some(s.image.clone()),
         _ => None,
     };
+    // The base as the state knows it: its index when it is one, else its image.
+    let (base_digest, base_name) = match &index {
+        Some(i) => (i.digest.clone(), i.name.clone()),
+        None => (bases[0].1.digest.clone(), bases[0].1.name.clone()),
+    };
     let mut present: HashSet<Digest> = HashSet::new();
     if let (true, Loaded::Found(s)) = (held, &loaded) {
         present.extend(s.layers().into_iter().map(|l| l.digest));
-        if s.base == base.digest {
-            present.extend(base.layers.iter().map(|l| l.digest.clone()));
+        if s.base == base_digest {
+            for (_, b) in &bases {
+                present.extend(b.layers.iter().map(|l| l.digest.clone()));
+            }
         }
     }
     let settings = stack::settings(&mappings, plan.owner, plan.mtime);
@@ -344,8 +413,8 @@ pub async fn run_in(
         stack::usable(
             loaded,
             &settings,
-            &base.digest,
-            &base.name,
+            &base_digest,
+            &base_name,
             held,
             &dest_name,
         )
@@ -360,7 +429,7 @@ pub async fn run_in(
         scanned_at,
         suspects,
         settings,
-        base: base.digest.clone(),
+        base: base_digest.clone(),
         created_by: created_by(&mappings),
         mtime: plan.mtime,
         squash: plan.squash,
@@ -376,31 +445,61 @@ pub async fn run_in(
     } = blocking(move || stack::layers(job, prev)).await?;
     timings.layer = started.elapsed().saturating_sub(timings.base);
 
-    let image = image::build(&base, &app, &plan.tweaks, &image::rfc3339(plan.mtime))?;
-    let same_image = last_image.as_ref() == Some(&image.digest);
+    let created = image::rfc3339(plan.mtime);
+    let images = bases
+        .iter()
+        .map(|(_, b)| image::build(b, &app, &plan.tweaks, &created))
+        .collect::<Result<Vec<_>>>()?;
+    // One platform: its image. Several: an index of theirs, written last.
+    let top = match &index {
+        Some(i) => {
+            let pairs: Vec<(&Descriptor, &Image)> =
+                bases.iter().map(|(e, _)| e).zip(&images).collect();
+            let idx = image::index(i, &pairs)?;
+            Top {
+                bytes: idx.bytes,
+                digest: idx.digest,
+                media_type: idx.media_type,
+            }
+        }
+        None => Top {
+            bytes: images[0].manifest.clone(),
+            digest: images[0].digest.clone(),
+            media_type: images[0].media_type,
+        },
+    };
+    let same_image = last_image.as_ref() == Some(&top.digest);
     let started = Instant::now();
     let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
     let mut next = Box::new(next_state);
-    next.image = image.digest.clone();
+    next.image = top.digest.clone();
     let transfer = async {
-        let unchanged = mode == Mode::Unchanged && at_tag.as_ref() == Some(&image.digest);
+        let unchanged = mode == Mode::Unchanged && at_tag.as_ref() == Some(&top.digest);
         // A delta and its config are new by nature: asking about them saves nothing.
         let new = if matches!(mode, Mode::Full { .. }) {
             Known::Unknown
         } else {
             Known::Missing
         };
-        let mut blobs = blobs(&image, &uploads, &source, &present, new);
+        let mut blobs = blobs(&images, &uploads, &source, &present, new);
         if unchanged {
             blobs.iter_mut().for_each(|b| b.known = Known::Present);
         }
         transfer::survey(&dest, &mut blobs).await?;
         let moved = transfer::send(&dest, &blobs, &session.slots).await?;
         if !unchanged {
-            // Every blob is acknowledged: only now may the manifest name them.
-            dest.put_manifest(Bytes::from(image.manifest.clone()), image.media_type)
+            // Every blob is acknowledged: only now may the manifests name them — each
+            // platform's image, then the index that names those.
+            if index.is_some() {
+                for image in &images {
+                    let bytes = Bytes::from(image.manifest.clone());
+                    dest.put_child(bytes, &image.digest, image.media_type)
+                        .await?;
+                }
+            }
+            dest.put_manifest(Bytes::from(top.bytes.clone()), top.media_type)
                 .await?;
-            tracing::info!("manifest {}", image.digest);
+            tracing::info!("manifest {}", top.digest);
         }
         Ok::<_, Error>(moved)
     };
@@ -438,74 +537,107 @@ pub async fn run_in(
         }
     };
     if let Some(file) = &plan.ref_file {
-        write_ref_file(&dest, &plan.to, &image, file).await?;
+        write_ref_file(&dest, &plan.to, &top, file).await?;
     }
     timings.push = started.elapsed();
 
+    let platforms = match index {
+        Some(_) => bases
+            .iter()
+            .zip(&images)
+            .filter_map(|((_, b), i)| Some((Platform::of_config(&b.config)?, i.digest.clone())))
+            .collect(),
+        None => Vec::new(),
+    };
     Ok(Pushed {
-        reference: plan.to.pinned(&image.digest),
-        digest: image.digest,
+        reference: plan.to.pinned(&top.digest),
+        digest: top.digest,
         mode,
         new_layers: uploads.into_iter().map(|u| u.0).collect(),
         entries,
         blobs: moved,
+        platforms,
         timings,
     })
 }
 
-/// Every blob the image names, each once, where its bytes come from: this run's files, the
-/// config in memory, the base's store for the rest. `present` are known to be in the
+/// The document the destination's tag names: an image manifest, or an index of several.
+struct Top {
+    bytes: Vec<u8>,
+    digest: Digest,
+    media_type: &'static str,
+}
+
+/// The working directory the mappings land relative to: the base's — the same on every
+/// platform, or it cannot be chosen for them.
+fn working_dir(bases: &[(Descriptor, crate::build::base::Base)]) -> Result<Option<String>> {
+    let dirs: Vec<Option<&str>> = bases.iter().map(|(_, b)| b.working_dir()).collect();
+    if dirs.windows(2).any(|w| w[0] != w[1]) {
+        return Err(Error::usage(
+            "the base's platforms have different working directories: give --workdir, or an \
+             absolute DEST to every mapping",
+        ));
+    }
+    Ok(dirs.first().copied().flatten().map(str::to_string))
+}
+
+/// Every blob the images name, each once, where its bytes come from: this run's files, the
+/// configs in memory, the base's store for the rest. `present` are known to be in the
 /// destination; `new` is what is known of this run's blobs.
 fn blobs(
-    image: &Image,
+    images: &[Image],
     uploads: &[(NewLayer, PathBuf)],
     source: &Store,
     present: &HashSet<Digest>,
     new: Known,
 ) -> Vec<Blob> {
     let mut seen = HashSet::new();
-    let mut out: Vec<Blob> = image
-        .layers
-        .iter()
-        .filter(|l| seen.insert(l.digest.clone()))
-        .map(|l| {
-            let upload = uploads.iter().find(|u| u.0.digest == l.digest);
-            let (source, known) = match upload {
-                Some((_, path)) => (Source::File(path.clone()), new),
-                None => (Source::Store(source.clone()), Known::Unknown),
-            };
-            Blob {
-                descriptor: l.clone(),
-                source,
-                role: Role::Layer,
-                known: if present.contains(&l.digest) {
-                    Known::Present
-                } else {
-                    known
-                },
-            }
-        })
-        .collect();
-    out.push(Blob {
-        descriptor: image.config_descriptor.clone(),
-        source: Source::Bytes(Bytes::from(image.config.clone())),
-        role: Role::Config,
-        known: new,
-    });
+    let mut out: Vec<Blob> = Vec::new();
+    for l in images.iter().flat_map(|i| &i.layers) {
+        if !seen.insert(l.digest.clone()) {
+            continue;
+        }
+        let upload = uploads.iter().find(|u| u.0.digest == l.digest);
+        let (source, known) = match upload {
+            Some((_, path)) => (Source::File(path.clone()), new),
+            None => (Source::Store(source.clone()), Known::Unknown),
+        };
+        out.push(Blob {
+            descriptor: l.clone(),
+            source,
+            role: Role::Layer,
+            known: if present.contains(&l.digest) {
+                Known::Present
+            } else {
+                known
+            },
+        });
+    }
+    for image in images {
+        if !seen.insert(image.config_descriptor.digest.clone()) {
+            continue;
+        }
+        out.push(Blob {
+            descriptor: image.config_descriptor.clone(),
+            source: Source::Bytes(Bytes::from(image.config.clone())),
+            role: Role::Config,
+            known: new,
+        });
+    }
     out
 }
 
 /// Tilt's `outputs_image_ref_to` wants a tag it has not seen before for new content, and will
 /// not take a digest (tilt#5987): tag the image by its digest, as Tilt's own builds are tagged,
 /// and write that reference.
-async fn write_ref_file(dest: &Store, to: &ImageRef, image: &Image, file: &Path) -> Result<()> {
+async fn write_ref_file(dest: &Store, to: &ImageRef, image: &Top, file: &Path) -> Result<()> {
     // The plan refused --ref-file with a layout destination.
     let ImageRef::Registry(r) = to else {
         return Err(Error::internal("--ref-file with a layout destination"));
     };
     let hex = image.digest.digest();
     let tag = format!("layerup-{}", &hex[..16.min(hex.len())]);
-    dest.put_tag(&tag, Bytes::from(image.manifest.clone()), image.media_type)
+    dest.put_tag(&tag, Bytes::from(image.bytes.clone()), image.media_type)
         .await?;
     let line = format!("{}/{}:{tag}\n", r.registry(), r.repository());
     std::fs::write(file, line).map_err(|e| Error::io("write the --ref-file", file, &e))

@@ -261,7 +261,7 @@ async fn image_loop(
     report: Report,
     mut rx: mpsc::Receiver<Msg>,
 ) -> Result<()> {
-    let push_plan = &plan.push;
+    let push_plan = &push::for_cluster(&plan.push).await;
     let mut memory = Memory::default();
     let mut changes = Changes::All;
     let mut next_verify = Instant::now() + plan.verify;

@@ -53,8 +53,14 @@ pub fn summary(p: &Pushed) -> String {
         ),
         Mode::Unchanged => "no changes".to_string(),
     };
+    let platforms = if p.platforms.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = p.platforms.iter().map(|(pl, _)| pl.to_string()).collect();
+        format!("; an index of {}", names.join(", "))
+    };
     format!(
-        "{what}; other layers: {} present, {} mounted, {} copied; {} sent; \
+        "{what}; other layers: {} present, {} mounted, {} copied; {} sent{platforms}; \
          base {:.2}s, layer {:.2}s, push {:.2}s",
         n(&base, Outcome::Present) + n(&base, Outcome::Referenced),
         n(&base, Outcome::Mounted),

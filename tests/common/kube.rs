@@ -42,6 +42,8 @@ struct State {
     conflicts: usize,
     /// Image substrings whose pull fails, and that crash after starting.
     unpullable: Vec<String>,
+    /// Image substrings whose pull finds no manifest for the nodes' platform.
+    wrong_platform: Vec<String>,
     crashing: Vec<String>,
     frozen: bool,
     token: Option<String>,
@@ -95,6 +97,23 @@ impl FakeKube {
     }
 
     /// Creates a workload (`resource` is `deployments`, `statefulsets` or `daemonsets`), already
+    /// A node, with the platform its kubelet reports (`status.nodeInfo`).
+    pub fn add_node(&self, name: &str, os: &str, architecture: &str) {
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/arch": architecture, "kubernetes.io/os": os}},
+            "status": {"nodeInfo": {"operatingSystem": os, "architecture": architecture,
+                       "kubeletVersion": "v1.33.0", "containerRuntimeVersion": "containerd://1.7.0"}}
+        });
+        let mut st = self.shared.state.lock().unwrap();
+        write(
+            &mut st,
+            "ADDED",
+            ("nodes".into(), String::new(), name.into()),
+            node,
+        );
+    }
+
     /// rolled out: its pods run and its status is complete.
     pub fn add(&self, resource: &str, namespace: &str, mut obj: Value) {
         self.with(|st| {
@@ -136,6 +155,14 @@ impl FakeKube {
 
     pub fn unpullable(&self, image_part: &str) {
         self.with(|st| st.unpullable.push(image_part.into()));
+    }
+
+    /// Pulls of these images fail as containerd's do when an image has no build for the node.
+    pub fn wrong_platform(&self, image_part: &str) {
+        self.with(|st| {
+            st.unpullable.push(image_part.into());
+            st.wrong_platform.push(image_part.into());
+        });
     }
 
     pub fn crashing(&self, image_part: &str) {
@@ -222,6 +249,7 @@ fn type_of(resource: &str) -> (&'static str, &'static str) {
         "statefulsets" => ("apps/v1", "StatefulSet"),
         "daemonsets" => ("apps/v1", "DaemonSet"),
         "pods" => ("v1", "Pod"),
+        "nodes" => ("v1", "Node"),
         "events" => ("v1", "Event"),
         _ => ("v1", "Unknown"),
     }
@@ -428,7 +456,13 @@ fn kubelet(st: &mut State) -> bool {
             if already == "ImagePullBackOff" {
                 continue;
             }
-            let (reason, message) = if already.is_empty() {
+            let platform = st.wrong_platform.iter().any(|w| image.contains(w.as_str()));
+            let (reason, message) = if already.is_empty() && platform {
+                (
+                    "ErrImagePull",
+                    format!("failed to pull and unpack image \"{image}\": no match for platform in manifest: not found"),
+                )
+            } else if already.is_empty() {
                 (
                     "ErrImagePull",
                     format!("failed to pull and unpack image \"{image}\": not found"),
@@ -456,8 +490,13 @@ fn kubelet(st: &mut State) -> bool {
                 "containerStatuses"
             }] = json!(statuses);
             pod["status"]["fake/stage"] = json!(reason);
+            let cause = if platform {
+                "no match for platform in manifest: not found"
+            } else {
+                "not found"
+            };
             let pull = format!(
-                "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+                "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": {cause}"
             );
             // The kubelet's pair: the cause, then the state's echo.
             let said = if reason == "ErrImagePull" {
@@ -640,8 +679,23 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ),
         ("GET", ["api", "v1"]) => (
             200,
-            resource_list("v1", &[("pods", "Pod", "po"), ("events", "Event", "ev")]),
+            resource_list(
+                "v1",
+                &[
+                    ("pods", "Pod", "po"),
+                    ("events", "Event", "ev"),
+                    ("nodes", "Node", "no"),
+                ],
+            ),
         ),
+        // Nodes are cluster-scoped: kept under the empty namespace.
+        ("GET", ["api", "v1", "nodes"]) => {
+            if st.deny.iter().any(|(v, r)| v == "list" && r == "nodes") {
+                status(403, "Forbidden", "nodes is forbidden: User \"system:serviceaccount:dev:ci\" cannot list resource \"nodes\" in API group \"\" at the cluster scope", json!({"kind": "nodes"}))
+            } else {
+                list(&st, "nodes", "", &q)
+            }
+        }
         ("GET", ["apis", "apps", "v1"]) => (
             200,
             resource_list(

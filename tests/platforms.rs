@@ -1,0 +1,168 @@
+//! Every platform of a multi-platform base: the same app layer appended to each platform's image
+//! and an index of them pushed last, against the real registry — read back with skopeo, run
+//! with podman, uploads counted from the registry's own log.
+
+mod common;
+
+use common::*;
+
+/// The index's manifests, by platform (`os/arch`).
+fn children(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            (
+                format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+                m["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_platform_of_an_index_gets_the_same_app_layer_and_the_index_comes_last() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let state = tempfile::tempdir().unwrap();
+    let to = dev.reference("dev/app:multi");
+    let push = |extra: &[&str]| {
+        Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(tree.path(), &prod().multi, &to))
+            .args(["--platform", "all", "--squash-at", "100000%"])
+            .args(extra)
+            .run()
+    };
+    let run = push(&[]);
+    let pinned = run.ok().to_string();
+    let index = inspect_raw(&pinned);
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let kids = children(&index);
+    assert_eq!(
+        kids.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    let mut app_layer = None;
+    for (platform, digest) in &kids {
+        let child = format!("{}/dev/app@{digest}", dev.host);
+        let manifest = inspect_raw(&child);
+        let last = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].clone();
+        assert!(
+            app_layer.get_or_insert(last.clone()) == &last,
+            "one app layer for all"
+        );
+        let config = inspect_config(&child);
+        assert_eq!(
+            format!(
+                "{}/{}",
+                config["os"].as_str().unwrap(),
+                config["architecture"].as_str().unwrap()
+            ),
+            *platform
+        );
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+        assert_eq!(diff_ids.len(), manifest["layers"].as_array().unwrap().len());
+    }
+    // Children first, then the index that names them.
+    let puts: Vec<String> = dev
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "PUT" && p.contains("/manifests/"))
+        .map(|(_, p, _)| p)
+        .collect();
+    assert!(
+        puts.last().unwrap().ends_with("/manifests/multi"),
+        "{puts:?}"
+    );
+    let version = std::fs::read_to_string(tree.path().join("VERSION")).unwrap();
+    assert_eq!(run_in(&pinned, "cat /app/VERSION"), version);
+
+    // An edit: one delta layer, uploaded once for every platform.
+    std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
+    let before = dev.uploaded().len();
+    let again = push(&[]).ok().to_string();
+    let index = inspect_raw(&again);
+    let layers: Vec<String> = children(&index)
+        .iter()
+        .flat_map(|(_, d)| {
+            inspect_raw(&format!("{}/dev/app@{d}", dev.host))["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let uploaded: Vec<String> = dev.uploaded()[before..].to_vec();
+    let layer_uploads: Vec<&String> = uploaded.iter().filter(|u| layers.contains(u)).collect();
+    assert_eq!(layer_uploads.len(), 1, "one delta blob: {uploaded:?}");
+    assert_eq!(run_in(&again, "cat /app/VERSION"), "2\n");
+}
+
+#[test]
+fn a_list_of_platforms_takes_those_and_a_missing_one_names_what_there_is() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let to = dev.reference("dev/app:list");
+    let run = push_tree(
+        tree.path(),
+        &prod().multi,
+        &to,
+        &["--platform", "linux/arm64,linux/amd64"],
+    );
+    let kids = children(&inspect_raw(run.ok()));
+    // In the base's order, whatever the order asked.
+    assert_eq!(
+        kids.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    let run = push_tree(
+        tree.path(),
+        &prod().multi,
+        &to,
+        &["--platform", "linux/amd64,linux/s390x"],
+    );
+    run.fails(
+        6,
+        &["has no linux/s390x image; it has linux/amd64, linux/arm64"],
+    );
+}
+
+#[test]
+fn the_new_index_keeps_the_bases_annotations_and_drops_its_attestations() {
+    let prod_reg = Registry::start();
+    let (base, _) = attested_index(&prod_reg);
+    let dev = Registry::start();
+    let tree = app_tree();
+    let pinned = push_tree(
+        tree.path(),
+        &base,
+        &dev.reference("dev/app:att"),
+        &["--platform", "all"],
+    )
+    .ok()
+    .to_string();
+    let index = inspect_raw(&pinned);
+    let kids = children(&index);
+    assert_eq!(
+        kids.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"],
+        "the attestation described the base's images, not these"
+    );
+    let a = &index["annotations"];
+    assert_eq!(
+        a["org.opencontainers.image.source"],
+        "https://example.com/prod"
+    );
+    assert_eq!(a["org.opencontainers.image.base.name"], base.as_str());
+}
