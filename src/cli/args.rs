@@ -162,10 +162,10 @@ pub struct PushArgs {
     /// Tilt's `outputs_image_ref_to`, which needs a tag).
     #[arg(long, value_name = "FILE")]
     pub ref_file: Option<PathBuf>,
-    /// The platform to take from a multi-platform base; `all`, or a comma-separated list, for
-    /// the same files on each of them, pushed as an index [default: linux/<this machine's
-    /// arch>, or with --deploy the cluster nodes']
-    #[arg(long, value_name = "OS/ARCH[/VARIANT][,…]|all")]
+    /// The platform to take from a multi-platform base (os/arch[/variant]); `all`, or a
+    /// comma-separated list, for the same files on each, pushed as an index [default: with
+    /// --deploy the cluster nodes', else linux/<this machine's arch>]
+    #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
     /// Set an environment variable in the image (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
