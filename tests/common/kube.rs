@@ -47,6 +47,8 @@ struct State {
     crashing: Vec<String>,
     frozen: bool,
     token: Option<String>,
+    /// With real containers: the prefix of their podman names (the simulated kubelet is off).
+    real: Option<String>,
 }
 
 struct Shared {
@@ -57,6 +59,104 @@ struct Shared {
 pub struct FakeKube {
     pub url: String,
     shared: Arc<Shared>,
+    /// Stops the real kubelet, which then removes its containers.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    kubelet: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(k) = self.kubelet.take() {
+            let _ = k.join();
+        }
+    }
+}
+
+/// The real kubelet's view of the state.
+struct RealCluster(Arc<Shared>);
+
+impl super::kubelet::Cluster for RealCluster {
+    fn pending(
+        &self,
+    ) -> (
+        Vec<(String, String, Value)>,
+        std::collections::BTreeSet<String>,
+    ) {
+        let mut st = self.0.state.lock().unwrap();
+        let mut out = Vec::new();
+        let mut live = std::collections::BTreeSet::new();
+        for (k, p) in st.objects.iter_mut().filter(|(k, _)| k.0 == "pods") {
+            live.insert(k.2.clone());
+            if p["status"]["phase"] == "Pending" && p["status"]["fake/stage"].is_null() {
+                p["status"]["fake/stage"] = json!("Starting");
+                out.push((k.1.clone(), k.2.clone(), p["spec"].clone()));
+            }
+        }
+        (out, live)
+    }
+
+    fn started(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        image: &str,
+        result: Result<String, String>,
+    ) {
+        let mut st = self.0.state.lock().unwrap();
+        let key = ("pods".to_string(), ns.to_string(), pod.to_string());
+        let Some(mut p) = st.objects.get(&key).cloned() else {
+            return;
+        };
+        let mut statuses: Vec<Value> = p["status"]["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        statuses.retain(|s| s["name"] != container);
+        match result {
+            Ok(id) => statuses.push(json!({"name": container, "image": image, "imageID": image,
+                "containerID": format!("podman://{id}"), "ready": true, "restartCount": 0, "started": true,
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}})),
+            Err(why) => {
+                let message = format!("failed to pull and unpack image \"{image}\": {why}");
+                statuses.push(json!({"name": container, "image": image, "imageID": "", "ready": false,
+                    "restartCount": 0, "started": false,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": message}}}));
+                event(&mut st, &key, pod, container, "Warning", "Failed",
+                    &format!("Failed to pull image \"{image}\": {why}"));
+            }
+        }
+        let all = p["spec"]["containers"].as_array().map_or(0, Vec::len);
+        let ready = statuses.iter().filter(|s| s["ready"] == true).count();
+        p["status"]["containerStatuses"] = json!(statuses);
+        if ready == all {
+            p["status"]["phase"] = json!("Running");
+            p["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+        }
+        write(&mut st, "MODIFIED", key, p);
+        self.0.changed.notify_all();
+    }
+
+    fn restarted(&self, ns: &str, pod: &str, container: &str) {
+        let mut st = self.0.state.lock().unwrap();
+        let key = ("pods".to_string(), ns.to_string(), pod.to_string());
+        let Some(mut p) = st.objects.get(&key).cloned() else {
+            return;
+        };
+        for s in p["status"]["containerStatuses"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            if s["name"] == container {
+                s["restartCount"] = json!(s["restartCount"].as_i64().unwrap_or(0) + 1);
+                s["lastState"] = json!({"terminated": {"exitCode": 137, "reason": "Error"}});
+            }
+        }
+        write(&mut st, "MODIFIED", key, p);
+        self.0.changed.notify_all();
+    }
 }
 
 const NODES: i64 = 2;
@@ -86,7 +186,27 @@ impl FakeKube {
                 s.changed.notify_all();
             }
         });
-        FakeKube { url, shared }
+        FakeKube {
+            url,
+            shared,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            kubelet: None,
+        }
+    }
+
+    /// An API server whose kubelet runs every pod's containers for real (podman + runc),
+    /// pulling their images from the test registries, and serves `pods/exec` into them.
+    pub fn start_with_containers() -> FakeKube {
+        super::require("podman", "podman");
+        let mut kube = Self::start();
+        let prefix = format!("lk{}", kube.url.rsplit(':').next().unwrap_or("0"));
+        kube.with(|st| st.real = Some(prefix.clone()));
+        let cluster = Arc::new(RealCluster(kube.shared.clone()));
+        let stop = kube.stop.clone();
+        kube.kubelet = Some(std::thread::spawn(move || {
+            super::kubelet::run(prefix, cluster, stop)
+        }));
+        kube
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -284,7 +404,9 @@ fn control(st: &mut State) -> bool {
     for key in keys {
         any |= step(st, &key);
     }
-    any |= kubelet(st);
+    if st.real.is_none() {
+        any |= kubelet(st);
+    }
     any
 }
 
@@ -707,6 +829,44 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 ],
             ),
         ),
+        ("GET" | "POST", ["api", "v1", "namespaces", ns, "pods", pod, "exec"]) => {
+            if st
+                .deny
+                .iter()
+                .any(|(v, r)| v == "create" && r == "pods/exec")
+            {
+                status(403, "Forbidden", &format!(
+                    "pods \"{pod}\" is forbidden: User \"system:serviceaccount:dev:ci\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"{ns}\""),
+                    json!({"name": pod, "kind": "pods"}))
+            } else {
+                let key = ("pods".to_string(), ns.to_string(), pod.to_string());
+                match (st.objects.get(&key), st.real.clone()) {
+                    (Some(p), Some(prefix)) => {
+                        let first = p["spec"]["containers"][0]["name"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string();
+                        let container = q("container").unwrap_or(first);
+                        let command: Vec<String> = query
+                            .split('&')
+                            .filter_map(|kv| kv.strip_prefix("command="))
+                            .map(decode)
+                            .collect();
+                        let stdin = q("stdin").is_some_and(|v| v == "true" || v == "1");
+                        drop(st);
+                        let name = super::kubelet::container_name(&prefix, pod, &container);
+                        return super::kubelet::exec(c, &headers, &name, &command, stdin);
+                    }
+                    (None, _) => not_found("pods", "", pod),
+                    (Some(_), None) => status(
+                        400,
+                        "BadRequest",
+                        "this API server runs no containers",
+                        json!({}),
+                    ),
+                }
+            }
+        }
         (m, ["api", "v1", "namespaces", ns, res @ ("pods" | "events"), rest @ ..])
         | (
             m,

