@@ -90,6 +90,14 @@ fn main() -> ExitCode {
         Job::Images(all) => all.iter().any(|(_, j)| matches!(j, Job::Watch(_))),
         _ => false,
     };
+    // A live-updating watch ends by bringing the templates up to what it synced.
+    let graceful = match &job {
+        Job::Watch(w) => w.sync.is_some(),
+        Job::Images(all) => all
+            .iter()
+            .any(|(_, j)| matches!(j, Job::Watch(w) if w.sync.is_some())),
+        _ => false,
+    };
     // A watch of the whole project looks for its services again as it runs.
     let discover: Option<watch::Discover> = match &job {
         Job::Images(_) if watching => {
@@ -101,10 +109,22 @@ fn main() -> ExitCode {
     // On Ctrl-C or SIGTERM (Tilt, `timeout`, systemd), drop the command (which deletes its
     // temporary layer files) instead of dying with them on disk. Nothing half-written can be
     // left in a registry: the manifest goes last.
+    // With --sync, the first one lets each watch patch its templates (a second ends at once).
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let result = runtime.block_on(async {
         let bar = progress::Bar::start(bar_wanted);
+        let mut work = std::pin::pin!(run(job, out.clone(), discover, stopping));
         tokio::select! {
-            r = run(job, out.clone(), discover) => { drop(bar); Some(r) },
+            r = &mut work => { drop(bar); return Some(r) },
+            _ = interrupted() => {}
+        }
+        if !graceful {
+            return None;
+        }
+        out.stopping();
+        let _ = stop.send(true);
+        tokio::select! {
+            r = &mut work => Some(r),
             _ = interrupted() => None,
         }
     });
@@ -163,16 +183,21 @@ fn rediscover(
 }
 
 /// Runs one command and reports what it tells and what it returns.
-async fn run(job: Job, out: Report, discover: Option<watch::Discover>) -> Result<(), Failed> {
+async fn run(
+    job: Job,
+    out: Report,
+    discover: Option<watch::Discover>,
+    stop: watch::Stop,
+) -> Result<(), Failed> {
     match job {
-        Job::Images(all) => run_images(all, out, discover).await,
+        Job::Images(all) => run_images(all, out, discover, stop).await,
         Job::Push(plan) => {
             let started = std::time::Instant::now();
             let (pushed, deployed) = push::run_and_deploy(&plan, &mut |t| out.push_told(t)).await?;
             out.push_done(&pushed, deployed, started.elapsed())
                 .map_err(Failed::Reported)
         }
-        Job::Watch(plan) => Ok(watch::run(&plan, move |t| out.watch_told(t)).await?),
+        Job::Watch(plan) => Ok(watch::run(&plan, stop, move |t| out.watch_told(t)).await?),
         Job::Copy(plan) => {
             let copied = copy::run(&plan, |p| out.planned(p)).await?;
             out.copied(&copied);
@@ -203,6 +228,7 @@ async fn run_images(
     all: Vec<(String, Job)>,
     out: Report,
     discover: Option<watch::Discover>,
+    stop: watch::Stop,
 ) -> Result<(), Failed> {
     let mut failed: Option<u8> = None;
     let mut fail = |code: u8| {
@@ -255,11 +281,11 @@ async fn run_images(
                     out.named(name).watch_told(t)
                 }
             });
-        return Ok(watch::run_many(plans, discover, report).await?);
+        return Ok(watch::run_many(plans, discover, stop, report).await?);
     }
     for (name, j) in all {
         let out = out.named(&name);
-        if let Err(Failed::Error(e)) = Box::pin(run(j, out.clone(), None)).await {
+        if let Err(Failed::Error(e)) = Box::pin(run(j, out.clone(), None, stop.clone())).await {
             out.error(&e);
             fail(e.code() as u8);
         }

@@ -36,6 +36,7 @@ fn help() {
         &["deploy", "--help"],
         &["rollback", "--help"],
         &["inspect", "--help"],
+        &["watch", "--help"],
     ] {
         let out = layerup(cmd);
         assert_eq!(out.code, 0, "{}", out.stderr);

@@ -326,6 +326,10 @@ pub fn diff(
     let mut restat = 0;
     // Paths whose kind changed from a directory: everything the lower layers hold under them goes.
     let mut dir_replaced: BTreeSet<&str> = BTreeSet::new();
+    // Paths that became a directory: the file or link below goes first (a whiteout, written
+    // before the directory), so that no applier keeps it or follows it — `tar -x` over a
+    // symlink to elsewhere would write through it.
+    let mut became_dir: Vec<&str> = Vec::new();
     // Both sides are in byte order of their paths: one merge finds each entry's old record and
     // the old paths no longer walked, with no lookup per path.
     let mut olds = old.files.iter().peekable();
@@ -356,6 +360,9 @@ pub fn diff(
             Some(p) => {
                 if p.kind == RecordKind::Dir && rec.kind != RecordKind::Dir {
                     dir_replaced.insert(&e.path);
+                }
+                if p.kind != RecordKind::Dir && rec.kind == RecordKind::Dir {
+                    became_dir.push(&e.path);
                 }
                 changed.insert(&e.path);
             }
@@ -443,7 +450,11 @@ pub fn diff(
         uid: 0,
         gid: 0,
     };
-    for p in gone.iter().chain(dir_replaced.iter()) {
+    for p in gone
+        .iter()
+        .chain(dir_replaced.iter())
+        .chain(became_dir.iter())
+    {
         if hidden_above(p) {
             continue;
         }
@@ -676,6 +687,20 @@ mod tests {
         new.insert("app/pkg".into(), ('f', 0o600, "now a file".into()));
         let (d, stacked) = stack(&base(), &new);
         assert_eq!(paths(&d), ["app", "app/.wh.pkg", "app/pkg"]);
+        assert_eq!(stacked, new);
+    }
+
+    #[test]
+    fn a_link_replaced_by_a_directory_goes_first() {
+        let mut new = base();
+        new.insert("app/link".into(), ('d', 0o755, String::new()));
+        new.insert("app/link/x.py".into(), ('f', 0o644, "x".into()));
+        let (d, stacked) = stack(&base(), &new);
+        // `tar -x` over the old link would write through it: the whiteout removes it first.
+        assert_eq!(
+            paths(&d),
+            ["app", "app/.wh.link", "app/link", "app/link/x.py"]
+        );
         assert_eq!(stacked, new);
     }
 

@@ -127,6 +127,9 @@ impl std::fmt::Display for FullReason {
     }
 }
 
+/// The delta layer's file, in the push's temporary directory.
+pub const DELTA_FILE: &str = "delta.tar.gz";
+
 /// What kind of push this is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -192,7 +195,7 @@ pub fn layers(
         let written = if delta.is_empty() {
             None
         } else {
-            let path = job.dir.join("delta.tar.gz");
+            let path = job.dir.join(DELTA_FILE);
             let by = format!("{} (changes)", job.created_by);
             let layer = write_layer(&delta.entries, &by, job.mtime, &path, &mut delta.index)?;
             if let Some(why) = squash_reason(&prev, layer.size, job.squash) {

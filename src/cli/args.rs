@@ -138,6 +138,21 @@ pub struct WatchArgs {
     /// pushes themselves read only the paths events name).
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub verify_every: String,
+    /// Live update: after the first push and rollout, apply each edit to the running
+    /// containers of the deployed workloads (the same delta that is pushed), and roll out only
+    /// once edits settle (needs --deploy).
+    #[arg(long)]
+    pub sync: bool,
+    /// With --sync: run this in each container after its files are synced (`sh -c`).
+    #[arg(long, value_name = "CMD", requires = "sync")]
+    pub then: Option<String>,
+    /// With --sync: the templates take the newest image once edits have been still this long.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub settle: String,
+    /// With --sync: an edit of a path matching this glob is rolled out, not synced (a file
+    /// read only at start: package.json, requirements.txt). Repeatable.
+    #[arg(long = "restart-on", value_name = "GLOB", requires = "sync")]
+    pub restart_on: Vec<String>,
 }
 
 #[derive(Debug, Args)]

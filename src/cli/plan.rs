@@ -11,6 +11,7 @@ use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{Deploy, DeployImagePlan, DeployPlan, RollbackPlan};
 use crate::commands::inspect::InspectPlan;
 use crate::commands::push::{Platforms, PushPlan};
+use crate::commands::sync::SyncPlan;
 use crate::commands::watch::WatchPlan;
 use crate::error::{Error, Result};
 use crate::oci::platform::Platform;
@@ -190,8 +191,41 @@ impl WatchArgs {
                 self.verify_every
             ))
         })?;
+        let push = self.push.plan(env)?;
+        let sync = if self.sync {
+            if push.deploy.is_none() {
+                return Err(Error::usage(
+                    "--sync applies edits to the deployed containers: add --deploy (or `deploy` in layerup.toml)",
+                ));
+            }
+            let settle = parse_duration(&self.settle).ok_or_else(|| {
+                Error::usage(format!(
+                    "--settle `{}` is not a duration (like 30s, 2m)",
+                    self.settle
+                ))
+            })?;
+            let mut globs = globset::GlobSetBuilder::new();
+            for g in &self.restart_on {
+                let glob = globset::GlobBuilder::new(g.trim_start_matches('/'))
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| Error::usage(format!("--restart-on `{g}`: {e}")))?;
+                globs.add(glob);
+            }
+            Some(SyncPlan {
+                then: self.then.clone(),
+                settle,
+                restart_on: globs
+                    .build()
+                    .map_err(|e| Error::usage(format!("--restart-on: {e}")))?,
+                restart_on_text: self.restart_on.clone(),
+            })
+        } else {
+            None
+        };
         Ok(WatchPlan {
-            push: self.push.plan(env)?,
+            push,
+            sync,
             debounce: std::time::Duration::from_millis(self.debounce),
             verify,
             // A knob for tests and for trees whose edits come in very large bursts.

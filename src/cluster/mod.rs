@@ -39,6 +39,15 @@ pub struct Cluster {
     plugin: Option<String>,
 }
 
+/// How a command run in a container ended.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub code: i32,
+    /// The first 64 KiB of each.
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// A failed API call, before it is worded: 409 is the one callers act on.
 pub enum Failure {
     Conflict,
@@ -241,6 +250,69 @@ impl Cluster {
                 })
                 .map_err(|e| self.failure(&format!("watch {w}"), Some(&w), e))
         }))
+    }
+
+    /// Runs `command` in `container` of `pod` (`pods/exec`), `input` on its stdin, and says how
+    /// it ended. A refusal (RBAC) or a broken connection is an error; a command that fails is a
+    /// [`Ran`] with its exit code.
+    pub async fn exec(
+        &self,
+        pod: &str,
+        container: &str,
+        command: Vec<String>,
+        input: Vec<u8>,
+    ) -> Result<Ran> {
+        use k8s_openapi::api::core::v1::Pod;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = kube::api::AttachParams::default()
+            .container(container)
+            .stdin(true)
+            .stdout(true)
+            .stderr(true);
+        let what = format!("run a command in container {container} of pod {pod}");
+        let mut process = pods
+            .exec(pod, command, &params)
+            .await
+            .map_err(|e| self.failure(&what, None, e))?;
+        let (Some(mut stdin), Some(stdout), Some(stderr), Some(status)) = (
+            process.stdin(),
+            process.stdout(),
+            process.stderr(),
+            process.take_status(),
+        ) else {
+            return Err(Error::internal("an exec without its streams"));
+        };
+        let feed = async move {
+            let _ = stdin.write_all(&input).await;
+            let _ = stdin.shutdown().await;
+        };
+        let read = |mut r: tokio::io::ReadHalf<tokio::io::SimplexStream>| async move {
+            let mut out = Vec::new();
+            let _ = (&mut r).take(64 << 10).read_to_end(&mut out).await;
+            // What is past the limit is read and dropped, so the command is never blocked.
+            let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let ((), out, err, status) = tokio::join!(feed, read(stdout), read(stderr), status);
+        let _ = process.join().await;
+        let code = match status {
+            Some(s) if s.status.as_deref() == Some("Success") => 0,
+            Some(s) => s
+                .details
+                .and_then(|d| d.causes)
+                .into_iter()
+                .flatten()
+                .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                .and_then(|c| c.message?.parse().ok())
+                .unwrap_or(1),
+            None => 1,
+        };
+        Ok(Ran {
+            code,
+            stdout: out,
+            stderr: err,
+        })
     }
 
     /// The platforms of the cluster's nodes (`status.nodeInfo`), each once, in node order.

@@ -6,6 +6,7 @@ pub mod copy;
 pub mod deploy;
 pub mod inspect;
 pub mod push;
+pub mod sync;
 pub mod watch;
 
 use std::time::Duration;
@@ -24,4 +25,10 @@ pub enum Told<'a> {
     DeployFailed(&'a Error),
     /// A watched image is watched no more: its layerup.toml went away.
     Stopped,
+    /// `--sync`: the edit pushed as `reference` is in these containers.
+    Synced(&'a sync::Synced, &'a str),
+    /// `--sync`: this edit rolls out instead, and why.
+    SyncFallback(&'a str),
+    /// `--sync`: the templates take the newest image, and why now.
+    Settling(&'a str),
 }

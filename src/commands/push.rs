@@ -82,6 +82,10 @@ pub struct Pushed {
     pub blobs: Vec<Moved>,
     /// A multi-platform push: each platform and its image's digest (`digest` is the index's).
     pub platforms: Vec<(Platform, Digest)>,
+    /// With [`Memory::keep_delta`]: the changes since the last push as one uncompressed layer
+    /// (the delta pushed, whiteouts included; empty when nothing changed). `None` when there was
+    /// no last push to compare with.
+    pub delta: Option<Arc<Vec<u8>>>,
     pub timings: Timings,
 }
 
@@ -254,6 +258,8 @@ pub struct Memory {
     logged_in: bool,
     /// The state being written after the last push; it comes back when written.
     saving: Option<tokio::task::JoinHandle<Box<State>>>,
+    /// Keep each push's delta, uncompressed, in [`Pushed::delta`] (`watch --sync` applies it).
+    pub keep_delta: bool,
 }
 
 impl Memory {
@@ -444,6 +450,27 @@ pub async fn run_in(
         restat,
     } = blocking(move || stack::layers(job, prev)).await?;
     timings.layer = started.elapsed().saturating_sub(timings.base);
+    // The delta as written (also when a squash pushed the full layer instead: it says what
+    // changed since the last push), read back before the temporary files go.
+    let keep = memory.as_ref().is_some_and(|m| m.keep_delta);
+    let delta = match (&mode, keep) {
+        (_, false) | (Mode::Full { reason: None, .. }, _) => None,
+        (Mode::Unchanged, true) => Some(Arc::new(Vec::new())),
+        (_, true) => {
+            let file = tmp.path().join(stack::DELTA_FILE);
+            blocking(move || {
+                if !file.is_file() {
+                    return Ok(None);
+                }
+                let mut tar = Vec::new();
+                let f = std::fs::File::open(&file).map_err(|e| Error::io("read", &file, &e))?;
+                std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(f), &mut tar)
+                    .map_err(|e| Error::io("read", &file, &e))?;
+                Ok(Some(Arc::new(tar)))
+            })
+            .await?
+        }
+    };
 
     let created = image::rfc3339(plan.mtime);
     let images = bases
@@ -557,6 +584,7 @@ pub async fn run_in(
         entries,
         blobs: moved,
         platforms,
+        delta,
         timings,
     })
 }

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::build::entry::Own;
 use crate::commands::push::{self, Changes, Memory, PushPlan, Session};
+use crate::commands::sync::Deployer;
 use crate::commands::Told;
 use crate::error::{Error, Result};
 
@@ -33,6 +34,8 @@ pub struct WatchPlan {
     /// File events waiting at most for one image; past that, they are dropped and the next
     /// push walks the whole tree (the queue overflowed).
     pub queue: usize,
+    /// `--sync`: live update of the deployed containers.
+    pub sync: Option<crate::commands::sync::SyncPlan>,
 }
 
 /// What a watch hears about one image: the events it reports, by the image's name (empty for a
@@ -46,10 +49,19 @@ pub type Discover = Box<dyn Fn() -> Result<Vec<(String, WatchPlan)>> + Send + Sy
 /// How often the project's files are looked for again.
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 
-/// Watches one image, until the future is dropped (Ctrl-C).
-pub async fn run(watch: &WatchPlan, report: impl Fn(Told) + Send + Sync + 'static) -> Result<()> {
+/// Ends a watch gracefully when it says `true`: each image's push in flight finishes, and with
+/// `--sync` the templates take the newest image synced. Dropping the watch's future ends it at
+/// once.
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Watches one image, until stopped or the future is dropped.
+pub async fn run(
+    watch: &WatchPlan,
+    stop: Stop,
+    report: impl Fn(Told) + Send + Sync + 'static,
+) -> Result<()> {
     let report: Report = Arc::new(move |_, t| report(t));
-    run_many(vec![(String::new(), watch.clone())], None, report).await
+    run_many(vec![(String::new(), watch.clone())], None, stop, report).await
 }
 
 /// What the router sends one image's loop.
@@ -75,6 +87,7 @@ struct Watched {
 pub async fn run_many(
     images: Vec<(String, WatchPlan)>,
     discover: Option<Discover>,
+    mut stop: Stop,
     report: Report,
 ) -> Result<()> {
     let Some((_, first)) = images.first() else {
@@ -104,6 +117,7 @@ pub async fn run_many(
             &mut loops,
             &mut watcher,
             &mut watching,
+            &stop,
         )?;
     }
     let mut look_again = tokio::time::interval(DISCOVER_EVERY);
@@ -113,6 +127,15 @@ pub async fn run_many(
             event = events.recv() => {
                 let Some(event) = event else { return Ok(()) };
                 route(event, &watched);
+            }
+            _ = stopped(&mut stop) => {
+                // Each loop ends on its own (a push in flight finishes first).
+                while let Some(done) = loops.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        return Err(e);
+                    }
+                }
+                return Ok(());
             }
             _ = look_again.tick(), if discover.is_some() => {
                 let found = match (discover.as_ref().expect("checked"))() {
@@ -148,7 +171,7 @@ pub async fn run_many(
                     let plan = found.remove(&name).expect("found");
                     if let Err(e) = start(
                         &name, plan, &session, &report, &watched, &mut loops, &mut watcher,
-                        &mut watching,
+                        &mut watching, &stop,
                     ) {
                         report(&name, Told::PushFailed(&e));
                     }
@@ -174,6 +197,7 @@ fn start(
     loops: &mut JoinSet<Result<()>>,
     watcher: &mut notify::RecommendedWatcher,
     watching: &mut BTreeSet<PathBuf>,
+    stop: &Stop,
 ) -> Result<()> {
     let mut sources = Vec::new();
     for m in &plan.push.mappings {
@@ -194,6 +218,7 @@ fn start(
         session.clone(),
         report.clone(),
         rx,
+        stop.clone(),
     ));
     let own = push::own_paths(&plan.push);
     watched.lock().expect("watched lock").insert(
@@ -253,16 +278,28 @@ fn route(
     }
 }
 
-/// One image: push, then wait for changes, gather them for the debounce, push again.
+/// One image: push, then wait for changes, gather them for the debounce, push again. With
+/// `--sync`, edits go into the running containers, and the template follows when they settle,
+/// when a synced container restarts, and when the watch is stopped.
 async fn image_loop(
     name: String,
     plan: WatchPlan,
     session: Arc<Session>,
     report: Report,
     mut rx: mpsc::Receiver<Msg>,
+    mut stop: Stop,
 ) -> Result<()> {
     let push_plan = &push::for_cluster(&plan.push).await;
     let mut memory = Memory::default();
+    memory.keep_delta = plan.sync.is_some();
+    let told = {
+        let (name, report) = (name.clone(), report.clone());
+        move |t: Told| report(&name, t)
+    };
+    let mut cluster = push_plan
+        .deploy
+        .as_ref()
+        .map(|d| Deployer::new(d, &push_plan.base, plan.sync.as_ref(), &told));
     let mut changes = Changes::All;
     let mut next_verify = Instant::now() + plan.verify;
     loop {
@@ -270,15 +307,8 @@ async fn image_loop(
         match push::run_in(push_plan, &session, Some(&mut memory), changes).await {
             Ok(pushed) => {
                 report(&name, Told::Pushed(&pushed, started.elapsed()));
-                if let Some(d) = &push_plan.deploy {
-                    let deployed = d
-                        .run(&pushed.reference, &push_plan.base, &mut |e| {
-                            report(&name, Told::Deploy(e))
-                        })
-                        .await;
-                    if let Err(e) = deployed {
-                        report(&name, Told::DeployFailed(&e));
-                    }
+                if let Some(c) = cluster.as_mut() {
+                    c.pushed(&pushed).await;
                 }
             }
             Err(e) => {
@@ -290,8 +320,19 @@ async fn image_loop(
         // Events that came during the push are waiting: they start the next one at once.
         let first = loop {
             let wait = tokio::time::sleep_until(next_verify.into());
+            let settle_at = cluster.as_ref().and_then(|c| c.settle_at());
+            let settle = tokio::time::sleep_until(settle_at.unwrap_or(next_verify).into());
             tokio::select! {
                 msg = rx.recv() => break msg,
+                _ = stopped(&mut stop) => break None,
+                _ = settle, if settle_at.is_some() => {
+                    let still = plan.sync.as_ref().map_or(Duration::ZERO, |s| s.settle);
+                    let why = format!("no edit for {}", crate::units::show_duration(still));
+                    cluster.as_mut().expect("settling").catch_up(&why).await;
+                }
+                _ = tokio::time::sleep(RESTART_CHECK), if settle_at.is_some() => {
+                    cluster.as_mut().expect("synced").check_containers().await;
+                }
                 _ = wait => {
                     next_verify = Instant::now() + plan.verify;
                     if let Some(check) = memory.verifier(push_plan) {
@@ -308,6 +349,9 @@ async fn image_loop(
             }
         };
         let Some(first) = first else {
+            if let Some(c) = cluster.as_mut() {
+                c.catch_up("the watch is ending").await;
+            }
             memory.settle().await;
             return Ok(());
         };
@@ -331,6 +375,21 @@ async fn image_loop(
         tracing::info!("{name}: changes seen; pushing");
     }
 }
+
+/// Returns once the watch is told to stop; never if it cannot be.
+async fn stopped(stop: &mut Stop) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// How often synced containers are looked at for a restart, while the template is behind.
+const RESTART_CHECK: Duration = Duration::from_secs(1);
 
 fn named(e: Error, name: &str) -> Error {
     if name.is_empty() {

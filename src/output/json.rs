@@ -91,6 +91,16 @@ pub fn changes(changes: &[Change]) -> Value {
     )
 }
 
+/// `watch --sync`: an edit applied to the running containers.
+pub fn synced(s: &crate::commands::sync::Synced, reference: &str) -> Value {
+    json!({"synced": {
+        "reference": reference,
+        "pods": s.pods,
+        "then_failed": s.then_failed.iter().map(|(pod, why)| json!({"pod": pod, "message": why})).collect::<Vec<_>>(),
+        "timings_ms": {"total": ms(s.took)},
+    }})
+}
+
 /// A failure, on stdout with `--json`, so a caller reading stdout sees why.
 pub fn error(e: &Error) -> Value {
     json!({"error": {"message": e.to_string(), "exit_code": e.code() as u8}})

@@ -94,7 +94,7 @@ impl Report {
             Told::Pushed(p, _) => self.pushed(p),
             Told::Deploy(e) => self.event(&e, false),
             Told::PushFailed(e) | Told::DeployFailed(e) => self.error(e),
-            Told::Stopped => {}
+            Told::Stopped | Told::Synced(..) | Told::SyncFallback(_) | Told::Settling(_) => {}
         }
     }
 
@@ -162,7 +162,22 @@ impl Report {
             }
             Told::Deploy(e) => self.event(&e, false),
             Told::Stopped => self.note("its layerup.toml is gone: no longer watched"),
+            Told::Synced(s, reference) => {
+                self.note(&text::synced(s));
+                if self.json {
+                    self.document(json::synced(s, reference));
+                }
+            }
+            Told::SyncFallback(why) => self.note(&format!("not synced: {why}; rolling out")),
+            Told::Settling(why) => self.note(&format!("updating the workloads' template: {why}")),
         }
+    }
+
+    /// The first Ctrl-C of a `--sync` watch.
+    pub fn stopping(&self) {
+        self.note(
+            "stopping: the workloads take the newest image synced (Ctrl-C again to leave them as they are)",
+        );
     }
 
     /// A deploy step's event on stderr; a dry run's patch on stdout where it is the command's

@@ -121,8 +121,28 @@ pub fn board_line(t: &Told) -> Option<String> {
             format!("rolled out in {:.1}s", took.as_secs_f64())
         }
         Told::Stopped => "stopped: its layerup.toml is gone".to_string(),
+        Told::Synced(s, _) => synced(s),
+        Told::SyncFallback(why) => format!("rolling out: {why}"),
+        Told::Settling(why) => format!("updating the template: {why}"),
         Told::Deploy(_) => return None,
     })
+}
+
+/// An edit applied to the running containers: `synced to app-1a2b3-0, app-1a2b3-1 in 0.12s`.
+pub fn synced(s: &crate::commands::sync::Synced) -> String {
+    let mut line = if s.pods.is_empty() {
+        format!("synced (nothing to apply) in {:.2}s", s.took.as_secs_f64())
+    } else {
+        format!(
+            "synced to {} in {:.2}s",
+            s.pods.join(", "),
+            s.took.as_secs_f64()
+        )
+    };
+    for (pod, why) in &s.then_failed {
+        line += &format!("; --then failed in {pod}: {why}");
+    }
+    line
 }
 
 /// What a copy is about to move, before it moves it.

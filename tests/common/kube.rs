@@ -298,6 +298,14 @@ impl FakeKube {
         self.with(|st| st.token = Some(token.into()));
     }
 
+    /// The podman container that runs `container` of `pod` (with [`FakeKube::start_with_containers`]).
+    pub fn podman_name(&self, pod: &str, container: &str) -> String {
+        let prefix = self
+            .with(|st| st.real.clone())
+            .expect("a kubelet that runs containers");
+        super::kubelet::container_name(&prefix, pod, container)
+    }
+
     /// Pods of a workload as the fake runs them.
     pub fn pods(&self, namespace: &str) -> Vec<Value> {
         self.with(|st| {

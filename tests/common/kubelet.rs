@@ -61,7 +61,16 @@ pub fn run(prefix: String, cluster: Arc<dyn Cluster>, stop: Arc<std::sync::atomi
                     "--network",
                     "none",
                 ])
-                .args(["--tls-verify=false", "--pull=missing", &image]);
+                .args(["--tls-verify=false", "--pull=missing"]);
+                // The securityContext fields a live update meets.
+                let security = &c["securityContext"];
+                if security["readOnlyRootFilesystem"] == true {
+                    cmd.arg("--read-only");
+                }
+                if let Some(uid) = security["runAsUser"].as_i64() {
+                    cmd.args(["--user", &uid.to_string()]);
+                }
+                cmd.arg(&image);
                 for part in ["command", "args"] {
                     for a in c[part].as_array().into_iter().flatten() {
                         cmd.arg(a.as_str().unwrap_or(""));
@@ -117,7 +126,8 @@ pub fn run(prefix: String, cluster: Arc<dyn Cluster>, stop: Arc<std::sync::atomi
                 let Some((name, state)) = line.split_once('\t') else {
                     continue;
                 };
-                if state.trim() != "exited" {
+                // `exited`, or in some podman versions `Exited (137) 2 seconds ago`.
+                if !state.trim().to_lowercase().starts_with("exited") {
                     continue;
                 }
                 if let Some((ns, pod, cname)) = started.get(name).cloned() {

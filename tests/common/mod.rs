@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod recorder;
 pub mod resumable;
 pub mod token;
+pub mod watching;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -416,7 +417,7 @@ pub fn busybox_rootfs(root: &Path) {
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "cat", "ls", "stat", "readlink", "id", "env", "echo", "test", "find", "sort", "pwd",
-        "tar", "rm", "mkdir", "sleep", "kill", "touch", "mv",
+        "tar", "rm", "mkdir", "sleep", "kill", "touch", "mv", "md5sum",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }

@@ -1,0 +1,531 @@
+//! Live update (`watch --sync`): each edit's delta — the very layer that is pushed — applied to
+//! the running containers of the deployed workloads through `pods/exec`: the paths its
+//! whiteouts delete removed, its tar extracted at `/`, then `--then`. The container's files and
+//! the pushed image are then the same by construction: the image the pod runs, plus the deltas
+//! synced since, is the image pushed. Anything that makes that untrue — a pod not running the
+//! last deployed image, a container without `sh` or `tar`, a read-only or forbidden path, an exec
+//! refused — is a fallback to a push, a patch and a rollout, and says why.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::cluster::workload::{Workload, WorkloadRef};
+use crate::cluster::{Cluster, Ran};
+use crate::commands::deploy::{Change, Deploy};
+use crate::commands::push::Pushed;
+use crate::commands::Told;
+use crate::error::Result;
+use crate::oci::reference::ImageRef;
+
+/// How long one exec (the sync, or `--then`) may take in a container.
+const EXEC_LIMIT: Duration = Duration::from_secs(120);
+/// The longest script of removals sent as an exec's command (it travels in the request's URL,
+/// which API servers cap near 1 MiB once encoded).
+const MAX_SCRIPT: usize = 128 << 10;
+
+/// A validated `--sync`.
+#[derive(Debug, Clone)]
+pub struct SyncPlan {
+    /// Run in each container after its files are synced (`--then`).
+    pub then: Option<String>,
+    /// Edits still for this long: the workloads' templates take the newest image.
+    pub settle: Duration,
+    /// Paths whose change needs a new container, not a sync (`--restart-on`).
+    pub restart_on: globset::GlobSet,
+    /// The patterns as given, for messages.
+    pub restart_on_text: Vec<String>,
+}
+
+/// What the live update knows between edits: the containers deployed, the image their
+/// template names, and whether newer images were synced without it.
+pub struct Live {
+    /// The containers the deploy step set, and the image it set them to (in-cluster name).
+    pub targets: Vec<Change>,
+    /// The newest image synced into the containers but not yet in the templates.
+    pub behind: Option<String>,
+    /// When the last edit was synced.
+    pub last_edit: Instant,
+    /// (pod, container) → restart count when synced: a restart loses what was synced.
+    restarts: BTreeMap<(String, String), i64>,
+    cluster: Option<Cluster>,
+}
+
+impl Live {
+    /// After a deploy step: these containers run this image, and nothing was synced yet.
+    pub fn new(targets: Vec<Change>) -> Self {
+        Live {
+            targets,
+            behind: None,
+            last_edit: Instant::now(),
+            restarts: BTreeMap::new(),
+            cluster: None,
+        }
+    }
+
+    async fn cluster(&mut self, deploy: &Deploy) -> Result<&Cluster> {
+        if self.cluster.is_none() {
+            self.cluster = Some(Cluster::connect(&deploy.plan.target).await?);
+        }
+        Ok(self.cluster.as_ref().expect("just connected"))
+    }
+}
+
+/// One edit synced: to these pods, in this long.
+pub struct Synced {
+    pub pods: Vec<String>,
+    pub took: Duration,
+    /// `--then`'s failures, per pod: reported, not a fallback.
+    pub then_failed: Vec<(String, String)>,
+}
+
+/// Why an edit is not synced but rolled out.
+pub type Fallback = String;
+
+/// The paths of an uncompressed layer (whiteouts included), as it names them.
+fn paths(tar: &[u8]) -> std::result::Result<Vec<String>, Fallback> {
+    let mut archive = tar::Archive::new(tar);
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("the delta cannot be read: {e}"))?;
+    entries
+        .map(|e| {
+            let e = e.map_err(|e| format!("the delta cannot be read: {e}"))?;
+            let path = e
+                .path()
+                .map_err(|e| format!("the delta cannot be read: {e}"))?;
+            Ok(path.to_string_lossy().trim_end_matches('/').to_string())
+        })
+        .collect()
+}
+
+/// Whether an edit may be synced at all: not when it touches a `--restart-on` path.
+pub fn restart_needed(plan: &SyncPlan, tar: &[u8]) -> Option<Fallback> {
+    let paths = match paths(tar) {
+        Ok(p) => p,
+        Err(why) => return Some(why),
+    };
+    for p in &paths {
+        let name = p.rsplit('/').next().unwrap_or(p);
+        let real = name.strip_prefix(".wh.").unwrap_or(name);
+        let full = match p.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{real}"),
+            None => real.to_string(),
+        };
+        if plan.restart_on.is_match(real) || plan.restart_on.is_match(&full) {
+            return Some(format!("/{full} matches --restart-on"));
+        }
+    }
+    None
+}
+
+/// The script a container runs to apply a layer read from its stdin: what the whiteouts hide
+/// goes first, then the tar is extracted at `/`, then the whiteout files it made go too.
+fn script(paths: &[String]) -> String {
+    let quote = |p: &str| format!("'{}'", p.replace('\'', r"'\''"));
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    for p in paths {
+        let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
+        let Some(hidden) = name.strip_prefix(".wh.") else {
+            continue;
+        };
+        let dir = format!("/{dir}");
+        if hidden == ".wh..opq" {
+            before.push(format!(
+                "[ -d {d} ] && find {d} -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} +",
+                d = quote(&dir)
+            ));
+        } else {
+            before.push(format!(
+                "rm -rf -- {}",
+                quote(&format!("{}/{hidden}", dir.trim_end_matches('/')))
+            ));
+        }
+        after.push(format!("rm -f -- {}", quote(&format!("/{p}"))));
+    }
+    let mut lines = vec!["set -e".to_string()];
+    lines.extend(before);
+    lines.push("tar -xf - -C /".into());
+    lines.extend(after);
+    lines.join("\n")
+}
+
+/// Applies the uncompressed delta `tar` to every ready container of the deployed workloads
+/// that runs the deployed image, then `--then`. `Err` is why it rolls out instead.
+pub async fn sync(
+    deploy: &Deploy,
+    live: &mut Live,
+    plan: &SyncPlan,
+    tar: &[u8],
+) -> std::result::Result<Synced, Fallback> {
+    let started = Instant::now();
+    let paths = paths(tar)?;
+    let targets = live.targets.clone();
+    let cluster = live
+        .cluster(deploy)
+        .await
+        .map_err(|e| format!("the cluster cannot be reached: {e}"))?;
+    let pods = pods(cluster, &targets).await?;
+    let mut done = Vec::new();
+    let mut then_failed = Vec::new();
+    let mut counts = Vec::new();
+    if !paths.is_empty() {
+        let script = script(&paths);
+        if script.len() > MAX_SCRIPT {
+            return Err(format!(
+                "the edit removes too many paths to name in one exec ({} bytes of script)",
+                script.len()
+            ));
+        }
+        let command = vec!["sh".to_string(), "-c".to_string(), script];
+        let runs = pods.iter().map(|(pod, container, _)| {
+            let run = cluster.exec(pod, container, command.clone(), tar.to_vec());
+            tokio::time::timeout(EXEC_LIMIT, run)
+        });
+        let ran = futures_util::future::join_all(runs).await;
+        for ((pod, _, _), r) in pods.iter().zip(ran) {
+            let r = r
+                .map_err(|_| {
+                    format!(
+                        "the sync did not end in {}s in pod {pod}",
+                        EXEC_LIMIT.as_secs()
+                    )
+                })?
+                .map_err(|e| exec_refused(&e))?;
+            if r.code != 0 {
+                return Err(failed(pod, &r));
+            }
+        }
+    }
+    if let Some(then) = &plan.then {
+        let command = vec!["sh".to_string(), "-c".to_string(), then.clone()];
+        let runs = pods.iter().map(|(pod, container, _)| {
+            let run = cluster.exec(pod, container, command.clone(), Vec::new());
+            tokio::time::timeout(EXEC_LIMIT, run)
+        });
+        let ran = futures_util::future::join_all(runs).await;
+        for ((pod, _, _), r) in pods.iter().zip(ran) {
+            match r {
+                Ok(Ok(r)) if r.code == 0 => {}
+                Ok(Ok(r)) => {
+                    then_failed.push((pod.clone(), format!("exit {}: {}", r.code, first_line(&r))))
+                }
+                Ok(Err(e)) => then_failed.push((pod.clone(), e.to_string())),
+                Err(_) => then_failed.push((
+                    pod.clone(),
+                    format!("did not end in {}s", EXEC_LIMIT.as_secs()),
+                )),
+            }
+        }
+    }
+    for (pod, container, restarts) in &pods {
+        counts.push(((pod.clone(), container.clone()), *restarts));
+        done.push(pod.clone());
+    }
+    live.restarts.extend(counts);
+    live.last_edit = Instant::now();
+    Ok(Synced {
+        pods: done,
+        took: started.elapsed(),
+        then_failed,
+    })
+}
+
+/// Why the containers synced no longer hold the synced edits, if they do not: one restarted
+/// (its files are its image's again), went, or a new pod joined from the template.
+pub async fn lost(deploy: &Deploy, live: &mut Live) -> Result<Option<String>> {
+    let targets = live.targets.clone();
+    let known = live.restarts.clone();
+    let cluster = live.cluster(deploy).await?;
+    let seen = match observe(cluster, &targets).await {
+        Ok(seen) => seen,
+        Err(why) => return Ok(Some(why)),
+    };
+    for ((pod, container), was) in &known {
+        match seen
+            .iter()
+            .find(|s| &s.pod == pod && &s.container == container)
+        {
+            None => return Ok(Some(format!("pod {pod} is gone"))),
+            Some(s) if s.restarts > *was => {
+                return Ok(Some(format!(
+                    "container {container} of pod {pod} restarted"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(s) = seen
+        .iter()
+        .find(|s| !known.contains_key(&(s.pod.clone(), s.container.clone())))
+    {
+        return Ok(Some(format!(
+            "pod {} started without the synced edits",
+            s.pod
+        )));
+    }
+    Ok(None)
+}
+
+/// One container of a target workload's pods, as the API server shows it.
+struct Seen {
+    pod: String,
+    container: String,
+    /// The image its pod's spec names.
+    image: String,
+    ready: bool,
+    restarts: i64,
+}
+
+/// The containers of the target workloads' pods (those being deleted aside).
+async fn observe(
+    cluster: &Cluster,
+    targets: &[Change],
+) -> std::result::Result<Vec<Seen>, Fallback> {
+    let mut out = Vec::new();
+    let mut workloads: BTreeMap<String, (WorkloadRef, Vec<&Change>)> = BTreeMap::new();
+    for c in targets {
+        workloads
+            .entry(c.workload.to_string())
+            .or_insert_with(|| (c.workload.clone(), Vec::new()))
+            .1
+            .push(c);
+    }
+    for (id, changes) in workloads.values() {
+        let obj = cluster
+            .get(id)
+            .await
+            .map_err(|e| format!("{id} cannot be read: {e}"))?;
+        let w = Workload::from_object(id.kind, &obj).map_err(|e| format!("{id}: {e}"))?;
+        let Some(selector) = &w.selector else {
+            return Err(format!(
+                "{id} selects its pods with expressions layerup does not read"
+            ));
+        };
+        let pods = cluster
+            .pods(selector)
+            .await
+            .map_err(|e| format!("the pods of {id} cannot be read: {e}"))?;
+        for pod in &pods {
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let name = pod["metadata"]["name"].as_str().unwrap_or("?").to_string();
+            for c in changes {
+                let status = pod["status"]["containerStatuses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s["name"] == c.container.as_str());
+                let image = pod["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s["name"] == c.container.as_str())
+                    .and_then(|s| s["image"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                out.push(Seen {
+                    pod: name.clone(),
+                    container: c.container.clone(),
+                    image,
+                    ready: status.is_some_and(|s| s["ready"] == true),
+                    restarts: status.and_then(|s| s["restartCount"].as_i64()).unwrap_or(0),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The containers to sync, with their restart counts: every ready container of the target
+/// workloads, each running the image last deployed; or why they cannot all be synced.
+async fn pods(
+    cluster: &Cluster,
+    targets: &[Change],
+) -> std::result::Result<Vec<(String, String, i64)>, Fallback> {
+    let seen = observe(cluster, targets).await?;
+    if seen.is_empty() {
+        return Err("the deployed workloads have no pod".into());
+    }
+    let mut out = Vec::new();
+    for s in seen {
+        let Some(c) = targets.iter().find(|c| c.container == s.container) else {
+            continue;
+        };
+        if s.image != c.to {
+            return Err(format!(
+                "pod {} runs {}, not the last image deployed ({})",
+                s.pod, s.image, c.to
+            ));
+        }
+        if !s.ready {
+            return Err(format!(
+                "container {} of pod {} is not ready",
+                s.container, s.pod
+            ));
+        }
+        out.push((s.pod, s.container, s.restarts));
+    }
+    Ok(out)
+}
+
+/// The cluster side of one image's watch: the deploy step after each push or, with `--sync`
+/// and containers known to run the last image, the live update — and the template brought up
+/// to the newest image once edits settle, a synced container restarts, or the watch ends.
+pub struct Deployer<'a> {
+    deploy: &'a Deploy,
+    base: &'a ImageRef,
+    sync: Option<&'a SyncPlan>,
+    /// The containers synced into; `None` until a deploy step sets them, and after one fails.
+    live: Option<Live>,
+    told: &'a (dyn Fn(Told) + Send + Sync),
+}
+
+impl<'a> Deployer<'a> {
+    pub fn new(
+        deploy: &'a Deploy,
+        base: &'a ImageRef,
+        sync: Option<&'a SyncPlan>,
+        told: &'a (dyn Fn(Told) + Send + Sync),
+    ) -> Self {
+        Deployer {
+            deploy,
+            base,
+            sync,
+            live: None,
+            told,
+        }
+    }
+
+    /// After a push: its delta synced into the containers, or its image set (a rollout).
+    pub async fn pushed(&mut self, pushed: &Pushed) {
+        if let (Some(plan), Some(live)) = (self.sync, self.live.as_mut()) {
+            let why = match (&pushed.delta, pushed.full_reason()) {
+                (_, Some(reason)) if pushed.delta.is_none() => format!("full push: {reason}"),
+                (None, _) => "the push is not a delta on the image the pods run".to_string(),
+                (Some(tar), _) if tar.is_empty() => return,
+                (Some(tar), _) => match restart_needed(plan, tar) {
+                    Some(why) => why,
+                    None => match sync(self.deploy, live, plan, tar).await {
+                        Ok(done) => {
+                            (self.told)(Told::Synced(&done, &pushed.reference));
+                            live.behind = Some(pushed.reference.clone());
+                            return;
+                        }
+                        Err(why) => why,
+                    },
+                },
+            };
+            (self.told)(Told::SyncFallback(&why));
+        }
+        self.set(&pushed.reference).await;
+    }
+
+    /// Sets `reference` in the workloads and waits for the rollout.
+    async fn set(&mut self, reference: &str) {
+        let told = self.told;
+        let set = self
+            .deploy
+            .run(reference, self.base, &mut |e| told(Told::Deploy(e)))
+            .await;
+        self.live = match set {
+            Ok(changes) => self.sync.map(|_| Live::new(changes)),
+            Err(e) => {
+                told(Told::DeployFailed(&e));
+                None
+            }
+        };
+    }
+
+    /// When the template must take the newest image synced: once edits have been still for
+    /// `--settle`. `None`: it has it.
+    pub fn settle_at(&self) -> Option<Instant> {
+        let live = self.live.as_ref()?;
+        live.behind.as_ref()?;
+        Some(live.last_edit + self.sync?.settle)
+    }
+
+    /// The template takes the newest image synced, if it is behind; `why` says why now.
+    pub async fn catch_up(&mut self, why: &str) {
+        let Some(reference) = self.live.as_mut().and_then(|l| l.behind.take()) else {
+            return;
+        };
+        (self.told)(Told::Settling(why));
+        self.set(&reference).await;
+    }
+
+    /// Catches up at once if a synced container lost the edits (restarted, replaced).
+    pub async fn check_containers(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.behind.is_none() {
+            return;
+        }
+        match lost(self.deploy, live).await {
+            Ok(Some(why)) => self.catch_up(&why).await,
+            Ok(None) => {}
+            Err(e) => tracing::info!("the synced containers cannot be looked at: {e}"),
+        }
+    }
+}
+
+/// An exec the API server refused (RBAC), or could not serve.
+fn exec_refused(e: &crate::error::Error) -> Fallback {
+    if e.code() == crate::error::ExitCode::Auth {
+        format!("exec refused: {e}")
+    } else {
+        format!("exec failed: {e}")
+    }
+}
+
+/// A sync that ran and failed, worded by its cause.
+fn failed(pod: &str, r: &Ran) -> Fallback {
+    let said = first_line(r);
+    if r.code == 126 || r.code == 127 {
+        return format!("the container of pod {pod} has no sh or tar ({said})");
+    }
+    let lower = said.to_lowercase();
+    if lower.contains("read-only file system") {
+        return format!("a path is read-only in pod {pod}: {said}");
+    }
+    if lower.contains("permission denied") {
+        return format!("permission denied in pod {pod}: {said}");
+    }
+    format!("the sync failed in pod {pod} (exit {}): {said}", r.code)
+}
+
+fn first_line(r: &Ran) -> String {
+    let text = if r.stderr.trim().is_empty() {
+        &r.stdout
+    } else {
+        &r.stderr
+    };
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteouts_are_removed_before_the_tar_and_their_files_after() {
+        let s = script(&[
+            "app".into(),
+            "app/.wh.old.txt".into(),
+            "app/lib/.wh..wh..opq".into(),
+            "app/it's.py".into(),
+        ]);
+        assert_eq!(
+            s,
+            "set -e\nrm -rf -- '/app/old.txt'\n[ -d '/app/lib' ] && find '/app/lib' -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +\ntar -xf - -C /\nrm -f -- '/app/.wh.old.txt'\nrm -f -- '/app/lib/.wh..wh..opq'"
+        );
+    }
+}
