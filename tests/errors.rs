@@ -398,3 +398,17 @@ fn a_push_killed_outright_leaves_files_the_next_run_deletes() {
         .ok();
     assert!(!left.exists(), "{} is still there", left.display());
 }
+
+#[rstest]
+#[case::missing_arguments(&["copy"][..], "the following required arguments were not provided: <SOURCE>, <DEST>; usage: layerup copy <SOURCE> <DEST>")]
+#[case::unknown_flag(&["push", "--bogus"][..], "unexpected argument '--bogus' found")]
+#[case::sync_flag_without_sync(&["watch", ".:/app", "--base", "127.0.0.1:1/b:1", "--to", "127.0.0.1:1/d:1", "--settle", "5s"][..], "--settle applies to live update: add --sync (or `sync = true` in layerup.toml)")]
+fn a_mistyped_command_is_one_line_that_names_what_is_wrong(
+    #[case] args: &[&str],
+    #[case] says: &str,
+) {
+    let run = Layerup::new().args(args).run();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let line = one_error_line(&run);
+    assert!(line.starts_with(says), "{line}");
+}

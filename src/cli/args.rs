@@ -144,14 +144,15 @@ pub struct WatchArgs {
     #[arg(long)]
     pub sync: bool,
     /// With --sync: run this in each container after its files are synced (`sh -c`).
-    #[arg(long, value_name = "CMD", requires = "sync")]
+    #[arg(long, value_name = "CMD")]
     pub then: Option<String>,
-    /// With --sync: the templates take the newest image once edits have been still this long.
-    #[arg(long, default_value = "30s", value_name = "DURATION")]
-    pub settle: String,
+    /// With --sync: the templates take the newest image once edits have been still this long
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub settle: Option<String>,
     /// With --sync: an edit of a path matching this glob is rolled out, not synced (a file
     /// read only at start: package.json, requirements.txt). Repeatable.
-    #[arg(long = "restart-on", value_name = "GLOB", requires = "sync")]
+    #[arg(long = "restart-on", value_name = "GLOB")]
     pub restart_on: Vec<String>,
 }
 

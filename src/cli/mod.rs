@@ -345,15 +345,25 @@ fn clap_failure(e: clap::Error) -> Result<Parsed> {
 /// clap's error text in one line: `unexpected argument '--fo' found (tip: …); usage: …`.
 fn clap_line(text: &str) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    let first = lines
-        .iter()
-        .find(|l| !l.is_empty())
-        .map_or("", |l| l.trim_start_matches("error: "));
+    let start = lines.iter().position(|l| !l.is_empty()).unwrap_or(0);
+    let mut first = lines
+        .get(start)
+        .map_or("", |l| l.trim_start_matches("error: "))
+        .to_string();
+    // `…were not provided:` is followed by what was not, one per line.
+    if first.ends_with(':') {
+        let list: Vec<&str> = lines[start + 1..]
+            .iter()
+            .take_while(|l| !l.is_empty())
+            .copied()
+            .collect();
+        first = format!("{first} {}", list.join(", "));
+    }
     let tips: Vec<&str> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("tip: "))
         .collect();
-    let mut out = first.to_string();
+    let mut out = first;
     if !tips.is_empty() {
         out += &format!(" ({})", tips.join("; "));
     }

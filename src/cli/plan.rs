@@ -198,10 +198,10 @@ impl WatchArgs {
                     "--sync applies edits to the deployed containers: add --deploy (or `deploy` in layerup.toml)",
                 ));
             }
-            let settle = parse_duration(&self.settle).ok_or_else(|| {
+            let text = self.settle.as_deref().unwrap_or("30s");
+            let settle = parse_duration(text).ok_or_else(|| {
                 Error::usage(format!(
-                    "--settle `{}` is not a duration (like 30s, 2m)",
-                    self.settle
+                    "--settle `{text}` is not a duration (like 30s, 2m)"
                 ))
             })?;
             let mut globs = globset::GlobSetBuilder::new();
@@ -221,6 +221,16 @@ impl WatchArgs {
                 restart_on_text: self.restart_on.clone(),
             })
         } else {
+            let given = [
+                ("--then", self.then.is_some()),
+                ("--settle", self.settle.is_some()),
+                ("--restart-on", !self.restart_on.is_empty()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(Error::usage(format!(
+                    "{flag} applies to live update: add --sync (or `sync = true` in layerup.toml)"
+                )));
+            }
             None
         };
         Ok(WatchPlan {
