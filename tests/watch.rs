@@ -43,8 +43,12 @@ fn an_edit_during_a_push_gives_exactly_one_more_push() {
     let tree = app_tree();
     let w = Watching::start(tree.path(), &dev.reference("dev/app:watch"));
     w.wait_for("the first push", |w| w.pushes().len() == 1);
-    // Bytes that do not compress keep the next push busy for a while.
-    std::fs::write(tree.path().join("noise.bin"), noise(8 << 20)).unwrap();
+    // Bytes that do not compress keep the next push busy for a while. Written beside the tree
+    // and renamed in: one event, and never a half-written file for the push to read (on a
+    // loaded machine the write itself outlasts the debounce).
+    let beside = tree.path().with_extension("noise");
+    std::fs::write(&beside, noise(8 << 20)).unwrap();
+    std::fs::rename(&beside, tree.path().join("noise.bin")).unwrap();
     w.wait_for("the second push start", |w| {
         w.log().contains("changes seen; pushing")
     });
