@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::watching::Watching;
 use common::*;
@@ -133,7 +130,7 @@ fn what_layerup_writes_inside_the_sources_is_neither_a_trigger_nor_in_the_image(
     let (state, tmp) = (tree.path().join(".state"), tree.path().join(".tmp"));
     std::fs::create_dir(&tmp).unwrap();
     let ref_file = tree.path().join("ref.txt");
-    let mut layerup = Layerup::new()
+    let layerup = Layerup::new()
         .env("LAYERUP_STATE_DIR", &state)
         .env("TMPDIR", &tmp)
         .args(["watch", "-v", "--debounce", "100"])
@@ -143,42 +140,18 @@ fn what_layerup_writes_inside_the_sources_is_neither_a_trigger_nor_in_the_image(
                 .skip(1),
         )
         .args(["--ref-file".as_ref(), ref_file.as_os_str()]);
-    let mut child = layerup
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            sink.lock().unwrap().push(line.unwrap());
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lines.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no first push");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Its state is inside the tree: the TempDir it is given holds nothing.
+    let w = Watching::of(layerup, tempfile::tempdir().unwrap());
+    w.wait_for("the first push", |w| !w.pushes().is_empty());
     // Its own writes (state, temporary layers, the ref file) came after the push began.
     std::thread::sleep(SETTLE * 2);
-    assert_eq!(
-        lines.lock().unwrap().len(),
-        1,
-        "it pushed again with no edit"
-    );
+    assert_eq!(w.pushes().len(), 1, "it pushed again with no edit");
     std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
-    while lines.lock().unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "no push after an edit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    w.wait_for("a push after an edit", |w| w.pushes().len() >= 2);
     std::thread::sleep(SETTLE);
-    let pushed = lines.lock().unwrap().clone();
+    let pushed = w.pushes();
     assert_eq!(pushed.len(), 2, "one edit, one push: {pushed:?}");
-    run(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]));
-    child.wait().unwrap();
+    w.stop();
     assert!(
         ref_file.is_file() && state.is_dir(),
         "layerup wrote them inside the source"

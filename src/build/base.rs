@@ -277,15 +277,8 @@ pub fn check_config(bytes: &[u8], layer_count: usize, name: &str) -> Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::fixture;
     use rstest::rstest;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/fixtures/manifests/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
 
     #[rstest]
     #[case("docker-manifest--oras-go--f54a58bc1aac5ea1a25d796ae155dc228b3f0e11d046ae276b39c4bf2f13d8c4.json", 1)]

@@ -251,15 +251,8 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::fixture;
     use crate::oci::manifest::Descriptor;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/fixtures/manifests/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
 
     const DOCKER_MANIFEST: &str = "docker-manifest--oras-go--f54a58bc1aac5ea1a25d796ae155dc228b3f0e11d046ae276b39c4bf2f13d8c4.json";
     const DOCKER_CONFIG: &str = "docker-config--oras-go--feb5d9fea6a5e9606aa995e879d862b825965ba48de054caab5ef356dc6b3412.json";
