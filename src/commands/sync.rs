@@ -515,6 +515,57 @@ fn first_line(r: &Ran) -> String {
 mod tests {
     use super::*;
 
+    fn layer(paths: &[&str]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for p in paths {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, p, std::io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn plan(globs: &[&str]) -> SyncPlan {
+        let mut set = globset::GlobSetBuilder::new();
+        for g in globs {
+            set.add(
+                globset::GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        SyncPlan {
+            then: None,
+            settle: Duration::from_secs(30),
+            restart_on: set.build().unwrap(),
+            restart_on_text: globs.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn restart_on_matches_names_anywhere_paths_from_the_root_and_deletions_too() {
+        let p = plan(&["package.json", "app/config/*.yaml"]);
+        let needs = |paths: &[&str]| restart_needed(&p, &layer(paths));
+        assert_eq!(needs(&["app", "app/main.py"]), None);
+        assert_eq!(
+            needs(&["app", "app/web/package.json"]),
+            Some("/app/web/package.json matches --restart-on".into())
+        );
+        assert_eq!(
+            needs(&["app", "app/.wh.package.json"]),
+            Some("/app/package.json matches --restart-on".into())
+        );
+        assert_eq!(
+            needs(&["app/config", "app/config/db.yaml"]),
+            Some("/app/config/db.yaml matches --restart-on".into())
+        );
+        // Not below config/: the glob is anchored at the image's root.
+        assert_eq!(needs(&["app/x/config/db.yaml"]), None);
+    }
+
     #[test]
     fn whiteouts_are_removed_before_the_tar_and_their_files_after() {
         let s = script(&[
