@@ -404,9 +404,12 @@ fn each_edit_that_cannot_be_synced_rolls_out_and_says_why() {
         &["--settle", "1h", "--restart-on", "package.json"],
     );
     // A file the app reads only at start.
-    edit_rolled_out(&w, &kube, "/app/package.json matches --restart-on", || {
-        std::fs::write(t.join("package.json"), "{}").unwrap()
-    });
+    edit_rolled_out(
+        &w,
+        &kube,
+        "/app/package.json matches --restart-on `package.json`",
+        || std::fs::write(t.join("package.json"), "{}").unwrap(),
+    );
     // Other edits still sync.
     edit_synced(&w, || std::fs::write(t.join("VERSION"), "2\n").unwrap());
     // A container without sh (busybox sh runs its own tar even without /bin/tar).

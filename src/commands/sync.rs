@@ -32,7 +32,7 @@ pub struct SyncPlan {
     pub settle: Duration,
     /// Paths whose change needs a new container, not a sync (`--restart-on`).
     pub restart_on: globset::GlobSet,
-    /// The patterns as given, for messages.
+    /// The patterns as given, in `restart_on`'s order, for messages.
     pub restart_on_text: Vec<String>,
 }
 
@@ -111,8 +111,15 @@ pub fn restart_needed(plan: &SyncPlan, tar: &[u8]) -> Option<Fallback> {
             Some((dir, _)) => format!("{dir}/{real}"),
             None => real.to_string(),
         };
-        if plan.restart_on.is_match(real) || plan.restart_on.is_match(&full) {
-            return Some(format!("/{full} matches --restart-on"));
+        let hit = plan
+            .restart_on
+            .matches(real)
+            .into_iter()
+            .chain(plan.restart_on.matches(&full))
+            .next();
+        if let Some(i) = hit {
+            let glob = plan.restart_on_text.get(i).map_or("", String::as_str);
+            return Some(format!("/{full} matches --restart-on `{glob}`"));
         }
     }
     None
@@ -401,11 +408,13 @@ impl<'a> Deployer<'a> {
     /// After a push: its delta synced into the containers, or its image set (a rollout).
     pub async fn pushed(&mut self, pushed: &Pushed) {
         if let (Some(plan), Some(live)) = (self.sync, self.live.as_mut()) {
-            let why = match (&pushed.delta, pushed.full_reason()) {
-                (_, Some(reason)) if pushed.delta.is_none() => format!("full push: {reason}"),
-                (None, _) => "the push is not a delta on the image the pods run".to_string(),
-                (Some(tar), _) if tar.is_empty() => return,
-                (Some(tar), _) => match restart_needed(plan, tar) {
+            let why = match &pushed.delta {
+                None => match pushed.full_reason() {
+                    Some(reason) => format!("full push: {reason}"),
+                    None => "the push is not a delta on the image the pods run".to_string(),
+                },
+                Some(tar) if tar.is_empty() => return,
+                Some(tar) => match restart_needed(plan, tar) {
                     Some(why) => why,
                     None => match sync(self.deploy, live, plan, tar).await {
                         Ok(done) => {
@@ -552,15 +561,15 @@ mod tests {
         assert_eq!(needs(&["app", "app/main.py"]), None);
         assert_eq!(
             needs(&["app", "app/web/package.json"]),
-            Some("/app/web/package.json matches --restart-on".into())
+            Some("/app/web/package.json matches --restart-on `package.json`".into())
         );
         assert_eq!(
             needs(&["app", "app/.wh.package.json"]),
-            Some("/app/package.json matches --restart-on".into())
+            Some("/app/package.json matches --restart-on `package.json`".into())
         );
         assert_eq!(
             needs(&["app/config", "app/config/db.yaml"]),
-            Some("/app/config/db.yaml matches --restart-on".into())
+            Some("/app/config/db.yaml matches --restart-on `app/config/*.yaml`".into())
         );
         // Not below config/: the glob is anchored at the image's root.
         assert_eq!(needs(&["app/x/config/db.yaml"]), None);
