@@ -18,52 +18,17 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::kube::FakeKube;
+use common::kube::{looping_deployment, FakeKube};
 use common::watching::Watching;
 use common::*;
-use serde_json::{json, Value};
 
 const NS: &str = "team-a";
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn deployment(name: &str, image: &str) -> Value {
-    json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "strategy": {"type": "RollingUpdate"},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": image,
-                    "command": ["sh", "-c", "while true; do sleep 1; done"]}]}
-            }
-        }
-    })
-}
-
-/// The ready pod of `name` running `image`, once there is one.
-fn pod_of(kube: &FakeKube, name: &str, image: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let found = kube.pods(NS).into_iter().find(|p| {
-            p["metadata"]["labels"]["app"] == name
-                && p["status"]["phase"] == "Running"
-                && p["metadata"]["deletionTimestamp"].is_null()
-                && p["spec"]["containers"][0]["image"] == image
-        });
-        if let Some(p) = found {
-            return p["metadata"]["name"].as_str().unwrap().to_string();
-        }
-        assert!(Instant::now() < deadline, "no pod of {name} runs {image}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn read_back(kube: &FakeKube, pod: &str) -> String {
@@ -117,15 +82,15 @@ fn main() {
     };
 
     // (a) live update.
-    kube.add("deployments", NS, deployment("live", &prod().oci));
-    pod_of(&kube, "live", &prod().oci);
+    kube.add("deployments", NS, looping_deployment("live", &prod().oci));
+    kube.pod_running(NS, "live", &prod().oci);
     let tree = app_tree();
     let w = watch(tree.path(), &dev, &config, "deployment/live", true);
     let synced = |log: &str| log.lines().filter(|l| l.starts_with("synced to ")).count();
     let rolled = |log: &str| log.matches("rolled out in").count();
     w.wait_for("the first rollout", |w| rolled(&w.log()) == 1);
     let first = w.pushes()[0].clone();
-    let pod = pod_of(&kube, "live", &first);
+    let pod = kube.pod_running(NS, "live", &first);
     let mut live = Vec::new();
     for i in 0..runs {
         let before = synced(&w.log());
@@ -137,11 +102,11 @@ fn main() {
     let newest = w.pushes().last().unwrap().clone();
     // Ending the watch sets the newest image: (c) copies into that pod.
     w.stop();
-    let pod = pod_of(&kube, "live", &newest);
+    let pod = kube.pod_running(NS, "live", &newest);
 
     // (b) the rollout path.
-    kube.add("deployments", NS, deployment("rolled", &prod().oci));
-    pod_of(&kube, "rolled", &prod().oci);
+    kube.add("deployments", NS, looping_deployment("rolled", &prod().oci));
+    kube.pod_running(NS, "rolled", &prod().oci);
     let tree = app_tree();
     let w = watch(tree.path(), &dev, &config, "deployment/rolled", false);
     w.wait_for("the first rollout", |w| rolled(&w.log()) == 1);
@@ -151,7 +116,7 @@ fn main() {
         std::fs::write(tree.path().join("VERSION"), format!("rolled {i}\n")).unwrap();
         rollout.push(until(&w, rolled, before));
         let image = w.pushes().last().unwrap().clone();
-        let pod = pod_of(&kube, "rolled", &image);
+        let pod = kube.pod_running(NS, "rolled", &image);
         assert_eq!(read_back(&kube, &pod), format!("rolled {i}\n"));
     }
     w.stop();

@@ -154,6 +154,18 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// What a program said, in brief: the first line with text on it, trimmed, at most 200
+/// characters (a helper's or a container's stderr).
+pub fn first_line(said: &str) -> String {
+    said.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(200)
+        .collect()
+}
+
 /// A URL fit to print: no user-info, no query (upload URLs carry opaque state tokens).
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {

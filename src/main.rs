@@ -85,19 +85,20 @@ fn main() -> ExitCode {
     };
     // A bar while blobs move, on a terminal, when nothing else writes there.
     let bar_wanted = !quiet && !json && verbose == 0 && job.moves_blobs();
-    let watching = match &job {
-        Job::Watch(_) => true,
-        Job::Images(all) => all.iter().any(|(_, j)| matches!(j, Job::Watch(_))),
-        _ => false,
-    };
-    // A live-updating watch ends by bringing the templates up to what it synced.
-    let graceful = match &job {
-        Job::Watch(w) => w.sync.is_some(),
+    let watches: Vec<&watch::WatchPlan> = match &job {
+        Job::Watch(w) => vec![w],
         Job::Images(all) => all
             .iter()
-            .any(|(_, j)| matches!(j, Job::Watch(w) if w.sync.is_some())),
-        _ => false,
+            .filter_map(|(_, j)| match j {
+                Job::Watch(w) => Some(w),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     };
+    let watching = !watches.is_empty();
+    // A live-updating watch ends by bringing the templates up to what it synced.
+    let graceful = watches.iter().any(|w| w.sync.is_some());
     // A watch of the whole project looks for its services again as it runs.
     let discover: Option<watch::Discover> = match &job {
         Job::Images(_) if watching => {

@@ -8,43 +8,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kube::FakeKube;
+use common::kube::{looping_deployment, FakeKube};
 use common::*;
 use serde_json::{json, Value};
 
 const NS: &str = "team-a";
 
-/// A deployment of one replica whose `app` container runs `image` and stays up.
-fn app(image: &str) -> Value {
-    json!({
-        "metadata": {"name": "app", "labels": {"app": "app"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "app"}},
-            "strategy": {"type": "RollingUpdate"},
-            "template": {
-                "metadata": {"labels": {"app": "app"}},
-                "spec": {"containers": [{"name": "app", "image": image,
-                    "command": ["sh", "-c", "while true; do sleep 1; done"]}]}
-            }
-        }
-    })
-}
-
-/// The running pods of `app`: (name, the image its container runs, restart count).
+/// The running pods of `deployment/app`: (name, the image its container runs, restart count).
 fn running(kube: &FakeKube) -> Vec<(String, String, i64)> {
-    kube.pods(NS)
-        .iter()
-        .filter(|p| p["status"]["phase"] == "Running")
-        .filter_map(|p| {
-            let s = &p["status"]["containerStatuses"][0];
-            Some((
-                p["metadata"]["name"].as_str()?.to_string(),
-                s["image"].as_str()?.to_string(),
-                s["restartCount"].as_i64().unwrap_or(0),
-            ))
-        })
-        .collect()
+    kube.running(NS, "app")
 }
 
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -61,15 +33,10 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// A cluster (context kind-dev) running `image` in `deployment/app`, its pod up.
 fn cluster_running(image: &str) -> (FakeKube, tempfile::TempDir, std::path::PathBuf, String) {
     let kube = FakeKube::start_with_containers();
-    kube.add("deployments", NS, app(image));
+    kube.add("deployments", NS, looping_deployment("app", image));
     let dir = tempfile::tempdir().unwrap();
     let config = kube.kubeconfig(dir.path(), "kind-dev", NS, None, "t");
-    let pod = wait_for("the pod running", || {
-        running(&kube)
-            .into_iter()
-            .find(|p| p.1 == image)
-            .map(|p| p.0)
-    });
+    let pod = pod_running(&kube, image);
     (kube, dir, config, pod)
 }
 
@@ -104,9 +71,8 @@ fn kubectl_exec_runs_in_the_pods_real_container() {
         String::from_utf8_lossy(&out.stdout),
         std::fs::read_to_string(tree.path().join("VERSION")).unwrap()
     );
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", &config)
-        .args([
+    let out = output_with_input(
+        Command::new("kubectl").env("KUBECONFIG", &config).args([
             "-n",
             NS,
             "exec",
@@ -116,20 +82,9 @@ fn kubectl_exec_runs_in_the_pods_real_container() {
             "sh",
             "-c",
             "cat; echo err >&2",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"through stdin\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ]),
+        b"through stdin\n",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -200,14 +155,9 @@ fn synced(w: &common::watching::Watching) -> usize {
         .count()
 }
 
-/// The pod running `image`, once there is one.
+/// The pod of `deployment/app` running `image`, once there is one.
 fn pod_running(kube: &FakeKube, image: &str) -> String {
-    wait_for(&format!("a pod running {image}"), || {
-        running(kube)
-            .into_iter()
-            .find(|p| p.1 == image)
-            .map(|p| p.0)
-    })
+    kube.pod_running(NS, "app", image)
 }
 
 /// Writes, waits for that edit's sync, and says which push it was.
@@ -451,7 +401,7 @@ fn each_edit_that_cannot_be_synced_rolls_out_and_says_why() {
 
 /// A deployment whose `app` container has this securityContext.
 fn secured(image: &str, security: Value) -> Value {
-    let mut d = app(image);
+    let mut d = looping_deployment("app", image);
     d["spec"]["template"]["spec"]["containers"][0]["securityContext"] = security;
     d
 }

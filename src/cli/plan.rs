@@ -204,22 +204,7 @@ impl WatchArgs {
                     "--settle `{text}` is not a duration (like 30s, 2m)"
                 ))
             })?;
-            let mut globs = globset::GlobSetBuilder::new();
-            for g in &self.restart_on {
-                let glob = globset::GlobBuilder::new(g.trim_start_matches('/'))
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|e| Error::usage(format!("--restart-on `{g}`: {e}")))?;
-                globs.add(glob);
-            }
-            Some(SyncPlan {
-                then: self.then.clone(),
-                settle,
-                restart_on: globs
-                    .build()
-                    .map_err(|e| Error::usage(format!("--restart-on: {e}")))?,
-                restart_on_text: self.restart_on.clone(),
-            })
+            Some(SyncPlan::new(self.then.clone(), settle, &self.restart_on)?)
         } else {
             let given = [
                 ("--then", self.then.is_some()),

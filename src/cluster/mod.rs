@@ -260,7 +260,7 @@ impl Cluster {
         pod: &str,
         container: &str,
         command: Vec<String>,
-        input: Vec<u8>,
+        input: &[u8],
     ) -> Result<Ran> {
         use k8s_openapi::api::core::v1::Pod;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -284,7 +284,7 @@ impl Cluster {
             return Err(Error::internal("an exec without its streams"));
         };
         let feed = async move {
-            let _ = stdin.write_all(&input).await;
+            let _ = stdin.write_all(input).await;
             let _ = stdin.shutdown().await;
         };
         let read = |mut r: tokio::io::ReadHalf<tokio::io::SimplexStream>| async move {

@@ -85,7 +85,7 @@ pub struct Pushed {
     /// With [`Memory::keep_delta`]: the changes since the last push as one uncompressed layer
     /// (the delta pushed, whiteouts included; empty when nothing changed). `None` when there was
     /// no last push to compare with.
-    pub delta: Option<Arc<Vec<u8>>>,
+    pub delta: Option<Vec<u8>>,
     pub timings: Timings,
 }
 
@@ -454,8 +454,9 @@ pub async fn run_in(
     // changed since the last push), read back before the temporary files go.
     let keep = memory.as_ref().is_some_and(|m| m.keep_delta);
     let delta = match (&mode, keep) {
-        (_, false) | (Mode::Full { reason: None, .. }, _) => None,
-        (Mode::Unchanged, true) => Some(Arc::new(Vec::new())),
+        (_, false) => None,
+        (Mode::Unchanged, true) => Some(Vec::new()),
+        // A first push or a full one for a reason other than squashing wrote no delta file.
         (_, true) => {
             let file = tmp.path().join(stack::DELTA_FILE);
             blocking(move || {
@@ -466,7 +467,7 @@ pub async fn run_in(
                 let f = std::fs::File::open(&file).map_err(|e| Error::io("read", &file, &e))?;
                 std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(f), &mut tar)
                     .map_err(|e| Error::io("read", &file, &e))?;
-                Ok(Some(Arc::new(tar)))
+                Ok(Some(tar))
             })
             .await?
         }

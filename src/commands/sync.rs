@@ -14,7 +14,7 @@ use crate::cluster::{Cluster, Ran};
 use crate::commands::deploy::{Change, Deploy};
 use crate::commands::push::Pushed;
 use crate::commands::Told;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oci::reference::ImageRef;
 
 /// How long one exec (the sync, or `--then`) may take in a container.
@@ -24,16 +24,50 @@ const EXEC_LIMIT: Duration = Duration::from_secs(120);
 const MAX_SCRIPT: usize = 128 << 10;
 
 /// A validated `--sync`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SyncPlan {
     /// Run in each container after its files are synced (`--then`).
     pub then: Option<String>,
     /// Edits still for this long: the workloads' templates take the newest image.
     pub settle: Duration,
     /// Paths whose change needs a new container, not a sync (`--restart-on`).
-    pub restart_on: globset::GlobSet,
+    restart_on: globset::GlobSet,
     /// The patterns as given, in `restart_on`'s order, for messages.
-    pub restart_on_text: Vec<String>,
+    restart_on_text: Vec<String>,
+}
+
+impl SyncPlan {
+    /// `restart_on`: globs of image paths; one without `/` matches a name at any depth, one with
+    /// it the path from the image's root (a leading `/` or not).
+    pub fn new(then: Option<String>, settle: Duration, restart_on: &[String]) -> Result<Self> {
+        let mut globs = globset::GlobSetBuilder::new();
+        for g in restart_on {
+            let glob = globset::GlobBuilder::new(g.trim_start_matches('/'))
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::usage(format!("--restart-on `{g}`: {e}")))?;
+            globs.add(glob);
+        }
+        Ok(SyncPlan {
+            then,
+            settle,
+            restart_on: globs
+                .build()
+                .map_err(|e| Error::usage(format!("--restart-on: {e}")))?,
+            restart_on_text: restart_on.to_vec(),
+        })
+    }
+}
+
+/// The plan as given: `restart_on` is compiled from `restart_on_text`.
+impl std::fmt::Debug for SyncPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncPlan")
+            .field("then", &self.then)
+            .field("settle", &self.settle)
+            .field("restart_on", &self.restart_on_text)
+            .finish()
+    }
 }
 
 /// What the live update knows between edits: the containers deployed, the image their
@@ -99,12 +133,8 @@ fn paths(tar: &[u8]) -> std::result::Result<Vec<String>, Fallback> {
 }
 
 /// Whether an edit may be synced at all: not when it touches a `--restart-on` path.
-pub fn restart_needed(plan: &SyncPlan, tar: &[u8]) -> Option<Fallback> {
-    let paths = match paths(tar) {
-        Ok(p) => p,
-        Err(why) => return Some(why),
-    };
-    for p in &paths {
+pub fn restart_needed(plan: &SyncPlan, paths: &[String]) -> Option<Fallback> {
+    for p in paths {
         let name = p.rsplit('/').next().unwrap_or(p);
         let real = name.strip_prefix(".wh.").unwrap_or(name);
         let full = match p.rsplit_once('/') {
@@ -157,85 +187,90 @@ fn script(paths: &[String]) -> String {
     lines.join("\n")
 }
 
-/// Applies the uncompressed delta `tar` to every ready container of the deployed workloads
-/// that runs the deployed image, then `--then`. `Err` is why it rolls out instead.
+/// Applies the uncompressed delta `tar` (whose entries are `paths`) to every ready container
+/// of the deployed workloads that runs the deployed image, then `--then`. `Err` is why it rolls
+/// out instead.
 pub async fn sync(
     deploy: &Deploy,
     live: &mut Live,
     plan: &SyncPlan,
     tar: &[u8],
+    paths: &[String],
 ) -> std::result::Result<Synced, Fallback> {
     let started = Instant::now();
-    let paths = paths(tar)?;
     let targets = live.targets.clone();
     let cluster = live
         .cluster(deploy)
         .await
         .map_err(|e| format!("the cluster cannot be reached: {e}"))?;
     let pods = pods(cluster, &targets).await?;
-    let mut done = Vec::new();
+    let script = script(paths);
+    if script.len() > MAX_SCRIPT {
+        return Err(format!(
+            "the edit removes too many paths to name in one exec ({} bytes of script)",
+            script.len()
+        ));
+    }
+    for ((pod, _, _), r) in pods
+        .iter()
+        .zip(exec_all(cluster, &pods, &script, tar).await)
+    {
+        let r = r.map_err(|e| match e {
+            None => format!(
+                "the sync did not end in {}s in pod {pod}",
+                EXEC_LIMIT.as_secs()
+            ),
+            Some(e) => exec_refused(&e),
+        })?;
+        if r.code != 0 {
+            return Err(failed(pod, &r));
+        }
+    }
     let mut then_failed = Vec::new();
-    let mut counts = Vec::new();
-    if !paths.is_empty() {
-        let script = script(&paths);
-        if script.len() > MAX_SCRIPT {
-            return Err(format!(
-                "the edit removes too many paths to name in one exec ({} bytes of script)",
-                script.len()
-            ));
-        }
-        let command = vec!["sh".to_string(), "-c".to_string(), script];
-        let runs = pods.iter().map(|(pod, container, _)| {
-            let run = cluster.exec(pod, container, command.clone(), tar.to_vec());
-            tokio::time::timeout(EXEC_LIMIT, run)
-        });
-        let ran = futures_util::future::join_all(runs).await;
-        for ((pod, _, _), r) in pods.iter().zip(ran) {
-            let r = r
-                .map_err(|_| {
-                    format!(
-                        "the sync did not end in {}s in pod {pod}",
-                        EXEC_LIMIT.as_secs()
-                    )
-                })?
-                .map_err(|e| exec_refused(&e))?;
-            if r.code != 0 {
-                return Err(failed(pod, &r));
-            }
-        }
-    }
     if let Some(then) = &plan.then {
-        let command = vec!["sh".to_string(), "-c".to_string(), then.clone()];
-        let runs = pods.iter().map(|(pod, container, _)| {
-            let run = cluster.exec(pod, container, command.clone(), Vec::new());
-            tokio::time::timeout(EXEC_LIMIT, run)
-        });
-        let ran = futures_util::future::join_all(runs).await;
-        for ((pod, _, _), r) in pods.iter().zip(ran) {
-            match r {
-                Ok(Ok(r)) if r.code == 0 => {}
-                Ok(Ok(r)) => {
-                    then_failed.push((pod.clone(), format!("exit {}: {}", r.code, first_line(&r))))
-                }
-                Ok(Err(e)) => then_failed.push((pod.clone(), e.to_string())),
-                Err(_) => then_failed.push((
-                    pod.clone(),
-                    format!("did not end in {}s", EXEC_LIMIT.as_secs()),
-                )),
-            }
+        for ((pod, _, _), r) in pods.iter().zip(exec_all(cluster, &pods, then, &[]).await) {
+            let why = match r {
+                Ok(r) if r.code == 0 => continue,
+                Ok(r) => format!("exit {}: {}", r.code, first_line(&r)),
+                Err(Some(e)) => e.to_string(),
+                Err(None) => format!("did not end in {}s", EXEC_LIMIT.as_secs()),
+            };
+            then_failed.push((pod.clone(), why));
         }
     }
-    for (pod, container, restarts) in &pods {
-        counts.push(((pod.clone(), container.clone()), *restarts));
-        done.push(pod.clone());
-    }
-    live.restarts.extend(counts);
+    live.restarts.extend(
+        pods.iter()
+            .map(|(pod, container, restarts)| ((pod.clone(), container.clone()), *restarts)),
+    );
     live.last_edit = Instant::now();
     Ok(Synced {
-        pods: done,
+        pods: pods.into_iter().map(|(pod, _, _)| pod).collect(),
         took: started.elapsed(),
         then_failed,
     })
+}
+
+/// Runs `sh -c script` in each of `pods`' containers at once, `input` on its stdin; each ends
+/// in how it ran, or in its error (`None`: it did not end within [`EXEC_LIMIT`]).
+async fn exec_all(
+    cluster: &Cluster,
+    pods: &[(String, String, i64)],
+    script: &str,
+    input: &[u8],
+) -> Vec<std::result::Result<Ran, Option<crate::error::Error>>> {
+    let command = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let runs = pods.iter().map(|(pod, container, _)| async {
+        match tokio::time::timeout(
+            EXEC_LIMIT,
+            cluster.exec(pod, container, command.clone(), input),
+        )
+        .await
+        {
+            Ok(ran) => ran.map_err(Some),
+            Err(_) => Err(None),
+        }
+    });
+    futures_util::future::join_all(runs).await
 }
 
 /// Why the containers synced no longer hold the synced edits, if they do not: one restarted
@@ -414,15 +449,18 @@ impl<'a> Deployer<'a> {
                     None => "the push is not a delta on the image the pods run".to_string(),
                 },
                 Some(tar) if tar.is_empty() => return,
-                Some(tar) => match restart_needed(plan, tar) {
-                    Some(why) => why,
-                    None => match sync(self.deploy, live, plan, tar).await {
-                        Ok(done) => {
-                            (self.told)(Told::Synced(&done, &pushed.reference));
-                            live.behind = Some(pushed.reference.clone());
-                            return;
-                        }
-                        Err(why) => why,
+                Some(tar) => match paths(tar) {
+                    Err(why) => why,
+                    Ok(paths) => match restart_needed(plan, &paths) {
+                        Some(why) => why,
+                        None => match sync(self.deploy, live, plan, tar, &paths).await {
+                            Ok(done) => {
+                                (self.told)(Told::Synced(&done, &pushed.reference));
+                                live.behind = Some(pushed.reference.clone());
+                                return;
+                            }
+                            Err(why) => why,
+                        },
                     },
                 },
             };
@@ -453,6 +491,13 @@ impl<'a> Deployer<'a> {
         let live = self.live.as_ref()?;
         live.behind.as_ref()?;
         Some(live.last_edit + self.sync?.settle)
+    }
+
+    /// Edits have been still for `--settle`: the template takes the newest image synced.
+    pub async fn settled(&mut self) {
+        let still = self.sync.map_or(Duration::ZERO, |s| s.settle);
+        let why = format!("no edit for {}", crate::units::show_duration(still));
+        self.catch_up(&why).await;
     }
 
     /// The template takes the newest image synced, if it is behind; `why` says why now.
@@ -505,19 +550,14 @@ fn failed(pod: &str, r: &Ran) -> Fallback {
     format!("the sync failed in pod {pod} (exit {}): {said}", r.code)
 }
 
+/// What a command said: its stderr's first line, else its stdout's.
 fn first_line(r: &Ran) -> String {
     let text = if r.stderr.trim().is_empty() {
         &r.stdout
     } else {
         &r.stderr
     };
-    text.lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .chars()
-        .take(200)
-        .collect()
+    crate::error::first_line(text)
 }
 
 #[cfg(test)]
@@ -537,27 +577,17 @@ mod tests {
     }
 
     fn plan(globs: &[&str]) -> SyncPlan {
-        let mut set = globset::GlobSetBuilder::new();
-        for g in globs {
-            set.add(
-                globset::GlobBuilder::new(g)
-                    .literal_separator(true)
-                    .build()
-                    .unwrap(),
-            );
-        }
-        SyncPlan {
-            then: None,
-            settle: Duration::from_secs(30),
-            restart_on: set.build().unwrap(),
-            restart_on_text: globs.iter().map(|g| g.to_string()).collect(),
-        }
+        let globs: Vec<String> = globs.iter().map(|g| g.to_string()).collect();
+        SyncPlan::new(None, Duration::from_secs(30), &globs).unwrap()
     }
 
     #[test]
     fn restart_on_matches_names_anywhere_paths_from_the_root_and_deletions_too() {
         let p = plan(&["package.json", "app/config/*.yaml"]);
-        let needs = |paths: &[&str]| restart_needed(&p, &layer(paths));
+        let needs = |paths: &[&str]| {
+            let tar = layer(paths);
+            restart_needed(&p, &super::paths(&tar).unwrap())
+        };
         assert_eq!(needs(&["app", "app/main.py"]), None);
         assert_eq!(
             needs(&["app", "app/web/package.json"]),

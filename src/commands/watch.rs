@@ -326,9 +326,7 @@ async fn image_loop(
                 msg = rx.recv() => break msg,
                 _ = stopped(&mut stop) => break None,
                 _ = settle, if settle_at.is_some() => {
-                    let still = plan.sync.as_ref().map_or(Duration::ZERO, |s| s.settle);
-                    let why = format!("no edit for {}", crate::units::show_duration(still));
-                    cluster.as_mut().expect("settling").catch_up(&why).await;
+                    cluster.as_mut().expect("settling").settled().await;
                 }
                 _ = tokio::time::sleep(RESTART_CHECK), if settle_at.is_some() => {
                     cluster.as_mut().expect("synced").check_containers().await;

@@ -260,15 +260,7 @@ async fn run_helper(
         }
         // Never its stdout — where the protocol puts answers, a failing helper may still have
         // written the secret — only the first line of what it said on stderr.
-        let why = String::from_utf8_lossy(&out.stderr);
-        let why: String = why
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .chars()
-            .take(200)
-            .collect();
+        let why = crate::error::first_line(&String::from_utf8_lossy(&out.stderr));
         return Err(Error::auth(format!(
             "{} failed ({}){}",
             named(),

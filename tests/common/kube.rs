@@ -161,6 +161,24 @@ impl super::kubelet::Cluster for RealCluster {
 
 const NODES: i64 = 2;
 
+/// A deployment `name` of one replica (label `app: NAME`) whose `app` container runs `image`
+/// and stays up.
+pub fn looping_deployment(name: &str, image: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": image,
+                    "command": ["sh", "-c", "while true; do sleep 1; done"]}]}
+            }
+        }
+    })
+}
+
 impl FakeKube {
     pub fn start() -> FakeKube {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -304,6 +322,39 @@ impl FakeKube {
             .with(|st| st.real.clone())
             .expect("a kubelet that runs containers");
         super::kubelet::container_name(&prefix, pod, container)
+    }
+
+    /// The running pods of deployment `name` (by its `app` label): the pod, the image its first
+    /// container runs, and that container's restart count.
+    pub fn running(&self, namespace: &str, name: &str) -> Vec<(String, String, i64)> {
+        self.pods(namespace)
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == name && p["status"]["phase"] == "Running")
+            .filter_map(|p| {
+                let s = &p["status"]["containerStatuses"][0];
+                Some((
+                    p["metadata"]["name"].as_str()?.to_string(),
+                    s["image"].as_str()?.to_string(),
+                    s["restartCount"].as_i64().unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// The pod of deployment `name` running `image`, once there is one (90 s at most).
+    pub fn pod_running(&self, namespace: &str, name: &str, image: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(p) = self
+                .running(namespace, name)
+                .into_iter()
+                .find(|p| p.1 == image)
+            {
+                return p.0;
+            }
+            assert!(Instant::now() < deadline, "no pod of {name} runs {image}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Pods of a workload as the fake runs them.
