@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
-use crate::build::entry::{Entry, Kind};
+use crate::build::entry::{Entry, Kind, WHITEOUT};
 use crate::error::Result;
 use crate::oci::digest::Sha;
 
@@ -442,7 +442,7 @@ pub fn diff(
         }
         false
     };
-    let mut out: BTreeMap<Vec<String>, Entry> = BTreeMap::new();
+    let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
     let whiteout = |path: String| Entry {
         path,
         kind: Kind::Whiteout,
@@ -494,18 +494,21 @@ pub fn diff(
     })
 }
 
-/// Sorts a path component by component, whiteouts before the other names of their directory,
-/// so that an applier reading in order hides the lower layers' paths before writing new ones.
-fn layer_order(path: &str) -> Vec<String> {
-    path.split('/')
-        .map(|c| {
-            if c.starts_with(".wh.") {
-                format!("\0{c}")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+/// Sorts paths in byte order — the order of the tree, in which a hardlink's target comes before
+/// the link — except that a whiteout sorts before every other name of its directory, so that an
+/// applier reading in order hides the lower layers' paths before writing new ones.
+fn layer_order(path: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(path.len() + 1);
+    for (i, c) in path.split('/').enumerate() {
+        if i > 0 {
+            key.push(b'/');
+        }
+        if c.starts_with(WHITEOUT) {
+            key.push(0);
+        }
+        key.extend_from_slice(c.as_bytes());
+    }
+    key
 }
 
 #[cfg(test)]
@@ -550,8 +553,11 @@ mod tests {
 
     /// Applies a layer the way overlay and umoci do: whiteouts hide lower paths, a non-directory
     /// replaces whatever was at its path, a directory merges into a directory.
+    /// A hardlink must come after its target in the same layer: an applier links to what is at
+    /// the target's path when it reads the link, a lower layer's stale file otherwise.
     fn apply(lower: &Model, layer: &[Entry]) -> Model {
         let mut out = lower.clone();
+        let mut written: HashSet<&str> = HashSet::new();
         let remove_under = |out: &mut Model, p: &str, itself: bool| {
             let prefix = format!("{p}/");
             out.retain(|k, _| !(k.starts_with(&prefix) || (itself && k == p)));
@@ -580,9 +586,17 @@ mod tests {
                         Kind::Dir => ('d', String::new()),
                         Kind::File { src, .. } => ('f', src.to_string_lossy().into_owned()),
                         Kind::Symlink { target } => ('l', target.to_string_lossy().into_owned()),
-                        Kind::Hardlink { target } => ('h', target.clone()),
+                        Kind::Hardlink { target } => {
+                            assert!(
+                                written.contains(target.as_str()),
+                                "{} before {target}",
+                                e.path
+                            );
+                            ('h', target.clone())
+                        }
                         Kind::Whiteout => unreachable!(),
                     };
+                    written.insert(&e.path);
                     if k != 'd' || out.get(&e.path).is_some_and(|o| o.0 != 'd') {
                         remove_under(&mut out, &e.path, true);
                     }
@@ -701,6 +715,22 @@ mod tests {
             paths(&d),
             ["app", "app/.wh.link", "app/link", "app/link/x.py"]
         );
+        assert_eq!(stacked, new);
+    }
+
+    #[test]
+    fn a_hardlink_comes_after_its_target_where_components_sort_otherwise() {
+        // Byte order puts `app/a-b` before `app/a/c` ('-' < '/'); component order would not.
+        let old = model(&[
+            ("app", 'd', 0o755, ""),
+            ("app/a", 'd', 0o755, ""),
+            ("app/a-b", 'f', 0o644, "1"),
+            ("app/a/c", 'h', 0o644, "app/a-b"),
+        ]);
+        let mut new = old.clone();
+        new.insert("app/a-b".into(), ('f', 0o644, "2".into()));
+        let (d, stacked) = stack(&old, &new);
+        assert_eq!(paths(&d), ["app", "app/a", "app/a-b", "app/a/c"]);
         assert_eq!(stacked, new);
     }
 
