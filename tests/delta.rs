@@ -519,3 +519,76 @@ fn a_large_full_push_is_split_and_a_full_push_again_uploads_only_the_changed_par
     assert_eq!(run_in(&second, "cat /app/g2/data.txt"), "edited\n");
     assert_eq!(unpacked_tree(&second), unpacked_tree(&dev.fresh()));
 }
+
+/// What deltas delete stays deleted: a full push of the same destination (`--full`, a squash)
+/// hides the base's files at those paths too, as the deltas did — the image changes only when
+/// the files do. Without a state (another machine) the base's file shows again, as documented.
+#[test]
+fn what_a_delta_deleted_stays_deleted_through_full_pushes() {
+    let reg = Registry::start();
+    let state = tempfile::tempdir().unwrap();
+    let tree = tempfile::tempdir().unwrap();
+    let t = tree.path();
+    // Over the base's /etc: its prod-release replaced, a directory of our own.
+    std::fs::create_dir_all(t.join("conf")).unwrap();
+    write(&t.join("prod-release"), "dev\n");
+    write(&t.join("conf/a.txt"), "a\n");
+    write(&t.join("keep.txt"), "k\n");
+    let mapping = format!("{}:/etc", t.display());
+    let to = reg.reference("dev/etc:dev");
+    let push = |state: &Path, extra: &[&str]| {
+        let run = Layerup::new()
+            .env("LAYERUP_STATE_DIR", state)
+            .args(["push", &mapping, "--base", &prod().oci, "--to", &to])
+            .args(["--squash-at", "100000%"])
+            .args(if extra.contains(&"--max-deltas") {
+                extra.to_vec()
+            } else {
+                [extra, &["--max-deltas", "100"]].concat()
+            })
+            .run();
+        (run.ok().to_string(), run.stderr)
+    };
+    let etc = |image: &str| {
+        run_in(
+            image,
+            // Not find: podman mounts hostname, hosts and mtab of its own there.
+            "cd /etc && for f in prod-release conf conf/a.txt keep.txt; do \
+             [ -e $f ] && echo \"./$f $(cat $f 2>/dev/null)\"; done; true",
+        )
+    };
+    let (first, _) = push(state.path(), &[]);
+    assert!(
+        etc(&first).contains("./prod-release dev\n"),
+        "{}",
+        etc(&first)
+    );
+    std::fs::remove_file(t.join("prod-release")).unwrap();
+    std::fs::remove_file(t.join("conf/a.txt")).unwrap();
+    let (delta, said) = push(state.path(), &[]);
+    assert!(said.starts_with("delta 1: 0 changed, 2 deleted"), "{said}");
+    let after_delta = etc(&delta);
+    assert!(!after_delta.contains("prod-release"), "{after_delta}");
+    assert!(after_delta.contains("./conf \n"), "{after_delta}");
+    assert!(after_delta.contains("./keep.txt k\n"), "{after_delta}");
+    let (full, said) = push(state.path(), &["--full"]);
+    assert!(said.starts_with("full push: --full\nfull:"), "{said}");
+    assert_ne!(full, delta);
+    assert_eq!(etc(&full), after_delta);
+    // A squash after one more edit: the same.
+    write(&t.join("keep.txt"), "k2\n");
+    let (squashed, said) = push(state.path(), &["--max-deltas", "0"]);
+    assert!(said.starts_with("full push: squashing"), "{said}");
+    assert_eq!(
+        etc(&squashed),
+        after_delta.replace("keep.txt k", "keep.txt k2")
+    );
+    // No state: nothing is known to be deleted, and the base's file shows.
+    let fresh_state = tempfile::tempdir().unwrap();
+    let (fresh, _) = push(fresh_state.path(), &[]);
+    assert!(
+        etc(&fresh).contains("./prod-release prod 1.0\n"),
+        "{}",
+        etc(&fresh)
+    );
+}

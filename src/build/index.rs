@@ -465,7 +465,7 @@ pub fn diff(
         out.insert(layer_order(&w), whiteout(w.clone()));
     }
     for dir in &opaque {
-        let w = format!("{dir}/.wh..wh..opq");
+        let w = format!("{dir}/{OPAQUE}");
         out.insert(layer_order(&w), whiteout(w.clone()));
     }
     for p in &changed {
@@ -493,6 +493,73 @@ pub fn diff(
         index,
     })
 }
+
+/// The image paths whose lower layers' contents the whiteouts among `entries` hide: a
+/// whiteout's path, an opaque whiteout's directory.
+pub fn hidden_by(entries: &[Entry]) -> impl Iterator<Item = String> + '_ {
+    entries
+        .iter()
+        .filter(|e| e.kind == Kind::Whiteout)
+        .map(|e| match e.path.rsplit_once('/') {
+            Some((dir, OPAQUE)) => dir.to_string(),
+            Some((dir, name)) => format!("{dir}/{}", &name[WHITEOUT.len()..]),
+            None => e.path[WHITEOUT.len()..].to_string(),
+        })
+}
+
+/// Adds `more` to `hidden` (sorted, no path below another of them), keeping it so.
+pub fn hide(hidden: &mut Vec<String>, more: impl Iterator<Item = String>) {
+    hidden.extend(more);
+    hidden.sort();
+    hidden.dedup();
+    let all: HashSet<String> = hidden.iter().cloned().collect();
+    hidden.retain(|p| {
+        let mut at = p.as_str();
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if all.contains(parent) {
+                return false;
+            }
+            at = parent;
+        }
+        true
+    });
+}
+
+/// A full layer's bottom part with whiteouts that hide again what deltas hid (`hidden`, as
+/// [`hide`] keeps it) in the layers below the app's: a path the tree lacks gets a whiteout, a
+/// directory an opaque whiteout (only what the tree holds shows in it, as after the deltas); a
+/// file or link needs none, it replaces what is below by itself. `entries` is the whole tree.
+pub fn rehide(part: &mut Vec<Entry>, hidden: &[String], entries: &[Entry]) {
+    let found = |p: &str| {
+        entries
+            .binary_search_by(|e| e.path.as_str().cmp(p))
+            .ok()
+            .map(|i| &entries[i].kind)
+    };
+    let before = part.len();
+    for p in hidden {
+        let path = match found(p) {
+            None => match p.rsplit_once('/') {
+                Some((dir, name)) => format!("{dir}/{WHITEOUT}{name}"),
+                None => format!("{WHITEOUT}{p}"),
+            },
+            Some(Kind::Dir) => format!("{p}/{OPAQUE}"),
+            Some(_) => continue,
+        };
+        part.push(Entry {
+            path,
+            kind: Kind::Whiteout,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    if part.len() > before {
+        part.sort_by_cached_key(|e| layer_order(&e.path));
+    }
+}
+
+const OPAQUE: &str = ".wh..wh..opq";
 
 /// Sorts paths in byte order — the order of the tree, in which a hardlink's target comes before
 /// the link — except that a whiteout sorts before every other name of its directory, so that an
@@ -732,6 +799,42 @@ mod tests {
         let (d, stacked) = stack(&old, &new);
         assert_eq!(paths(&d), ["app", "app/a", "app/a-b", "app/a/c"]);
         assert_eq!(stacked, new);
+    }
+
+    #[test]
+    fn what_deltas_hid_is_hidden_again_in_a_full_layer() {
+        let mut new = base();
+        new.retain(|p, _| !p.starts_with("app/pkg/") && p != "app/a.py");
+        let (d, _) = stack(&base(), &new);
+        let mut hidden = vec!["app/pkg/m.py".to_string(), "app/gone".to_string()];
+        hide(&mut hidden, hidden_by(&d.entries));
+        // The emptied directory hides its old children: m.py is below it.
+        assert_eq!(hidden, ["app/a.py", "app/gone", "app/pkg"]);
+        let tree = entries(&new, &BTreeMap::new());
+        let mut part = tree.clone();
+        rehide(&mut part, &hidden, &tree);
+        assert_eq!(
+            paths_of(&part),
+            [
+                "app",
+                "app/.wh.a.py",
+                "app/.wh.gone",
+                "app/link",
+                "app/pkg",
+                "app/pkg/.wh..wh..opq"
+            ]
+        );
+        // A path the tree now holds as a file needs no whiteout.
+        let mut again = new.clone();
+        again.insert("app/a.py".into(), ('f', 0o644, "back".into()));
+        let tree = entries(&again, &BTreeMap::new());
+        let mut part = tree.clone();
+        rehide(&mut part, &hidden, &tree);
+        assert!(!paths_of(&part).contains(&"app/.wh.a.py"));
+    }
+
+    fn paths_of(entries: &[Entry]) -> Vec<&str> {
+        entries.iter().map(|e| e.path.as_str()).collect()
     }
 
     #[test]

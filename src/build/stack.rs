@@ -157,6 +157,9 @@ pub struct Job {
     /// Image paths to hash even when their stat looks unchanged (file events named them).
     pub suspects: Vec<String>,
     pub settings: Settings,
+    /// What the last push's deltas hid below the app's layers ([`State::hidden`]); empty when
+    /// there is no state or the mappings changed.
+    pub hidden: Vec<String>,
     pub base: Digest,
     pub created_by: String,
     pub mtime: u64,
@@ -186,12 +189,15 @@ pub fn layers(
     job: Job,
     prev: std::result::Result<Box<State>, Option<FullReason>>,
 ) -> Result<Built> {
+    let mut hidden = job.hidden;
     let reason = 'delta: {
         let prev = match prev {
             Err(why) => break 'delta why,
             Ok(prev) => prev,
         };
         let mut delta = diff(&prev.index, &job.entries, job.scanned_at, &job.suspects)?;
+        // Also when this delta is squashed: the full layer must hide what it would have.
+        index::hide(&mut hidden, index::hidden_by(&delta.entries));
         let written = if delta.is_empty() {
             None
         } else {
@@ -205,6 +211,7 @@ pub fn layers(
         };
         let mut next = *prev;
         next.index = delta.index;
+        next.hidden = hidden;
         let mode = match &written {
             None => Mode::Unchanged,
             Some((layer, _)) => {
@@ -225,16 +232,20 @@ pub fn layers(
             entries: job.entries.len(),
         });
     };
-    let parts = partition::split(&job.entries, &job.roots);
+    let mut parts = partition::split(&job.entries, &job.roots);
+    // In the bottom part: an opaque whiteout there hides only the base, not another part.
+    index::rehide(&mut parts[0], &hidden, &job.entries);
     let mut index = index::index_of(&job.entries, job.scanned_at);
     let uploads = write_full(&parts, &job.created_by, job.mtime, &mut index, &job.dir)?;
     let app: Vec<NewLayer> = uploads.iter().map(|u| u.0.clone()).collect();
+    let mut next = State::new(job.settings, job.base.clone(), job.base, app.clone(), index);
+    next.hidden = hidden;
     Ok(Built {
         mode: Mode::Full {
             reason,
             parts: app.len(),
         },
-        next: State::new(job.settings, job.base.clone(), job.base, app.clone(), index),
+        next,
         app,
         uploads,
         entries: job.entries.len(),

@@ -70,6 +70,11 @@ pub struct State {
     pub parts: Vec<NewLayer>,
     /// Deltas stacked on the parts since, bottom first.
     pub deltas: Vec<NewLayer>,
+    /// Image paths a delta's whiteouts hid in the layers below the app's (the base's files
+    /// included), as [`crate::build::index::hide`] keeps them: a full push of the same
+    /// destination hides them again, so squashing or `--full` never brings a deleted file back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<String>,
     /// Kept as lines after the JSON (see [`Index::write_lines`]).
     #[serde(skip)]
     pub index: Index,
@@ -90,6 +95,7 @@ impl State {
             image,
             parts,
             deltas: Vec::new(),
+            hidden: Vec::new(),
             index,
         }
     }

@@ -348,10 +348,11 @@ pub async fn run_in(
         Ok::<_, Error>((bases, started.elapsed()))
     };
     let check_dest = async {
-        let file = state_file.clone().filter(|_| !plan.full);
+        // Read with --full too: what the last push's deltas hid stays hidden.
+        let file = state_file.clone();
         let load = async {
             match remembered {
-                Some(s) if !plan.full => Ok(Loaded::Found(s)),
+                Some(s) => Ok(Loaded::Found(s)),
                 _ => blocking(move || Ok(file.map_or(Loaded::Missing, |f| state::load(&f)))).await,
             }
         };
@@ -413,6 +414,10 @@ pub async fn run_in(
         }
     }
     let settings = stack::settings(&mappings, plan.owner, plan.mtime);
+    let hidden = match &loaded {
+        Loaded::Found(s) if s.settings.mappings == settings.mappings => s.hidden.clone(),
+        _ => Vec::new(),
+    };
     let prev = if plan.full {
         Err(Some(FullReason::Forced))
     } else {
@@ -435,6 +440,7 @@ pub async fn run_in(
         scanned_at,
         suspects,
         settings,
+        hidden,
         base: base_digest.clone(),
         created_by: created_by(&mappings),
         mtime: plan.mtime,
