@@ -11,8 +11,8 @@
 //! build         walk → entries → tar → gzip; file index and state; base; image (no network)
 //! store         registry (the only HTTP), OCI layout on disk, credentials
 //! oci           references, digests, media types and descriptors, platforms, byte streams
-//! error, units, retry, meter   at the bottom: errors and exit codes, sizes and durations,
-//!               backoff, transfer counters
+//! error, units, retry, meter, stale   at the bottom: errors and exit codes, sizes and
+//!               durations, backoff, transfer counters, files left by killed runs
 //! ```
 
 pub mod build;
@@ -24,6 +24,7 @@ pub mod meter;
 pub mod oci;
 pub mod output;
 pub mod retry;
+pub mod stale;
 pub mod store;
 pub mod transfer;
 pub mod units;

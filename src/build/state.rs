@@ -179,10 +179,6 @@ pub struct Staged {
     path: PathBuf,
 }
 
-/// Staged files older than this were left by a process that died (Ctrl-C ends a push without
-/// waiting for its threads): the next stage for the same destination deletes them.
-const STALE: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// Writes `state` (a line of JSON, then the index's lines) to a temporary file beside `path`,
 /// while the push runs: only the rename is left for after it.
 pub fn stage(path: &Path, state: &State) -> Result<Staged> {
@@ -192,7 +188,8 @@ pub fn stage(path: &Path, state: &State) -> Result<Staged> {
         "{}.",
         path.file_name().unwrap_or_default().to_string_lossy()
     );
-    remove_stale(dir, &prefix);
+    // One left by a run that died mid-push (Ctrl-C does not wait for its threads).
+    crate::stale::remove(dir, &prefix, ".tmp");
     let tmp = tempfile::Builder::new()
         .prefix(&prefix)
         .suffix(".tmp")
@@ -209,25 +206,6 @@ pub fn stage(path: &Path, state: &State) -> Result<Staged> {
         tmp,
         path: path.to_path_buf(),
     })
-}
-
-/// Deletes `dir/PREFIX*.tmp` files last written more than [`STALE`] ago.
-fn remove_stale(dir: &Path, prefix: &str) {
-    let Ok(items) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for item in items.flatten() {
-        let name = item.file_name();
-        let name = name.to_string_lossy();
-        let old = || {
-            item.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE))
-        };
-        if name.starts_with(prefix) && name.ends_with(".tmp") && old() {
-            let _ = std::fs::remove_file(item.path());
-        }
-    }
 }
 
 impl Staged {
@@ -327,7 +305,8 @@ mod tests {
         std::fs::write(&left, "half").unwrap();
         stage(&p, &newer).unwrap().commit().unwrap();
         assert!(left.exists());
-        let old = std::time::SystemTime::now() - STALE - std::time::Duration::from_secs(1);
+        let old =
+            std::time::SystemTime::now() - crate::stale::AGE - std::time::Duration::from_secs(1);
         std::fs::File::options()
             .write(true)
             .open(&left)

@@ -17,6 +17,9 @@ use crate::oci::stream::{file_stream, ByteStream};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// How this module's temporary files begin; a killed run's are deleted by the next writer.
+const TMP_PREFIX: &str = ".layerup-";
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     dir: PathBuf,
@@ -41,6 +44,10 @@ impl Layout {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join("blobs/sha256"))
             .map_err(|e| Error::io("create layout directory", dir, &e))?;
+        // Blobs and index.json half-written by a run that was killed.
+        for d in [dir, &dir.join("blobs/sha256")] {
+            crate::stale::remove(d, TMP_PREFIX, "");
+        }
         let marker = dir.join("oci-layout");
         if !marker.exists() {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -176,7 +183,7 @@ impl Layout {
         let parent = final_path.parent().expect("blob path has a parent");
         std::fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, &e))?;
         let tmp = tempfile::Builder::new()
-            .prefix(".layerup-")
+            .prefix(TMP_PREFIX)
             .tempfile_in(parent)
             .map_err(|e| Error::io("create a temporary file in", parent, &e))?;
         let (std_file, tmp_path) = tmp.into_parts();
@@ -230,7 +237,7 @@ impl Layout {
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".layerup-")
+        .prefix(TMP_PREFIX)
         .tempfile_in(parent)
         .map_err(|e| Error::io("create a temporary file in", parent, &e))?;
     tmp.write_all(bytes)
@@ -246,6 +253,26 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_deletes_what_a_killed_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        Layout::create(dir.path()).unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        let left = [blobs.join(".layerup-dead"), dir.path().join(".layerup-idx")];
+        let live = blobs.join(".layerup-live");
+        for f in left.iter().chain([&live]) {
+            std::fs::write(f, "half").unwrap();
+        }
+        let old = std::time::SystemTime::now() - crate::stale::AGE * 2;
+        for f in &left {
+            let file = std::fs::File::options().write(true).open(f).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        Layout::create(dir.path()).unwrap();
+        assert!(left.iter().all(|f| !f.exists()));
+        assert!(live.exists(), "a live run's file stays");
+    }
 
     #[test]
     fn a_tagged_manifest_is_found_again_and_retagging_replaces_it() {
