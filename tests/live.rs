@@ -347,11 +347,32 @@ fn each_edit_that_cannot_be_synced_rolls_out_and_says_why() {
     let tree = app_tree();
     let t = tree.path();
     let (kube, _dir, config, _) = cluster_running(&prod().oci);
+    // A binary compiled per platform, outside the tree.
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("linux-amd64")).unwrap();
+    std::fs::write(out.path().join("linux-amd64/server"), "1\n").unwrap();
+    let per_platform = format!(
+        "{}/{{os}}-{{arch}}/server:/app/server",
+        out.path().display()
+    );
     let w = watch_sync(
         t,
         &dev,
         &config,
-        &["--settle", "1h", "--restart-on", "package.json"],
+        &[
+            &per_platform,
+            "--settle",
+            "1h",
+            "--restart-on",
+            "package.json",
+        ],
+    );
+    let last = edit_rolled_out(&w, &kube, "files of a per-platform mapping", || {
+        std::fs::write(out.path().join("linux-amd64/server"), "2\n").unwrap()
+    });
+    assert_eq!(
+        in_container(&kube, &pod_running(&kube, &last), "cat /app/server"),
+        "2\n"
     );
     // A file the app reads only at start.
     edit_rolled_out(

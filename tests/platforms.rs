@@ -166,3 +166,124 @@ fn the_new_index_keeps_the_bases_annotations_and_drops_its_attestations() {
     );
     assert_eq!(a["org.opencontainers.image.base.name"], base.as_str());
 }
+
+/// A mapping whose SRC names `{os}`/`{arch}`: each platform's image gets its own files (a binary
+/// compiled per platform) in a layer of their own above the shared app layers; an edit of one
+/// platform's files uploads that layer alone, and the shared layers stay deltas.
+#[test]
+fn a_per_platform_mapping_gives_each_platform_its_own_files() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let out = tempfile::tempdir().unwrap();
+    for arch in ["amd64", "arm64"] {
+        let dir = out.path().join(format!("linux-{arch}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("server"), format!("built for {arch}\n")).unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let to = dev.reference("dev/app:bin");
+    let per_platform = format!(
+        "{}/{{os}}-{{arch}}/server:/app/bin/server",
+        out.path().display()
+    );
+    let push = || {
+        Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(tree.path(), &prod().multi, &to))
+            .args([&per_platform, "--platform", "all", "--squash-at", "100000%"])
+            .run()
+    };
+    let first = push();
+    let pinned = first.ok().to_string();
+    let kids = children(&inspect_raw(&pinned));
+    let image = |digest: &str| format!("{}/dev/app@{digest}", dev.host);
+    let layers = |digest: &str| -> Vec<String> {
+        inspect_raw(&image(digest))["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (amd, arm) = (layers(&kids[0].1), layers(&kids[1].1));
+    assert_eq!(amd.len(), prod().layers().len() + 2, "{amd:?}");
+    // The shared app layer is the same; the top one is each platform's own.
+    assert_eq!(amd[amd.len() - 2], arm[arm.len() - 2]);
+    assert_ne!(amd.last(), arm.last());
+    assert_eq!(
+        run_in(&image(&kids[0].1), "cat /app/bin/server /app/VERSION"),
+        format!(
+            "built for amd64\n{}",
+            std::fs::read_to_string(tree.path().join("VERSION")).unwrap()
+        )
+    );
+    let arm_tree = unpacked_tree(&image(&kids[1].1));
+    assert!(
+        arm_tree["bin/server"].ends_with(&format!("file {:?}", b"built for arm64\n")),
+        "{:?}",
+        arm_tree.get("bin/server")
+    );
+
+    // One platform's binary rebuilt: its layer alone is uploaded; the shared tree is unchanged.
+    std::fs::write(out.path().join("linux-arm64/server"), "rebuilt for arm64\n").unwrap();
+    let before = dev.uploaded().len();
+    let again = push();
+    again.ok();
+    assert!(
+        again
+            .stderr
+            .starts_with("no changes but per platform; per platform: 2 layers, 1 uploaded;"),
+        "{}",
+        again.stderr
+    );
+    let uploaded = dev.uploaded()[before..].to_vec();
+    let kids2 = children(&inspect_raw(again.ok()));
+    let arm2 = layers(&kids2[1].1);
+    let configs = 1;
+    assert_eq!(uploaded.len(), 1 + configs, "{uploaded:?}");
+    assert!(uploaded.contains(arm2.last().unwrap()), "{uploaded:?}");
+    assert_eq!(layers(&kids2[0].1), amd, "amd64's image is the same");
+}
+
+#[rstest::rstest]
+#[case::a_platform_without_its_files(&["--platform", "all"][..], 3, "does not exist (`")]
+#[case::a_placeholder_in_dest(&["--platform", "all"][..], 2, "goes in SRC")]
+fn a_per_platform_mapping_that_cannot_work_says_why(
+    #[case] extra: &[&str],
+    #[case] code: i32,
+    #[case] says: &str,
+) {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("linux-amd64")).unwrap();
+    std::fs::write(out.path().join("linux-amd64/server"), "x").unwrap();
+    let mapping = if code == 2 {
+        format!(
+            "{}/linux-amd64/server:/app/{{arch}}/server",
+            out.path().display()
+        )
+    } else {
+        format!(
+            "{}/{{os}}-{{arch}}/server:/app/server",
+            out.path().display()
+        )
+    };
+    let run = Layerup::new()
+        .args(push_args(
+            tree.path(),
+            &prod().multi,
+            &dev.reference("dev/app:x"),
+        ))
+        .args([mapping.as_str()])
+        .args(extra)
+        .run();
+    assert_eq!(run.code, code, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains(says), "{}", run.stderr);
+    if code == 3 {
+        assert!(run.stderr.contains("linux-arm64/server"), "{}", run.stderr);
+        assert!(run.stderr.contains("for linux/arm64"), "{}", run.stderr);
+    }
+    assert!(dev.uploaded().is_empty(), "nothing is pushed");
+}

@@ -5,6 +5,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
+use crate::oci::platform::Platform;
 
 /// How whiteout names begin (image-spec layer.md): an entry so named deletes a path of the layers
 /// below, so no file of the user's may carry one into a layer.
@@ -107,7 +108,48 @@ impl RawMapping {
     pub fn is_absolute(&self) -> bool {
         self.dest.as_deref().is_some_and(|d| d.starts_with('/'))
     }
+
+    /// Whether SRC names a placeholder ([`PLACEHOLDERS`]): its files differ per platform.
+    pub fn per_platform(&self) -> bool {
+        let src = self.src.to_string_lossy();
+        PLACEHOLDERS.iter().any(|p| src.contains(p))
+    }
+
+    /// This mapping for one platform: the placeholders of SRC replaced by its parts (a missing
+    /// variant by nothing).
+    pub fn for_platform(&self, p: &Platform) -> RawMapping {
+        let src = self
+            .src
+            .to_string_lossy()
+            .replace("{os}", &p.os)
+            .replace("{arch}", &p.architecture)
+            .replace("{variant}", p.variant.as_deref().unwrap_or(""));
+        RawMapping {
+            src: src.into(),
+            dest: self.dest.clone(),
+        }
+    }
+
+    /// The directory SRC lies in whatever the platform: its path up to the first component
+    /// with a placeholder (what `watch` watches).
+    pub fn fixed_part(&self) -> PathBuf {
+        let mut out = PathBuf::new();
+        for c in self.src.components() {
+            let text = c.as_os_str().to_string_lossy();
+            if PLACEHOLDERS.iter().any(|p| text.contains(p)) {
+                break;
+            }
+            out.push(c);
+        }
+        if out.as_os_str().is_empty() {
+            out.push(".");
+        }
+        out
+    }
 }
+
+/// What SRC may name to differ per platform: `./out/{os}-{arch}/app:/app`.
+pub const PLACEHOLDERS: [&str; 3] = ["{os}", "{arch}", "{variant}"];
 
 /// `Path::join` for image paths, then cleaned: `.` dropped, `..` applied, never above `/`.
 pub fn clean_image_path(base: &str, rel: &str) -> String {
@@ -227,6 +269,37 @@ pub fn unsupported(path: &Path, t: std::fs::FileType) -> Error {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[test]
+    fn a_per_platform_source_is_filled_in_and_watched_above_its_placeholders() {
+        let m = RawMapping {
+            src: "out/{os}-{arch}{variant}/bin/app".into(),
+            dest: Some("/app/app".into()),
+        };
+        assert!(m.per_platform());
+        let arm: Platform = "linux/arm/v7".parse().unwrap();
+        assert_eq!(
+            m.for_platform(&arm).src,
+            Path::new("out/linux-armv7/bin/app")
+        );
+        let amd: Platform = "linux/amd64".parse().unwrap();
+        assert_eq!(
+            m.for_platform(&amd).src,
+            Path::new("out/linux-amd64/bin/app")
+        );
+        assert_eq!(m.for_platform(&amd).dest, m.dest);
+        assert_eq!(m.fixed_part(), Path::new("out"));
+        let top = RawMapping {
+            src: "{arch}/app".into(),
+            dest: None,
+        };
+        assert_eq!(top.fixed_part(), Path::new("."));
+        let plain = RawMapping {
+            src: "src/{x}".into(),
+            dest: None,
+        };
+        assert!(!plain.per_platform());
+    }
 
     #[rstest]
     #[case("/app", "src", "/app/src")]

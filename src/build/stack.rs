@@ -352,6 +352,16 @@ pub fn write_full(
         .collect()
 }
 
+/// Writes one layer blob of `entries` at `path`, outside the index and its deltas.
+pub fn write_plain(
+    entries: &[Entry],
+    created_by: &str,
+    mtime: u64,
+    path: &Path,
+) -> Result<NewLayer> {
+    write_layer(entries, created_by, mtime, path, &mut Index::default())
+}
+
 /// Writes one layer blob at `path`; the hashes of the files it stored go into `index`.
 fn write_layer(
     entries: &[Entry],

@@ -75,6 +75,9 @@ pub struct State {
     /// destination hides them again, so squashing or `--full` never brings a deleted file back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<String>,
+    /// The layer of the per-platform mappings in each platform's image, in the base's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platform_layers: Vec<Digest>,
     /// Kept as lines after the JSON (see [`Index::write_lines`]).
     #[serde(skip)]
     pub index: Index,
@@ -96,6 +99,7 @@ impl State {
             parts,
             deltas: Vec::new(),
             hidden: Vec::new(),
+            platform_layers: Vec::new(),
             index,
         }
     }

@@ -1,7 +1,7 @@
 //! Values as typed on the command line and in layerup.toml: mappings, `KEY=VALUE`, commands,
 //! owners (pure).
 
-use crate::build::entry::{RawMapping, WHITEOUT};
+use crate::build::entry::{RawMapping, PLACEHOLDERS, WHITEOUT};
 use crate::error::{Error, Result};
 
 /// `SRC[:DEST]`: the last `:` separates them, so a source whose name holds `:` needs a DEST.
@@ -18,6 +18,14 @@ pub fn parse_mapping(text: &str) -> Result<RawMapping> {
     if dest == Some("") {
         return Err(Error::usage(format!(
             "mapping `{text}` has an empty DEST (write SRC or SRC:DEST)"
+        )));
+    }
+    if let Some(p) = PLACEHOLDERS
+        .iter()
+        .find(|p| dest.is_some_and(|d| d.contains(**p)))
+    {
+        return Err(Error::usage(format!(
+            "mapping `{text}`: `{p}` goes in SRC (the files that differ per platform), not DEST"
         )));
     }
     if let Some(part) = dest.and_then(|d| d.split('/').find(|p| p.starts_with(WHITEOUT))) {

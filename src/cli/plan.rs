@@ -63,10 +63,16 @@ impl PushArgs {
             .map(|m| parse_mapping(m))
             .collect::<Result<Vec<_>>>()?;
         for m in &mappings {
-            if std::fs::symlink_metadata(&m.src).is_err() {
+            // Per platform: each platform's source is checked once the platforms are known.
+            let src = if m.per_platform() {
+                m.fixed_part()
+            } else {
+                m.src.clone()
+            };
+            if std::fs::symlink_metadata(&src).is_err() {
                 return Err(Error::input(format!(
                     "source `{}` does not exist",
-                    m.src.display()
+                    src.display()
                 )));
             }
         }

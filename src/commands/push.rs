@@ -70,6 +70,12 @@ pub struct PushPlan {
 
 #[derive(Debug)]
 pub struct Pushed {
+    /// The layer of a per-platform mapping (`{os}`/`{arch}` in SRC) differs from the last
+    /// push's: the delta alone does not say what the image now holds.
+    pub platform_files_changed: bool,
+    /// The layer of the per-platform mappings in each platform's image, in the images' order
+    /// (none without such mappings).
+    pub platform_layers: Vec<NewLayer>,
     /// The destination pinned by digest: what layerup prints.
     pub reference: String,
     pub digest: Digest,
@@ -374,9 +380,10 @@ pub async fn run_in(
     let needs_base =
         plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute());
     let started = Instant::now();
+    let mut workdir = None;
     let (((bases, index), took), (loaded, at_tag, held), walked) = if needs_base {
         let ((bases, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
-        let workdir = working_dir(&bases.0)?;
+        workdir = working_dir(&bases.0)?;
         let walked = walk(plan, workdir.as_deref(), last_walk, &changes).await?;
         ((bases, took), dest, walked)
     } else {
@@ -414,6 +421,10 @@ pub async fn run_in(
         }
     }
     let settings = stack::settings(&mappings, plan.owner, plan.mtime);
+    let last_platform_layers = match &loaded {
+        Loaded::Found(s) => s.platform_layers.clone(),
+        _ => Vec::new(),
+    };
     let hidden = match &loaded {
         Loaded::Found(s) if s.settings.mappings == settings.mappings => s.hidden.clone(),
         _ => Vec::new(),
@@ -455,6 +466,18 @@ pub async fn run_in(
         entries,
         restat,
     } = blocking(move || stack::layers(job, prev)).await?;
+    let workdir = plan
+        .tweaks
+        .workdir
+        .clone()
+        .or(workdir)
+        .unwrap_or_else(|| "/".into());
+    let per_platform = platform_layers(plan, &bases, &workdir, tmp.path()).await?;
+    let platform_files_changed = !per_platform.is_empty()
+        && per_platform
+            .iter()
+            .map(|(l, _)| &l.digest)
+            .ne(last_platform_layers.iter());
     timings.layer = started.elapsed().saturating_sub(timings.base);
     // The delta as written (also when a squash pushed the full layer instead: it says what
     // changed since the last push), read back before the temporary files go.
@@ -482,7 +505,12 @@ pub async fn run_in(
     let created = image::rfc3339(plan.mtime);
     let images = bases
         .iter()
-        .map(|(_, b)| image::build(b, &app, &plan.tweaks, &created))
+        .enumerate()
+        .map(|(i, (_, b))| {
+            let mut layers = app.clone();
+            layers.extend(per_platform.get(i).map(|(l, _)| l.clone()));
+            image::build(b, &layers, &plan.tweaks, &created)
+        })
         .collect::<Result<Vec<_>>>()?;
     // One platform: its image. Several: an index of theirs, written last.
     let top = match &index {
@@ -507,15 +535,19 @@ pub async fn run_in(
     let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
     let mut next = Box::new(next_state);
     next.image = top.digest.clone();
+    next.platform_layers = per_platform.iter().map(|(l, _)| l.digest.clone()).collect();
     let transfer = async {
         let unchanged = mode == Mode::Unchanged && at_tag.as_ref() == Some(&top.digest);
-        // A delta and its config are new by nature: asking about them saves nothing.
-        let new = if matches!(mode, Mode::Full { .. }) {
+        // A delta and its config are new by nature: asking about them saves nothing. With only
+        // per-platform files changed, the other platforms' configs are not.
+        let new = if matches!(mode, Mode::Full { .. })
+            || (mode == Mode::Unchanged && platform_files_changed)
+        {
             Known::Unknown
         } else {
             Known::Missing
         };
-        let mut blobs = blobs(&images, &uploads, &source, &present, new);
+        let mut blobs = blobs(&images, &uploads, &per_platform, &source, &present, new);
         if unchanged {
             blobs.iter_mut().for_each(|b| b.known = Known::Present);
         }
@@ -584,6 +616,8 @@ pub async fn run_in(
         None => Vec::new(),
     };
     Ok(Pushed {
+        platform_files_changed,
+        platform_layers: per_platform.into_iter().map(|u| u.0).collect(),
         reference: plan.to.pinned(&top.digest),
         digest: top.digest,
         mode,
@@ -601,6 +635,62 @@ struct Top {
     bytes: Vec<u8>,
     digest: Digest,
     media_type: &'static str,
+}
+
+/// The layer of the per-platform mappings (`{os}`, `{arch}`, `{variant}` in SRC) for each
+/// base image, in the bases' order, with its file; none when no mapping is per platform. Built
+/// whole each push (compiled binaries change whole): an unchanged one has the same digest and
+/// is found in the destination.
+async fn platform_layers(
+    plan: &PushPlan,
+    bases: &[(Descriptor, crate::build::base::Base)],
+    workdir: &str,
+    dir: &Path,
+) -> Result<Vec<(NewLayer, PathBuf)>> {
+    let raw: Vec<RawMapping> = plan
+        .mappings
+        .iter()
+        .filter(|m| m.per_platform())
+        .cloned()
+        .collect();
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut jobs = Vec::new();
+    for (i, (_, b)) in bases.iter().enumerate() {
+        let Some(platform) = Platform::of_config(&b.config) else {
+            return Err(Error::image(format!(
+                "base image `{}` names no os and architecture: {} cannot be filled in",
+                b.name,
+                crate::build::entry::PLACEHOLDERS.join(", ")
+            )));
+        };
+        let mut mappings = Vec::new();
+        for m in &raw {
+            let one = m.for_platform(&platform);
+            if std::fs::symlink_metadata(&one.src).is_err() {
+                return Err(Error::input(format!(
+                    "source `{}` does not exist (`{}` for {platform})",
+                    one.src.display(),
+                    m.src.display()
+                )));
+            }
+            mappings.push(one.resolve(workdir));
+        }
+        jobs.push((mappings, dir.join(format!("platform-{i}.tar.gz")), platform));
+    }
+    let (owner, ignore, own, mtime) =
+        (plan.owner, plan.ignore.clone(), own_paths(plan), plan.mtime);
+    blocking(move || {
+        jobs.into_iter()
+            .map(|(mappings, path, platform)| {
+                let entries = tree::collect(&mappings, owner, &ignore, &own)?;
+                let by = format!("{} for {platform}", created_by(&mappings));
+                Ok((stack::write_plain(&entries, &by, mtime, &path)?, path))
+            })
+            .collect()
+    })
+    .await
 }
 
 /// The working directory the mappings land relative to: the base's — the same on every
@@ -622,6 +712,7 @@ fn working_dir(bases: &[(Descriptor, crate::build::base::Base)]) -> Result<Optio
 fn blobs(
     images: &[Image],
     uploads: &[(NewLayer, PathBuf)],
+    per_platform: &[(NewLayer, PathBuf)],
     source: &Store,
     present: &HashSet<Digest>,
     new: Known,
@@ -633,9 +724,12 @@ fn blobs(
             continue;
         }
         let upload = uploads.iter().find(|u| u.0.digest == l.digest);
-        let (source, known) = match upload {
-            Some((_, path)) => (Source::File(path.clone()), new),
-            None => (Source::Store(source.clone()), Known::Unknown),
+        // A per-platform layer is rebuilt each push, unchanged more often than not.
+        let rebuilt = per_platform.iter().find(|u| u.0.digest == l.digest);
+        let (source, known) = match (upload, rebuilt) {
+            (Some((_, path)), _) => (Source::File(path.clone()), new),
+            (None, Some((_, path))) => (Source::File(path.clone()), Known::Unknown),
+            (None, None) => (Source::Store(source.clone()), Known::Unknown),
         };
         out.push(Blob {
             descriptor: l.clone(),
@@ -705,7 +799,12 @@ async fn walk(
         .or(base_workdir)
         .unwrap_or("/")
         .to_string();
-    let mappings: Vec<Mapping> = plan.mappings.iter().map(|m| m.resolve(&workdir)).collect();
+    let mappings: Vec<Mapping> = plan
+        .mappings
+        .iter()
+        .filter(|m| !m.per_platform())
+        .map(|m| m.resolve(&workdir))
+        .collect();
     let owner = plan.owner;
     let ignore = plan.ignore.clone();
     let own = own_paths(plan);

@@ -444,6 +444,10 @@ impl<'a> Deployer<'a> {
     pub async fn pushed(&mut self, pushed: &Pushed) {
         if let (Some(plan), Some(live)) = (self.sync, self.live.as_mut()) {
             let why = match &pushed.delta {
+                // Its files were not in the delta: the image holds more than the delta says.
+                Some(_) if pushed.platform_files_changed => {
+                    "the files of a per-platform mapping ({os}/{arch} in SRC) changed".to_string()
+                }
                 None => match pushed.full_reason() {
                     Some(reason) => format!("full push: {reason}"),
                     None => "the push is not a delta on the image the pods run".to_string(),

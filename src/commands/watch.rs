@@ -201,8 +201,14 @@ fn start(
 ) -> Result<()> {
     let mut sources = Vec::new();
     for m in &plan.push.mappings {
+        // A per-platform SRC: the directory its platforms' sources share.
+        let src = if m.per_platform() {
+            m.fixed_part()
+        } else {
+            m.src.clone()
+        };
         // Absolute, so that events name absolute paths, comparable with layerup's own.
-        let src = std::fs::canonicalize(&m.src).unwrap_or_else(|_| m.src.clone());
+        let src = std::fs::canonicalize(&src).unwrap_or(src);
         if !watching.iter().any(|w| src.starts_with(w)) {
             watcher
                 .watch(&src, RecursiveMode::Recursive)

@@ -50,6 +50,7 @@ pub fn pushed(p: &Pushed, total: std::time::Duration) -> Value {
         "deleted": deleted,
         "entries": p.entries,
         "new_layers": p.new_layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
+        "platform_layers": p.platform_layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>(),
         "blobs": p.blobs.iter().map(blob).collect::<Vec<_>>(),
         "bytes_sent": p.bytes_sent(),
         "platforms": p.platforms.iter().map(|(pl, d)| json!({"platform": pl.to_string(), "digest": d.to_string()})).collect::<Vec<_>>(),

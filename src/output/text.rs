@@ -26,7 +26,12 @@ fn lines(out: Vec<String>) -> String {
 /// One line on what a push did: its kind, what moved, and where the time went.
 pub fn summary(p: &Pushed) -> String {
     let new: Vec<_> = p.new_layers.iter().map(|l| &l.digest).collect();
-    let layers: Vec<&Moved> = p.blobs.iter().filter(|b| b.role == Role::Layer).collect();
+    let per_platform: Vec<_> = p.platform_layers.iter().map(|l| &l.digest).collect();
+    let (mine, layers): (Vec<&Moved>, Vec<&Moved>) = p
+        .blobs
+        .iter()
+        .filter(|b| b.role == Role::Layer)
+        .partition(|b| per_platform.contains(&&b.digest));
     let (app, base): (Vec<&Moved>, Vec<&Moved>) =
         layers.into_iter().partition(|b| new.contains(&&b.digest));
     let n = |of: &[&Moved], o: Outcome| of.iter().filter(|b| b.outcome == o).count();
@@ -51,7 +56,18 @@ pub fn summary(p: &Pushed) -> String {
             "delta {depth}: {changed} changed, {deleted} deleted ({} layer)",
             human(built)
         ),
+        Mode::Unchanged if p.platform_files_changed => "no changes but per platform".to_string(),
         Mode::Unchanged => "no changes".to_string(),
+    };
+    let what = if per_platform.is_empty() {
+        what
+    } else {
+        format!(
+            "{what}; per platform: {} layer{}, {} uploaded",
+            per_platform.len(),
+            if per_platform.len() == 1 { "" } else { "s" },
+            n(&mine, Outcome::Uploaded)
+        )
     };
     let platforms = if p.platforms.is_empty() {
         String::new()
@@ -84,6 +100,9 @@ pub fn cycle(p: &Pushed, took: Duration) -> String {
         Mode::Delta {
             changed, deleted, ..
         } => ("delta", format!("{changed} changed, {deleted} deleted")),
+        Mode::Unchanged if p.platform_files_changed => {
+            ("platform", "per-platform files changed".to_string())
+        }
         Mode::Unchanged => ("same", "no changes".to_string()),
     };
     format!(
