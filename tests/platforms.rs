@@ -287,3 +287,30 @@ fn a_per_platform_mapping_that_cannot_work_says_why(
     }
     assert!(dev.uploaded().is_empty(), "nothing is pushed");
 }
+
+/// Only per-platform files (a Go service's binary): one layer on the base, no empty app layer;
+/// a single-platform base fills in its own platform.
+#[test]
+fn per_platform_files_alone_add_one_layer() {
+    let dev = Registry::start();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("linux-amd64")).unwrap();
+    std::fs::write(out.path().join("linux-amd64/server"), "amd64 only\n").unwrap();
+    let mapping = format!(
+        "{}/{{os}}-{{arch}}/server:/app/server",
+        out.path().display()
+    );
+    let run = push(&[
+        &mapping,
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/bin:1"),
+    ]);
+    let pinned = run.ok().to_string();
+    assert_eq!(
+        inspect(&pinned)["Layers"].as_array().unwrap().len(),
+        prod().layers().len() + 1
+    );
+    assert_eq!(run_in(&pinned, "cat /app/server"), "amd64 only\n");
+}

@@ -235,6 +235,8 @@ pub fn layers(
     let mut parts = partition::split(&job.entries, &job.roots);
     // In the bottom part: an opaque whiteout there hides only the base, not another part.
     index::rehide(&mut parts[0], &hidden, &job.entries);
+    // Nothing to add (every mapping per platform, or an empty source): no empty layer.
+    parts.retain(|p| !p.is_empty());
     let mut index = index::index_of(&job.entries, job.scanned_at);
     let uploads = write_full(&parts, &job.created_by, job.mtime, &mut index, &job.dir)?;
     let app: Vec<NewLayer> = uploads.iter().map(|u| u.0.clone()).collect();
