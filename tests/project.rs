@@ -197,3 +197,21 @@ fn one_image_failing_leaves_the_others_pushed_and_the_exit_code_says_so() {
         run.stderr
     );
 }
+
+/// A mistyped image name is told as one, with the names there are — not as a missing source or
+/// a missing base.
+#[test]
+fn a_mistyped_image_name_lists_the_images() {
+    let dev = Registry::start();
+    let dir = shop(&dev);
+    for cmd in ["push", "watch"] {
+        let run = layerup_in(dir.path(), &[cmd, "wbe"]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert_eq!(
+            run.stderr,
+            "error: no image named `wbe`, nor a source of that name: the project's images are \
+             api, cart, web\n"
+        );
+    }
+    assert!(dev.uploaded().is_empty());
+}

@@ -106,6 +106,19 @@ pub fn parse(
         _ => None,
     };
     let Some(images) = selected else {
+        // A mistyped image name would otherwise be read as a source that does not exist.
+        let unknown = words.iter().find(|w| {
+            matches!(name, "push" | "watch")
+                && !w.contains(':')
+                && std::fs::symlink_metadata(cwd.join(w)).is_err()
+        });
+        if let (true, Some(w)) = (project.many, unknown) {
+            let names: Vec<&str> = project.images.iter().map(|i| i.name.as_str()).collect();
+            return Err(Error::usage(format!(
+                "no image named `{w}`, nor a source of that name: the project's images are {}",
+                names.join(", ")
+            )));
+        }
         return one(argv, &cmd, &project.root, None, env);
     };
     if images.is_empty() {
