@@ -329,6 +329,35 @@ fn a_conflict_is_read_again_and_retried() {
 }
 
 #[test]
+fn a_busy_api_server_is_read_again() {
+    let c = web_cluster();
+    // A restarting API server answers 503 for a moment.
+    c.kube.busy(3);
+    let image = dev(D1);
+    c.deploy_web(&[]).ok();
+    let obj = c.kube.get("deployments", NS, "web");
+    assert_eq!(image_of(&obj, "app"), image);
+
+    // One that stays down ends in one line that says so.
+    c.kube.busy(1000);
+    let reads = |kube: &FakeKube| {
+        kube.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && !r.target.contains("watch="))
+            .count()
+    };
+    let before = reads(&c.kube);
+    let out = c.deploy_web(&[]);
+    out.fails(
+        9,
+        &["the API server answered 503 ServiceUnavailable: the server is restarting"],
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    // A few tries, not kube's own fifteen (whose waits held a deploy for 5½ minutes).
+    assert_eq!(reads(&c.kube) - before, 4);
+}
+
+#[test]
 fn an_rbac_denial_is_an_auth_error_with_the_servers_words() {
     let c = web_cluster();
     c.kube.deny("patch", "deployments");

@@ -48,6 +48,19 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// Tries of a read (or a patch) before a busy API server is an error: about 2 s of waiting.
+const READ_TRIES: u32 = 4;
+
+/// Whether a failed call may work if made again: the server busy, restarting, or the
+/// connection broken — not a refusal, a missing object or a credential that failed.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => auth_error(e).is_none(),
+        _ => false,
+    }
+}
+
 /// A failed API call, before it is worded: 409 is the one callers act on.
 pub enum Failure {
     Conflict,
@@ -76,6 +89,10 @@ impl Cluster {
         // A watch is ended by the server within its timeoutSeconds (below this), so any answer
         // that takes longer is a stalled server.
         config.read_timeout = Some(Duration::from_secs(60));
+        // kube's own retry waits up to 15 times, the last alone for minutes, past --timeout:
+        // a server that keeps answering 503 held a deploy for 5½ minutes. Reads are tried
+        // again here instead, a few times (`read`).
+        config.default_retry = false;
         let namespace = target
             .namespace
             .clone()
@@ -185,19 +202,16 @@ impl Cluster {
 
     pub async fn get(&self, w: &WorkloadRef) -> Result<Value> {
         let what = format!("read {w}");
-        match self.workloads(w.kind).get(&w.name).await {
-            Ok(o) => Ok(to_value(o)),
-            Err(e) => Err(self.failure(&what, Some(w), e)),
-        }
+        let api = self.workloads(w.kind);
+        let o = self.read(&what, Some(w), || api.get(&w.name)).await?;
+        Ok(to_value(o))
     }
 
     pub async fn list(&self, kind: Kind) -> Result<Vec<Value>> {
         let what = format!("list {}", kind.plural());
-        let list = self
-            .workloads(kind)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| self.failure(&what, None, e))?;
+        let api = self.workloads(kind);
+        let params = ListParams::default();
+        let list = self.read(&what, None, || api.list(&params)).await?;
         Ok(list.items.into_iter().map(to_value).collect())
     }
 
@@ -208,11 +222,20 @@ impl Cluster {
             field_manager: Some("layerup".into()),
             ..Default::default()
         };
-        match self
-            .workloads(w.kind)
-            .patch(&w.name, &params, &Patch::Strategic(body))
-            .await
-        {
+        let api = self.workloads(w.kind);
+        let mut tries = 0;
+        let done = loop {
+            tries += 1;
+            // A patch made twice is the same change (and its resourceVersion precondition
+            // turns a repeat after a lost answer into a 409, read again by the caller).
+            match api.patch(&w.name, &params, &Patch::Strategic(body)).await {
+                Err(e) if tries < READ_TRIES && transient(&e) => {
+                    tokio::time::sleep(crate::retry::backoff(tries)).await
+                }
+                done => break done,
+            }
+        };
+        match done {
             Ok(o) => Ok(to_value(o)),
             Err(kube::Error::Api(s)) if s.code == 409 => Err(Failure::Conflict),
             Err(e) => Err(Failure::Other(self.failure(
@@ -322,10 +345,10 @@ impl Cluster {
             self.client.clone(),
             &ApiResource::from_gvk_with_plural(&gvk, "nodes"),
         );
-        let list = nodes
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| self.failure("list nodes", None, e))?;
+        let params = ListParams::default();
+        let list = self
+            .read("list nodes", None, || nodes.list(&params))
+            .await?;
         let mut out: Vec<Platform> = Vec::new();
         for node in list.items.into_iter().map(to_value) {
             let info = &node["status"]["nodeInfo"];
@@ -345,22 +368,48 @@ impl Cluster {
     }
 
     pub async fn pods(&self, selector: &str) -> Result<Vec<Value>> {
-        let list = self
-            .api("", "Pod", "pods")
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| self.failure("list pods", None, e))?;
+        let api = self.api("", "Pod", "pods");
+        let params = ListParams::default().labels(selector);
+        let list = self.read("list pods", None, || api.list(&params)).await?;
         Ok(list.items.into_iter().map(to_value).collect())
     }
 
     pub async fn events(&self, pod: &str) -> Result<Vec<Value>> {
         let fields = format!("involvedObject.kind=Pod,involvedObject.name={pod}");
-        let list = self
-            .api("", "Event", "events")
-            .list(&ListParams::default().fields(&fields))
-            .await
-            .map_err(|e| self.failure("list events", None, e))?;
+        let api = self.api("", "Event", "events");
+        let params = ListParams::default().fields(&fields);
+        let list = self.read("list events", None, || api.list(&params)).await?;
         Ok(list.items.into_iter().map(to_value).collect())
+    }
+
+    /// A read, made again while the API server is busy or restarting (429, 5xx, a broken
+    /// connection) — [`READ_TRIES`] in all, with the registry's backoff — as client-go does.
+    async fn read<T, F>(
+        &self,
+        what: &str,
+        w: Option<&WorkloadRef>,
+        mut call: impl FnMut() -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = kube::Result<T>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) if tries < READ_TRIES && transient(&e) => {
+                    let wait = crate::retry::backoff(tries);
+                    tracing::info!(
+                        "{what}: {}; again in {}",
+                        crate::error::root_cause(&e),
+                        crate::units::show_duration(wait)
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(self.failure(what, w, e)),
+            }
+        }
     }
 
     /// One line naming the action, the object, the context and the cluster's answer.

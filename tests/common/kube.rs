@@ -40,6 +40,8 @@ struct State {
     deny: Vec<(String, String)>,
     /// Patches before which another writer changes the object.
     conflicts: usize,
+    /// Reads (GET, not watches) still to answer 503, as a restarting API server does.
+    busy: usize,
     /// Image substrings whose pull fails, and that crash after starting.
     unpullable: Vec<String>,
     /// Image substrings whose pull finds no manifest for the nodes' platform.
@@ -289,6 +291,11 @@ impl FakeKube {
     /// The next `n` patches find the object just changed by someone else.
     pub fn conflicts(&self, n: usize) {
         self.with(|st| st.conflicts = n);
+    }
+
+    /// The next `n` reads answer 503 Service Unavailable.
+    pub fn busy(&self, n: usize) {
+        self.with(|st| st.busy = n);
     }
 
     pub fn unpullable(&self, image_part: &str) {
@@ -833,6 +840,18 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 status(401, "Unauthorized", "Unauthorized", json!({})),
             );
         }
+    }
+    if st.busy > 0 && method == "GET" && !target.contains("watch=") {
+        st.busy -= 1;
+        return reply(
+            &mut c,
+            status(
+                503,
+                "ServiceUnavailable",
+                "the server is restarting",
+                json!({}),
+            ),
+        );
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let q = |name: &str| -> Option<String> {
