@@ -418,6 +418,49 @@ fn a_rollout_that_never_finishes_times_out_with_where_it_stood() {
     out.fails(10, &["deployment/web did not roll out within 1s: waiting for the controller to see the change", "--timeout"]);
 }
 
+/// Pods selected by `matchExpressions` are found too: their trouble is told, not only the
+/// rollout's status — and another workload's pods, which `matchLabels` alone would take, are not.
+#[test]
+fn pods_selected_by_expressions_are_watched_for_trouble() {
+    let mut d = web(BASE);
+    d["spec"]["selector"] = json!({"matchExpressions": [
+        {"key": "app", "operator": "In", "values": ["web"]},
+        {"key": "track", "operator": "In", "values": ["stable", "edge"]}]});
+    d["spec"]["template"]["metadata"]["labels"]["track"] = json!("stable");
+    let mut other = deployment(
+        "web-canary",
+        json!([{"name": "app", "image": "x"}]),
+        json!([]),
+    );
+    other["spec"]["selector"]["matchLabels"] = json!({"app": "web", "track": "canary"});
+    other["spec"]["template"]["metadata"]["labels"] = json!({"app": "web", "track": "canary"});
+    let c = cluster_running(d);
+    c.kube.add("deployments", NS, other);
+    c.kube.unpullable(D1);
+    let out = c.deploy_web(&["--timeout", "20s"]);
+    assert_eq!(out.code, 10, "{}", out.stderr);
+    let last = out.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: deployment/web did not roll out: pod web-")
+            && last.contains("Failed to pull image"),
+        "{}",
+        out.stderr
+    );
+    let lists: Vec<String> = c
+        .kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/pods?"))
+        .map(|r| r.target)
+        .collect();
+    assert!(
+        lists
+            .iter()
+            .all(|t| t.ends_with("labelSelector=app+in+%28web%29%2Ctrack+in+%28stable%2Cedge%29")),
+        "{lists:?}"
+    );
+}
+
 #[test]
 fn an_image_that_cannot_be_pulled_fails_the_rollout_with_the_kubelets_reason() {
     let c = web_cluster();

@@ -124,8 +124,35 @@ pub struct Workload {
     pub containers: Vec<Container>,
     /// layerup's annotation, as found (empty when absent or unreadable).
     pub record: Record,
-    /// `spec.selector.matchLabels` as a label selector (`app=web,tier=front`).
+    /// `spec.selector` as a label selector (`app=web,tier in (front,edge)`); `None` when empty
+    /// or unreadable.
     pub selector: Option<String>,
+}
+
+/// A `LabelSelector` object as the `labelSelector` text the API reads: `matchLabels` as
+/// `k=v`, `matchExpressions` as `k in (a,b)`, `k notin (a,b)`, `k`, `!k` — all of them ANDed.
+/// `None` for an empty selector or an operator this does not know.
+fn label_selector(sel: &Value) -> Option<String> {
+    let mut terms = Vec::new();
+    for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
+        terms.push(format!("{k}={}", v.as_str()?));
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str()?;
+        let values = || -> Option<String> {
+            let all = e["values"].as_array()?;
+            let texts: Option<Vec<&str>> = all.iter().map(Value::as_str).collect();
+            Some(texts?.join(","))
+        };
+        terms.push(match e["operator"].as_str()? {
+            "In" => format!("{key} in ({})", values()?),
+            "NotIn" => format!("{key} notin ({})", values()?),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    (!terms.is_empty()).then(|| terms.join(","))
 }
 
 impl Workload {
@@ -156,15 +183,7 @@ impl Workload {
             .as_str()
             .and_then(|a| serde_json::from_str(a).ok())
             .unwrap_or_default();
-        let selector = obj["spec"]["selector"]["matchLabels"]
-            .as_object()
-            .filter(|m| !m.is_empty())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            });
+        let selector = label_selector(&obj["spec"]["selector"]);
         Ok(Workload {
             id,
             resource_version: meta["resourceVersion"].as_str().unwrap_or("").to_string(),
@@ -313,6 +332,25 @@ pub fn patch(w: &Workload, set: &[(&Container, &str)], record: &Record) -> Value
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    #[case::labels(json!({"matchLabels": {"app": "web", "tier": "front"}}), Some("app=web,tier=front"))]
+    #[case::expressions(
+        json!({"matchLabels": {"app": "web"}, "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["front", "edge"]},
+            {"key": "track", "operator": "NotIn", "values": ["canary"]},
+            {"key": "team", "operator": "Exists"},
+            {"key": "legacy", "operator": "DoesNotExist"}]}),
+        Some("app=web,tier in (front,edge),track notin (canary),team,!legacy")
+    )]
+    #[case::empty(json!({}), None)]
+    #[case::unknown_operator(json!({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}), None)]
+    fn a_selector_is_the_label_selector_text_the_api_reads(
+        #[case] sel: Value,
+        #[case] want: Option<&str>,
+    ) {
+        assert_eq!(label_selector(&sel).as_deref(), want);
+    }
 
     fn deployment() -> Value {
         json!({

@@ -1061,21 +1061,46 @@ fn decode(v: &str) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
-/// `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`) and `fieldSelector` (the fields the real
-/// server supports for these resources); an unsupported field is the real server's 400.
+/// `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and
+/// `fieldSelector` (the fields the real server supports for these resources); an unsupported
+/// field is the real server's 400.
 fn selects(obj: &Value, labels: Option<&str>, fields: Option<&str>) -> Result<bool, String> {
+    // Terms are separated by commas outside parentheses.
     let terms = |s: Option<&str>| -> Vec<String> {
-        s.map(|s| {
-            s.split(',')
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+        let mut out = vec![String::new()];
+        let mut depth = 0;
+        for ch in s.unwrap_or_default().chars() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(String::new());
+                    continue;
+                }
+                _ => {}
+            }
+            out.last_mut().unwrap().push(ch);
+        }
+        out.into_iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let set = |t: &str, op: &str| -> Option<(String, Vec<String>)> {
+        let (k, rest) = t.split_once(op)?;
+        let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+        Some((
+            k.trim().to_string(),
+            inner.split(',').map(|v| v.trim().to_string()).collect(),
+        ))
     };
     for t in terms(labels) {
         let l = &obj["metadata"]["labels"];
-        let ok = if let Some((k, v)) = t.split_once("!=") {
+        let ok = if let Some((k, vs)) = set(&t, " notin ") {
+            !vs.iter().any(|v| l[&k] == v.as_str())
+        } else if let Some((k, vs)) = set(&t, " in ") {
+            vs.iter().any(|v| l[&k] == v.as_str())
+        } else if let Some((k, v)) = t.split_once("!=") {
             l[k] != v
         } else if let Some((k, v)) = t.split_once("==").or(t.split_once('=')) {
             l[k] == v
