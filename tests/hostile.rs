@@ -426,3 +426,45 @@ fn a_platform_a_single_platform_base_lacks_is_an_error_not_a_silent_other() {
     )
     .ok();
 }
+
+/// A base whose config names its architecture `..`: a per-platform SRC (`out/{arch}/bin`) must
+/// not become `out/../bin` — files from outside what the user named.
+#[test]
+fn a_base_platform_cannot_steer_a_per_platform_source() {
+    let reg = Registry::start();
+    let config = br#"{"architecture":"..","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let c = put_blob(&reg.host, "base/odd", config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.len()},
+        "layers": []
+    });
+    put_manifest(
+        &reg.host,
+        "base/odd",
+        "1",
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.to_string().as_bytes(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(out.path().join("sub/amd64/bin")).unwrap();
+    std::fs::create_dir_all(out.path().join("bin")).unwrap();
+    // What `sub/../bin` would name.
+    std::fs::write(out.path().join("bin/secret"), "not for the image").unwrap();
+    let mapping = format!("{}/sub/{{arch}}/bin:/app/bin", out.path().display());
+    let run = push(&[
+        &mapping,
+        "--base",
+        &reg.reference("base/odd:1"),
+        "--to",
+        &reg.reference("dev/odd:1"),
+    ]);
+    run.fails(7, &["names no usable os and architecture"]);
+    let to_dev: Vec<_> = reg
+        .writes()
+        .into_iter()
+        .filter(|(_, p, _)| p.contains("/dev/odd/"))
+        .collect();
+    assert!(to_dev.is_empty(), "nothing is pushed: {to_dev:?}");
+}

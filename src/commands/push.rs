@@ -658,9 +658,19 @@ async fn platform_layers(
     }
     let mut jobs = Vec::new();
     for (i, (_, b)) in bases.iter().enumerate() {
-        let Some(platform) = Platform::of_config(&b.config) else {
+        // From the registry: a name like `../..` would take files from elsewhere.
+        let plain = |t: &str| {
+            !t.is_empty()
+                && t != "."
+                && t != ".."
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        let Some(platform) = Platform::of_config(&b.config).filter(|p| {
+            plain(&p.os) && plain(&p.architecture) && p.variant.as_deref().is_none_or(plain)
+        }) else {
             return Err(Error::image(format!(
-                "base image `{}` names no os and architecture: {} cannot be filled in",
+                "base image `{}` names no usable os and architecture: {} cannot be filled in",
                 b.name,
                 crate::build::entry::PLACEHOLDERS.join(", ")
             )));
