@@ -78,7 +78,11 @@ fn auths(host: &str, entry: serde_json::Value) -> serde_json::Value {
 
 /// No form of the secret is in what layerup printed.
 fn assert_no_secret(run: &Run) {
-    for needle in [PASSWORD.to_string(), basic_b64(USER, PASSWORD)] {
+    for needle in [
+        PASSWORD.to_string(),
+        basic_b64(USER, PASSWORD),
+        common::token::REFRESH.to_string(),
+    ] {
         assert!(
             !run.stdout.contains(&needle) && !run.stderr.contains(&needle),
             "a credential leaked:\n{}",
@@ -403,4 +407,85 @@ fn a_failing_helper_never_has_its_output_printed() {
         run.fails(5, &["docker-credential-leaky", "failed (exit status: 1)"]);
         assert_no_secret(&run);
     }
+}
+
+/// An OAuth2 identity token (what `az acr login` and `gcloud` helpers leave: `identitytoken` in
+/// `auths`, or a helper answering the user `<token>`) is traded at the token service for an
+/// access token, with one POST covering the destination and the mount source.
+#[rstest::rstest]
+#[case::in_auths(false)]
+#[case::from_a_helper(true)]
+fn an_identity_token_is_traded_for_an_access_token(#[case] helper: bool) {
+    use common::token::REFRESH;
+    let tokens = TokenServer::start(USER, PASSWORD);
+    let reg = tokens.registry();
+    let base = reg.reference("prod/app:1");
+    seed_base(&base);
+    let client = if helper {
+        let c = Client::new(serde_json::json!({"credHelpers": {&reg.host: "oauth"}}));
+        c.helper_script(
+            "oauth",
+            &format!(
+                "read -r server\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"<token>\",\"Secret\":\"{REFRESH}\"}}' \"$server\"\n"
+            ),
+        );
+        c
+    } else {
+        Client::new(auths(
+            &reg.host,
+            serde_json::json!({"identitytoken": REFRESH}),
+        ))
+    };
+    let run = client.push(&base, &reg.reference("dev/app:dev"), &["-vv"]);
+    let pinned = run.ok().to_string();
+    assert_no_secret(&run);
+    let posts = tokens.posts.lock().unwrap().clone();
+    let field = |post: &[(String, String)], k: &str| {
+        post.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    // The one for the push: the destination and the mount source in one scope field.
+    let post = posts
+        .iter()
+        .find(|p| field(p, "scope").contains("repository:dev/app:pull,push"))
+        .unwrap_or_else(|| panic!("no token POST for the push: {posts:?}"));
+    assert_eq!(field(post, "grant_type"), "refresh_token");
+    assert_eq!(field(post, "refresh_token"), REFRESH);
+    assert_eq!(field(post, "service"), common::token::SERVICE);
+    let scope = field(post, "scope");
+    assert!(
+        scope.contains("repository:dev/app:pull,push")
+            && scope.contains("repository:prod/app:pull"),
+        "{scope}"
+    );
+    assert_eq!(reg.mounted().len(), prod().layers().len());
+    assert!(raw_manifest(&pinned).contains("layers"));
+}
+
+#[test]
+fn an_identity_token_the_service_refuses_is_an_auth_error() {
+    let tokens = TokenServer::start(USER, PASSWORD);
+    let reg = tokens.registry();
+    let client = Client::new(auths(
+        &reg.host,
+        serde_json::json!({"identitytoken": "refresh-that-expired"}),
+    ));
+    let run = client.push(&prod().oci, &reg.reference("dev/app:dev"), &[]);
+    assert_refused(
+        &run,
+        &format!(
+            "the token service of registry {} refused the configured identity token (400 Bad \
+             Request): it may have expired; log in to {} again",
+            reg.host, reg.host
+        ),
+    );
+    assert!(
+        !run.stderr.contains("refresh-that-expired"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(reg.writes().is_empty());
 }

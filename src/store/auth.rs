@@ -21,6 +21,10 @@ pub enum Credentials {
     Basic(String, String),
     /// A registry token used as is (`registrytoken` in a docker config).
     Bearer(String),
+    /// An OAuth2 refresh token (`identitytoken` in a docker config, or a helper answering the
+    /// user `<token>`, as Azure and Google registries give them): traded at the token service
+    /// for an access token (distribution's `oauth.md`).
+    Identity(String),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for Credentials {
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::Basic(user, _) => write!(f, "Basic({user:?}, <redacted>)"),
             Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credentials::Identity(_) => f.write_str("Identity(<redacted>)"),
         }
     }
 }
@@ -186,8 +191,8 @@ fn from_auths(config: &Value, registry: &str, path: &std::path::Path) -> Result<
     if let Some(token) = get("registrytoken") {
         return Ok(Credentials::Bearer(token.to_string()));
     }
-    if get("identitytoken").is_some() {
-        return Err(bad("holds an OAuth2 identity token, which layerup cannot use yet; log in with a username and password or an access token"));
+    if let Some(token) = get("identitytoken") {
+        return Ok(Credentials::Identity(token.to_string()));
     }
     if let Some(encoded) = get("auth") {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -280,10 +285,7 @@ async fn run_helper(
         return Ok(None);
     }
     if user == "<token>" {
-        return Err(Error::auth(format!(
-            "{} returned an OAuth2 identity token, which layerup cannot use yet",
-            named()
-        )));
+        return Ok(Some(Credentials::Identity(secret.into())));
     }
     Ok(Some(Credentials::Basic(user.into(), secret.into())))
 }

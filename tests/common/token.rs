@@ -14,7 +14,12 @@ use base64::Engine as _;
 use super::{require, run, Registry, RegistryOptions};
 
 pub const SERVICE: &str = "layerup-test-registry";
+/// The OAuth2 refresh token (a docker config's `identitytoken`) the service takes.
+pub const REFRESH: &str = "refresh-0123456789abcdef";
 pub const ISSUER: &str = "layerup-test-issuer";
+
+/// A form's fields, in order.
+pub type Form = Vec<(String, String)>;
 
 pub struct TokenServer {
     pub realm: String,
@@ -23,6 +28,8 @@ pub struct TokenServer {
     pub requests: Arc<Mutex<Vec<Vec<String>>>>,
     /// Grant only the first scope of a request, as token services may ("grant less than asked").
     pub partial: Arc<std::sync::atomic::AtomicBool>,
+    /// The form fields of each OAuth2 request (POST), in order.
+    pub posts: Arc<Mutex<Vec<Form>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -80,8 +87,14 @@ impl TokenServer {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
         );
         let partial = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (key_c, cert_c, req_c, partial_c) =
-            (key.clone(), cert.clone(), requests.clone(), partial.clone());
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let (key_c, cert_c, req_c, partial_c, posts_c) = (
+            key.clone(),
+            cert.clone(),
+            requests.clone(),
+            partial.clone(),
+            posts.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -91,6 +104,7 @@ impl TokenServer {
                     continue;
                 }
                 let mut authorization = None;
+                let mut length = 0;
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -100,9 +114,51 @@ impl TokenServer {
                         if k.eq_ignore_ascii_case("authorization") {
                             authorization = Some(v.trim().to_string());
                         }
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
                     }
                 }
                 let target = first.split(' ').nth(1).unwrap_or("");
+                // OAuth2 (distribution's oauth.md): a form with a refresh token, scopes
+                // separated by spaces, answered with `access_token`.
+                if first.starts_with("POST ") {
+                    let mut body = vec![0; length];
+                    let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                    let fields: Vec<(String, String)> = String::from_utf8_lossy(&body)
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (decode_query(k), decode_query(v)))
+                        .collect();
+                    posts_c.lock().unwrap().push(fields.clone());
+                    let field = |name: &str| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    let scopes: Vec<String> =
+                        field("scope").split(' ').map(str::to_string).collect();
+                    let (status, body) = if field("grant_type") == "refresh_token"
+                        && field("refresh_token") == REFRESH
+                    {
+                        let t = token_body(&key_c, &cert_c, "oauth-user", &scopes, true);
+                        let t: serde_json::Value = serde_json::from_str(&t).unwrap();
+                        let body = serde_json::json!({
+                            "access_token": t["token"], "expires_in": 300,
+                            "scope": field("scope"),
+                        });
+                        ("200 OK", body.to_string())
+                    } else {
+                        (
+                            "400 Bad Request",
+                            r#"{"error":"invalid_grant"}"#.to_string(),
+                        )
+                    };
+                    let _ = write!(conn, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    continue;
+                }
                 let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
                 let scopes: Vec<String> = query
                     .split('&')
@@ -134,6 +190,7 @@ impl TokenServer {
             cert,
             requests,
             partial,
+            posts,
             _dir: dir,
         }
     }

@@ -227,6 +227,13 @@ impl Registry {
                         renew: None,
                     }
                 }
+                Credentials::Identity(_) => {
+                    return Err(Error::auth(format!(
+                        "registry {host} asks for a username and password, and what is configured \
+                         for it is an OAuth2 identity token, which only a token service takes \
+                         (run `docker login {host}` with a username and password)"
+                    )))
+                }
                 _ => {
                     return Err(Error::auth(format!(
                         "registry {host} requires a username and password, and none is configured \
@@ -243,8 +250,8 @@ impl Registry {
                     }
                 }
                 _ => {
-                    if let Credentials::Basic(_, pass) = &creds {
-                        self.secret(pass);
+                    if let Credentials::Basic(_, secret) | Credentials::Identity(secret) = &creds {
+                        self.secret(secret);
                     }
                     let renew = Renew {
                         realm,
@@ -369,7 +376,7 @@ impl Registry {
             None => realm_host.clone(),
         };
         if realm_url.scheme() != "https"
-            && matches!(creds, Credentials::Basic(..))
+            && matches!(creds, Credentials::Basic(..) | Credentials::Identity(_))
             && !(self.options.insecure || is_loopback(&realm_authority))
         {
             return Err(Error::auth(format!(
@@ -386,16 +393,41 @@ impl Registry {
             host: &realm_authority,
             repo: "",
         };
+        // An identity token is an OAuth2 refresh token: POSTed as a form, scopes in one field.
+        let scope = scopes.join(" ");
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", "layerup"),
+            ("scope", &scope),
+        ];
+        if let Credentials::Identity(refresh) = creds {
+            form.push(("refresh_token", refresh));
+        }
+        if let Some(s) = service {
+            form.push(("service", s));
+        }
         let res = self
-            .send(t, &|| format!("get a token for registry {host}"), &|c| {
-                let req = c.get(realm_url.clone()).query(&query);
-                match creds {
-                    Credentials::Basic(u, p) => req.basic_auth(u, Some(p)),
-                    _ => req,
-                }
-            })
+            .send(
+                t,
+                &|| format!("get a token for registry {host}"),
+                &|c| match creds {
+                    Credentials::Identity(_) => c.post(realm_url.clone()).form(&form),
+                    Credentials::Basic(u, p) => c
+                        .get(realm_url.clone())
+                        .query(&query)
+                        .basic_auth(u, Some(p)),
+                    _ => c.get(realm_url.clone()).query(&query),
+                },
+            )
             .await?;
         let status = res.status();
+        // OAuth2 says 400 `invalid_grant` for a refresh token it does not take (expired).
+        if status == StatusCode::BAD_REQUEST && matches!(creds, Credentials::Identity(_)) {
+            return Err(Error::auth(format!(
+                "the token service of registry {host} refused the configured identity token \
+                 ({status}): it may have expired; log in to {host} again"
+            )));
+        }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return Err(Error::auth(format!(
                 "the token service of registry {host} refused {} for {} ({status})",
