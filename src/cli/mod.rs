@@ -107,9 +107,11 @@ pub fn parse(
     };
     let Some(images) = selected else {
         // A mistyped image name would otherwise be read as a source that does not exist.
+        // (`/src`, `./src`, `src:/app` are written as paths, whatever exists.)
         let unknown = words.iter().find(|w| {
             matches!(name, "push" | "watch")
                 && !w.contains(':')
+                && !w.starts_with(['/', '.', '~'])
                 && std::fs::symlink_metadata(cwd.join(w)).is_err()
         });
         if let (true, Some(w)) = (project.many, unknown) {
