@@ -494,6 +494,32 @@ pub fn diff(
     })
 }
 
+/// A fingerprint of a tree from its entries alone — path, kind, mode, owner, size, stat and
+/// link target — for a layer built whole each push (the per-platform ones): the same stamp,
+/// and no file written within the racy window of `built_at`, mean the same layer bytes,
+/// without reading a file.
+pub fn stamp(entries: &[Entry]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for e in entries {
+        let r = Record::of(e);
+        h.update(format!(
+            "{}\0{:?}\0{:o}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{:?}\n",
+            e.path, r.kind, r.mode, r.uid, r.gid, r.size, r.mtime, r.ctime, r.ino, r.dev, r.to
+        ));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Whether a file of `entries` was written so close to `built_at` that its stat may not show
+/// a later write (see [`is_racy`]).
+pub fn racy_since(entries: &[Entry], built_at: i64) -> bool {
+    entries.iter().any(|e| match &e.kind {
+        Kind::File { stat, .. } => is_racy(stat.mtime_ns, built_at),
+        _ => false,
+    })
+}
+
 /// The image paths whose lower layers' contents the whiteouts among `entries` hide: a
 /// whiteout's path, an opaque whiteout's directory.
 pub fn hidden_by(entries: &[Entry]) -> impl Iterator<Item = String> + '_ {
@@ -831,6 +857,24 @@ mod tests {
         let mut part = tree.clone();
         rehide(&mut part, &hidden, &tree);
         assert!(!paths_of(&part).contains(&"app/.wh.a.py"));
+    }
+
+    #[test]
+    fn a_stamp_moves_with_any_stat_and_a_fresh_write_is_racy() {
+        let stat = |mtime_ns| Stat {
+            mtime_ns,
+            ..Default::default()
+        };
+        let tree = |m: i64| entries(&base(), &[("app/a.py".to_string(), stat(m))].into());
+        let one = tree(1_000_000_123);
+        assert_eq!(stamp(&one), stamp(&tree(1_000_000_123)));
+        assert_ne!(stamp(&one), stamp(&tree(1_000_000_124)));
+        let mut renamed = one.clone();
+        renamed[1].path = "app/b.py".into();
+        assert_ne!(stamp(&one), stamp(&renamed));
+        // Written 10 ms before the last build: its stat may not show a later write.
+        assert!(racy_since(&one, 1_010_000_123));
+        assert!(!racy_since(&one, 2_000_000_123));
     }
 
     fn paths_of(entries: &[Entry]) -> Vec<&str> {

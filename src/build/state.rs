@@ -56,6 +56,18 @@ impl Settings {
     }
 }
 
+/// One platform's layer of per-platform files, as last built: used again while the files'
+/// [`crate::build::index::stamp`] is the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformLayer {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    pub layer: NewLayer,
+    pub stamp: String,
+    /// When its files were read (ns since the epoch).
+    pub built_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
@@ -77,7 +89,7 @@ pub struct State {
     pub hidden: Vec<String>,
     /// The layer of the per-platform mappings in each platform's image, in the base's order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub platform_layers: Vec<Digest>,
+    pub platform_layers: Vec<PlatformLayer>,
     /// Kept as lines after the JSON (see [`Index::write_lines`]).
     #[serde(skip)]
     pub index: Index,

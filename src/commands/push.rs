@@ -13,8 +13,8 @@ use oci_spec::image::Digest;
 use crate::build::entry::{Entry, Mapping, Own, RawMapping};
 use crate::build::image::{self, Image, NewLayer, Tweaks};
 use crate::build::stack::{self, FullReason, Mode, Squash};
-use crate::build::state::{self, Loaded, State};
-use crate::build::{base, tree};
+use crate::build::state::{self, Loaded, PlatformLayer, State};
+use crate::build::{base, index, tree};
 use crate::commands::deploy::{Change, Deploy};
 use crate::commands::Told;
 use crate::error::{Error, Result};
@@ -421,8 +421,9 @@ pub async fn run_in(
         }
     }
     let settings = stack::settings(&mappings, plan.owner, plan.mtime);
+    // Used again only while the destination holds the image that names them.
     let last_platform_layers = match &loaded {
-        Loaded::Found(s) => s.platform_layers.clone(),
+        Loaded::Found(s) if held => s.platform_layers.clone(),
         _ => Vec::new(),
     };
     let hidden = match &loaded {
@@ -472,12 +473,17 @@ pub async fn run_in(
         .clone()
         .or(workdir)
         .unwrap_or_else(|| "/".into());
-    let per_platform = platform_layers(plan, &bases, &workdir, tmp.path()).await?;
+    let last_digests: Vec<Digest> = last_platform_layers
+        .iter()
+        .map(|l| l.layer.digest.clone())
+        .collect();
+    let per_platform =
+        platform_layers(plan, &bases, &workdir, tmp.path(), last_platform_layers).await?;
     let platform_files_changed = !per_platform.is_empty()
         && per_platform
             .iter()
-            .map(|(l, _)| &l.digest)
-            .ne(last_platform_layers.iter());
+            .map(|b| &b.made.layer.digest)
+            .ne(last_digests.iter());
     timings.layer = started.elapsed().saturating_sub(timings.base);
     // The delta as written (also when a squash pushed the full layer instead: it says what
     // changed since the last push), read back before the temporary files go.
@@ -508,7 +514,7 @@ pub async fn run_in(
         .enumerate()
         .map(|(i, (_, b))| {
             let mut layers = app.clone();
-            layers.extend(per_platform.get(i).map(|(l, _)| l.clone()));
+            layers.extend(per_platform.get(i).map(|b| b.made.layer.clone()));
             image::build(b, &layers, &plan.tweaks, &created)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -535,7 +541,7 @@ pub async fn run_in(
     let save = state_file.filter(|_| !(mode == Mode::Unchanged && !restat && same_image));
     let mut next = Box::new(next_state);
     next.image = top.digest.clone();
-    next.platform_layers = per_platform.iter().map(|(l, _)| l.digest.clone()).collect();
+    next.platform_layers = per_platform.iter().map(|b| b.made.clone()).collect();
     let transfer = async {
         let unchanged = mode == Mode::Unchanged && at_tag.as_ref() == Some(&top.digest);
         // A delta and its config are new by nature: asking about them saves nothing. With only
@@ -617,7 +623,7 @@ pub async fn run_in(
     };
     Ok(Pushed {
         platform_files_changed,
-        platform_layers: per_platform.into_iter().map(|u| u.0).collect(),
+        platform_layers: per_platform.into_iter().map(|b| b.made.layer).collect(),
         reference: plan.to.pinned(&top.digest),
         digest: top.digest,
         mode,
@@ -637,16 +643,24 @@ struct Top {
     media_type: &'static str,
 }
 
+/// One platform's layer of per-platform files for this push, and its blob file when it was
+/// built now (`None`: the last push's, whose image the destination holds).
+struct PlatformBuilt {
+    made: PlatformLayer,
+    file: Option<PathBuf>,
+}
+
 /// The layer of the per-platform mappings (`{os}`, `{arch}`, `{variant}` in SRC) for each
-/// base image, in the bases' order, with its file; none when no mapping is per platform. Built
-/// whole each push (compiled binaries change whole): an unchanged one has the same digest and
-/// is found in the destination.
+/// base image, in the bases' order; none when no mapping is per platform. Built whole
+/// (compiled files change whole) — unless the files' stamp is the last push's (`last`, whose
+/// image the destination still holds): then that layer again, without reading a file.
 async fn platform_layers(
     plan: &PushPlan,
     bases: &[(Descriptor, crate::build::base::Base)],
     workdir: &str,
     dir: &Path,
-) -> Result<Vec<(NewLayer, PathBuf)>> {
+    last: Vec<PlatformLayer>,
+) -> Result<Vec<PlatformBuilt>> {
     let raw: Vec<RawMapping> = plan
         .mappings
         .iter()
@@ -691,12 +705,37 @@ async fn platform_layers(
     }
     let (owner, ignore, own, mtime) =
         (plan.owner, plan.ignore.clone(), own_paths(plan), plan.mtime);
+    // What else shapes the bytes: the entries' mtime and the layer format.
+    let format = stack::settings(&[], None, mtime).format;
     blocking(move || {
         jobs.into_iter()
             .map(|(mappings, path, platform)| {
+                let built_at = stack::now_ns();
                 let entries = tree::collect(&mappings, owner, &ignore, &own)?;
+                let stamp = format!("{mtime} {format} {}", index::stamp(&entries));
+                let platform = platform.to_string();
+                let same = last.iter().find(|l| {
+                    l.platform == platform
+                        && l.stamp == stamp
+                        && !index::racy_since(&entries, l.built_at)
+                });
+                if let Some(l) = same {
+                    return Ok(PlatformBuilt {
+                        made: l.clone(),
+                        file: None,
+                    });
+                }
                 let by = format!("{} for {platform}", created_by(&mappings));
-                Ok((stack::write_plain(&entries, &by, mtime, &path)?, path))
+                let layer = stack::write_plain(&entries, &by, mtime, &path)?;
+                Ok(PlatformBuilt {
+                    made: PlatformLayer {
+                        platform,
+                        layer,
+                        stamp,
+                        built_at,
+                    },
+                    file: Some(path),
+                })
             })
             .collect()
     })
@@ -722,7 +761,7 @@ fn working_dir(bases: &[(Descriptor, crate::build::base::Base)]) -> Result<Optio
 fn blobs(
     images: &[Image],
     uploads: &[(NewLayer, PathBuf)],
-    per_platform: &[(NewLayer, PathBuf)],
+    per_platform: &[PlatformBuilt],
     source: &Store,
     present: &HashSet<Digest>,
     new: Known,
@@ -734,11 +773,22 @@ fn blobs(
             continue;
         }
         let upload = uploads.iter().find(|u| u.0.digest == l.digest);
-        // A per-platform layer is rebuilt each push, unchanged more often than not.
-        let rebuilt = per_platform.iter().find(|u| u.0.digest == l.digest);
-        let (source, known) = match (upload, rebuilt) {
+        let platform = per_platform
+            .iter()
+            .find(|b| b.made.layer.digest == l.digest);
+        let (source, known) = match (upload, platform) {
             (Some((_, path)), _) => (Source::File(path.clone()), new),
-            (None, Some((_, path))) => (Source::File(path.clone()), Known::Unknown),
+            // Rebuilt: the same bytes as the last push's more often than not.
+            (
+                None,
+                Some(PlatformBuilt {
+                    file: Some(path), ..
+                }),
+            ) => (Source::File(path.clone()), Known::Unknown),
+            // The last push's, in the image the destination holds.
+            (None, Some(PlatformBuilt { file: None, .. })) => {
+                (Source::Store(source.clone()), Known::Present)
+            }
             (None, None) => (Source::Store(source.clone()), Known::Unknown),
         };
         out.push(Blob {
