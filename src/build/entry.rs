@@ -148,6 +148,16 @@ impl RawMapping {
     }
 }
 
+/// Whether `path` is an image path a layer may hold: relative, and no part empty, `.` or `..`.
+/// Every path the builder makes is so; one that is not came from a damaged state file, and
+/// writing it could reach outside the image on extraction.
+pub fn is_clean(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// What SRC may name to differ per platform: `./out/{os}-{arch}/app:/app`.
 pub const PLACEHOLDERS: [&str; 3] = ["{os}", "{arch}", "{variant}"];
 

@@ -163,6 +163,9 @@ impl Index {
                 sha,
             };
             let path = unescape(path);
+            if !crate::build::entry::is_clean(&path) {
+                return None;
+            }
             // Out of order or twice: not what `write_lines` wrote.
             if files
                 .last()

@@ -185,6 +185,13 @@ pub fn load(path: &Path) -> Loaded {
         Some(index) => state.index = index,
         None => return Loaded::Unreadable("its file index is not valid".into()),
     }
+    if !state
+        .hidden
+        .iter()
+        .all(|p| crate::build::entry::is_clean(p))
+    {
+        return Loaded::Unreadable("its hidden paths are not valid".into());
+    }
     Loaded::Found(Box::new(state))
 }
 
@@ -289,6 +296,14 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replace("d 755", "d x")).unwrap();
         assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("file index")));
+        // A path that would climb out of the image, in the index or among the hidden ones:
+        // the state is damaged, and the push a full one.
+        std::fs::write(&p, text.replace(" app\n", " app/../../etc\n")).unwrap();
+        assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("file index")));
+        let mut hiding = state.clone();
+        hiding.hidden = vec!["app/../../etc/passwd".into()];
+        stage(&p, &hiding).unwrap().commit().unwrap();
+        assert!(matches!(load(&p), Loaded::Unreadable(why) if why.contains("hidden")));
     }
 
     #[test]

@@ -72,6 +72,20 @@ pub fn write<W: Write>(
     let mut tar = tar::Builder::new(tar_stream);
     let mut files = Vec::new();
     for e in entries {
+        let target = match &e.kind {
+            Kind::Hardlink { target } => Some(target.as_str()),
+            _ => None,
+        };
+        if let Some(bad) = [Some(e.path.as_str()), target]
+            .into_iter()
+            .flatten()
+            .find(|p| !crate::build::entry::is_clean(p))
+        {
+            return Err(WriteError::Source(Error::input(format!(
+                "refusing to write `{bad}` into a layer: an image path has no empty, `.` or \
+                 `..` part"
+            ))));
+        }
         if let Some(sum) = append(&mut tar, e, mtime)? {
             files.push((e.path.clone(), sum));
         }
@@ -243,6 +257,33 @@ impl<W: Write> Write for Hashing<W> {
 mod tests {
     use super::*;
     use flate2::read::MultiGzDecoder;
+
+    #[test]
+    fn a_path_that_climbs_is_never_written() {
+        for (path, kind) in [
+            ("app/../../etc/passwd", Kind::Whiteout),
+            ("/etc/x", Kind::Dir),
+            ("app//x", Kind::Dir),
+            (
+                "app/link",
+                Kind::Hardlink {
+                    target: "../etc/shadow".into(),
+                },
+            ),
+        ] {
+            let e = Entry {
+                path: path.into(),
+                kind,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            };
+            let Err(WriteError::Source(err)) = write(&[e], 0, Vec::new()) else {
+                panic!("{path} was written")
+            };
+            assert!(err.to_string().starts_with("refusing to write"), "{err}");
+        }
+    }
 
     fn layer_of(dir: &Path) -> (Vec<u8>, Sums) {
         let entries = crate::build::tree::collect(
