@@ -489,3 +489,26 @@ fn an_identity_token_the_service_refuses_is_an_auth_error() {
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert!(reg.writes().is_empty());
 }
+
+/// A registry that asks for basic credentials cannot take an identity token: said so, with
+/// what to do, and the token is never sent to it.
+#[test]
+fn an_identity_token_for_a_basic_auth_registry_is_an_error_saying_so() {
+    let reg = Registry::start_with_htpasswd(USER, PASSWORD);
+    let client = Client::new(auths(
+        &reg.host,
+        serde_json::json!({"identitytoken": common::token::REFRESH}),
+    ));
+    let run = client.push(&prod().oci, &reg.reference("dev/app:dev"), &[]);
+    assert_refused(
+        &run,
+        &format!(
+            "registry {h} asks for a username and password, and what is configured for it is an \
+             OAuth2 identity token, which only a token service takes (run `docker login {h}` \
+             with a username and password)",
+            h = reg.host
+        ),
+    );
+    assert!(!reg.log().contains(common::token::REFRESH));
+    assert!(reg.writes().is_empty());
+}
