@@ -133,6 +133,18 @@ fn credentials_from_docker_config_auths_push_to_a_basic_auth_registry() {
     assert_no_secret(&run);
     let manifest = raw_manifest(&pinned);
     assert!(manifest.contains("application/vnd.oci.image.layer.v1.tar+gzip"));
+
+    // Base and destination on this one registry: one ping, one check of the password.
+    let base = dev.reference("prod/app:1");
+    seed_base(&base);
+    let before = dev.requests().len();
+    client.push(&base, &dev.reference("dev/app:two"), &[]).ok();
+    let v2: Vec<u16> = dev.requests()[before..]
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p == "/v2/")
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(v2, [401, 200], "the ping, then the password's check");
 }
 
 #[test]

@@ -101,10 +101,17 @@ fn base_layers_in_the_same_registry_are_mounted_not_uploaded() {
         &format!("docker://{base}"),
     ]);
     let uploads_before = reg.uploaded().len();
+    let requests_before = reg.requests().len();
     let tree = app_tree();
     let pinned = push_tree(tree.path(), &base, &reg.reference("dev/app:dev"), &[])
         .ok()
         .to_string();
+    // The base read and the destination written share the registry's one `GET /v2/`.
+    let pings = reg.requests()[requests_before..]
+        .iter()
+        .filter(|(m, p, _)| m == "GET" && p == "/v2/")
+        .count();
+    assert_eq!(pings, 1);
 
     let base_layers = prod().layers();
     let mut mounted = reg.mounted();

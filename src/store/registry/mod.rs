@@ -67,6 +67,11 @@ pub struct Registry {
     /// Every secret this run sends (passwords, tokens, their encodings), to strip from whatever
     /// a registry says back before it is shown.
     secrets: Mutex<Vec<String>>,
+    /// Each host's answer to `GET /v2/`, asked once per run (the base and the destination on
+    /// one registry, read and written at once, share it: one round trip less per push).
+    challenges: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Challenge>>>>,
+    /// Each host's check of the basic credentials, made once per run.
+    checked: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 /// How requests for one repository are authenticated.
@@ -108,6 +113,7 @@ pub struct Fetched {
     pub content_type: Option<String>,
 }
 
+#[derive(Clone)]
 enum Challenge {
     Open,
     Basic,
@@ -135,6 +141,8 @@ impl Registry {
             monolithic: Mutex::new(HashSet::new()),
             answered: Mutex::new(HashSet::new()),
             secrets: Mutex::new(Vec::new()),
+            challenges: Mutex::new(HashMap::new()),
+            checked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,7 +229,16 @@ impl Registry {
                     );
                     self.secret(pass);
                     self.secret(&raw);
-                    self.check_basic(host, user, pass).await?;
+                    // Once per host: a second repository of it takes the same credentials.
+                    let cell = self
+                        .checked
+                        .lock()
+                        .expect("checked lock")
+                        .entry(host.to_string())
+                        .or_default()
+                        .clone();
+                    cell.get_or_try_init(|| self.check_basic(host, user, pass))
+                        .await?;
                     Access {
                         header: Some(secret_header(host, format!("Basic {raw}"))?),
                         renew: None,
@@ -309,8 +326,20 @@ impl Registry {
             .and_then(|a| a.header.clone())
     }
 
-    /// `GET /v2/`: is the registry there, and how does it want to be authenticated?
+    /// How `host` wants to be authenticated: [`Registry::ping`], once per run.
     async fn challenge(&self, host: &str) -> Result<Challenge> {
+        let cell = self
+            .challenges
+            .lock()
+            .expect("challenges lock")
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.ping(host)).await.cloned()
+    }
+
+    /// `GET /v2/`: is the registry there, and how does it want to be authenticated?
+    async fn ping(&self, host: &str) -> Result<Challenge> {
         let url = format!("{}://{host}/v2/", self.scheme(host));
         let t = Target { host, repo: "" };
         let res = self
