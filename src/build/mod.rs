@@ -1,6 +1,7 @@
 //! Building the new image, with no network of its own: source trees → entries (walk, tree,
 //! ignore) → tar → gzip, in parts (partition) or as a delta on the last push (index, state,
-//! stack); the base as read from a store; the new config and manifest (image).
+//! stack); files per platform (per_platform); the base as read from a store; the new config and
+//! manifest (image).
 
 pub mod base;
 pub mod entry;
@@ -9,6 +10,7 @@ pub mod ignore;
 pub mod image;
 pub mod index;
 pub mod partition;
+pub mod per_platform;
 pub mod stack;
 pub mod state;
 pub mod tar;

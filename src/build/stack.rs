@@ -354,6 +354,14 @@ pub fn write_full(
         .collect()
 }
 
+/// The history entry of the app layers of `mappings`: where files went, never where they came
+/// from — the same files from another checkout (another directory name, another user's home)
+/// give the same image.
+pub fn created_by(mappings: &[Mapping]) -> String {
+    let dests: Vec<&str> = mappings.iter().map(|m| m.dest.as_str()).collect();
+    format!("layerup push to {}", dests.join(" "))
+}
+
 /// Writes one layer blob of `entries` at `path`, outside the index and its deltas.
 pub fn write_plain(
     entries: &[Entry],

@@ -14,7 +14,7 @@ use crate::build::entry::{Entry, Mapping, Own, RawMapping};
 use crate::build::image::{self, Image, NewLayer, Tweaks};
 use crate::build::stack::{self, FullReason, Mode, Squash};
 use crate::build::state::{self, Loaded, PlatformLayer, State};
-use crate::build::{base, index, tree};
+use crate::build::{base, per_platform, tree};
 use crate::commands::deploy::{Change, Deploy};
 use crate::commands::Told;
 use crate::error::{Error, Result};
@@ -454,7 +454,7 @@ pub async fn run_in(
         settings,
         hidden,
         base: base_digest.clone(),
-        created_by: created_by(&mappings),
+        created_by: stack::created_by(&mappings),
         mtime: plan.mtime,
         squash: plan.squash,
         dir: tmp.path().to_path_buf(),
@@ -643,24 +643,14 @@ struct Top {
     media_type: &'static str,
 }
 
-/// One platform's layer of per-platform files for this push, and its blob file when it was
-/// built now (`None`: the last push's, whose image the destination holds).
-struct PlatformBuilt {
-    made: PlatformLayer,
-    file: Option<PathBuf>,
-}
-
-/// The layer of the per-platform mappings (`{os}`, `{arch}`, `{variant}` in SRC) for each
-/// base image, in the bases' order; none when no mapping is per platform. Built whole
-/// (compiled files change whole) — unless the files' stamp is the last push's (`last`, whose
-/// image the destination still holds): then that layer again, without reading a file.
+/// The per-platform layers of this push (see [`per_platform`]), built off the async threads.
 async fn platform_layers(
     plan: &PushPlan,
     bases: &[(Descriptor, crate::build::base::Base)],
     workdir: &str,
     dir: &Path,
     last: Vec<PlatformLayer>,
-) -> Result<Vec<PlatformBuilt>> {
+) -> Result<Vec<per_platform::Built>> {
     let raw: Vec<RawMapping> = plan
         .mappings
         .iter()
@@ -670,76 +660,20 @@ async fn platform_layers(
     if raw.is_empty() {
         return Ok(Vec::new());
     }
-    let mut jobs = Vec::new();
-    for (i, (_, b)) in bases.iter().enumerate() {
-        // From the registry: a name like `../..` would take files from elsewhere.
-        let plain = |t: &str| {
-            !t.is_empty()
-                && t != "."
-                && t != ".."
-                && t.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        };
-        let Some(platform) = Platform::of_config(&b.config).filter(|p| {
-            plain(&p.os) && plain(&p.architecture) && p.variant.as_deref().is_none_or(plain)
-        }) else {
-            return Err(Error::image(format!(
-                "base image `{}` names no usable os and architecture: {} cannot be filled in",
-                b.name,
-                crate::build::entry::PLACEHOLDERS.join(", ")
-            )));
-        };
-        let mut mappings = Vec::new();
-        for m in &raw {
-            let one = m.for_platform(&platform);
-            if std::fs::symlink_metadata(&one.src).is_err() {
-                return Err(Error::input(format!(
-                    "source `{}` does not exist (`{}` for {platform})",
-                    one.src.display(),
-                    m.src.display()
-                )));
-            }
-            mappings.push(one.resolve(workdir));
-        }
-        jobs.push((mappings, dir.join(format!("platform-{i}.tar.gz")), platform));
-    }
-    let (owner, ignore, own, mtime) =
-        (plan.owner, plan.ignore.clone(), own_paths(plan), plan.mtime);
-    // What else shapes the bytes: the entries' mtime and the layer format.
-    let format = stack::settings(&[], None, mtime).format;
-    blocking(move || {
-        jobs.into_iter()
-            .map(|(mappings, path, platform)| {
-                let built_at = stack::now_ns();
-                let entries = tree::collect(&mappings, owner, &ignore, &own)?;
-                let stamp = format!("{mtime} {format} {}", index::stamp(&entries));
-                let platform = platform.to_string();
-                let same = last.iter().find(|l| {
-                    l.platform == platform
-                        && l.stamp == stamp
-                        && !index::racy_since(&entries, l.built_at)
-                });
-                if let Some(l) = same {
-                    return Ok(PlatformBuilt {
-                        made: l.clone(),
-                        file: None,
-                    });
-                }
-                let by = format!("{} for {platform}", created_by(&mappings));
-                let layer = stack::write_plain(&entries, &by, mtime, &path)?;
-                Ok(PlatformBuilt {
-                    made: PlatformLayer {
-                        platform,
-                        layer,
-                        stamp,
-                        built_at,
-                    },
-                    file: Some(path),
-                })
-            })
-            .collect()
-    })
-    .await
+    let jobs = bases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, b))| {
+            per_platform::job(&raw, b, workdir, &dir.join(format!("platform-{i}.tar.gz")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let settings = per_platform::Settings {
+        owner: plan.owner,
+        ignore: plan.ignore.clone(),
+        own: own_paths(plan),
+        mtime: plan.mtime,
+    };
+    blocking(move || per_platform::build(jobs, &settings, &last)).await
 }
 
 /// The working directory the mappings land relative to: the base's — the same on every
@@ -761,7 +695,7 @@ fn working_dir(bases: &[(Descriptor, crate::build::base::Base)]) -> Result<Optio
 fn blobs(
     images: &[Image],
     uploads: &[(NewLayer, PathBuf)],
-    per_platform: &[PlatformBuilt],
+    platform_layers: &[per_platform::Built],
     source: &Store,
     present: &HashSet<Digest>,
     new: Known,
@@ -773,7 +707,7 @@ fn blobs(
             continue;
         }
         let upload = uploads.iter().find(|u| u.0.digest == l.digest);
-        let platform = per_platform
+        let platform = platform_layers
             .iter()
             .find(|b| b.made.layer.digest == l.digest);
         let (source, known) = match (upload, platform) {
@@ -781,12 +715,12 @@ fn blobs(
             // Rebuilt: the same bytes as the last push's more often than not.
             (
                 None,
-                Some(PlatformBuilt {
+                Some(per_platform::Built {
                     file: Some(path), ..
                 }),
             ) => (Source::File(path.clone()), Known::Unknown),
             // The last push's, in the image the destination holds.
-            (None, Some(PlatformBuilt { file: None, .. })) => {
+            (None, Some(per_platform::Built { file: None, .. })) => {
                 (Source::Store(source.clone()), Known::Present)
             }
             (None, None) => (Source::Store(source.clone()), Known::Unknown),
@@ -974,11 +908,4 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::internal(format!("a file task stopped: {e}")))?
-}
-
-/// The history entry names where files went, never where they came from: the same files from
-/// another checkout (another directory name, another user's home) give the same image.
-fn created_by(mappings: &[Mapping]) -> String {
-    let dests: Vec<&str> = mappings.iter().map(|m| m.dest.as_str()).collect();
-    format!("layerup push to {}", dests.join(" "))
 }
