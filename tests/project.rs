@@ -213,5 +213,14 @@ fn a_mistyped_image_name_lists_the_images() {
              api, cart, web\n"
         );
     }
+    // Written as paths, they are sources, whatever the project names.
+    for word in ["./wbe", "out/{arch}/server"] {
+        let run = layerup_in(dir.path(), &["push", word]);
+        assert!(
+            run.code != 0 && !run.stderr.contains("no image named"),
+            "{}",
+            run.stderr
+        );
+    }
     assert!(dev.uploaded().is_empty());
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
+use crate::build::entry::PLACEHOLDERS;
 use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{DeployImagePlan, RollbackPlan};
 use crate::commands::inspect::InspectPlan;
@@ -107,12 +108,21 @@ pub fn parse(
     };
     let Some(images) = selected else {
         // A mistyped image name would otherwise be read as a source that does not exist.
-        // (`/src`, `./src`, `src:/app` are written as paths, whatever exists.)
+        // (`/src`, `./src`, `src:/app`, `out/{arch}/app` are written as paths, whatever exists;
+        // `svc/zz` is a name when images are named `svc/…`, or nothing named `svc` exists.)
         let unknown = words.iter().find(|w| {
+            let first = w.split('/').next().unwrap_or(w);
+            let like_a_name = project
+                .images
+                .iter()
+                .any(|i| i.name.starts_with(&format!("{first}/")))
+                || std::fs::symlink_metadata(cwd.join(first)).is_err();
             matches!(name, "push" | "watch")
                 && !w.contains(':')
                 && !w.starts_with(['/', '.', '~'])
+                && !PLACEHOLDERS.iter().any(|p| w.contains(p))
                 && std::fs::symlink_metadata(cwd.join(w)).is_err()
+                && like_a_name
         });
         if let (true, Some(w)) = (project.many, unknown) {
             let names: Vec<&str> = project.images.iter().map(|i| i.name.as_str()).collect();
