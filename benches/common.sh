@@ -25,4 +25,11 @@ measure() { # measure OUT CMD... : appends "seconds peak_kib" to OUT
   /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" "$work/t" >&2; exit 1; }
   tail -1 "$work/t" >> "$out"
 }
+busybox_base() { # busybox_base [DIR...] : the layout $work/layout:base, made by umoci — busybox, then each DIR as a layer
+  mkdir -p "$work/rootfs/bin"
+  cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
+  umoci init --layout "$work/layout"
+  umoci new --image "$work/layout:base"
+  for d in "$work/rootfs" "$@"; do umoci insert --image "$work/layout:base" "$d" / >/dev/null; done
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -20,11 +20,7 @@ registry src 5300
 src=$host
 
 # The base: busybox, made by umoci, in the source registry.
-mkdir -p "$work/rootfs/bin"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:base"
-umoci insert --image "$work/layout:base" "$work/rootfs" / >/dev/null
+busybox_base
 skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$src/base:1"
 
 stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')

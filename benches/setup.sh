@@ -13,13 +13,9 @@ tar -C "$tree_src" --exclude=./site-packages -cf - . | tar -C "$work/tree" -xf -
 files=$(find "$work/tree" -type f | wc -l)
 size=$(du -sm "$work/tree" | cut -f1)
 
-mkdir -p "$work/rootfs/bin" "$work/rel/etc"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
+mkdir -p "$work/rel/etc"
 echo prod > "$work/rel/etc/prod-release"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:base"
-umoci insert --image "$work/layout:base" "$work/rootfs" / >/dev/null
-umoci insert --image "$work/layout:base" "$work/rel" / >/dev/null
+busybox_base "$work/rel"
 for r in prod/base:1 dev/layerup:seed dev/umoci:seed; do
   skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/$r"
 done

@@ -36,11 +36,7 @@ fi
 registry registry 5500
 reg=$host
 
-mkdir -p "$work/rootfs/bin"
-cp "$(command -v busybox)" "$work/rootfs/bin/busybox"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:base"
-umoci insert --image "$work/layout:base" "$work/rootfs" / >/dev/null
+busybox_base
 skopeo copy -q --dest-tls-verify=false "oci:$work/layout:base" "docker://$reg/prod/base:1"
 base="$reg/prod/base:1"
 

@@ -32,20 +32,21 @@ pub fn remove(dir: &Path, prefix: &str, suffix: &str) {
     }
 }
 
+/// Makes a file look left by a killed run: last written [`AGE`] and a second ago (tests).
+#[cfg(test)]
+pub fn age(path: &Path) {
+    let old = std::time::SystemTime::now() - AGE - Duration::from_secs(1);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Sets a file's mtime `AGE` and a second ago.
-    pub fn age(path: &Path) {
-        let old = std::time::SystemTime::now() - AGE - Duration::from_secs(1);
-        std::fs::File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-    }
 
     #[test]
     fn only_old_files_of_the_name_go() {

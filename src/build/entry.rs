@@ -111,8 +111,7 @@ impl RawMapping {
 
     /// Whether SRC names a placeholder ([`PLACEHOLDERS`]): its files differ per platform.
     pub fn per_platform(&self) -> bool {
-        let src = self.src.to_string_lossy();
-        PLACEHOLDERS.iter().any(|p| src.contains(p))
+        placeholder_in(&self.src.to_string_lossy()).is_some()
     }
 
     /// This mapping for one platform: the placeholders of SRC replaced by its parts (a missing
@@ -130,13 +129,12 @@ impl RawMapping {
         }
     }
 
-    /// The directory SRC lies in whatever the platform: its path up to the first component
-    /// with a placeholder (what `watch` watches).
+    /// What SRC is whatever the platform: its path up to the first component with a
+    /// placeholder — SRC itself when it names none. What must exist, and what `watch` watches.
     pub fn fixed_part(&self) -> PathBuf {
         let mut out = PathBuf::new();
         for c in self.src.components() {
-            let text = c.as_os_str().to_string_lossy();
-            if PLACEHOLDERS.iter().any(|p| text.contains(p)) {
+            if placeholder_in(&c.as_os_str().to_string_lossy()).is_some() {
                 break;
             }
             out.push(c);
@@ -160,6 +158,11 @@ pub fn is_clean(path: &str) -> bool {
 
 /// What SRC may name to differ per platform: `./out/{os}-{arch}/app:/app`.
 pub const PLACEHOLDERS: [&str; 3] = ["{os}", "{arch}", "{variant}"];
+
+/// The first of [`PLACEHOLDERS`] that `text` names.
+pub fn placeholder_in(text: &str) -> Option<&'static str> {
+    PLACEHOLDERS.into_iter().find(|p| text.contains(p))
+}
 
 /// `Path::join` for image paths, then cleaned: `.` dropped, `..` applied, never above `/`.
 pub fn clean_image_path(base: &str, rel: &str) -> String {
@@ -304,6 +307,11 @@ mod tests {
             dest: None,
         };
         assert_eq!(top.fixed_part(), Path::new("."));
+        let whole = RawMapping {
+            src: "./src/app".into(),
+            dest: None,
+        };
+        assert_eq!(whole.fixed_part(), Path::new("./src/app"));
         let plain = RawMapping {
             src: "src/{x}".into(),
             dest: None,

@@ -381,12 +381,6 @@ pub fn diff(
         files: records,
     };
     // `entries` are sorted by path: look paths up by bisection rather than build a map.
-    let find = |p: &str| {
-        entries
-            .binary_search_by(|e| e.path.as_str().cmp(p))
-            .ok()
-            .map(|i| &entries[i])
-    };
     // A hardlink is written with the file it names: a new name for a changed file, or a changed
     // name for a file in a lower layer, would otherwise point at nothing in this layer.
     let links: Vec<(&str, &str)> = entries
@@ -404,7 +398,7 @@ pub fn diff(
     let n_changed = changed.len();
     for (path, target) in &links {
         if changed.contains(path) {
-            if let Some(t) = find(target) {
+            if let Some(t) = find(entries, target) {
                 changed.insert(&t.path);
             }
         }
@@ -429,7 +423,8 @@ pub fn diff(
         .iter()
         .filter(|(dir, (all, went))| {
             all == went
-                && find(dir).is_some_and(|e| e.kind == Kind::Dir && !dir_replaced.contains(*dir))
+                && find(entries, dir)
+                    .is_some_and(|e| e.kind == Kind::Dir && !dir_replaced.contains(*dir))
         })
         .map(|(dir, _)| *dir)
         .collect();
@@ -446,13 +441,6 @@ pub fn diff(
         false
     };
     let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
-    let whiteout = |path: String| Entry {
-        path,
-        kind: Kind::Whiteout,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-    };
     for p in gone
         .iter()
         .chain(dir_replaced.iter())
@@ -461,20 +449,17 @@ pub fn diff(
         if hidden_above(p) {
             continue;
         }
-        let w = match p.rsplit_once('/') {
-            Some((parent, name)) => format!("{parent}/.wh.{name}"),
-            None => format!(".wh.{p}"),
-        };
-        out.insert(layer_order(&w), whiteout(w.clone()));
+        let w = whiteout(p);
+        out.insert(layer_order(&w.path), w);
     }
     for dir in &opaque {
-        let w = format!("{dir}/{OPAQUE}");
-        out.insert(layer_order(&w), whiteout(w.clone()));
+        let w = opaque_in(dir);
+        out.insert(layer_order(&w.path), w);
     }
     for p in &changed {
         out.insert(
             layer_order(p),
-            find(p).expect("changed paths were walked").clone(),
+            find(entries, p).expect("changed paths were walked").clone(),
         );
     }
     // Parents of everything written, as they are now, so appliers never guess a directory's mode.
@@ -482,7 +467,7 @@ pub fn diff(
     for p in written {
         let mut at = p.as_str();
         while let Some((parent, _)) = at.rsplit_once('/') {
-            if let Some(e) = find(parent) {
+            if let Some(e) = find(entries, parent) {
                 out.entry(layer_order(parent)).or_insert_with(|| e.clone());
             }
             at = parent;
@@ -559,28 +544,12 @@ pub fn hide(hidden: &mut Vec<String>, more: impl Iterator<Item = String>) {
 /// directory an opaque whiteout (only what the tree holds shows in it, as after the deltas); a
 /// file or link needs none, it replaces what is below by itself. `entries` is the whole tree.
 pub fn rehide(part: &mut Vec<Entry>, hidden: &[String], entries: &[Entry]) {
-    let found = |p: &str| {
-        entries
-            .binary_search_by(|e| e.path.as_str().cmp(p))
-            .ok()
-            .map(|i| &entries[i].kind)
-    };
     let before = part.len();
     for p in hidden {
-        let path = match found(p) {
-            None => match p.rsplit_once('/') {
-                Some((dir, name)) => format!("{dir}/{WHITEOUT}{name}"),
-                None => format!("{WHITEOUT}{p}"),
-            },
-            Some(Kind::Dir) => format!("{p}/{OPAQUE}"),
+        part.push(match find(entries, p).map(|e| &e.kind) {
+            None => whiteout(p),
+            Some(Kind::Dir) => opaque_in(p),
             Some(_) => continue,
-        };
-        part.push(Entry {
-            path,
-            kind: Kind::Whiteout,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
         });
     }
     if part.len() > before {
@@ -589,6 +558,37 @@ pub fn rehide(part: &mut Vec<Entry>, hidden: &[String], entries: &[Entry]) {
 }
 
 const OPAQUE: &str = ".wh..wh..opq";
+
+/// The entry at `path` of `entries` (sorted by path, as the tree gives them).
+fn find<'a>(entries: &'a [Entry], path: &str) -> Option<&'a Entry> {
+    entries
+        .binary_search_by(|e| e.path.as_str().cmp(path))
+        .ok()
+        .map(|i| &entries[i])
+}
+
+/// The whiteout that hides `path` of the layers below.
+fn whiteout(path: &str) -> Entry {
+    hiding(match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/{WHITEOUT}{name}"),
+        None => format!("{WHITEOUT}{path}"),
+    })
+}
+
+/// The opaque whiteout that hides what the layers below hold in `dir`.
+fn opaque_in(dir: &str) -> Entry {
+    hiding(format!("{dir}/{OPAQUE}"))
+}
+
+fn hiding(path: String) -> Entry {
+    Entry {
+        path,
+        kind: Kind::Whiteout,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    }
+}
 
 /// Sorts paths in byte order — the order of the tree, in which a hardlink's target comes before
 /// the link — except that a whiteout sorts before every other name of its directory, so that an

@@ -78,7 +78,7 @@ pub fn job(raw: &[RawMapping], base: &Base, workdir: &str, path: &Path) -> Resul
 /// settings that shape the bytes) is the same and none was written within the racy window of
 /// that build; else built now. Reads and compresses files: run it off the async threads.
 pub fn build(jobs: Vec<Job>, settings: &Settings, last: &[PlatformLayer]) -> Result<Vec<Built>> {
-    let format = stack::settings(&[], None, settings.mtime).format;
+    let format = stack::format();
     jobs.into_iter()
         .map(|job| {
             let built_at = stack::now_ns();

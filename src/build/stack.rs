@@ -306,15 +306,20 @@ pub fn settings(mappings: &[Mapping], owner: Option<(u32, u32)>, mtime: u64) -> 
             .collect(),
         owner,
         mtime,
-        format: format!(
-            "gzip={} partition={}/{}/{}/{}",
-            tar::GZIP_LEVEL,
-            partition::SPLIT,
-            partition::BIG,
-            partition::MAX_ALONE,
-            partition::BUCKETS
-        ),
+        format: format(),
     }
+}
+
+/// How this layerup writes layers: the gzip level and the partition's constants.
+pub fn format() -> String {
+    format!(
+        "gzip={} partition={}/{}/{}/{}",
+        tar::GZIP_LEVEL,
+        partition::SPLIT,
+        partition::BIG,
+        partition::MAX_ALONE,
+        partition::BUCKETS
+    )
 }
 
 /// The squash that a delta of `size` bytes would trigger, if any.

@@ -336,14 +336,7 @@ mod tests {
         std::fs::write(&left, "half").unwrap();
         stage(&p, &newer).unwrap().commit().unwrap();
         assert!(left.exists());
-        let old =
-            std::time::SystemTime::now() - crate::stale::AGE - std::time::Duration::from_secs(1);
-        std::fs::File::options()
-            .write(true)
-            .open(&left)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        crate::stale::age(&left);
         stage(&p, &newer).unwrap().commit().unwrap();
         assert!(!left.exists());
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);

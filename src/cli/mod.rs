@@ -15,7 +15,7 @@ use std::sync::Arc;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use crate::build::entry::PLACEHOLDERS;
+use crate::build::entry::placeholder_in;
 use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{DeployImagePlan, RollbackPlan};
 use crate::commands::inspect::InspectPlan;
@@ -120,7 +120,7 @@ pub fn parse(
             matches!(name, "push" | "watch")
                 && !w.contains(':')
                 && !w.starts_with(['/', '.', '~'])
-                && !PLACEHOLDERS.iter().any(|p| w.contains(p))
+                && placeholder_in(w).is_none()
                 && std::fs::symlink_metadata(cwd.join(w)).is_err()
                 && like_a_name
         });

@@ -1,7 +1,7 @@
 //! Values as typed on the command line and in layerup.toml: mappings, `KEY=VALUE`, commands,
 //! owners (pure).
 
-use crate::build::entry::{RawMapping, PLACEHOLDERS, WHITEOUT};
+use crate::build::entry::{placeholder_in, RawMapping, WHITEOUT};
 use crate::error::{Error, Result};
 
 /// `SRC[:DEST]`: the last `:` separates them, so a source whose name holds `:` needs a DEST.
@@ -20,10 +20,7 @@ pub fn parse_mapping(text: &str) -> Result<RawMapping> {
             "mapping `{text}` has an empty DEST (write SRC or SRC:DEST)"
         )));
     }
-    if let Some(p) = PLACEHOLDERS
-        .iter()
-        .find(|p| dest.is_some_and(|d| d.contains(**p)))
-    {
+    if let Some(p) = dest.and_then(placeholder_in) {
         return Err(Error::usage(format!(
             "mapping `{text}`: `{p}` goes in SRC (the files that differ per platform), not DEST"
         )));

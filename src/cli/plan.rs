@@ -64,11 +64,7 @@ impl PushArgs {
             .collect::<Result<Vec<_>>>()?;
         for m in &mappings {
             // Per platform: each platform's source is checked once the platforms are known.
-            let src = if m.per_platform() {
-                m.fixed_part()
-            } else {
-                m.src.clone()
-            };
+            let src = m.fixed_part();
             if std::fs::symlink_metadata(&src).is_err() {
                 return Err(Error::input(format!(
                     "source `{}` does not exist",

@@ -61,6 +61,30 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
+/// A call made again while the API server is busy or restarting (429, 5xx, a broken
+/// connection) — [`READ_TRIES`] in all, with the registry's backoff — as client-go does.
+async fn retried<T, F>(what: &str, mut call: impl FnMut() -> F) -> kube::Result<T>
+where
+    F: std::future::Future<Output = kube::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match call().await {
+            Err(e) if tries < READ_TRIES && transient(&e) => {
+                let wait = crate::retry::backoff(tries);
+                tracing::info!(
+                    "{what}: {}; again in {}",
+                    crate::error::root_cause(&e),
+                    crate::units::show_duration(wait)
+                );
+                tokio::time::sleep(wait).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// A failed API call, before it is worded: 409 is the one callers act on.
 pub enum Failure {
     Conflict,
@@ -223,26 +247,15 @@ impl Cluster {
             ..Default::default()
         };
         let api = self.workloads(w.kind);
-        let mut tries = 0;
-        let done = loop {
-            tries += 1;
-            // A patch made twice is the same change (and its resourceVersion precondition
-            // turns a repeat after a lost answer into a 409, read again by the caller).
-            match api.patch(&w.name, &params, &Patch::Strategic(body)).await {
-                Err(e) if tries < READ_TRIES && transient(&e) => {
-                    tokio::time::sleep(crate::retry::backoff(tries)).await
-                }
-                done => break done,
-            }
-        };
+        let what = format!("patch {w}");
+        // A patch made twice is the same change (and its resourceVersion precondition turns a
+        // repeat after a lost answer into a 409, read again by the caller).
+        let patch = Patch::Strategic(body);
+        let done = retried(&what, || api.patch(&w.name, &params, &patch)).await;
         match done {
             Ok(o) => Ok(to_value(o)),
             Err(kube::Error::Api(s)) if s.code == 409 => Err(Failure::Conflict),
-            Err(e) => Err(Failure::Other(self.failure(
-                &format!("patch {w}"),
-                Some(w),
-                e,
-            ))),
+            Err(e) => Err(Failure::Other(self.failure(&what, Some(w), e))),
         }
     }
 
@@ -382,34 +395,19 @@ impl Cluster {
         Ok(list.items.into_iter().map(to_value).collect())
     }
 
-    /// A read, made again while the API server is busy or restarting (429, 5xx, a broken
-    /// connection) — [`READ_TRIES`] in all, with the registry's backoff — as client-go does.
+    /// A read, [`retried`], its failure worded.
     async fn read<T, F>(
         &self,
         what: &str,
         w: Option<&WorkloadRef>,
-        mut call: impl FnMut() -> F,
+        call: impl FnMut() -> F,
     ) -> Result<T>
     where
         F: std::future::Future<Output = kube::Result<T>>,
     {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match call().await {
-                Ok(v) => return Ok(v),
-                Err(e) if tries < READ_TRIES && transient(&e) => {
-                    let wait = crate::retry::backoff(tries);
-                    tracing::info!(
-                        "{what}: {}; again in {}",
-                        crate::error::root_cause(&e),
-                        crate::units::show_duration(wait)
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(self.failure(what, w, e)),
-            }
-        }
+        retried(what, call)
+            .await
+            .map_err(|e| self.failure(what, w, e))
     }
 
     /// One line naming the action, the object, the context and the cluster's answer.

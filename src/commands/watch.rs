@@ -202,11 +202,7 @@ fn start(
     let mut sources = Vec::new();
     for m in &plan.push.mappings {
         // A per-platform SRC: the directory its platforms' sources share.
-        let src = if m.per_platform() {
-            m.fixed_part()
-        } else {
-            m.src.clone()
-        };
+        let src = m.fixed_part();
         // Absolute, so that events name absolute paths, comparable with layerup's own.
         let src = std::fs::canonicalize(&src).unwrap_or(src);
         if !watching.iter().any(|w| src.starts_with(w)) {

@@ -264,11 +264,7 @@ mod tests {
         for f in left.iter().chain([&live]) {
             std::fs::write(f, "half").unwrap();
         }
-        let old = std::time::SystemTime::now() - crate::stale::AGE * 2;
-        for f in &left {
-            let file = std::fs::File::options().write(true).open(f).unwrap();
-            file.set_modified(old).unwrap();
-        }
+        left.iter().for_each(|f| crate::stale::age(f));
         Layout::create(dir.path()).unwrap();
         assert!(left.iter().all(|f| !f.exists()));
         assert!(live.exists(), "a live run's file stays");

@@ -69,9 +69,35 @@ pub struct Registry {
     secrets: Mutex<Vec<String>>,
     /// Each host's answer to `GET /v2/`, asked once per run (the base and the destination on
     /// one registry, read and written at once, share it: one round trip less per push).
-    challenges: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Challenge>>>>,
+    challenges: PerHost<Challenge>,
     /// Each host's check of the basic credentials, made once per run.
-    checked: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
+    checked: PerHost<()>,
+}
+
+/// What is learnt once per host in a run: the first caller works it out, the others (even
+/// at the same time) wait for its answer; a failure is not kept, the next caller tries again.
+struct PerHost<T>(Mutex<HashMap<String, Arc<tokio::sync::OnceCell<T>>>>);
+
+impl<T> Default for PerHost<T> {
+    fn default() -> Self {
+        PerHost(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: Clone> PerHost<T> {
+    async fn once<F>(&self, host: &str, work: impl FnOnce() -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let cell = self
+            .0
+            .lock()
+            .expect("per-host lock")
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(work).await.cloned()
+    }
 }
 
 /// How requests for one repository are authenticated.
@@ -141,8 +167,8 @@ impl Registry {
             monolithic: Mutex::new(HashSet::new()),
             answered: Mutex::new(HashSet::new()),
             secrets: Mutex::new(Vec::new()),
-            challenges: Mutex::new(HashMap::new()),
-            checked: Mutex::new(HashMap::new()),
+            challenges: PerHost::default(),
+            checked: PerHost::default(),
         })
     }
 
@@ -230,14 +256,8 @@ impl Registry {
                     self.secret(pass);
                     self.secret(&raw);
                     // Once per host: a second repository of it takes the same credentials.
-                    let cell = self
-                        .checked
-                        .lock()
-                        .expect("checked lock")
-                        .entry(host.to_string())
-                        .or_default()
-                        .clone();
-                    cell.get_or_try_init(|| self.check_basic(host, user, pass))
+                    self.checked
+                        .once(host, || self.check_basic(host, user, pass))
                         .await?;
                     Access {
                         header: Some(secret_header(host, format!("Basic {raw}"))?),
@@ -328,14 +348,7 @@ impl Registry {
 
     /// How `host` wants to be authenticated: [`Registry::ping`], once per run.
     async fn challenge(&self, host: &str) -> Result<Challenge> {
-        let cell = self
-            .challenges
-            .lock()
-            .expect("challenges lock")
-            .entry(host.to_string())
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| self.ping(host)).await.cloned()
+        self.challenges.once(host, || self.ping(host)).await
     }
 
     /// `GET /v2/`: is the registry there, and how does it want to be authenticated?
