@@ -1,6 +1,7 @@
 //! The error every stage returns, its one-line message, and the documented exit code it maps to.
 
 use std::path::Path;
+use std::sync::Arc;
 
 /// Exit codes, documented in README.md ("Exit codes"). Scripts and inner-loop tools branch on them.
 /// (130, interrupted, is returned by `main` directly.)
@@ -36,11 +37,30 @@ pub enum ExitCode {
 /// through [`redact_url`], and credential values are never formatted. It never holds a control
 /// character either: text from registries, API servers and file names is [`escape`]d as the
 /// error is made, so a hostile answer cannot forge a second line or drive the terminal.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+///
+/// Beside the line, an error keeps its typed cause as its `source` (a transport failure's kind,
+/// a registry's status and error code, the API server's status, an I/O error's kind): callers
+/// ask for it with [`Error::cause`], never by reading the message. The exit code is the kind.
+/// An error is cheap to clone, cause included: one failure shared by several images stays one.
+#[derive(Debug, Clone)]
 pub struct Error {
     code: ExitCode,
     message: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl Error {
@@ -50,7 +70,11 @@ impl Error {
             std::borrow::Cow::Borrowed(_) => message,
             std::borrow::Cow::Owned(safe) => safe,
         };
-        Error { code, message }
+        Error {
+            code,
+            message,
+            cause: None,
+        }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {
@@ -73,7 +97,8 @@ impl Error {
         Self::new(ExitCode::Internal, message)
     }
 
-    /// A local file operation failed; names the path and the OS reason in plain words.
+    /// A local file operation failed; names the path and the OS reason in plain words. The
+    /// I/O error's kind is kept as the cause.
     pub fn io(action: &str, path: &Path, err: &std::io::Error) -> Self {
         let code = match err.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory => ExitCode::Internal,
@@ -83,17 +108,67 @@ impl Error {
             code,
             format!("cannot {action} `{}`: {}", path.display(), os_reason(err)),
         )
+        .with_cause(std::io::Error::from(err.kind()))
+    }
+
+    /// The same failure with its typed cause attached (see [`Error::cause`]). The cause is for
+    /// programs; it is never printed, so it may not need escaping — but it must not hold a
+    /// secret either: attach kinds and statuses, not a library's whole error.
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
     }
 
     pub fn code(&self) -> ExitCode {
         self.code
     }
 
-    /// Prefixes the message with what was being done, keeping the exit code.
+    /// The first cause of type `T` in this error's chain.
+    pub fn cause<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        chain(self).into_iter().find_map(|e| e.downcast_ref::<T>())
+    }
+
+    /// Prefixes the message with what was being done, keeping the exit code and the cause.
     pub fn context(mut self, what: impl std::fmt::Display) -> Self {
         self.message = format!("{}: {}", escape(&what.to_string()), self.message);
         self
     }
+
+    /// Appends `more` to the message (`(gave up after 6 tries)`), keeping code and cause.
+    pub fn suffixed(mut self, more: &str) -> Self {
+        self.message = format!("{} {}", self.message, escape(more));
+        self
+    }
+}
+
+/// An error and its sources, outermost first (what `source()` gives, link by link).
+pub fn sources<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+/// Every error of a chain — [`sources`], and each `io::Error`'s inner error too (its `source()`
+/// skips it, and I/O errors nest: hyper's connect error holds tokio-rustls' which holds
+/// rustls'). With [`sources`], the one place chains are walked.
+pub fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut todo = vec![err];
+    while let Some(e) = todo.pop() {
+        out.push(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            todo.push(inner);
+        }
+        if let Some(next) = e.source() {
+            todo.push(next);
+        }
+    }
+    out
 }
 
 /// The OS reason without Rust's "(os error 2)" suffix.
@@ -108,19 +183,14 @@ pub fn os_reason(err: &std::io::Error) -> String {
 /// The innermost cause of an error chain, in plain words: what the OS or TLS library said
 /// (reqwest's, hyper's and kube's wrappers above it only say where).
 pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut current: &(dyn std::error::Error + 'static) = err;
-    let mut io_reason = None;
-    loop {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            io_reason = Some(os_reason(io));
-        }
-        match current.source() {
-            Some(next) => current = next,
-            None => break,
-        }
-    }
+    let io_reason = sources(err)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .last()
+        .map(os_reason);
     io_reason.unwrap_or_else(|| {
-        let text = current.to_string();
+        let text = sources(err)
+            .last()
+            .map_or_else(String::new, |e| e.to_string());
         text.split(" for url (").next().unwrap_or(&text).to_string()
     })
 }

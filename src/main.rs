@@ -194,7 +194,7 @@ async fn run(
         Job::Images(all) => run_images(all, out, discover, stop).await,
         Job::Push(plan) => {
             let started = std::time::Instant::now();
-            let (pushed, deployed) = push::run_and_deploy(&plan, &mut |t| out.push_told(t)).await?;
+            let (pushed, deployed) = push::run_and_deploy(&plan, &|t| out.push_told(t)).await?;
             out.push_done(&pushed, deployed, started.elapsed())
                 .map_err(Failed::Reported)
         }

@@ -1,5 +1,5 @@
 //! Temporary files left by a run that was killed (SIGKILL ends it without cleaning up): found by
-//! name and age, and deleted by a later run.
+//! name and age, or by a lock no live run holds, and deleted by a later run.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,6 +28,55 @@ pub fn remove(dir: &Path, prefix: &str, suffix: &str) {
                 item.path().display()
             );
             let _ = std::fs::remove_file(item.path());
+        }
+    }
+}
+
+/// How runs name their temporary directories, in `TMPDIR`.
+pub const TMP_PREFIX: &str = "layerup-";
+
+/// This run's temporary directory for layer files, in `TMPDIR`, locked for as long as it lives.
+/// Ctrl-C and SIGTERM delete it on the way out; a run killed outright (SIGKILL, OOM) cannot, so
+/// each run first deletes those whose lock nobody holds: their process is gone (the kernel
+/// releases a dead process's locks).
+pub fn temp_dir() -> crate::error::Result<(tempfile::TempDir, std::fs::File)> {
+    let root = std::env::temp_dir();
+    sweep(&root);
+    let failed =
+        |e: std::io::Error| crate::error::Error::io("create a temporary directory in", &root, &e);
+    let tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempdir()
+        .map_err(failed)?;
+    // Locked under another name, then renamed: `.lock` never exists unlocked while its run
+    // lives, so a sweep cannot take a directory being set up for a dead one.
+    let staging = tmp.path().join(".lock.new");
+    let lock = std::fs::File::create(&staging).map_err(failed)?;
+    lock.lock().map_err(failed)?;
+    std::fs::rename(&staging, tmp.path().join(LOCK)).map_err(failed)?;
+    Ok((tmp, lock))
+}
+
+const LOCK: &str = ".lock";
+
+/// Deletes the `layerup-*` directories of `root` whose lock no live run holds.
+fn sweep(root: &Path) {
+    let Ok(items) = std::fs::read_dir(root) else {
+        return;
+    };
+    for item in items.flatten() {
+        if !item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(item.path().join(LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            tracing::info!(
+                "deleting {}, left by a run that was killed",
+                item.path().display()
+            );
+            let _ = std::fs::remove_dir_all(item.path());
         }
     }
 }

@@ -1,22 +1,106 @@
-//! One blob transfer, for push, copy and layouts: for every blob, present? skip : mountable?
-//! mount : stream it — largest first, `jobs` at a time. A [`Blob`] knows where its bytes come
-//! from (a file this run wrote, bytes in memory, another repository, registry or layout), so the
-//! same loop serves every command (go-containerregistry's `uploadOne` does the same). Callers
-//! write manifests only after [`send`] returned: every blob is then acknowledged, so a failure at
-//! any point leaves no manifest naming a missing blob.
+//! One write path for images, for push, copy and layouts: for every blob, present? skip :
+//! mountable? mount : stream it — largest first, `jobs` at a time; then the child manifests;
+//! then the top manifest under its tags ([`write`]). A [`Blob`] knows where its bytes come from
+//! (a file this run wrote, bytes in memory, another repository, registry or layout), so the same
+//! loop serves every command (go-containerregistry's `uploadOne` does the same). The order is
+//! this module's promise: a manifest is written only once every blob it names is acknowledged,
+//! and a tag only once every child its index names is there — so a failure at any point leaves
+//! no tag naming something missing.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
 use oci_spec::image::Digest;
 
 use crate::error::{Error, Result};
-use crate::oci::manifest::Descriptor;
+use crate::oci::manifest::{Descriptor, Document};
 use crate::oci::stream::{BytesOrigin, Cursor, FileOrigin, Origin};
 use crate::store::Store;
+
+/// Where a transfer writes: a [`Store`] (a registry repository or a layout). A trait so that
+/// the order of [`write`] can be checked against a destination that records what it is asked.
+pub trait Dest: Send + Sync {
+    fn has_blob<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<bool>>;
+    /// Links a blob from `from` without moving its bytes; `false` when it cannot.
+    fn mount<'a>(&'a self, d: &'a Digest, from: &'a Store) -> BoxFuture<'a, Result<bool>>;
+    /// Whether a blob of `from` could be mounted rather than moved (for [`survey`]'s count).
+    fn mountable(&self, from: &Store) -> bool;
+    fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<()>>;
+    /// Writes a manifest under `tag`, or by its digest only (`None`: an index's child).
+    fn put_manifest<'a>(
+        &'a self,
+        doc: &'a Document,
+        tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+impl Dest for Store {
+    fn has_blob<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<bool>> {
+        Store::has_blob(self, d).boxed()
+    }
+    fn mount<'a>(&'a self, d: &'a Digest, from: &'a Store) -> BoxFuture<'a, Result<bool>> {
+        Store::mount(self, d, from).boxed()
+    }
+    fn mountable(&self, from: &Store) -> bool {
+        self.same_registry(from)
+    }
+    fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<()>> {
+        Store::put_blob(self, d, c).boxed()
+    }
+    fn put_manifest<'a>(
+        &'a self,
+        doc: &'a Document,
+        tag: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        match tag {
+            Some(tag) => Store::put_tag(self, tag, doc).boxed(),
+            None => Store::put_child(self, doc).boxed(),
+        }
+    }
+}
+
+/// The manifests of an image write, after its blobs: an index's children (by digest), then the
+/// top document under each tag. No tags: the destination already holds the image as tagged,
+/// and nothing is written.
+pub struct Manifests<'a> {
+    pub children: &'a [Document],
+    pub top: &'a Document,
+    pub tags: Vec<String>,
+}
+
+/// Writes an image: every blob the destination lacks ([`send`]), then the children, then the top
+/// document under its tags — each step only once the one before is acknowledged whole.
+pub async fn write(
+    dest: &dyn Dest,
+    blobs: &[Blob],
+    manifests: Manifests<'_>,
+    slots: &Slots,
+) -> Result<Vec<Moved>> {
+    let moved = send(dest, blobs, slots).await?;
+    if manifests.tags.is_empty() {
+        return Ok(moved);
+    }
+    // Collected first: a closure held across an await makes the future not `Send` for every
+    // lifetime (rustc#110338), and watch spawns pushes on tasks.
+    let children: Vec<_> = manifests
+        .children
+        .iter()
+        .map(|c| dest.put_manifest(c, None))
+        .collect();
+    stream::iter(children)
+        .buffer_unordered(slots.jobs)
+        .try_collect::<Vec<()>>()
+        .await?;
+    for tag in &manifests.tags {
+        dest.put_manifest(manifests.top, Some(tag)).await?;
+    }
+    tracing::info!("manifest {}", manifests.top.digest);
+    Ok(moved)
+}
 
 /// HEAD requests in flight while surveying: cheap, so more than transfers.
 const CHECKS: usize = 16;
@@ -154,7 +238,7 @@ pub struct Moves {
 
 /// Asks the destination about every blob whose presence is unknown (HEAD, [`CHECKS`] at a
 /// time), marks those it holds, and says what will travel.
-pub async fn survey(dest: &Store, blobs: &mut [Blob]) -> Result<Moves> {
+pub async fn survey(dest: &dyn Dest, blobs: &mut [Blob]) -> Result<Moves> {
     let checks = blobs
         .iter()
         .enumerate()
@@ -179,7 +263,7 @@ pub async fn survey(dest: &Store, blobs: &mut [Blob]) -> Result<Moves> {
             continue;
         }
         match &b.source {
-            Source::Store(s) if dest.same_registry(s) => moves.mount += 1,
+            Source::Store(s) if dest.mountable(s) => moves.mount += 1,
             Source::Store(_) => {
                 moves.copy += 1;
                 moves.bytes += b.descriptor.size;
@@ -213,7 +297,7 @@ impl Slots {
 /// Puts every blob the destination lacks there, largest first, as many at a time as `slots`
 /// allow, and returns a report per blob in the order given. Blobs still [`Known::Unknown`] are
 /// asked about first.
-pub async fn send(dest: &Store, blobs: &[Blob], slots: &Slots) -> Result<Vec<Moved>> {
+pub async fn send(dest: &dyn Dest, blobs: &[Blob], slots: &Slots) -> Result<Vec<Moved>> {
     crate::meter::planned(blobs.len());
     let mut order: Vec<usize> = (0..blobs.len()).collect();
     // Largest first: with a bounded number in flight, the long ones should not start last.
@@ -238,7 +322,7 @@ pub async fn send(dest: &Store, blobs: &[Blob], slots: &Slots) -> Result<Vec<Mov
 }
 
 /// One blob: present? mount? stream.
-async fn one(dest: &Store, b: &Blob) -> Result<Moved> {
+async fn one(dest: &dyn Dest, b: &Blob) -> Result<Moved> {
     let d = &b.descriptor;
     let outcome = if d.is_foreign() {
         Outcome::Referenced
@@ -279,4 +363,147 @@ async fn one(dest: &Store, b: &Blob) -> Result<Moved> {
 /// A cursor over bytes on this machine: read once, a failure is not worth a retry.
 fn local(origin: Arc<dyn Origin>, d: &Descriptor) -> Result<Cursor> {
     Cursor::new(origin, &d.digest, d.size, format!("blob {}", d.digest), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::digest;
+    use std::sync::Mutex;
+
+    /// A destination that records what it is asked, in order; `refuse` fails one blob's upload.
+    #[derive(Default)]
+    struct Recorder {
+        log: Mutex<Vec<String>>,
+        refuse: Option<Digest>,
+    }
+
+    impl Recorder {
+        fn said(&self, what: String) {
+            self.log.lock().unwrap().push(what);
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl Dest for Recorder {
+        fn has_blob<'a>(&'a self, _: &'a Digest) -> BoxFuture<'a, Result<bool>> {
+            async { Ok(false) }.boxed()
+        }
+        fn mount<'a>(&'a self, _: &'a Digest, _: &'a Store) -> BoxFuture<'a, Result<bool>> {
+            async { Ok(false) }.boxed()
+        }
+        fn mountable(&self, _: &Store) -> bool {
+            false
+        }
+        fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<()>> {
+            async move {
+                // Slow enough that a manifest written early would be seen first.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let bytes = crate::oci::stream::read_all(c, 1 << 20).await?;
+                if self.refuse.as_ref() == Some(&d.digest) {
+                    return Err(Error::internal("refused"));
+                }
+                self.said(format!("blob {}", bytes.len()));
+                Ok(())
+            }
+            .boxed()
+        }
+        fn put_manifest<'a>(
+            &'a self,
+            doc: &'a Document,
+            tag: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<()>> {
+            let name = String::from_utf8_lossy(&doc.bytes).into_owned();
+            async move {
+                self.said(match tag {
+                    Some(t) => format!("tag {t} {name}"),
+                    None => format!("child {name}"),
+                });
+                Ok(())
+            }
+            .boxed()
+        }
+    }
+
+    fn blob(bytes: &'static [u8]) -> Blob {
+        Blob {
+            descriptor: Descriptor::new("x", digest::sha256(bytes), bytes.len() as u64),
+            source: Source::Bytes(Bytes::from_static(bytes)),
+            role: Role::Layer,
+            known: Known::Unknown,
+        }
+    }
+
+    fn docs() -> (Vec<Document>, Document) {
+        let children = vec![
+            Document::new(b"a".to_vec(), "m"),
+            Document::new(b"b".to_vec(), "m"),
+        ];
+        (children, Document::new(b"index".to_vec(), "i"))
+    }
+
+    #[tokio::test]
+    async fn blobs_then_children_then_the_tags_in_order() {
+        let dest = Recorder::default();
+        let blobs = vec![blob(b"one"), blob(b"three"), blob(b"seven..")];
+        let (children, top) = docs();
+        let manifests = Manifests {
+            children: &children,
+            top: &top,
+            tags: vec!["dev".into(), "layerup-1234".into()],
+        };
+        let moved = write(&dest, &blobs, manifests, &Slots::new(4))
+            .await
+            .unwrap();
+        assert!(moved.iter().all(|m| m.outcome == Outcome::Uploaded));
+        let log = dest.log();
+        assert_eq!(log.len(), 7, "{log:?}");
+        let mut first_three: Vec<&str> = log[..3].iter().map(String::as_str).collect();
+        first_three.sort();
+        assert_eq!(first_three, ["blob 3", "blob 5", "blob 7"], "{log:?}");
+        let mut children: Vec<&str> = log[3..5].iter().map(String::as_str).collect();
+        children.sort();
+        assert_eq!(children, ["child a", "child b"], "{log:?}");
+        assert_eq!(log[5..], ["tag dev index", "tag layerup-1234 index"]);
+    }
+
+    #[tokio::test]
+    async fn a_blob_that_fails_leaves_no_manifest_written() {
+        let blobs = vec![blob(b"one"), blob(b"three")];
+        let dest = Recorder {
+            refuse: Some(blobs[1].descriptor.digest.clone()),
+            ..Recorder::default()
+        };
+        let (children, top) = docs();
+        let manifests = Manifests {
+            children: &children,
+            top: &top,
+            tags: vec!["dev".into()],
+        };
+        assert!(write(&dest, &blobs, manifests, &Slots::new(4))
+            .await
+            .is_err());
+        assert!(
+            dest.log().iter().all(|l| l.starts_with("blob")),
+            "{:?}",
+            dest.log()
+        );
+    }
+
+    #[tokio::test]
+    async fn no_tags_write_no_manifest() {
+        let dest = Recorder::default();
+        let (children, top) = docs();
+        let manifests = Manifests {
+            children: &children,
+            top: &top,
+            tags: Vec::new(),
+        };
+        write(&dest, &[blob(b"one")], manifests, &Slots::new(1))
+            .await
+            .unwrap();
+        assert_eq!(dest.log(), ["blob 3"]);
+    }
 }

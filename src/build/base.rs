@@ -5,9 +5,8 @@ use oci_spec::image::Digest;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::oci::manifest::{self, Descriptor, Family, Kind};
+use crate::oci::manifest::{self, Descriptor, Document, Family, Kind};
 use crate::oci::platform::{self, Platform};
-use crate::store::registry::Fetched;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -42,19 +41,19 @@ pub async fn resolve(store: &Store, want: &Platform, asked: bool) -> Result<Base
 /// [`resolve`] from the reference's document, already fetched.
 pub async fn resolve_from(
     store: &Store,
-    root: Fetched,
+    root: Document,
     want: &Platform,
     asked: bool,
 ) -> Result<Base> {
     let name = store.image_ref().to_string();
-    let (kind, doc) = classify(&root, &format!("base image `{name}`"))?;
+    let (kind, doc) = root.classify(&format!("base image `{name}`"))?;
     let (fetched, family, doc) = match kind {
         Kind::Manifest(family) => (root, family, doc),
         Kind::Index(_) => {
             let entry = platform::select(&doc, want, &format!("base index `{name}`"))?;
             let child = store.manifest(&entry).await?;
             let what = format!("the {want} manifest of `{name}`");
-            match classify(&child, &what)? {
+            match child.classify(&what)? {
                 (Kind::Manifest(family), doc) => (child, family, doc),
                 (Kind::Index(_), _) => {
                     return Err(Error::image(format!(
@@ -98,7 +97,7 @@ pub async fn resolve_many(
 ) -> Result<(Vec<(Descriptor, Base)>, Option<BaseIndex>)> {
     let root = store.root().await?;
     let name = store.image_ref().to_string();
-    let (kind, doc) = classify(&root, &format!("base image `{name}`"))?;
+    let (kind, doc) = root.classify(&format!("base image `{name}`"))?;
     let Kind::Index(family) = kind else {
         let entry = Descriptor::new("", root.digest.clone(), root.bytes.len() as u64);
         let base =
@@ -186,10 +185,6 @@ fn check_platform(config: &Value, want: &Platform, name: &str) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-fn classify(f: &Fetched, what: &str) -> Result<(Kind, Value)> {
-    manifest::classify(&f.bytes, f.content_type.as_deref(), what)
 }
 
 const CONFIG_TYPES: &[&str] = &[

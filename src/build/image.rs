@@ -2,13 +2,14 @@
 //! appended, a history entry each, and the user's tweaks — serialised once, hashed exactly as
 //! they will be sent.
 
+use bytes::Bytes;
 use oci_spec::image::Digest;
 use serde_json::{json, Map, Value};
 
 use crate::build::base::{Base, BaseIndex};
 use crate::error::{Error, Result};
 use crate::oci::digest;
-use crate::oci::manifest::{Descriptor, Family};
+use crate::oci::manifest::{Descriptor, Document, Family};
 
 /// What `--env`, `--entrypoint`, `--cmd`, `--workdir`, `--label` and `--user` change.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,21 +34,18 @@ pub struct NewLayer {
 
 #[derive(Debug, Clone)]
 pub struct Image {
-    pub config: Vec<u8>,
+    pub config: Bytes,
     pub config_descriptor: Descriptor,
-    pub manifest: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: &'static str,
+    /// Its manifest, serialised once, as it will be written.
+    pub manifest: Document,
     /// Every layer the manifest names, base layers first.
     pub layers: Vec<Descriptor>,
 }
 
-/// The new index of a multi-platform push, serialised once.
-#[derive(Debug, Clone)]
-pub struct Index {
-    pub bytes: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: &'static str,
+impl Image {
+    pub fn digest(&self) -> &Digest {
+        &self.manifest.digest
+    }
 }
 
 /// The index for the new images: the base's, its media type, field order and annotations
@@ -55,7 +53,7 @@ pub struct Index {
 /// platforms not pushed are left out (their images lack the app layer: a pull there would run
 /// other code), and so are attestations (`unknown/unknown`: they describe the base's images, not
 /// these). `images` are each base entry with the image that replaces it.
-pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Index> {
+pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Document> {
     let mut index = base.doc.as_object().cloned().unwrap_or_default();
     let media_type = match base.family {
         Family::Oci => crate::oci::manifest::OCI_INDEX,
@@ -67,9 +65,9 @@ pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Index
         .iter()
         .map(|(entry, image)| {
             let mut e = entry.raw.as_object().cloned().unwrap_or_default();
-            e.insert("mediaType".into(), json!(image.media_type));
-            e.insert("digest".into(), json!(image.digest.to_string()));
-            e.insert("size".into(), json!(image.manifest.len()));
+            e.insert("mediaType".into(), json!(image.manifest.media_type));
+            e.insert("digest".into(), json!(image.digest().to_string()));
+            e.insert("size".into(), json!(image.manifest.bytes.len()));
             Value::Object(e)
         })
         .collect();
@@ -86,11 +84,7 @@ pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Index
     }
     let bytes = serde_json::to_vec(&Value::Object(index))
         .map_err(|e| Error::internal(format!("cannot serialise the index: {e}")))?;
-    Ok(Index {
-        digest: digest::sha256(&bytes),
-        bytes,
-        media_type,
-    })
+    Ok(Document::new(bytes, media_type))
 }
 
 const BASE_NAME: &str = "org.opencontainers.image.base.name";
@@ -136,11 +130,9 @@ pub fn build(base: &Base, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> R
     let manifest_bytes =
         serde_json::to_vec(&Value::Object(manifest)).expect("JSON values serialise");
     Ok(Image {
-        digest: digest::sha256(&manifest_bytes),
-        manifest: manifest_bytes,
-        config: config_bytes,
+        manifest: Document::new(manifest_bytes, family.manifest()),
+        config: config_bytes.into(),
         config_descriptor,
-        media_type: family.manifest(),
         layers,
     })
 }
@@ -288,7 +280,7 @@ mod tests {
     fn the_layer_is_appended_to_manifest_and_config() {
         let b = base(Family::Docker);
         let img = build(&b, &layer(), &Tweaks::default(), &provenance()).unwrap();
-        let m: Value = serde_json::from_slice(&img.manifest).unwrap();
+        let m: Value = serde_json::from_slice(&img.manifest.bytes).unwrap();
         assert_eq!(m["mediaType"], crate::oci::manifest::DOCKER_MANIFEST);
         assert_eq!(m["layers"].as_array().unwrap().len(), 2);
         assert_eq!(
@@ -312,7 +304,7 @@ mod tests {
         let last = c["history"].as_array().unwrap().last().unwrap();
         assert_eq!(last["created_by"], "layerup push ./src:/app");
         assert_eq!(c["created"], "1980-01-01T00:00:00Z");
-        assert_eq!(img.digest, digest::sha256(&img.manifest));
+        assert_eq!(img.digest(), &digest::sha256(&img.manifest.bytes));
         assert!(
             m.get("annotations").is_none(),
             "Docker manifests get no annotations"
@@ -323,7 +315,7 @@ mod tests {
     fn an_oci_base_gives_oci_types_and_base_annotations() {
         let b = base(Family::Oci);
         let img = build(&b, &layer(), &Tweaks::default(), &provenance()).unwrap();
-        let m: Value = serde_json::from_slice(&img.manifest).unwrap();
+        let m: Value = serde_json::from_slice(&img.manifest.bytes).unwrap();
         assert_eq!(m["mediaType"], crate::oci::manifest::OCI_MANIFEST);
         assert_eq!(m["config"]["mediaType"], crate::oci::manifest::OCI_CONFIG);
         assert_eq!(
@@ -388,7 +380,7 @@ mod tests {
             &provenance(),
         )
         .unwrap();
-        assert_eq!(a.digest, b.digest);
-        let _ = Descriptor::new("x", a.digest.clone(), 1);
+        assert_eq!(a.digest(), b.digest());
+        let _ = Descriptor::new("x", a.digest().clone(), 1);
     }
 }

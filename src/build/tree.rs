@@ -102,6 +102,18 @@ pub fn collect(
     Ok(entries)
 }
 
+/// The tree of one push: its mappings (DEST resolved), their entries, and what a delta needs
+/// to know of the walk.
+#[derive(Clone)]
+pub struct Walked {
+    pub mappings: Vec<Mapping>,
+    pub entries: std::sync::Arc<Vec<Entry>>,
+    /// When the walk started (ns since the epoch), for the index's racy-file guard.
+    pub scanned_at: i64,
+    /// Image paths file events named: hashed even when their stat looks unchanged.
+    pub suspects: Vec<String>,
+}
+
 /// What an update of the tree from file events came to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Update {

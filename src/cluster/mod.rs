@@ -432,7 +432,10 @@ impl Cluster {
                         s.message.trim()
                     ),
                 };
-                Error::new(code, message)
+                Error::new(code, message).with_cause(ApiStatus {
+                    code: s.code,
+                    reason: s.reason.clone(),
+                })
             }
             e if auth_error(&e).is_some() => Error::auth(format!(
                 "cannot get credentials for context {}: {}",
@@ -459,23 +462,32 @@ impl Cluster {
     }
 }
 
+/// The API server's status when it refused a request (`Status.code`, `Status.reason`: `NotFound`,
+/// `Forbidden`, `Conflict`), kept as the cause of the error that words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiStatus {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ApiStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the API server answered {} {}", self.code, self.reason)
+    }
+}
+
+impl std::error::Error for ApiStatus {}
+
 fn to_value(o: DynamicObject) -> Value {
     serde_json::to_value(o).unwrap_or(Value::Null)
 }
 
 /// The credential error in an error's chain, if it holds one.
 fn auth_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a kube::client::AuthError> {
-    let mut current = Some(e);
-    while let Some(c) = current {
-        if let Some(a) = c.downcast_ref::<kube::client::AuthError>() {
-            return Some(a);
-        }
-        if let Some(kube::Error::Auth(a)) = c.downcast_ref::<kube::Error>() {
-            return Some(a);
-        }
-        current = c.source();
-    }
-    None
+    crate::error::sources(e).find_map(|c| match c.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Auth(a)) => Some(a),
+        _ => c.downcast_ref::<kube::client::AuthError>(),
+    })
 }
 
 /// An error in one line. A credential plugin's failure is said as which plugin failed and its
@@ -508,26 +520,37 @@ fn describe(e: &(dyn std::error::Error + 'static), plugin: Option<&str>) -> Stri
     }
 }
 
-/// The variant of a credential error, without its payload.
-fn kind_of(e: &kube::client::AuthError) -> String {
-    let debug = format!("{e:?}");
-    debug
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("")
-        .to_string()
+/// What is wrong with the kubeconfig's credentials, in words, without the error's payload
+/// (which may hold a token or a plugin's output).
+fn kind_of(e: &kube::client::AuthError) -> &'static str {
+    use kube::client::AuthError as A;
+    match e {
+        A::InvalidBasicAuth(_) => "a username or password that cannot be sent in a header",
+        A::InvalidBearerToken(_) => "a token that cannot be sent in a header",
+        A::UnrefreshableTokenResponse => "a token that cannot be refreshed",
+        A::ExecPluginFailed => "a credential plugin that answered without a status",
+        A::MalformedTokenExpirationDate(_) => "a token whose expiry date cannot be read",
+        A::AuthExecStart(_) => "a credential plugin that could not start",
+        A::AuthExecRun { .. } => "a credential plugin that failed",
+        A::AuthExecParse(_) => "a credential plugin that printed no ExecCredential",
+        A::AuthExecSerialize(_) => "a credential plugin's input that cannot be written",
+        A::AuthExec(_) => "a credential plugin that could not be run",
+        A::ReadTokenFile(..) => "a token file that cannot be read",
+        A::ParseTokenKey(_) => "a token that cannot be read",
+        A::MissingCommand => "an exec section without a command",
+        A::ExecMissingClusterInfo => "a plugin that asks for cluster information it was not given",
+        A::NoValidNativeRootCA(_) => "no usable root certificates on this machine",
+    }
 }
 
 /// An error and its causes in one line, without repeating a cause the message already holds.
-fn chain(e: &dyn std::error::Error) -> String {
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
+    for s in crate::error::sources(e).skip(1) {
         let more = s.to_string();
         if !text.contains(&more) {
             text = format!("{text}: {more}");
         }
-        source = s.source();
     }
     text
 }

@@ -6,18 +6,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use oci_spec::image::Digest;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::oci::manifest::{self, Descriptor, Family, Kind};
+use crate::oci::manifest::{Descriptor, Document, Kind};
 use crate::oci::platform::{self, Platform};
 use crate::oci::reference::ImageRef;
-use crate::store::registry::{self, Fetched, Registry};
+use crate::store::registry::{self, Registry};
 use crate::store::Store;
-use crate::transfer::{self, Blob, Known, Moved, Moves, Role, Source};
+use crate::transfer::{self, Blob, Known, Manifests, Moved, Moves, Role, Source};
 
 /// Manifests fetched in flight at once.
 const READS: usize = 16;
@@ -63,13 +62,6 @@ impl Copied {
     }
 }
 
-/// One manifest or index to write, exactly as read.
-struct Doc {
-    bytes: Bytes,
-    digest: Digest,
-    media_type: String,
-}
-
 /// Copies `plan.from` to `plan.to`; `told` hears what will move before anything does.
 pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied> {
     let started = Instant::now();
@@ -98,17 +90,18 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
         manifests: if done { 0 } else { children.len() + 1 },
     };
     told(&planned);
-    let moved = transfer::send(&dest, &blobs, &transfer::Slots::new(plan.jobs)).await?;
-    if !done {
-        // Every blob is in the destination now; an index's children go before the index.
-        stream::iter(&children)
-            .map(|c| dest.put_child(c.bytes.clone(), &c.digest, &c.media_type))
-            .buffer_unordered(plan.jobs.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        dest.put_manifest(top.bytes.clone(), &top.media_type)
-            .await?;
-    }
+    // Children before the index, the tag last; nothing when the tag already names it.
+    let manifests = Manifests {
+        children: &children,
+        top: &top,
+        tags: if done {
+            Vec::new()
+        } else {
+            vec![dest.tag().to_string()]
+        },
+    };
+    let slots = transfer::Slots::new(plan.jobs);
+    let moved = transfer::write(&dest, &blobs, manifests, &slots).await?;
     Ok(Copied {
         reference: plan.to.pinned(&top.digest),
         digest: top.digest,
@@ -120,19 +113,20 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
 
 /// The manifests to write (an index's children, then the top one) and every blob they name,
 /// each once. Foreign layers are left out: they are referenced, never copied.
-async fn read(source: &Store, plan: &CopyPlan) -> Result<(Vec<Doc>, Doc, Vec<Descriptor>)> {
+async fn read(
+    source: &Store,
+    plan: &CopyPlan,
+) -> Result<(Vec<Document>, Document, Vec<Descriptor>)> {
     let name = source.image_ref().to_string();
     let root = source.root().await?;
-    let (kind, doc) = classify(&root, &format!("`{name}`"))?;
+    let (kind, doc) = root.classify(&format!("`{name}`"))?;
     let (top, kind, doc) = match kind {
         Kind::Index(_) if !plan.all => {
             let what = format!("index `{name}`");
             let entry = platform::select(&doc, &plan.platform, &what)?;
             let child = source.manifest(&entry).await?;
-            let (kind, doc) = classify(
-                &child,
-                &format!("the {} manifest of `{name}`", plan.platform),
-            )?;
+            let (kind, doc) =
+                child.classify(&format!("the {} manifest of `{name}`", plan.platform))?;
             (child, kind, doc)
         }
         Kind::Manifest(_) if plan.platform_asked => {
@@ -171,32 +165,28 @@ async fn read(source: &Store, plan: &CopyPlan) -> Result<(Vec<Doc>, Doc, Vec<Des
                 .iter()
                 .map(|e| Descriptor::parse(e, &format!("an entry of index `{name}`")))
                 .collect::<Result<Vec<_>>>()?;
-            let fetched: Vec<Fetched> = stream::iter(&entries)
+            let fetched: Vec<Document> = stream::iter(&entries)
                 .map(|e| source.manifest(e))
                 .buffered(READS)
                 .try_collect()
                 .await?;
             for (e, f) in entries.iter().zip(fetched) {
                 let what = format!("manifest {} of index `{name}`", e.digest);
-                let (kind, child) = classify(&f, &what)?;
+                let (kind, child) = f.classify(&what)?;
                 if let Kind::Index(_) = kind {
                     return Err(Error::image(format!(
                         "{what} is another index; layerup does not copy nested indexes"
                     )));
                 }
                 blobs.extend(blobs_of(&child, &what)?);
-                children.push(doc_of(f, &child, &e.media_type, kind));
+                children.push(f.to_write(&child, &e.media_type, kind));
             }
         }
     }
     let mut seen = HashSet::new();
     blobs.retain(|d| !d.is_foreign() && seen.insert(d.digest.clone()));
-    let top = doc_of(top, &doc, "", kind);
+    let top = top.to_write(&doc, "", kind);
     Ok((children, top, blobs))
-}
-
-fn classify(f: &Fetched, what: &str) -> Result<(Kind, Value)> {
-    manifest::classify(&f.bytes, f.content_type.as_deref(), what)
 }
 
 /// The config and layers of an image manifest — of any artifact too: copying does not care
@@ -212,33 +202,4 @@ fn blobs_of(doc: &Value, what: &str) -> Result<Vec<Descriptor>> {
         }
     }
     Ok(out)
-}
-
-/// The media type a manifest is written with: its own `mediaType`, else what its parent's
-/// descriptor or the registry said, else its family's by shape.
-fn doc_of(f: Fetched, doc: &Value, described: &str, kind: Kind) -> Doc {
-    let declared = doc
-        .get("mediaType")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let sent = f
-        .content_type
-        .as_deref()
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
-        .filter(|c| manifest::ACCEPT.contains(&c.as_str()));
-    let by_shape = match kind {
-        Kind::Manifest(Family::Oci) => manifest::OCI_MANIFEST,
-        Kind::Manifest(Family::Docker) => manifest::DOCKER_MANIFEST,
-        Kind::Index(Family::Oci) => manifest::OCI_INDEX,
-        Kind::Index(Family::Docker) => manifest::DOCKER_LIST,
-    };
-    let media_type = declared
-        .or(Some(described.to_string()).filter(|d| !d.is_empty()))
-        .or(sent)
-        .unwrap_or_else(|| by_shape.to_string());
-    Doc {
-        bytes: f.bytes,
-        digest: f.digest,
-        media_type,
-    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::build::base::{self, Base};
 use crate::error::Result;
-use crate::oci::manifest::{self, Kind};
+use crate::oci::manifest::Kind;
 use crate::oci::platform::{entry_platform, Platform};
 use crate::oci::reference::ImageRef;
 use crate::store::registry::{Options, Registry};
@@ -45,7 +45,7 @@ pub async fn run(plan: &InspectPlan) -> Result<Inspected> {
     store.login(false, None).await?;
     let root = store.root().await?;
     let what = format!("`{r}`");
-    let (kind, doc) = manifest::classify(&root.bytes, root.content_type.as_deref(), &what)?;
+    let (kind, doc) = root.classify(&what)?;
     let children = matches!(kind, Kind::Index(_)).then(|| {
         doc["manifests"]
             .as_array()
@@ -59,7 +59,7 @@ pub async fn run(plan: &InspectPlan) -> Result<Inspected> {
             })
             .collect()
     });
-    let (reference, content_type) = (r.pinned(&root.digest), root.content_type.clone());
+    let (reference, content_type) = (r.pinned(&root.digest), root.media_type.clone());
     let image = base::resolve_from(&store, root, platform, false).await?;
     let image_media_type = image.manifest["mediaType"]
         .as_str()
@@ -70,8 +70,7 @@ pub async fn run(plan: &InspectPlan) -> Result<Inspected> {
         media_type: doc["mediaType"]
             .as_str()
             .map(str::to_string)
-            .or(content_type)
-            .unwrap_or_default(),
+            .unwrap_or(content_type),
         children,
         image,
         image_media_type,

@@ -1,5 +1,6 @@
 //! Manifest and index documents: media types, telling them apart, and reading descriptors (pure).
 
+use bytes::Bytes;
 use oci_spec::image::Digest;
 use serde_json::Value;
 
@@ -111,6 +112,64 @@ pub fn classify(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<
         }
     };
     Ok((kind, doc))
+}
+
+/// A manifest or index exactly as read, or as it will be written: its bytes (never
+/// re-serialised: its digest is theirs), and its media type — for a document read, what the
+/// store said it is (`Content-Type`, a layout descriptor's; empty when nothing was said); for
+/// one to write, what it is written with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    pub bytes: Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+impl Document {
+    /// A document layerup made: its digest is its bytes' sha256.
+    pub fn new(bytes: Vec<u8>, media_type: &str) -> Self {
+        Document {
+            digest: digest::sha256(&bytes),
+            bytes: bytes.into(),
+            media_type: media_type.to_string(),
+        }
+    }
+
+    /// Parses it and says whether it is an image manifest or an index (see [`classify`]).
+    pub fn classify(&self, what: &str) -> Result<(Kind, Value)> {
+        let said = Some(self.media_type.as_str()).filter(|m| !m.is_empty());
+        classify(&self.bytes, said, what)
+    }
+
+    /// The document as it is written elsewhere, bytes unchanged: with its own `mediaType`,
+    /// else what its index's descriptor (`described`) or the store that sent it said, else its
+    /// family's type by shape. `doc` and `kind` are what [`Document::classify`] gave.
+    pub fn to_write(self, doc: &Value, described: &str, kind: Kind) -> Document {
+        let declared = doc
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let sent = Some(
+            self.media_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        )
+        .filter(|c| ACCEPT.contains(&c.as_str()));
+        let by_shape = match kind {
+            Kind::Manifest(Family::Oci) => OCI_MANIFEST,
+            Kind::Manifest(Family::Docker) => DOCKER_MANIFEST,
+            Kind::Index(Family::Oci) => OCI_INDEX,
+            Kind::Index(Family::Docker) => DOCKER_LIST,
+        };
+        let media_type = declared
+            .or(Some(described.to_string()).filter(|d| !d.is_empty()))
+            .or(sent)
+            .unwrap_or_else(|| by_shape.to_string());
+        Document { media_type, ..self }
+    }
 }
 
 /// A descriptor as layerup needs it: what to fetch, how big, what it is. The JSON it came from is

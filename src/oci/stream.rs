@@ -290,10 +290,10 @@ impl Cursor {
 
 /// The last failure of a read that kept breaking, saying so; an [`Error`] inside keeps its code.
 fn gave_up(e: std::io::Error, tries: u32) -> std::io::Error {
-    let text = format!("{e} (gave up after {tries} tries)");
+    let more = format!("(gave up after {tries} tries)");
     match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
-        Some(inner) => std::io::Error::other(Error::new(inner.code(), text)),
-        None => std::io::Error::new(e.kind(), text),
+        Some(inner) => std::io::Error::other(inner.clone().suffixed(&more)),
+        None => std::io::Error::new(e.kind(), format!("{e} {more}")),
     }
 }
 
@@ -339,7 +339,7 @@ pub fn failure(what: &str, e: &std::io::Error) -> Error {
         return Error::image(e.to_string());
     }
     match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
-        Some(inner) => Error::new(inner.code(), inner.to_string()),
+        Some(inner) => inner.clone(),
         None => Error::new(
             crate::error::ExitCode::Unreachable,
             format!("cannot read {what}: {e}"),

@@ -8,7 +8,6 @@ pub mod registry;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use oci_spec::distribution::Reference;
@@ -16,11 +15,11 @@ use oci_spec::image::Digest;
 use tokio::sync::Mutex;
 
 use crate::error::Result;
-use crate::oci::manifest::Descriptor;
+use crate::oci::manifest::{Descriptor, Document};
 use crate::oci::reference::{ImageRef, LayoutRef};
 use crate::oci::stream::{self, ByteStream, Cursor, Origin};
 use crate::store::layout::Layout;
-use crate::store::registry::{Fetched, Registry};
+use crate::store::registry::Registry;
 
 /// Image configs are small by nature; one larger than this is refused unread.
 const CONFIG_LIMIT: u64 = 32 << 20;
@@ -100,7 +99,7 @@ impl Store {
     }
 
     /// The manifest or index the reference names (its digest if it has one, else its tag).
-    pub async fn root(&self) -> Result<Fetched> {
+    pub async fn root(&self) -> Result<Document> {
         match self {
             Store::Registry { registry, repo } => {
                 let which = repo.digest().or(repo.tag()).unwrap_or("latest").to_string();
@@ -114,13 +113,13 @@ impl Store {
     }
 
     /// A child manifest of an index, by its descriptor.
-    pub async fn manifest(&self, d: &Descriptor) -> Result<Fetched> {
+    pub async fn manifest(&self, d: &Descriptor) -> Result<Document> {
         match self {
             Store::Registry { registry, repo } => registry.manifest(repo, d.digest.as_ref()).await,
-            Store::Layout { layout, .. } => Ok(Fetched {
+            Store::Layout { layout, .. } => Ok(Document {
                 bytes: layout.blob_bytes(&d.digest)?.into(),
                 digest: d.digest.clone(),
-                content_type: Some(d.media_type.clone()).filter(|m| !m.is_empty()),
+                media_type: d.media_type.clone(),
             }),
         }
     }
@@ -215,24 +214,25 @@ impl Store {
         }
     }
 
-    /// Writes the manifest under the reference's tag (`latest` when it has none).
-    pub async fn put_manifest(&self, bytes: Bytes, media_type: &str) -> Result<()> {
+    /// The tag the reference names (`latest` when it names none): where its image is written.
+    pub fn tag(&self) -> &str {
         let tag = match self {
             Store::Registry { repo, .. } => repo.tag(),
             Store::Layout { at, .. } => at.tag.as_deref(),
         };
-        self.put_tag(tag.unwrap_or("latest"), bytes, media_type)
-            .await
+        tag.unwrap_or("latest")
     }
 
-    /// Writes the manifest under `tag` (a second name for an image already pushed).
-    pub async fn put_tag(&self, tag: &str, bytes: Bytes, media_type: &str) -> Result<()> {
+    /// Writes the manifest under `tag` (the reference's, or a second name for an image).
+    pub async fn put_tag(&self, tag: &str, doc: &Document) -> Result<()> {
         match self {
             Store::Registry { registry, repo } => {
-                registry.put_manifest(repo, tag, bytes, media_type).await
+                registry
+                    .put_manifest(repo, tag, doc.bytes.clone(), &doc.media_type)
+                    .await
             }
             Store::Layout { layout, .. } => {
-                layout.put_manifest(&bytes, media_type, tag)?;
+                layout.put_manifest(&doc.bytes, &doc.media_type, tag)?;
                 Ok(())
             }
         }
@@ -240,17 +240,22 @@ impl Store {
 
     /// Writes a manifest by its digest only, untagged: an index's child, which must be there
     /// before the index that names it.
-    pub async fn put_child(&self, bytes: Bytes, digest: &Digest, media_type: &str) -> Result<()> {
+    pub async fn put_child(&self, doc: &Document) -> Result<()> {
         match self {
             Store::Registry { registry, repo } => {
                 registry
-                    .put_manifest(repo, digest.as_ref(), bytes, media_type)
+                    .put_manifest(
+                        repo,
+                        doc.digest.as_ref(),
+                        doc.bytes.clone(),
+                        &doc.media_type,
+                    )
                     .await
             }
             Store::Layout { layout, .. } => {
-                let len = bytes.len() as u64;
-                let body = futures_util::stream::iter([Ok(bytes)]).boxed();
-                layout.put_blob(digest, len, body).await
+                let len = doc.bytes.len() as u64;
+                let body = futures_util::stream::iter([Ok(doc.bytes.clone())]).boxed();
+                layout.put_blob(&doc.digest, len, body).await
             }
         }
     }

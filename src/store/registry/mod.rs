@@ -8,6 +8,7 @@
 //! cross-repository mount needs `repository:<from>:pull` in the destination's token.
 
 mod send;
+mod status;
 pub mod transport;
 mod upload;
 
@@ -25,11 +26,13 @@ use reqwest::StatusCode;
 
 use crate::error::{redact_url, Error, ExitCode, Result};
 use crate::oci::digest;
-use crate::oci::manifest;
+use crate::oci::manifest::{self, Document};
 use crate::oci::reference::is_loopback;
 use crate::oci::stream::{self, ByteStream};
 use crate::store::auth::{self, Credentials};
 use send::Verdict;
+use status::status_error;
+pub use status::RegistryError;
 
 /// Manifests over 4 MiB are refused by distribution and most registries; never read more.
 const MANIFEST_LIMIT: usize = 4 << 20;
@@ -130,13 +133,6 @@ impl<'a> Target<'a> {
             repo: r.repository(),
         }
     }
-}
-
-/// A manifest or index exactly as the registry sent it.
-pub struct Fetched {
-    pub bytes: Bytes,
-    pub digest: Digest,
-    pub content_type: Option<String>,
 }
 
 #[derive(Clone)]
@@ -537,7 +533,7 @@ impl Registry {
     /// Fetches a manifest or index by tag or digest, verifying it against the digest when one
     /// was asked for, or against `Docker-Content-Digest` when the registry sent one. A body cut
     /// or stalled on its way is asked for again, as any other request.
-    pub async fn manifest(&self, repo: &Reference, tag_or_digest: &str) -> Result<Fetched> {
+    pub async fn manifest(&self, repo: &Reference, tag_or_digest: &str) -> Result<Document> {
         let host = repo.resolve_registry();
         let what = format!("manifest {}", repo.whole());
         let action = || format!("cannot read {what}");
@@ -607,10 +603,10 @@ impl Registry {
                 }
                 None => digest::sha256(&bytes),
             };
-            return Ok(Fetched {
+            return Ok(Document {
                 bytes: bytes.into(),
                 digest,
-                content_type,
+                media_type: content_type.unwrap_or_default(),
             });
         }
     }
@@ -819,53 +815,6 @@ fn same_host(host: &str, url: &reqwest::Url) -> bool {
     authority.eq_ignore_ascii_case(host)
 }
 
-/// A registry's error answer, worded from its status and its JSON error body (spec "Error Codes").
-fn status_error(status: StatusCode, body: &str, action: &str, host: &str) -> Error {
-    let detail = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let first = v.get("errors")?.as_array()?.first()?.clone();
-            let code = first.get("code")?.as_str()?.to_string();
-            let message = first
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("")
-                .to_string();
-            Some(if message.is_empty() {
-                code
-            } else {
-                format!("{code}: {message}")
-            })
-        })
-        .unwrap_or_else(|| {
-            body.lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(160)
-                .collect()
-        });
-    let code = match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ExitCode::Auth,
-        StatusCode::NOT_FOUND => ExitCode::NotFound,
-        _ => ExitCode::Registry,
-    };
-    let hint = match status {
-        StatusCode::UNAUTHORIZED => " (check the credentials for this registry)",
-        StatusCode::FORBIDDEN => " (the credentials are valid but not allowed to do this)",
-        _ => "",
-    };
-    let detail = if detail.is_empty() {
-        String::new()
-    } else {
-        format!(", {detail}")
-    };
-    Error::new(
-        code,
-        format!("{action}: registry {host} answered {status}{detail}{hint}"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -908,30 +857,5 @@ mod tests {
             parse_challenge(r#"Basic realm="basic-realm""#),
             Some(Challenge::Basic)
         ));
-    }
-
-    #[test]
-    fn registry_error_body_is_worded_with_code_and_message() {
-        let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"9"}}]}"#;
-        let err = status_error(
-            StatusCode::NOT_FOUND,
-            body,
-            "cannot read manifest a:9",
-            "reg:5000",
-        );
-        assert_eq!(
-            err.to_string(),
-            "cannot read manifest a:9: registry reg:5000 answered 404 Not Found, MANIFEST_UNKNOWN: manifest unknown"
-        );
-        assert_eq!(err.code(), ExitCode::NotFound);
-    }
-
-    #[test]
-    fn denied_is_an_auth_failure_with_a_hint() {
-        let err = status_error(StatusCode::FORBIDDEN, "", "cannot upload", "reg");
-        assert_eq!(err.code(), ExitCode::Auth);
-        assert!(err
-            .to_string()
-            .ends_with("(the credentials are valid but not allowed to do this)"));
     }
 }

@@ -8,7 +8,7 @@ use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::transport::{self, Transport};
-use super::{status_error, Registry, Target};
+use super::{status_error, Registry, RegistryError, Target};
 use crate::error::{Error, ExitCode, Result};
 pub(super) use crate::retry::backoff;
 
@@ -129,13 +129,19 @@ impl Registry {
         }
         let asked = retry_after(res);
         if let Some(after) = asked.filter(|a| *a > MAX_RETRY_AFTER) {
-            return Some(Verdict::Fail(Error::new(
-                ExitCode::Registry,
-                format!(
-                    "registry answered {status} and asks to wait {}s before trying again",
-                    after.as_secs()
-                ),
-            )));
+            return Some(Verdict::Fail(
+                Error::new(
+                    ExitCode::Registry,
+                    format!(
+                        "registry answered {status} and asks to wait {}s before trying again",
+                        after.as_secs()
+                    ),
+                )
+                .with_cause(RegistryError {
+                    status: status.as_u16(),
+                    code: None,
+                }),
+            ));
         }
         let wait = asked.unwrap_or_else(|| backoff(tries));
         Some(Verdict::Retry(wait, format!("registry answered {status}")))
@@ -202,8 +208,7 @@ fn retry_after(res: &Response) -> Option<Duration> {
 
 /// The last error, saying that it was not the first.
 pub(super) fn gave_up(e: Error, tries: u32) -> Error {
-    let code = e.code();
-    Error::new(code, format!("{e} (gave up after {tries} tries)"))
+    e.suffixed(&format!("(gave up after {tries} tries)"))
 }
 
 #[cfg(test)]

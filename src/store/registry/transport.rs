@@ -22,6 +22,22 @@ pub enum Transport {
     Other,
 }
 
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Timeout => "no answer in time",
+            Transport::Tls => "TLS failed",
+            Transport::Dns => "the host name does not resolve",
+            Transport::Refused => "the connection was refused",
+            Transport::Broken => "the connection broke",
+            Transport::Other => "the request failed",
+        })
+    }
+}
+
+/// Kept as the cause of a failure before any HTTP answer (see [`Error::cause`]).
+impl std::error::Error for Transport {}
+
 /// The host name did not resolve; the resolver's own type, so that it can be recognised.
 #[derive(Debug)]
 pub struct NoSuchHost {
@@ -65,31 +81,9 @@ impl reqwest::dns::Resolve for Resolver {
     }
 }
 
-/// Every error of a chain, each `io::Error`'s inner error included (its `source()` skips it,
-/// and I/O errors nest: hyper's connect error holds tokio-rustls' which holds rustls').
-fn chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Vec<&'a (dyn std::error::Error + 'static)> {
-    let mut out = Vec::new();
-    let mut todo = vec![err];
-    while let Some(e) = todo.pop() {
-        out.push(e);
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            todo.push(inner);
-        }
-        if let Some(next) = e.source() {
-            todo.push(next);
-        }
-    }
-    out
-}
-
 /// What kind of failure a request's error is.
 pub fn classify(err: &reqwest::Error) -> Transport {
-    let all = chain(err);
+    let all = crate::error::chain(err);
     if all.iter().any(|e| e.is::<NoSuchHost>()) {
         return Transport::Dns;
     }
@@ -118,10 +112,12 @@ pub fn classify(err: &reqwest::Error) -> Transport {
     Transport::Other
 }
 
-/// A failure before any HTTP answer, worded once: what broke, with which registry.
+/// A failure before any HTTP answer, worded once: what broke, with which registry. Its kind
+/// is kept as the cause.
 pub fn error(err: &reqwest::Error, host: &str) -> Error {
     let cause = crate::error::root_cause(err);
-    let (code, text) = match classify(err) {
+    let kind = classify(err);
+    let (code, text) = match kind {
         Transport::Timeout => (
             ExitCode::Unreachable,
             format!("registry {host} did not answer in time ({cause})"),
@@ -146,7 +142,7 @@ pub fn error(err: &reqwest::Error, host: &str) -> Error {
             format!("talking to registry {host} failed: {cause}"),
         ),
     };
-    Error::new(code, text)
+    Error::new(code, text).with_cause(kind)
 }
 
 #[cfg(test)]
@@ -169,6 +165,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(classify(&e), Transport::Dns);
+        let said = error(&e, "no-such-host.invalid");
+        assert_eq!(said.cause::<Transport>(), Some(&Transport::Dns));
     }
 
     #[tokio::test]

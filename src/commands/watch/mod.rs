@@ -8,6 +8,8 @@
 //! the debounce; pushes of one image never overlap, and a change during a push gives one more
 //! after it. Each image has its own loop; they share connections, logins and `--jobs`.
 
+mod memory;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,10 +20,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::build::entry::Own;
-use crate::commands::push::{self, Changes, Memory, PushPlan, Session};
+use crate::commands::push::{self, Changes, PushPlan, Session};
 use crate::commands::sync::Deployer;
 use crate::commands::Told;
 use crate::error::{Error, Result};
+use memory::Memory;
 
 /// A validated `layerup watch`.
 #[derive(Debug, Clone)]
@@ -306,8 +309,12 @@ async fn image_loop(
     let mut next_verify = Instant::now() + plan.verify;
     loop {
         let started = Instant::now();
-        match push::run_in(push_plan, &session, Some(&mut memory), changes).await {
-            Ok(pushed) => {
+        let last = memory.take().await;
+        match push::run_in(push_plan, &session, Some(last), changes).await {
+            Ok((pushed, kept)) => {
+                if let Some(kept) = kept {
+                    memory.keep(kept);
+                }
                 report(&name, Told::Pushed(&pushed, started.elapsed()));
                 if let Some(c) = cluster.as_mut() {
                     c.pushed(&pushed).await;
