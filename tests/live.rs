@@ -309,6 +309,14 @@ fn settled_edits_and_a_restarted_container_bring_the_template_to_the_newest_imag
     assert_eq!(template(&kube), third);
     let pod = pod_running(&kube, &third);
     assert_eq!(in_container(&kube, &pod, "cat /app/VERSION"), "3\n");
+    // Under --json each catch-up is a document too, with its stable code.
+    let codes: Vec<String> = w
+        .pushes()
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|d| d["settling"]["code"].as_str().map(String::from))
+        .collect();
+    assert_eq!(codes, ["settled", "container_restarted"]);
     let log = w.stop();
     // Nothing was behind at the end: no further update.
     assert!(!log.contains("the watch is ending"), "{log}");

@@ -21,7 +21,7 @@ use workload::{Kind, WorkloadRef};
 
 /// Which cluster and namespace, as kubectl's `--context` and `-n`, and the contexts the user
 /// allowed beyond local development clusters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Target {
     pub context: Option<String>,
     pub namespace: Option<String>,

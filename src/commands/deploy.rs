@@ -21,7 +21,7 @@ use crate::store::Store;
 use crate::units::show_duration;
 
 /// A validated deploy step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeployPlan {
     /// The workload named on the command line; `None`: find those running the image.
     pub workload: Option<WorkloadRef>,
@@ -79,7 +79,7 @@ pub enum Event<'a> {
 }
 
 /// `--deploy` and how the cluster names the destination registry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Deploy {
     pub plan: DeployPlan,
     /// `--cluster-registry`: the destination registry's name inside the cluster.

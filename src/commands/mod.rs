@@ -28,7 +28,7 @@ pub enum Told<'a> {
     /// `--sync`: the edit pushed as `reference` is in these containers.
     Synced(&'a sync::Synced, &'a str),
     /// `--sync`: this edit rolls out instead, and why.
-    SyncFallback(&'a str),
+    SyncFallback(&'a sync::Fallback),
     /// `--sync`: the templates take the newest image, and why now.
-    Settling(&'a str),
+    Settling(&'a sync::CatchUp),
 }

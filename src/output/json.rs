@@ -8,7 +8,7 @@ use crate::commands::copy::Copied;
 use crate::commands::deploy::Change;
 use crate::commands::inspect::Inspected;
 use crate::commands::push::Pushed;
-use crate::error::Error;
+use crate::error::{escape, Error};
 use crate::transfer::{Moved, Role};
 
 fn blob(b: &Moved) -> Value {
@@ -102,6 +102,21 @@ pub fn synced(s: &crate::commands::sync::Synced, reference: &str) -> Value {
     }})
 }
 
+/// `watch --sync`: an edit rolled out instead of synced, and why.
+pub fn sync_fallback(why: &crate::commands::sync::Fallback) -> Value {
+    json!({"sync_fallback": {"code": why.code(), "reason": escape(&why.to_string())}})
+}
+
+/// `watch --sync`: the workloads' template takes the newest image synced, and why now.
+pub fn settling(why: &crate::commands::sync::CatchUp) -> Value {
+    json!({"settling": {"code": why.code(), "reason": escape(&why.to_string())}})
+}
+
+/// A watched push's deploy step failed (watching goes on).
+pub fn deploy_error(e: &Error) -> Value {
+    json!({"deploy_error": error(e)["error"].clone()})
+}
+
 /// A failure, on stdout with `--json`, so a caller reading stdout sees why.
 pub fn error(e: &Error) -> Value {
     json!({"error": {"message": e.to_string(), "exit_code": e.code() as u8}})
@@ -127,4 +142,32 @@ pub fn inspected(i: &Inspected) -> Value {
             })).collect::<Vec<_>>(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::sync::{CatchUp, Fallback};
+    use crate::error::ExitCode;
+
+    #[test]
+    fn live_update_decisions_are_documents_with_stable_codes() {
+        let why = Fallback::NotReady {
+            pod: "app-1\u{1b}[2J".into(),
+            container: "app".into(),
+        };
+        assert_eq!(
+            sync_fallback(&why),
+            json!({"sync_fallback": {"code": "not_ready", "reason": "container app of pod app-1\\u{1b}[2J is not ready"}})
+        );
+        assert_eq!(
+            settling(&CatchUp::Settled(std::time::Duration::from_secs(30))),
+            json!({"settling": {"code": "settled", "reason": "no edit for 30s"}})
+        );
+        let e = Error::new(ExitCode::Rollout, "deployment/app: rollout failed");
+        assert_eq!(
+            deploy_error(&e),
+            json!({"deploy_error": {"message": "deployment/app: rollout failed", "exit_code": 10}})
+        );
+    }
 }

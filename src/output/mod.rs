@@ -158,7 +158,10 @@ impl Report {
                 }
             }
             Told::DeployFailed(e) => {
-                eprintln!("error: {} (still watching)", self.tagged(&e.to_string()))
+                eprintln!("error: {} (still watching)", self.tagged(&e.to_string()));
+                if self.json {
+                    self.document(json::deploy_error(e));
+                }
             }
             Told::Deploy(e) => self.event(&e, false),
             Told::Stopped => self.note("its layerup.toml is gone: no longer watched"),
@@ -168,8 +171,18 @@ impl Report {
                     self.document(json::synced(s, reference));
                 }
             }
-            Told::SyncFallback(why) => self.note(&format!("not synced: {why}; rolling out")),
-            Told::Settling(why) => self.note(&format!("updating the workloads' template: {why}")),
+            Told::SyncFallback(why) => {
+                self.note(&format!("not synced: {why}; rolling out"));
+                if self.json {
+                    self.document(json::sync_fallback(why));
+                }
+            }
+            Told::Settling(why) => {
+                self.note(&format!("updating the workloads' template: {why}"));
+                if self.json {
+                    self.document(json::settling(why));
+                }
+            }
         }
     }
 

@@ -39,7 +39,7 @@ pub enum Platforms {
 }
 
 /// A validated `layerup push`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PushPlan {
     pub base: ImageRef,
     pub to: ImageRef,

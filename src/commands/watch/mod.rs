@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use memory::Memory;
 
 /// A validated `layerup watch`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatchPlan {
     pub push: PushPlan,
     /// How long the sources must stay still before a push starts.
@@ -153,7 +153,7 @@ pub async fn run_many(
                     let w = watched.lock().expect("watched lock");
                     w.iter()
                         .filter(|(n, i)| {
-                            found.get(*n).is_none_or(|p| format!("{p:?}") != format!("{:?}", i.plan))
+                            found.get(*n) != Some(&i.plan)
                         })
                         .map(|(n, _)| n.clone())
                         .collect()
@@ -357,7 +357,7 @@ async fn image_loop(
         };
         let Some(first) = first else {
             if let Some(c) = cluster.as_mut() {
-                c.catch_up("the watch is ending").await;
+                c.catch_up(crate::commands::sync::CatchUp::Ending).await;
             }
             memory.settle().await;
             return Ok(());

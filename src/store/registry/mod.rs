@@ -41,7 +41,7 @@ const TOKEN_LIMIT: usize = 1 << 20;
 const USER_AGENT: &str = concat!("layerup/", env!("CARGO_PKG_VERSION"));
 
 /// How layerup treats the network; the defaults are the command line's (`cli::TransferArgs`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// Plain HTTP to registries that are not on loopback.
     pub insecure: bool,

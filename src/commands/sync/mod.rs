@@ -6,6 +6,8 @@
 //! last deployed image, a container without `sh` or `tar`, a read-only or forbidden path, an exec
 //! refused — is a fallback to a push, a patch and a rollout, and says why.
 
+mod reason;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use crate::commands::push::Pushed;
 use crate::commands::Told;
 use crate::error::{Error, Result};
 use crate::oci::reference::ImageRef;
+pub use reason::{CatchUp, Fallback};
 
 /// How long one exec (the sync, or `--then`) may take in a container.
 const EXEC_LIMIT: Duration = Duration::from_secs(120);
@@ -56,6 +59,15 @@ impl SyncPlan {
                 .map_err(|e| Error::usage(format!("--restart-on: {e}")))?,
             restart_on_text: restart_on.to_vec(),
         })
+    }
+}
+
+/// Two plans are the same when given the same: `restart_on` is compiled from `restart_on_text`.
+impl PartialEq for SyncPlan {
+    fn eq(&self, other: &Self) -> bool {
+        self.then == other.then
+            && self.settle == other.settle
+            && self.restart_on_text == other.restart_on_text
     }
 }
 
@@ -112,21 +124,18 @@ pub struct Synced {
     pub then_failed: Vec<(String, String)>,
 }
 
-/// Why an edit is not synced but rolled out.
-pub type Fallback = String;
-
 /// The paths of an uncompressed layer (whiteouts included), as it names them.
 fn paths(tar: &[u8]) -> std::result::Result<Vec<String>, Fallback> {
     let mut archive = tar::Archive::new(tar);
     let entries = archive
         .entries()
-        .map_err(|e| format!("the delta cannot be read: {e}"))?;
+        .map_err(|e| Fallback::DeltaUnreadable(e.to_string()))?;
     entries
         .map(|e| {
-            let e = e.map_err(|e| format!("the delta cannot be read: {e}"))?;
+            let e = e.map_err(|e| Fallback::DeltaUnreadable(e.to_string()))?;
             let path = e
                 .path()
-                .map_err(|e| format!("the delta cannot be read: {e}"))?;
+                .map_err(|e| Fallback::DeltaUnreadable(e.to_string()))?;
             Ok(path.to_string_lossy().trim_end_matches('/').to_string())
         })
         .collect()
@@ -149,7 +158,10 @@ pub fn restart_needed(plan: &SyncPlan, paths: &[String]) -> Option<Fallback> {
             .next();
         if let Some(i) = hit {
             let glob = plan.restart_on_text.get(i).map_or("", String::as_str);
-            return Some(format!("/{full} matches --restart-on `{glob}`"));
+            return Some(Fallback::RestartOn {
+                path: format!("/{full}"),
+                glob: glob.to_string(),
+            });
         }
     }
     None
@@ -202,24 +214,23 @@ pub async fn sync(
     let cluster = live
         .cluster(deploy)
         .await
-        .map_err(|e| format!("the cluster cannot be reached: {e}"))?;
+        .map_err(|e| Fallback::Unreachable(format!("the cluster cannot be reached: {e}")))?;
     let pods = pods(cluster, &targets).await?;
     let script = script(paths);
     if script.len() > MAX_SCRIPT {
-        return Err(format!(
-            "the edit removes too many paths to name in one exec ({} bytes of script)",
-            script.len()
-        ));
+        return Err(Fallback::TooManyRemovals {
+            bytes: script.len(),
+        });
     }
     for ((pod, _, _), r) in pods
         .iter()
         .zip(exec_all(cluster, &pods, &script, tar).await)
     {
         let r = r.map_err(|e| match e {
-            None => format!(
-                "the sync did not end in {}s in pod {pod}",
-                EXEC_LIMIT.as_secs()
-            ),
+            None => Fallback::Timeout {
+                pod: pod.clone(),
+                secs: EXEC_LIMIT.as_secs(),
+            },
             Some(e) => exec_refused(&e),
         })?;
         if r.code != 0 {
@@ -275,24 +286,25 @@ async fn exec_all(
 
 /// Why the containers synced no longer hold the synced edits, if they do not: one restarted
 /// (its files are its image's again), went, or a new pod joined from the template.
-pub async fn lost(deploy: &Deploy, live: &mut Live) -> Result<Option<String>> {
+pub async fn lost(deploy: &Deploy, live: &mut Live) -> Result<Option<CatchUp>> {
     let targets = live.targets.clone();
     let known = live.restarts.clone();
     let cluster = live.cluster(deploy).await?;
     let seen = match observe(cluster, &targets).await {
         Ok(seen) => seen,
-        Err(why) => return Ok(Some(why)),
+        Err(why) => return Ok(Some(CatchUp::Unobservable(why))),
     };
     for ((pod, container), was) in &known {
         match seen
             .iter()
             .find(|s| &s.pod == pod && &s.container == container)
         {
-            None => return Ok(Some(format!("pod {pod} is gone"))),
+            None => return Ok(Some(CatchUp::PodGone { pod: pod.clone() })),
             Some(s) if s.restarts > *was => {
-                return Ok(Some(format!(
-                    "container {container} of pod {pod} restarted"
-                )))
+                return Ok(Some(CatchUp::Restarted {
+                    pod: pod.clone(),
+                    container: container.clone(),
+                }))
             }
             Some(_) => {}
         }
@@ -301,10 +313,7 @@ pub async fn lost(deploy: &Deploy, live: &mut Live) -> Result<Option<String>> {
         .iter()
         .find(|s| !known.contains_key(&(s.pod.clone(), s.container.clone())))
     {
-        return Ok(Some(format!(
-            "pod {} started without the synced edits",
-            s.pod
-        )));
+        return Ok(Some(CatchUp::NewPod { pod: s.pod.clone() }));
     }
     Ok(None)
 }
@@ -337,17 +346,18 @@ async fn observe(
         let obj = cluster
             .get(id)
             .await
-            .map_err(|e| format!("{id} cannot be read: {e}"))?;
-        let w = Workload::from_object(id.kind, &obj).map_err(|e| format!("{id}: {e}"))?;
+            .map_err(|e| Fallback::Unreachable(format!("{id} cannot be read: {e}")))?;
+        let w = Workload::from_object(id.kind, &obj)
+            .map_err(|e| Fallback::Unreachable(format!("{id}: {e}")))?;
         let Some(selector) = &w.selector else {
-            return Err(format!(
+            return Err(Fallback::Unreachable(format!(
                 "{id} selects its pods with expressions layerup does not read"
-            ));
+            )));
         };
         let pods = cluster
             .pods(selector)
             .await
-            .map_err(|e| format!("the pods of {id} cannot be read: {e}"))?;
+            .map_err(|e| Fallback::Unreachable(format!("the pods of {id} cannot be read: {e}")))?;
         for pod in &pods {
             if !pod["metadata"]["deletionTimestamp"].is_null() {
                 continue;
@@ -388,7 +398,7 @@ async fn pods(
 ) -> std::result::Result<Vec<(String, String, i64)>, Fallback> {
     let seen = observe(cluster, targets).await?;
     if seen.is_empty() {
-        return Err("the deployed workloads have no pod".into());
+        return Err(Fallback::NoPods);
     }
     let mut out = Vec::new();
     for s in seen {
@@ -396,16 +406,17 @@ async fn pods(
             continue;
         };
         if s.image != c.to {
-            return Err(format!(
-                "pod {} runs {}, not the last image deployed ({})",
-                s.pod, s.image, c.to
-            ));
+            return Err(Fallback::Drifted {
+                pod: s.pod,
+                runs: s.image,
+                deployed: c.to.clone(),
+            });
         }
         if !s.ready {
-            return Err(format!(
-                "container {} of pod {} is not ready",
-                s.container, s.pod
-            ));
+            return Err(Fallback::NotReady {
+                pod: s.pod,
+                container: s.container,
+            });
         }
         out.push((s.pod, s.container, s.restarts));
     }
@@ -445,12 +456,10 @@ impl<'a> Deployer<'a> {
         if let (Some(plan), Some(live)) = (self.sync, self.live.as_mut()) {
             let why = match &pushed.delta {
                 // Its files were not in the delta: the image holds more than the delta says.
-                Some(_) if pushed.platform_files_changed => {
-                    "the files of a per-platform mapping ({os}/{arch} in SRC) changed".to_string()
-                }
+                Some(_) if pushed.platform_files_changed => Fallback::PlatformFiles,
                 None => match pushed.full_reason() {
-                    Some(reason) => format!("full push: {reason}"),
-                    None => "the push is not a delta on the image the pods run".to_string(),
+                    Some(reason) => Fallback::FullPush(reason.clone()),
+                    None => Fallback::NotADelta,
                 },
                 Some(tar) if tar.is_empty() => return,
                 Some(tar) => match paths(tar) {
@@ -500,16 +509,15 @@ impl<'a> Deployer<'a> {
     /// Edits have been still for `--settle`: the template takes the newest image synced.
     pub async fn settled(&mut self) {
         let still = self.sync.map_or(Duration::ZERO, |s| s.settle);
-        let why = format!("no edit for {}", crate::units::show_duration(still));
-        self.catch_up(&why).await;
+        self.catch_up(CatchUp::Settled(still)).await;
     }
 
     /// The template takes the newest image synced, if it is behind; `why` says why now.
-    pub async fn catch_up(&mut self, why: &str) {
+    pub async fn catch_up(&mut self, why: CatchUp) {
         let Some(reference) = self.live.as_mut().and_then(|l| l.behind.take()) else {
             return;
         };
-        (self.told)(Told::Settling(why));
+        (self.told)(Told::Settling(&why));
         self.set(&reference).await;
     }
 
@@ -522,7 +530,7 @@ impl<'a> Deployer<'a> {
             return;
         }
         match lost(self.deploy, live).await {
-            Ok(Some(why)) => self.catch_up(&why).await,
+            Ok(Some(why)) => self.catch_up(why).await,
             Ok(None) => {}
             Err(e) => tracing::info!("the synced containers cannot be looked at: {e}"),
         }
@@ -532,26 +540,31 @@ impl<'a> Deployer<'a> {
 /// An exec the API server refused (RBAC), or could not serve.
 fn exec_refused(e: &crate::error::Error) -> Fallback {
     if e.code() == crate::error::ExitCode::Auth {
-        format!("exec refused: {e}")
+        Fallback::ExecRefused(e.to_string())
     } else {
-        format!("exec failed: {e}")
+        Fallback::ExecFailed(e.to_string())
     }
 }
 
 /// A sync that ran and failed, worded by its cause.
 fn failed(pod: &str, r: &Ran) -> Fallback {
-    let said = first_line(r);
+    let (pod, said) = (pod.to_string(), first_line(r));
     if r.code == 126 || r.code == 127 {
-        return format!("the container of pod {pod} has no sh or tar ({said})");
+        return Fallback::NoShell { pod, said };
     }
+    // What a container's `tar` and `rm` said: the only word a shell gives about why.
     let lower = said.to_lowercase();
     if lower.contains("read-only file system") {
-        return format!("a path is read-only in pod {pod}: {said}");
+        return Fallback::ReadOnly { pod, said };
     }
     if lower.contains("permission denied") {
-        return format!("permission denied in pod {pod}: {said}");
+        return Fallback::PermissionDenied { pod, said };
     }
-    format!("the sync failed in pod {pod} (exit {}): {said}", r.code)
+    Fallback::Failed {
+        pod,
+        code: r.code,
+        said,
+    }
 }
 
 /// What a command said: its stderr's first line, else its stdout's.
@@ -590,7 +603,7 @@ mod tests {
         let p = plan(&["package.json", "app/config/*.yaml"]);
         let needs = |paths: &[&str]| {
             let tar = layer(paths);
-            restart_needed(&p, &super::paths(&tar).unwrap())
+            restart_needed(&p, &super::paths(&tar).unwrap()).map(|f| f.to_string())
         };
         assert_eq!(needs(&["app", "app/main.py"]), None);
         assert_eq!(
