@@ -16,11 +16,8 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::build::entry::placeholder_in;
-use crate::commands::copy::CopyPlan;
-use crate::commands::deploy::{DeployImagePlan, RollbackPlan};
-use crate::commands::inspect::InspectPlan;
-use crate::commands::push::PushPlan;
-use crate::commands::watch::WatchPlan;
+use crate::commands;
+use crate::commands::watch::{Discover, WatchPlan};
 use crate::error::{Error, Result};
 use args::{Cli, Command};
 use config::Config;
@@ -40,16 +37,15 @@ pub struct Invocation {
     pub json: bool,
     /// The validated plan, or why the arguments do not make one (reported as `--json` says).
     pub job: Result<Job>,
+    /// A watch of the whole project: finds its images again, as this command line found them
+    /// (services added while it runs start, removed ones stop).
+    pub discover: Option<Discover>,
 }
 
-/// A command with its plan.
+/// What the command line asks for.
 pub enum Job {
-    Push(PushPlan),
-    Watch(WatchPlan),
-    Copy(CopyPlan),
-    Deploy(DeployImagePlan),
-    Rollback(RollbackPlan),
-    Inspect(InspectPlan),
+    /// A command of `commands`, with its plan.
+    Run(Box<commands::Job>),
     /// The settings of the project's top level, or of one image.
     Config(Arc<Config>, Option<String>),
     Completions(clap_complete::Shell),
@@ -59,12 +55,25 @@ pub enum Job {
 }
 
 impl Job {
+    fn run(c: commands::Job) -> Job {
+        Job::Run(Box::new(c))
+    }
+
     /// Whether blobs move, so a progress bar means something.
     pub fn moves_blobs(&self) -> bool {
         match self {
-            Job::Push(_) | Job::Copy(_) => true,
+            Job::Run(c) => c.moves_blobs(),
             Job::Images(all) => all.iter().any(|(_, j)| j.moves_blobs()),
             _ => false,
+        }
+    }
+
+    /// The watches it runs.
+    pub fn watches(&self) -> Vec<&WatchPlan> {
+        match self {
+            Job::Run(c) => c.watch().into_iter().collect(),
+            Job::Images(all) => all.iter().flat_map(|(_, j)| j.watches()).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -76,7 +85,49 @@ impl Job {
 /// Image names select images of the project (`layerup push api web`); a bare `push` or `watch`
 /// takes every image when the project has several (`[images.NAME]` tables, or layerup.toml
 /// files below the current directory). Otherwise, one image as the files and flags say.
-pub fn parse(
+pub fn parse(argv: Vec<OsString>, cwd: &Path, env: fn(&str) -> Option<String>) -> Result<Parsed> {
+    let parsed = parse_with(argv.clone(), cwd, &env)?;
+    let Parsed::Run(mut inv) = parsed else {
+        return Ok(parsed);
+    };
+    if matches!(&inv.job, Ok(Job::Images(_)))
+        && inv.job.as_ref().is_ok_and(|j| !j.watches().is_empty())
+    {
+        let cwd = cwd.to_path_buf();
+        inv.discover = Some(Box::new(move || rediscover(&argv, &cwd, env)));
+    }
+    Ok(Parsed::Run(inv))
+}
+
+/// The project's watched images, found again as the command line found them.
+fn rediscover(
+    argv: &[OsString],
+    cwd: &Path,
+    env: fn(&str) -> Option<String>,
+) -> Result<Vec<(String, WatchPlan)>> {
+    let Parsed::Run(inv) = parse_with(argv.to_vec(), cwd, &env)? else {
+        return Ok(Vec::new());
+    };
+    Ok(match inv.job? {
+        Job::Images(all) => all
+            .into_iter()
+            .filter_map(|(n, j)| match j {
+                Job::Run(c) => match *c {
+                    commands::Job::Watch(w) => Some((n, w)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        Job::Run(c) => match *c {
+            commands::Job::Watch(w) => vec![(String::new(), w)],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    })
+}
+
+fn parse_with(
     argv: Vec<OsString>,
     cwd: &Path,
     env: &dyn Fn(&str) -> Option<String>,
@@ -151,6 +202,7 @@ pub fn parse(
             quiet,
             json,
             job,
+            ..
         } = *inv;
         flags = Some((verbose, quiet, json));
         let job = match (job, name) {
@@ -165,6 +217,7 @@ pub fn parse(
                     quiet,
                     json,
                     job: Err(e),
+                    discover: None,
                 })))
             }
         }
@@ -176,6 +229,7 @@ pub fn parse(
         quiet,
         json,
         job,
+        discover: None,
     })))
 }
 
@@ -236,8 +290,11 @@ fn with_image_words(argv: &[OsString], command: &str, image: &project::Image) ->
 /// Two images pushed to one destination would overwrite each other's tag and state.
 fn same_destinations(jobs: &[(String, Job)], images: &[project::Image]) -> Result<()> {
     let to = |j: &Job| match j {
-        Job::Push(p) => Some(p.to.to_string()),
-        Job::Watch(w) => Some(w.push.to.to_string()),
+        Job::Run(c) => match c.as_ref() {
+            commands::Job::Push(p) => Some(p.to.to_string()),
+            commands::Job::Watch(w) => Some(w.push.to.to_string()),
+            _ => None,
+        },
         _ => None,
     };
     for (i, (a, ja)) in jobs.iter().enumerate() {
@@ -333,12 +390,12 @@ fn one(
         | Command::Man => {}
     }
     let job = match cli.command {
-        Command::Push(a) => a.plan(env).map(Job::Push),
-        Command::Watch(a) => a.plan(env).map(Job::Watch),
-        Command::Copy(a) => a.plan().map(Job::Copy),
-        Command::Deploy(a) => a.plan().map(Job::Deploy),
-        Command::Rollback(a) => a.plan().map(Job::Rollback),
-        Command::Inspect(a) => a.plan().map(Job::Inspect),
+        Command::Push(a) => a.plan(env).map(commands::Job::Push).map(Job::run),
+        Command::Watch(a) => a.plan(env).map(commands::Job::Watch).map(Job::run),
+        Command::Copy(a) => a.plan().map(commands::Job::Copy).map(Job::run),
+        Command::Deploy(a) => a.plan().map(commands::Job::Deploy).map(Job::run),
+        Command::Rollback(a) => a.plan().map(commands::Job::Rollback).map(Job::run),
+        Command::Inspect(a) => a.plan().map(commands::Job::Inspect).map(Job::run),
         Command::Config { .. } => Ok(Job::Config(Arc::clone(config), image.map(str::to_string))),
         Command::Completions { shell } => Ok(Job::Completions(shell)),
         Command::Man => Ok(Job::Man),
@@ -348,6 +405,7 @@ fn one(
         quiet: cli.quiet,
         json: cli.json,
         job,
+        discover: None,
     })))
 }
 

@@ -12,8 +12,45 @@ use crate::commands::copy::{Copied, Planned};
 use crate::commands::deploy::{Change, Event};
 use crate::commands::inspect::Inspected;
 use crate::commands::push::Pushed;
-use crate::commands::Told;
-use crate::error::{Error, Result};
+use crate::commands::{Done, Outcome, Told};
+use crate::error::{Error, ExitCode, Result};
+
+/// How a run is shown, decided once from the flags and what the command does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    /// `-q`: only results and errors.
+    pub quiet: bool,
+    /// `--json`: documents on stdout.
+    pub json: bool,
+    /// A progress bar while blobs move (on a terminal, when nothing else writes there).
+    pub bar: bool,
+    /// A watch of several images: one line per image, redrawn in place (on a terminal).
+    pub board: bool,
+    /// A watch: each push is one cycle of many.
+    pub watching: bool,
+}
+
+impl Style {
+    /// `logging`: per-event log lines are on (`-v`, `LAYERUP_LOG`); they and a bar or a board
+    /// would tear each other. `project`: the images are a project's, each named.
+    pub fn choose(
+        quiet: bool,
+        json: bool,
+        logging: bool,
+        moves_blobs: bool,
+        project: bool,
+        watching: bool,
+    ) -> Style {
+        let plain = quiet || json || logging;
+        Style {
+            quiet,
+            json,
+            bar: !plain && moves_blobs,
+            board: !plain && project && watching,
+            watching,
+        }
+    }
+}
 
 /// How results are reported: `-q` (only results and errors), `--json` (documents on stdout);
 /// for one image of several, under its name.
@@ -21,6 +58,8 @@ use crate::error::{Error, Result};
 pub struct Report {
     pub quiet: bool,
     pub json: bool,
+    /// Pushes are a watch's cycles.
+    pub watching: bool,
     /// The image's name, when a command works on several.
     pub image: Option<std::sync::Arc<str>>,
     /// A watch of several images on a terminal: one line per image, updated in place.
@@ -32,9 +71,58 @@ impl Report {
         Report {
             quiet,
             json,
+            watching: false,
             image: None,
             board: None,
         }
+    }
+
+    /// Reports as `style` says (a watch's board is started here).
+    pub fn styled(style: Style) -> Self {
+        Report {
+            watching: style.watching,
+            board: progress::Board::start(style.board).map(std::sync::Arc::new),
+            ..Report::new(style.quiet, style.json)
+        }
+    }
+
+    /// What a command tells as it goes, for the image `name` (`""`: the one image).
+    pub fn told(&self, name: &str, t: Told) {
+        let out = match name {
+            "" => self.clone(),
+            name => self.named(name),
+        };
+        match t {
+            Told::Planned(p) => out.planned(p),
+            Told::Deploying(e) => out.event(&e, true),
+            t if self.watching => out.watch_told(t),
+            t => out.push_told(t),
+        }
+    }
+
+    /// A command's outcome for the image `name`: its result, or its error, printed once; the
+    /// kind of failure, if it failed (a push whose deploy step failed did).
+    pub fn done(&self, name: &str, outcome: Outcome) -> Option<ExitCode> {
+        let out = match name {
+            "" => self.clone(),
+            name => self.named(name),
+        };
+        match outcome {
+            Ok(Done::Pushed {
+                pushed,
+                deployed,
+                took,
+            }) => return out.push_done(&pushed, deployed, took).err(),
+            Ok(Done::Watched) => {}
+            Ok(Done::Copied(c)) => out.copied(&c),
+            Ok(Done::Changes { changes, dry_run }) => out.changes(&changes, dry_run),
+            Ok(Done::Inspected(i)) => out.inspected(&i),
+            Err(e) => {
+                out.error(&e);
+                return Some(e.code());
+            }
+        }
+        None
     }
 
     /// The same, for the image `name` of several.
@@ -89,24 +177,26 @@ impl Report {
     }
 
     /// What a one-shot push (and its deploy step) tells as it goes.
-    pub fn push_told(&self, t: Told) {
+    fn push_told(&self, t: Told) {
         match t {
             Told::Pushed(p, _) => self.pushed(p),
-            Told::Deploy(e) => self.event(&e, false),
+            Told::Deploy(e) | Told::Deploying(e) => self.event(&e, false),
             Told::PushFailed(e) | Told::DeployFailed(e) => self.error(e),
+            Told::Planned(p) => self.planned(p),
             Told::Stopped | Told::Synced(..) | Told::SyncFallback(_) | Told::Settling(_) => {}
         }
     }
 
-    /// A push, with `--deploy` its outcome, is done: the `--json` document, and the exit code.
-    pub fn push_done(
+    /// A push, with `--deploy` its outcome, is done: the `--json` document, and the kind of
+    /// failure when the deploy step failed.
+    fn push_done(
         &self,
         p: &Pushed,
         deployed: Option<Result<Vec<Change>>>,
         total: Duration,
-    ) -> Result<(), u8> {
+    ) -> Result<(), ExitCode> {
         let failed = match &deployed {
-            Some(Err(e)) => Some(e.code() as u8),
+            Some(Err(e)) => Some(e.code()),
             _ => None,
         };
         if let Some(Err(e)) = &deployed {
@@ -126,7 +216,7 @@ impl Report {
 
     /// What a watch tells: one status line and the reference per push, or one document; on a
     /// board, the image's line.
-    pub fn watch_told(&self, t: Told) {
+    fn watch_told(&self, t: Told) {
         if let (Some(board), Some(name)) = (&self.board, &self.image) {
             if let Some(line) = text::board_line(&t) {
                 board.set(name, &crate::error::escape(&format!("{name:<24} {line}")));
@@ -163,7 +253,8 @@ impl Report {
                     self.document(json::deploy_error(e));
                 }
             }
-            Told::Deploy(e) => self.event(&e, false),
+            Told::Deploy(e) | Told::Deploying(e) => self.event(&e, false),
+            Told::Planned(p) => self.planned(p),
             Told::Stopped => self.note("its layerup.toml is gone: no longer watched"),
             Told::Synced(s, reference) => {
                 self.note(&text::synced(s));

@@ -143,7 +143,7 @@ pub fn board_line(t: &Told) -> Option<String> {
         Told::Synced(s, _) => synced(s),
         Told::SyncFallback(why) => format!("rolling out: {why}"),
         Told::Settling(why) => format!("updating the template: {why}"),
-        Told::Deploy(_) => return None,
+        Told::Deploy(_) | Told::Deploying(_) | Told::Planned(_) => return None,
     })
 }
 
