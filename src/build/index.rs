@@ -322,24 +322,101 @@ pub fn diff(
     entries: &[Entry],
     scanned_at: i64,
     suspects: &[String],
-    mut hash: impl FnMut(&Path) -> Result<Sha>,
+    hash: impl FnMut(&Path) -> Result<Sha>,
 ) -> Result<Delta> {
-    let mut records: Vec<(String, Record)> = Vec::with_capacity(entries.len());
-    let mut changed: BTreeSet<&str> = BTreeSet::new();
-    let mut restat = 0;
-    // Paths whose kind changed from a directory: everything the lower layers hold under them goes.
-    let mut dir_replaced: BTreeSet<&str> = BTreeSet::new();
-    // Paths that became a directory: the file or link below goes first (a whiteout, written
-    // before the directory), so that no applier keeps it or follows it — `tar -x` over a
-    // symlink to elsewhere would write through it.
-    let mut became_dir: Vec<&str> = Vec::new();
-    // Both sides are in byte order of their paths: one merge finds each entry's old record and
-    // the old paths no longer walked, with no lookup per path.
+    let mut m = merge(old, entries, suspects, hash)?;
+    let changed = with_links(entries, &mut m.changed);
+    let gone_set: HashSet<&str> = m.gone.iter().copied().collect();
+    let opaque = opaque_dirs(old, entries, &gone_set, &m.dir_replaced, !m.gone.is_empty());
+    // A path needs its own whiteout unless something above it already hides it.
+    let hidden_above = |p: &str| {
+        let mut at = p;
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            if gone_set.contains(parent)
+                || m.dir_replaced.contains(parent)
+                || opaque.contains(parent)
+            {
+                return true;
+            }
+            at = parent;
+        }
+        false
+    };
+    let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
+    for p in m
+        .gone
+        .iter()
+        .chain(m.dir_replaced.iter())
+        .chain(m.became_dir.iter())
+    {
+        if hidden_above(p) {
+            continue;
+        }
+        let w = whiteout(p);
+        out.insert(layer_order(&w.path), w);
+    }
+    for dir in &opaque {
+        let w = opaque_in(dir);
+        out.insert(layer_order(&w.path), w);
+    }
+    for p in &m.changed {
+        out.insert(
+            layer_order(p),
+            find(entries, p).expect("changed paths were walked").clone(),
+        );
+    }
+    with_parents(&mut out, entries);
+    Ok(Delta {
+        entries: out.into_values().collect(),
+        changed,
+        deleted: m.gone.len(),
+        restat: m.restat,
+        // The entries are in byte order, each path once: so are the records.
+        index: Index {
+            scanned_at,
+            files: m.records,
+        },
+    })
+}
+
+/// The walk merged with the old index, path by path.
+struct Merged<'a> {
+    records: Vec<(String, Record)>,
+    /// Paths added or modified.
+    changed: BTreeSet<&'a str>,
+    /// Paths unchanged whose stat moved.
+    restat: usize,
+    /// Paths whose kind changed from a directory: everything the lower layers hold under them
+    /// goes.
+    dir_replaced: BTreeSet<&'a str>,
+    /// Paths that became a directory: the file or link below goes first (a whiteout, written
+    /// before the directory), so that no applier keeps it or follows it — `tar -x` over a
+    /// symlink to elsewhere would write through it.
+    became_dir: Vec<&'a str>,
+    /// Old paths no longer walked.
+    gone: Vec<&'a str>,
+}
+
+/// Both sides are in byte order of their paths: one merge finds each entry's old record and
+/// the old paths no longer walked, with no lookup per path.
+fn merge<'a>(
+    old: &'a Index,
+    entries: &'a [Entry],
+    suspects: &[String],
+    mut hash: impl FnMut(&Path) -> Result<Sha>,
+) -> Result<Merged<'a>> {
+    let mut m = Merged {
+        records: Vec::with_capacity(entries.len()),
+        changed: BTreeSet::new(),
+        restat: 0,
+        dir_replaced: BTreeSet::new(),
+        became_dir: Vec::new(),
+        gone: Vec::new(),
+    };
     let mut olds = old.files.iter().peekable();
-    let mut gone: Vec<&str> = Vec::new();
     for e in entries {
         while let Some((p, _)) = olds.next_if(|(p, _)| p.as_str() < e.path.as_str()) {
-            gone.push(p);
+            m.gone.push(p);
         }
         let prev = olds.next_if(|(p, _)| **p == e.path).map(|(_, r)| r);
         let mut rec = Record::of(e);
@@ -357,32 +434,34 @@ pub fn diff(
         match prev {
             Some(p) if rec.same_as_stored(p) => {
                 if !rec.same_stat(p) {
-                    restat += 1;
+                    m.restat += 1;
                 }
             }
             Some(p) => {
                 if p.kind == RecordKind::Dir && rec.kind != RecordKind::Dir {
-                    dir_replaced.insert(&e.path);
+                    m.dir_replaced.insert(&e.path);
                 }
                 if p.kind != RecordKind::Dir && rec.kind == RecordKind::Dir {
-                    became_dir.push(&e.path);
+                    m.became_dir.push(&e.path);
                 }
-                changed.insert(&e.path);
+                m.changed.insert(&e.path);
             }
             None => {
-                changed.insert(&e.path);
+                m.changed.insert(&e.path);
             }
         }
-        records.push((e.path.clone(), rec));
+        m.records.push((e.path.clone(), rec));
     }
-    // The entries are in byte order, each path once: so are the records.
-    let index = Index {
-        scanned_at,
-        files: records,
-    };
+    m.gone.extend(olds.map(|(p, _)| p.as_str()));
+    Ok(m)
+}
+
+/// A hardlink is written with the file it names: a new name for a changed file, or a changed
+/// name for a file in a lower layer, would otherwise point at nothing in this layer. Returns
+/// how many paths changed by themselves (links to a changed file included), before the targets
+/// brought in for their links.
+fn with_links<'a>(entries: &'a [Entry], changed: &mut BTreeSet<&'a str>) -> usize {
     // `entries` are sorted by path: look paths up by bisection rather than build a map.
-    // A hardlink is written with the file it names: a new name for a changed file, or a changed
-    // name for a file in a lower layer, would otherwise point at nothing in this layer.
     let links: Vec<(&str, &str)> = entries
         .iter()
         .filter_map(|e| match &e.kind {
@@ -403,23 +482,30 @@ pub fn diff(
             }
         }
     }
+    n_changed
+}
 
-    gone.extend(olds.map(|(p, _)| p.as_str()));
-    let gone_set: HashSet<&str> = gone.iter().copied().collect();
-    // A directory kept as a directory whose every old child went is replaced wholesale: one
-    // opaque whiteout hides them all (image-spec layer.md, "Opaque Whiteout").
+/// Directories kept as directories whose every old child went: replaced wholesale, one opaque
+/// whiteout hides them all (image-spec layer.md, "Opaque Whiteout").
+fn opaque_dirs<'a>(
+    old: &'a Index,
+    entries: &[Entry],
+    gone: &HashSet<&str>,
+    dir_replaced: &BTreeSet<&str>,
+    anything_gone: bool,
+) -> BTreeSet<&'a str> {
     let mut children: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    let anything_went = !gone.is_empty() || !dir_replaced.is_empty();
+    let anything_went = anything_gone || !dir_replaced.is_empty();
     for (p, _) in old.files.iter().filter(|_| anything_went) {
         if let Some((parent, _)) = p.rsplit_once('/') {
             let c = children.entry(parent).or_default();
             c.0 += 1;
-            if gone_set.contains(p.as_str()) || dir_replaced.contains(p.as_str()) {
+            if gone.contains(p.as_str()) || dir_replaced.contains(p.as_str()) {
                 c.1 += 1;
             }
         }
     }
-    let opaque: BTreeSet<&str> = children
+    children
         .iter()
         .filter(|(dir, (all, went))| {
             all == went
@@ -427,42 +513,11 @@ pub fn diff(
                     .is_some_and(|e| e.kind == Kind::Dir && !dir_replaced.contains(*dir))
         })
         .map(|(dir, _)| *dir)
-        .collect();
-    // A path needs its own whiteout unless something above it already hides it.
-    let hidden_above = |p: &str| {
-        let mut at = p;
-        while let Some((parent, _)) = at.rsplit_once('/') {
-            if gone_set.contains(parent) || dir_replaced.contains(parent) || opaque.contains(parent)
-            {
-                return true;
-            }
-            at = parent;
-        }
-        false
-    };
-    let mut out: BTreeMap<Vec<u8>, Entry> = BTreeMap::new();
-    for p in gone
-        .iter()
-        .chain(dir_replaced.iter())
-        .chain(became_dir.iter())
-    {
-        if hidden_above(p) {
-            continue;
-        }
-        let w = whiteout(p);
-        out.insert(layer_order(&w.path), w);
-    }
-    for dir in &opaque {
-        let w = opaque_in(dir);
-        out.insert(layer_order(&w.path), w);
-    }
-    for p in &changed {
-        out.insert(
-            layer_order(p),
-            find(entries, p).expect("changed paths were walked").clone(),
-        );
-    }
-    // Parents of everything written, as they are now, so appliers never guess a directory's mode.
+        .collect()
+}
+
+/// Parents of everything written, as they are now, so appliers never guess a directory's mode.
+fn with_parents(out: &mut BTreeMap<Vec<u8>, Entry>, entries: &[Entry]) {
     let written: Vec<String> = out.values().map(|e| e.path.clone()).collect();
     for p in written {
         let mut at = p.as_str();
@@ -473,13 +528,6 @@ pub fn diff(
             at = parent;
         }
     }
-    Ok(Delta {
-        entries: out.into_values().collect(),
-        changed: n_changed,
-        deleted: gone.len(),
-        restat,
-        index,
-    })
 }
 
 /// A fingerprint of a tree from its entries alone — path, kind, mode, owner, size, stat and

@@ -146,40 +146,110 @@ pub fn update(
     own: &[Own],
     paths: &[PathBuf],
 ) -> Result<Update> {
-    use Update::WalkAll;
-    if entries
-        .iter()
-        .any(|e| matches!(e.kind, Kind::Hardlink { .. }))
-    {
-        return Ok(WalkAll("the tree holds hardlinks"));
-    }
     let dests: Vec<&str> = mappings
         .iter()
         .map(|m| m.dest.trim_start_matches('/'))
         .collect();
+    if let Some(why) = unsure(entries, &dests) {
+        return Ok(Update::WalkAll(why));
+    }
+    let (roots, files) = match sources(mappings, ignore, own)? {
+        Ok(found) => found,
+        Err(why) => return Ok(Update::WalkAll(why)),
+    };
+    let owner = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
+    let mut paths = paths.to_vec();
+    paths.sort();
+    paths.dedup();
+    let mut changes = Changes::default();
+    for p in &paths {
+        if own.iter().any(|o| o.covers(p)) {
+            continue;
+        }
+        if files.iter().any(|src| src == p) {
+            // A file source changed: cheap enough to read again with the rest.
+            return Ok(Update::WalkAll("a file source changed"));
+        }
+        let Some(root) = roots.iter().find(|r| p.starts_with(&r.src)) else {
+            continue;
+        };
+        if let Err(why) = look(p, root, entries, owner, &mut changes)? {
+            return Ok(Update::WalkAll(why));
+        }
+    }
+    apply(entries, &mut changes);
+    // Every new entry's parent inside its mapping must be a directory of the tree.
+    for e in &changes.added {
+        let Some((parent, _)) = e.path.rsplit_once('/') else {
+            continue;
+        };
+        if dests.contains(&parent) {
+            continue;
+        }
+        match entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
+            Ok(i) if entries[i].kind == Kind::Dir => {}
+            _ => return Ok(Update::WalkAll("a path whose directory is not in the tree")),
+        }
+    }
+    changes.suspects.sort();
+    Ok(Update::Done {
+        suspects: changes.suspects,
+    })
+}
+
+/// What the paths events named came to, before it is applied to the tree.
+#[derive(Default)]
+struct Changes {
+    /// Paths whose entry (and everything once under it) goes.
+    removed: Vec<String>,
+    /// What is there now.
+    added: Vec<Entry>,
+    /// Image paths of files events named (see [`Update::Done`]).
+    suspects: Vec<String>,
+}
+
+/// Why only a whole walk can bring `entries` up to date, whatever the events: hardlinks, or
+/// mappings that overlap.
+fn unsure(entries: &[Entry], dests: &[&str]) -> Option<&'static str> {
+    if entries
+        .iter()
+        .any(|e| matches!(e.kind, Kind::Hardlink { .. }))
+    {
+        return Some("the tree holds hardlinks");
+    }
     for (i, a) in dests.iter().enumerate() {
         for b in &dests[i + 1..] {
             let inside =
                 |x: &str, y: &str| x.is_empty() || y == x || y.starts_with(&format!("{x}/"));
             if inside(a, b) || inside(b, a) {
-                return Ok(WalkAll("the mappings overlap"));
+                return Some("the mappings overlap");
             }
         }
     }
-    let (uid, gid) = owner.map_or((0, 0), |(u, g)| (u as u64, g as u64));
+    None
+}
+
+/// The mappings as an update looks at them: the directory sources, and the file sources (both
+/// with symlinks resolved, as events name them); or why only a whole walk will do.
+#[allow(clippy::type_complexity)]
+fn sources(
+    mappings: &[Mapping],
+    ignore: &[String],
+    own: &[Own],
+) -> Result<std::result::Result<(Vec<Root>, Vec<PathBuf>), &'static str>> {
     let mut roots = Vec::new();
     let mut files = Vec::new();
     for m in mappings {
         let Ok(src) = std::fs::canonicalize(&m.src) else {
-            return Ok(WalkAll("a source is gone"));
+            return Ok(Err("a source is gone"));
         };
         if src.is_file() {
-            files.push((src, m));
+            files.push(src);
             continue;
         }
         let rules = IgnoreRules::load(&m.src)?.with(ignore)?;
         if rules.has_exceptions() {
-            return Ok(WalkAll("ignore rules with `!` exceptions"));
+            return Ok(Err("ignore rules with `!` exceptions"));
         }
         let own = own.iter().filter_map(|o| o.within(&src)).collect();
         roots.push(Root {
@@ -189,117 +259,128 @@ pub fn update(
             own,
         });
     }
-    let mut paths = paths.to_vec();
-    paths.sort();
-    paths.dedup();
-    let mut suspects = Vec::new();
-    let mut added: Vec<Entry> = Vec::new();
-    let mut removed: Vec<String> = Vec::new();
-    for p in &paths {
-        if own.iter().any(|o| o.covers(p)) {
-            continue;
-        }
-        if files.iter().any(|(src, _)| src == p) {
-            // A file source changed: cheap enough to read again with the rest.
-            return Ok(WalkAll("a file source changed"));
-        }
-        let Some(root) = roots.iter().find(|r| p.starts_with(&r.src)) else {
-            continue;
+    Ok(Ok((roots, files)))
+}
+
+/// Whether `rel` (a path in `root`'s source) is left out of the layer, at any level: by an
+/// ignore rule, or as layerup's own.
+fn left_out(root: &Root, rel: &str) -> bool {
+    let mut dir = "";
+    for part in rel.split('/') {
+        let at = if dir.is_empty() {
+            part.to_string()
+        } else {
+            format!("{dir}/{part}")
         };
-        let Some(rel) = p.strip_prefix(&root.src).ok().and_then(Path::to_str) else {
-            return Ok(WalkAll("a path that is not UTF-8"));
-        };
-        if rel.is_empty() {
-            continue;
+        if root.own.iter().any(|o| o.is(dir, part)) || root.rules.excludes(&at) {
+            return true;
         }
-        if rel == crate::build::ignore::FILE_NAME {
-            return Ok(WalkAll("the ignore file changed"));
+        dir = &rel[..at.len()];
+    }
+    false
+}
+
+/// Reads one path events named (`p`, in `root`) into `changes`; `Err` is why only a whole walk
+/// can tell what changed.
+fn look(
+    p: &Path,
+    root: &Root,
+    entries: &mut [Entry],
+    (uid, gid): (u64, u64),
+    changes: &mut Changes,
+) -> Result<std::result::Result<(), &'static str>> {
+    let Some(rel) = p.strip_prefix(&root.src).ok().and_then(Path::to_str) else {
+        return Ok(Err("a path that is not UTF-8"));
+    };
+    if rel.is_empty() {
+        return Ok(Ok(()));
+    }
+    if rel == crate::build::ignore::FILE_NAME {
+        return Ok(Err("the ignore file changed"));
+    }
+    if left_out(root, rel) {
+        return Ok(Ok(()));
+    }
+    let path = join(&root.dest, rel);
+    let meta = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            changes.removed.push(path);
+            return Ok(Ok(()));
         }
-        // Left out by an ignore rule or as layerup's own, at any level: not the layer's.
-        let mut dir = "";
-        let mut left_out = false;
-        for part in rel.split('/') {
-            let at = if dir.is_empty() {
-                part.to_string()
-            } else {
-                format!("{dir}/{part}")
-            };
-            if root.own.iter().any(|o| o.is(dir, part)) || root.rules.excludes(&at) {
-                left_out = true;
-                break;
-            }
-            dir = &rel[..at.len()];
+        Err(e) => return Err(Error::io("read", p, &e)),
+    };
+    let known = entries.binary_search_by(|e| e.path.as_str().cmp(&path));
+    if let (true, Ok(i)) = (meta.is_dir(), known) {
+        if entries[i].kind == Kind::Dir {
+            // A directory that stays one: its own metadata only; its contents have events of
+            // their own.
+            entries[i].mode = meta.mode() & 0o7777;
+            return Ok(Ok(()));
         }
-        if left_out {
-            continue;
+    }
+    changes.removed.push(path.clone());
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.starts_with(WHITEOUT) {
+        return Err(whiteout_named(p, name));
+    }
+    let mode = meta.mode() & 0o7777;
+    let ftype = meta.file_type();
+    let kind = if ftype.is_dir() {
+        let walked = walk::walk(
+            p.to_path_buf(),
+            &path,
+            &root.dest,
+            &root.rules,
+            &root.own,
+            1,
+        )?;
+        if walked.items.iter().any(|i| i.inode.is_some()) {
+            return Ok(Err("a file with several names"));
         }
-        let path = join(&root.dest, rel);
-        let meta = match std::fs::symlink_metadata(p) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                removed.push(path);
-                continue;
-            }
-            Err(e) => return Err(Error::io("read", p, &e)),
-        };
-        let known = entries.binary_search_by(|e| e.path.as_str().cmp(&path));
-        if let (true, Ok(i)) = (meta.is_dir(), known) {
-            if entries[i].kind == Kind::Dir {
-                // A directory that stays one: its own metadata only; its contents have events
-                // of their own.
-                entries[i].mode = meta.mode() & 0o7777;
-                continue;
-            }
+        if !walked.skipped.is_empty() {
+            return Ok(Err("ignored directories"));
         }
-        removed.push(path.clone());
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with(WHITEOUT) {
-            return Err(whiteout_named(p, name));
-        }
-        let mode = meta.mode() & 0o7777;
-        let ftype = meta.file_type();
-        let kind = if ftype.is_dir() {
-            let walked = walk::walk(p.clone(), &path, &root.dest, &root.rules, &root.own, 1)?;
-            if walked.items.iter().any(|i| i.inode.is_some()) {
-                return Ok(WalkAll("a file with several names"));
-            }
-            if !walked.skipped.is_empty() {
-                return Ok(WalkAll("ignored directories"));
-            }
-            added.extend(walked.items.into_iter().map(|i| Entry {
+        changes
+            .added
+            .extend(walked.items.into_iter().map(|i| Entry {
                 path: i.path,
                 kind: i.kind,
                 mode: i.mode,
                 uid,
                 gid,
             }));
-            Kind::Dir
-        } else if ftype.is_file() {
-            let (kind, inode) = Kind::file(p.clone(), &meta);
-            if inode.is_some() {
-                return Ok(WalkAll("a file with several names"));
-            }
-            suspects.push(path.clone());
-            kind
-        } else if ftype.is_symlink() {
-            let target = std::fs::read_link(p).map_err(|e| Error::io("read symlink", p, &e))?;
-            Kind::Symlink { target }
-        } else {
-            return Err(unsupported(p, ftype));
-        };
-        added.push(Entry {
-            path,
-            kind,
-            mode,
-            uid,
-            gid,
-        });
-    }
-    // Each changed path, and everything once under it, goes; what is there now comes back.
-    // Entries are sorted: a path's descendants (`P/…`) are one run right after it.
+        Kind::Dir
+    } else if ftype.is_file() {
+        let (kind, inode) = Kind::file(p.to_path_buf(), &meta);
+        if inode.is_some() {
+            return Ok(Err("a file with several names"));
+        }
+        changes.suspects.push(path.clone());
+        kind
+    } else if ftype.is_symlink() {
+        let target = std::fs::read_link(p).map_err(|e| Error::io("read symlink", p, &e))?;
+        Kind::Symlink { target }
+    } else {
+        return Err(unsupported(p, ftype));
+    };
+    changes.added.push(Entry {
+        path,
+        kind,
+        mode,
+        uid,
+        gid,
+    });
+    Ok(Ok(()))
+}
+
+/// Each changed path, and everything once under it, goes; what is there now comes back.
+/// Entries are sorted: a path's descendants (`P/…`) are one run right after it.
+fn apply(entries: &mut Vec<Entry>, changes: &mut Changes) {
+    let removed = &mut changes.removed;
     removed.sort();
     removed.dedup();
-    for r in &removed {
+    for r in removed.iter() {
         let prefix = format!("{r}/");
         let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
         let run = entries[start..].partition_point(|e| e.path.starts_with(&prefix));
@@ -308,6 +389,7 @@ pub fn update(
             entries.remove(i);
         }
     }
+    let added = &mut changes.added;
     added.sort_by(|a, b| a.path.cmp(&b.path));
     if added.len() < 64 {
         for e in added.iter().cloned() {
@@ -321,21 +403,6 @@ pub fn update(
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         entries.dedup_by(|later, kept| later.path == kept.path);
     }
-    // Every new entry's parent inside its mapping must be a directory of the tree.
-    for e in &added {
-        let Some((parent, _)) = e.path.rsplit_once('/') else {
-            continue;
-        };
-        if dests.contains(&parent) {
-            continue;
-        }
-        match entries.binary_search_by(|x| x.path.as_str().cmp(parent)) {
-            Ok(i) if entries[i].kind == Kind::Dir => {}
-            _ => return Ok(WalkAll("a path whose directory is not in the tree")),
-        }
-    }
-    suspects.sort();
-    Ok(Update::Done { suspects })
 }
 
 fn join(dest: &str, rel: &str) -> String {

@@ -80,49 +80,9 @@ impl PushArgs {
                 )));
             }
         }
-        let tweaks = Tweaks {
-            env: self
-                .env
-                .iter()
-                .map(|e| key_value(e, "--env"))
-                .collect::<Result<_>>()?,
-            entrypoint: self
-                .entrypoint
-                .as_deref()
-                .map(|c| command(c, "--entrypoint"))
-                .transpose()?,
-            cmd: self
-                .cmd
-                .as_deref()
-                .map(|c| command(c, "--cmd"))
-                .transpose()?,
-            workdir: self.workdir.clone(),
-            labels: self
-                .labels
-                .iter()
-                .map(|l| key_value(l, "--label"))
-                .collect::<Result<_>>()?,
-            user: self.user.clone(),
-        };
+        let tweaks = self.tweaks()?;
         let owner = self.chown.as_deref().map(parse_owner).transpose()?;
-        let mtime = match source_date_epoch.filter(|s| !s.is_empty()) {
-            Some(s) => {
-                let secs = s.trim().parse::<u64>().map_err(|_| {
-                    Error::usage(format!(
-                        "SOURCE_DATE_EPOCH `{s}` is not a whole number of seconds"
-                    ))
-                })?;
-                // The image's `created` is RFC 3339, whose years have four digits.
-                if secs > LAST_SECOND_OF_9999 {
-                    return Err(Error::usage(format!(
-                        "SOURCE_DATE_EPOCH `{s}` is after the year 9999: it counts seconds since \
-                         1970 (a value in milliseconds is 1000 times too large)"
-                    )));
-                }
-                secs
-            }
-            None => crate::build::tar::DEFAULT_MTIME,
-        };
+        let mtime = mtime(source_date_epoch)?;
         let share = self
             .squash_at
             .trim_end_matches('%')
@@ -133,28 +93,7 @@ impl PushArgs {
                     self.squash_at
                 ))
             })?;
-        let deploy = match self.deploy.as_deref() {
-            None => {
-                if let Some(flag) = self.cluster.given().or(self
-                    .cluster_registry
-                    .as_ref()
-                    .map(|_| "--cluster-registry"))
-                {
-                    return Err(Error::usage(format!("{flag} is for the cluster: add --deploy")));
-                }
-                None
-            }
-            Some(_) if matches!(to, ImageRef::Layout(_)) => {
-                return Err(Error::usage(format!(
-                    "--deploy needs --to in a registry (`{}` is a layout on disk; a cluster pulls from a registry)",
-                    to_text
-                )))
-            }
-            Some(w) => Some(Deploy {
-                plan: self.cluster.plan(Some(w).filter(|w| !w.is_empty()))?,
-                cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
-            }),
-        };
+        let deploy = self.deploy(&to, to_text)?;
         if self.ref_file.is_some() && matches!(to, ImageRef::Layout(_)) {
             return Err(Error::usage(
                 "--ref-file names a registry image: --to is a layout on disk",
@@ -183,6 +122,84 @@ impl PushArgs {
             },
         })
     }
+    /// `--env`, `--entrypoint`, `--cmd`, `--workdir`, `--label`, `--user`.
+    fn tweaks(&self) -> Result<Tweaks> {
+        Ok(Tweaks {
+            env: self
+                .env
+                .iter()
+                .map(|e| key_value(e, "--env"))
+                .collect::<Result<_>>()?,
+            entrypoint: self
+                .entrypoint
+                .as_deref()
+                .map(|c| command(c, "--entrypoint"))
+                .transpose()?,
+            cmd: self
+                .cmd
+                .as_deref()
+                .map(|c| command(c, "--cmd"))
+                .transpose()?,
+            workdir: self.workdir.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|l| key_value(l, "--label"))
+                .collect::<Result<_>>()?,
+            user: self.user.clone(),
+        })
+    }
+
+    /// `--deploy`, with the cluster flags that only mean something with it.
+    fn deploy(&self, to: &ImageRef, to_text: &str) -> Result<Option<Deploy>> {
+        Ok(match self.deploy.as_deref() {
+        None => {
+            if let Some(flag) = self.cluster.given().or(self
+                .cluster_registry
+                .as_ref()
+                .map(|_| "--cluster-registry"))
+            {
+                return Err(Error::usage(format!(
+                    "{flag} is for the cluster: add --deploy"
+                )));
+            }
+            None
+        }
+        Some(_) if matches!(to, ImageRef::Layout(_)) => {
+            return Err(Error::usage(format!(
+                "--deploy needs --to in a registry (`{}` is a layout on disk; a cluster pulls from a registry)",
+                to_text
+            )))
+        }
+        Some(w) => Some(Deploy {
+            plan: self.cluster.plan(Some(w).filter(|w| !w.is_empty()))?,
+            cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
+        }),
+    })
+    }
+}
+
+/// Every entry's mtime and the image's `created`: `SOURCE_DATE_EPOCH`, else layerup's fixed
+/// time.
+fn mtime(source_date_epoch: Option<&str>) -> Result<u64> {
+    Ok(match source_date_epoch.filter(|s| !s.is_empty()) {
+        Some(s) => {
+            let secs = s.trim().parse::<u64>().map_err(|_| {
+                Error::usage(format!(
+                    "SOURCE_DATE_EPOCH `{s}` is not a whole number of seconds"
+                ))
+            })?;
+            // The image's `created` is RFC 3339, whose years have four digits.
+            if secs > LAST_SECOND_OF_9999 {
+                return Err(Error::usage(format!(
+                    "SOURCE_DATE_EPOCH `{s}` is after the year 9999: it counts seconds since \
+                     1970 (a value in milliseconds is 1000 times too large)"
+                )));
+            }
+            secs
+        }
+        None => crate::build::tar::DEFAULT_MTIME,
+    })
 }
 
 impl WatchArgs {

@@ -34,6 +34,16 @@ enum Step {
     Again(String),
 }
 
+/// What a `PATCH` the registry answered `202` came to.
+enum Ack {
+    /// Bytes were acknowledged; the cursor stands after them.
+    Advanced,
+    /// None were: a failure to recover from.
+    Nothing(String),
+    /// Start the blob over.
+    Again(Step),
+}
+
 /// How the bytes after the acknowledged offset are sent.
 #[derive(Clone, Copy, PartialEq)]
 enum Pace {
@@ -71,6 +81,9 @@ impl Registry {
         }
     }
 
+    /// One try at a blob: a new upload session, then the bytes — in one request when the blob
+    /// fits in a chunk or the registry takes only that, else streamed PATCHes — then the PUT that
+    /// completes it.
     async fn upload_once(
         &self,
         t: Target<'_>,
@@ -86,6 +99,35 @@ impl Registry {
             c.size()
         };
         let base = format!("{}://{}/", self.scheme(t.host), t.host);
+        let (loc, chunk) = self.start_upload(t, &base, action).await?;
+        if size <= chunk || self.monolithic.lock().expect("lock").contains(t.host) {
+            return self.put_whole(t, &loc, digest, cursor, size, action).await;
+        }
+        let loc = match self
+            .patches(t, &base, loc, cursor, (size, chunk), action)
+            .await?
+        {
+            Ok(loc) => loc,
+            Err(step) => return Ok(step),
+        };
+        let done = with_digest(&loc, digest);
+        let res = self
+            .send(t, action, &|c| c.put(&done).header(CONTENT_LENGTH, 0))
+            .await?;
+        if res.status().is_success() {
+            return Ok(Step::Done);
+        }
+        self.refused(res, t, action).await
+    }
+
+    /// `POST` a new upload session: its location, and the chunk size to use with it (a
+    /// registry may ask for larger chunks: `OCI-Chunk-Min-Length`, distribution spec 1.1).
+    async fn start_upload(
+        &self,
+        t: Target<'_>,
+        base: &str,
+        action: Action<'_>,
+    ) -> Result<(String, u64)> {
         let url = self.url(t, "blobs/uploads/");
         let res = self.send(t, action, &|c| c.post(&url)).await?;
         if res.status() != StatusCode::ACCEPTED {
@@ -93,7 +135,7 @@ impl Registry {
             let body = self.answer_text(res).await;
             return Err(status_error(status, &body, &action(), t.host));
         }
-        let Some(mut loc) = location(&base, &res) else {
+        let Some(loc) = location(base, &res) else {
             return Err(Error::new(
                 ExitCode::Registry,
                 format!(
@@ -103,28 +145,50 @@ impl Registry {
                 ),
             ));
         };
-        // A registry may ask for larger chunks (`OCI-Chunk-Min-Length`, distribution spec 1.1).
         let chunk = res
             .headers()
             .get("OCI-Chunk-Min-Length")
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .map_or(self.options.chunk, |min| min.max(self.options.chunk));
+        Ok((loc, chunk))
+    }
 
-        if size <= chunk || self.monolithic.lock().expect("lock").contains(t.host) {
-            let res = self
-                .body_request(self.http.put(with_digest(&loc, digest)), t, cursor, size)
-                .await;
-            self.check_elsewhere(t, &res, action)?;
-            return match res {
-                Ok(r) if r.status().is_success() => Ok(Step::Done),
-                Ok(r) => self.refused(r, t, action).await,
-                Err(e) => Ok(match self.broken(cursor, &e, t).await? {
-                    Ok(why) => Step::Again(why),
-                    Err(step) => step,
-                }),
-            };
+    /// The whole blob in the `PUT` that completes the upload.
+    async fn put_whole(
+        &self,
+        t: Target<'_>,
+        loc: &str,
+        digest: &Digest,
+        cursor: &Arc<Mutex<Cursor>>,
+        size: u64,
+        action: Action<'_>,
+    ) -> Result<Step> {
+        let res = self
+            .body_request(self.http.put(with_digest(loc, digest)), t, cursor, size)
+            .await;
+        self.check_elsewhere(t, &res, action)?;
+        match res {
+            Ok(r) if r.status().is_success() => Ok(Step::Done),
+            Ok(r) => self.refused(r, t, action).await,
+            Err(e) => Ok(match self.broken(cursor, &e, t).await? {
+                Ok(why) => Step::Again(why),
+                Err(step) => step,
+            }),
         }
+    }
 
+    /// The bytes in `PATCH`es: everything in one streamed request, then after a failure a
+    /// chunk per request from where the registry says it stands. The location to complete the
+    /// upload at, once every byte is acknowledged; or the step to take instead.
+    async fn patches(
+        &self,
+        t: Target<'_>,
+        base: &str,
+        mut loc: String,
+        cursor: &Arc<Mutex<Cursor>>,
+        (size, chunk): (u64, u64),
+        action: Action<'_>,
+    ) -> Result<std::result::Result<String, Step>> {
         let mut pace = if self.options.chunked {
             Pace::Chunks
         } else {
@@ -134,7 +198,7 @@ impl Registry {
         loop {
             let acked = cursor.lock().await.position();
             if acked == size {
-                break;
+                return Ok(Ok(loc));
             }
             let end = match pace {
                 Pace::Whole => size,
@@ -148,57 +212,23 @@ impl Registry {
             self.check_elsewhere(t, &res, action)?;
             let failure = match res {
                 Ok(r) if r.status() == StatusCode::ACCEPTED => {
-                    loc = location(&base, &r).unwrap_or(loc);
-                    // Spec: the registry MUST send Range; without it, trust the 202.
-                    match range_end(&r).unwrap_or(end) {
-                        n if n == end => {
+                    loc = location(base, &r).unwrap_or(loc);
+                    match self.acknowledged(&r, cursor, acked, end).await? {
+                        Ack::Advanced => {
                             tries = 0;
                             continue;
                         }
-                        n if n > acked && n < end => {
-                            self.rewind(cursor, n).await?;
-                            tries = 0;
-                            continue;
-                        }
-                        // Kept nothing: a failure like any other, or this would never end.
-                        n if n == acked => "the registry kept none of the bytes sent".to_string(),
-                        n => {
-                            return Ok(Step::Again(format!(
-                                "the registry acknowledged {n} bytes after {end} were sent"
-                            )))
-                        }
+                        Ack::Nothing(why) => why,
+                        Ack::Again(step) => return Ok(Err(step)),
                     }
                 }
-                Ok(r) if r.status() == StatusCode::NOT_FOUND => {
-                    return Ok(Step::Again("the registry lost the upload session".into()));
-                }
-                Ok(r) if matches!(r.status().as_u16(), 400 | 405 | 415 | 501) => {
-                    self.monolithic
-                        .lock()
-                        .expect("lock")
-                        .insert(t.host.to_string());
-                    return Ok(Step::Again(format!(
-                        "the registry refused a chunk ({}); sending blobs in one request",
-                        r.status()
-                    )));
-                }
-                Ok(r) if r.status() == StatusCode::UNAUTHORIZED => {
-                    if !self.renew(t).await? {
-                        return self.refused(r, t, action).await;
-                    }
-                    "the token expired".to_string()
-                }
-                Ok(r) => match self.judge_status(&r, tries + 1) {
-                    Some(Verdict::Retry(_, why)) => why,
-                    Some(Verdict::Fail(e)) => return Err(e.context(action())),
-                    None if r.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
-                        "the registry disagrees about the upload's offset".to_string()
-                    }
-                    None => return self.refused(r, t, action).await,
+                Ok(r) => match self.patch_refused(r, t, tries, action).await? {
+                    Ok(why) => why,
+                    Err(step) => return Ok(Err(step)),
                 },
                 Err(e) => match self.broken(cursor, &e, t).await? {
                     Ok(why) => why,
-                    Err(step) => return Ok(step),
+                    Err(step) => return Ok(Err(step)),
                 },
             };
             tries += 1;
@@ -214,32 +244,86 @@ impl Registry {
             // From here on, chunks: each acknowledged, so another failure costs at most one.
             pace = Pace::Chunks;
             let sent = cursor.lock().await.position();
-            match self.upload_status(t, &base, &loc, action).await? {
+            match self.upload_status(t, base, &loc, action).await? {
                 Some((n, next)) if n <= sent => {
                     loc = next;
                     self.rewind(cursor, n).await?;
                 }
                 Some((n, _)) => {
-                    return Ok(Step::Again(format!(
+                    return Ok(Err(Step::Again(format!(
                         "the registry holds {n} bytes of the upload, {sent} were sent"
-                    )))
+                    ))))
                 }
                 None => {
-                    return Ok(Step::Again(
+                    return Ok(Err(Step::Again(
                         "the registry dropped the upload session after the failure".into(),
-                    ))
+                    )))
                 }
             }
         }
+    }
 
-        let done = with_digest(&loc, digest);
-        let res = self
-            .send(t, action, &|c| c.put(&done).header(CONTENT_LENGTH, 0))
-            .await?;
-        if res.status().is_success() {
-            return Ok(Step::Done);
+    /// What a `202` to a `PATCH` of the bytes `acked..end` acknowledged.
+    async fn acknowledged(
+        &self,
+        r: &Response,
+        cursor: &Arc<Mutex<Cursor>>,
+        acked: u64,
+        end: u64,
+    ) -> Result<Ack> {
+        // Spec: the registry MUST send Range; without it, trust the 202.
+        Ok(match range_end(r).unwrap_or(end) {
+            n if n == end => Ack::Advanced,
+            n if n > acked && n < end => {
+                self.rewind(cursor, n).await?;
+                Ack::Advanced
+            }
+            // Kept nothing: a failure like any other, or this would never end.
+            n if n == acked => Ack::Nothing("the registry kept none of the bytes sent".into()),
+            n => Ack::Again(Step::Again(format!(
+                "the registry acknowledged {n} bytes after {end} were sent"
+            ))),
+        })
+    }
+
+    /// A `PATCH` answered with anything but `202`: the failure to recover from (`Ok`), or the
+    /// step to take (start over: a lost session, a registry that takes no chunks).
+    async fn patch_refused(
+        &self,
+        r: Response,
+        t: Target<'_>,
+        tries: u32,
+        action: Action<'_>,
+    ) -> Result<std::result::Result<String, Step>> {
+        let status = r.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Err(Step::Again(
+                "the registry lost the upload session".into(),
+            )));
         }
-        self.refused(res, t, action).await
+        if matches!(status.as_u16(), 400 | 405 | 415 | 501) {
+            self.monolithic
+                .lock()
+                .expect("lock")
+                .insert(t.host.to_string());
+            return Ok(Err(Step::Again(format!(
+                "the registry refused a chunk ({status}); sending blobs in one request"
+            ))));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            if !self.renew(t).await? {
+                return self.refused(r, t, action).await.map(Err);
+            }
+            return Ok(Ok("the token expired".to_string()));
+        }
+        match self.judge_status(&r, tries + 1) {
+            Some(Verdict::Retry(_, why)) => Ok(Ok(why)),
+            Some(Verdict::Fail(e)) => Err(e.context(action())),
+            None if status == StatusCode::RANGE_NOT_SATISFIABLE => Ok(Ok(
+                "the registry disagrees about the upload's offset".to_string(),
+            )),
+            None => self.refused(r, t, action).await.map(Err),
+        }
     }
 
     /// An upload sent on to another host that asks for credentials: final (see `send`).
