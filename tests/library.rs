@@ -178,3 +178,78 @@ fn a_copy_tells_what_will_move_before_it_moves_and_reports_each_blob() {
     assert!(again.blobs.iter().all(|b| b.outcome == Outcome::Present));
     assert_eq!(again.planned.manifests, 0);
 }
+
+/// Errors keep their typed cause beside the line users read: a registry's status and error code,
+/// a transport failure's kind, the API server's status — for a program to branch on, never by
+/// reading the message.
+#[test]
+fn an_error_keeps_its_typed_cause() {
+    use layerup::cluster::ApiStatus;
+    use layerup::commands::deploy::{self, DeployImagePlan, DeployPlan};
+    use layerup::store::registry::transport::Transport;
+    use layerup::store::registry::RegistryError;
+
+    let dev = Registry::start();
+    let tree = app_tree();
+    let state = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let missing = dev.reference("prod/nothing:1");
+    let e = rt
+        .block_on(push::run(&plan(
+            tree.path(),
+            &missing,
+            &dev.reference("dev/a:1"),
+            state.path(),
+        )))
+        .unwrap_err();
+    assert_eq!(
+        e.cause::<RegistryError>(),
+        Some(&RegistryError {
+            status: 404,
+            code: Some("MANIFEST_UNKNOWN".into())
+        }),
+        "{e}"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("{}/prod/app:1", closed.local_addr().unwrap());
+    drop(closed);
+    let e = rt
+        .block_on(push::run(&plan(
+            tree.path(),
+            &gone,
+            &dev.reference("dev/a:1"),
+            state.path(),
+        )))
+        .unwrap_err();
+    assert_eq!(e.cause::<Transport>(), Some(&Transport::Refused), "{e}");
+
+    let kube = common::kube::FakeKube::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube.kubeconfig(dir.path(), "kind-dev", "team-a", None, "dev-token");
+    kube.deny("get", "deployments");
+    std::env::set_var("KUBECONFIG", &config);
+    let plan = DeployImagePlan {
+        image: ImageRef::parse("registry.example.com/prod/app@sha256:0000000000000000000000000000000000000000000000000000000000000000", "IMAGE").unwrap(),
+        cluster_registry: None,
+        net: net(),
+        deploy: DeployPlan {
+            workload: Some(layerup::cluster::workload::WorkloadRef::parse("deployment/web").unwrap()),
+            container: None,
+            target: Default::default(),
+            wait: None,
+            dry_run: false,
+        },
+    };
+    let e = rt
+        .block_on(deploy::deploy_image(&plan, &mut |_| {}))
+        .unwrap_err();
+    let status = e
+        .cause::<ApiStatus>()
+        .unwrap_or_else(|| panic!("no status: {e}"));
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (403, "Forbidden"),
+        "{e}"
+    );
+}
