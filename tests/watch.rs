@@ -355,3 +355,39 @@ fn a_service_added_under_a_running_watch_is_pushed_and_a_removed_one_stops() {
     assert_eq!(pushed(&w, "services/b"), 1, "{}", w.log());
     w.stop();
 }
+
+/// Issue 21: `--ref-file ref.txt` (a bare name) with the project root as SRC pushed forever,
+/// each push baking the last ref file into a new image.
+#[test]
+fn a_ref_file_named_bare_in_the_source_is_not_a_change() {
+    let dev = Registry::start();
+    let tree = app_tree();
+    let mut layerup = Layerup::new().args([
+        "watch",
+        "-v",
+        "--debounce",
+        "100",
+        ".:/app",
+        "--base",
+        &prod().oci,
+        "--to",
+        &dev.reference("dev/app:bare"),
+        "--ref-file",
+        "ref.txt",
+    ]);
+    layerup.command().current_dir(tree.path());
+    let w = Watching::of(layerup, tempfile::tempdir().unwrap());
+    w.wait_for("the first push", |w| !w.pushes().is_empty());
+    std::thread::sleep(SETTLE * 2);
+    assert_eq!(
+        w.pushes().len(),
+        1,
+        "it pushed again with no edit:\n{}",
+        w.log()
+    );
+    let pushed = w.pushes()[0].clone();
+    w.stop();
+    assert!(tree.path().join("ref.txt").is_file());
+    let listed = run_in(&pushed, "ls -a /app");
+    assert!(!listed.lines().any(|l| l == "ref.txt"), "{listed}");
+}

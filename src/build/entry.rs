@@ -42,7 +42,11 @@ impl Own {
     /// `path` (absolute), or a name prefixed so when `prefix`.
     pub fn new(path: &Path, prefix: bool) -> Option<Own> {
         let name = path.file_name()?.to_str()?.to_string();
-        let dir = path.parent()?;
+        // A bare name (`--ref-file ref.txt`) is in the current directory.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let dir = std::fs::canonicalize(dir)
             .or_else(|_| std::path::absolute(dir))
             .ok()?;
