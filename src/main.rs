@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use layerup::cli::{self, Invocation, Job, Parsed};
 use layerup::commands::{self, project, watch};
-use layerup::error;
+use layerup::error::{self, Error};
 use layerup::output::{progress, Report, Style};
+
+/// A command to run for an image (`""` for one image), or why that image has none.
+type Named = (String, Result<commands::Job, Error>);
 
 /// The environment as layerup reads it: unset and empty are the same.
 fn env(k: &str) -> Option<String> {
@@ -47,13 +50,18 @@ fn main() -> ExitCode {
     };
     init_logging(verbose, quiet);
     let logging = tracing::enabled!(tracing::Level::INFO);
-    let watches: Vec<&watch::WatchPlan> = jobs.iter().filter_map(|(_, j)| j.watch()).collect();
+    let watches: Vec<&watch::WatchPlan> = jobs
+        .iter()
+        .filter_map(|(_, j)| j.as_ref().ok()?.watch())
+        .collect();
     // A project's images are named; one image is not.
     let project = !jobs[0].0.is_empty();
-    let watching = !watches.is_empty();
+    let watching = !watches.is_empty() || discover.is_some();
     // A live-updating watch ends by bringing the templates up to what it synced.
     let graceful = watches.iter().any(|w| w.sync.is_some());
-    let moves = jobs.iter().any(|(_, j)| j.moves_blobs());
+    let moves = jobs
+        .iter()
+        .any(|(_, j)| j.as_ref().is_ok_and(commands::Job::moves_blobs));
     let style = Style::choose(quiet, json, logging, moves, project, watching);
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,10 +94,10 @@ fn interrupted_exit(watching: bool) -> ExitCode {
 /// Shows what needs no runtime (`config`, `completions`, `man`) and says how that ended; else
 /// the commands to run, each under its image's name (`""` for one image).
 #[allow(clippy::result_large_err)]
-fn shown(job: Job, quiet: bool, json: bool) -> Result<ExitCode, Vec<(String, commands::Job)>> {
+fn shown(job: Job, quiet: bool, json: bool) -> Result<ExitCode, Vec<Named>> {
     let out = Report::new(quiet, json);
     match job {
-        Job::Run(c) => Err(vec![(String::new(), *c)]),
+        Job::Run(c) => Err(vec![(String::new(), Ok(*c))]),
         Job::Config(c, image) => {
             out.config(&c, image.as_deref());
             Ok(ExitCode::SUCCESS)
@@ -110,9 +118,10 @@ fn shown(job: Job, quiet: bool, json: bool) -> Result<ExitCode, Vec<(String, com
             let mut runs = Vec::new();
             for (name, j) in all {
                 match j {
-                    Job::Run(c) => runs.push((name, *c)),
-                    Job::Config(c, image) => out.named(&name).config(&c, image.as_deref()),
-                    _ => {}
+                    Ok(Job::Run(c)) => runs.push((name, Ok(*c))),
+                    Ok(Job::Config(c, image)) => out.named(&name).config(&c, image.as_deref()),
+                    Ok(_) => {}
+                    Err(e) => runs.push((name, Err(e))),
                 }
             }
             if runs.is_empty() {
@@ -125,7 +134,7 @@ fn shown(job: Job, quiet: bool, json: bool) -> Result<ExitCode, Vec<(String, com
 
 /// Runs the commands and reports each outcome; the first failure's kind, if any.
 async fn drive(
-    jobs: Vec<(String, commands::Job)>,
+    jobs: Vec<Named>,
     project: bool,
     out: Report,
     discover: Option<watch::Discover>,
@@ -139,7 +148,11 @@ async fn drive(
         project::run(jobs, told, discover, stop).await
     } else {
         let (name, job) = jobs.into_iter().next().expect("one job");
-        vec![(name, commands::run(job, told, stop).await)]
+        let outcome = match job {
+            Ok(job) => commands::run(job, told, stop).await,
+            Err(e) => Err(e),
+        };
+        vec![(name, outcome)]
     };
     drop(bar);
     let mut failed = None;

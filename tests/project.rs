@@ -224,3 +224,97 @@ fn a_mistyped_image_name_lists_the_images() {
     }
     assert!(dev.uploaded().is_empty());
 }
+
+/// A service of `name` pushing `./src` to `svc/NAME:dev`.
+fn service(dev: &Registry, name: &str) -> String {
+    format!(
+        "base = \"{}\"\nto = \"{}\"\nmappings = [\"./src:/app\"]\n",
+        prod().oci,
+        dev.reference(&format!("svc/{name}:dev"))
+    )
+}
+
+/// Issue 21: one service with a missing SRC, or an invalid layerup.toml, stopped every image.
+#[test]
+fn a_bad_service_is_reported_on_its_line_and_the_others_are_pushed() {
+    let dev = Registry::start();
+    let dir = project(&[
+        ("good/layerup.toml", service(&dev, "good")),
+        ("good/src/NAME", "good\n".into()),
+        // Its SRC is not there.
+        ("nosrc/layerup.toml", service(&dev, "nosrc")),
+        // Not TOML at all.
+        ("invalid/layerup.toml", "base = \n".into()),
+        ("invalid/src/NAME", "x\n".into()),
+    ]);
+    let run = layerup_in(dir.path(), &["push"]);
+    let pushed = results(&run);
+    assert_eq!(pushed.keys().collect::<Vec<_>>(), ["good"], "{}", run.stderr);
+    assert_eq!(run_in(&pushed["good"], "cat /app/NAME"), "good\n");
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.starts_with("error: nosrc: ") && l.contains("does not exist")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.starts_with("error: invalid: ") && l.contains("invalid/layerup.toml:1")),
+        "{}",
+        run.stderr
+    );
+    // The first failure's code: `nosrc` comes before the unreadable file.
+    assert_eq!(run.code, 3, "{}", run.stderr);
+}
+
+/// Issue 21: with exactly one layerup.toml below and none at the root, `push` said `no base
+/// image`.
+#[test]
+fn a_lone_service_below_is_pushed_under_its_name() {
+    let dev = Registry::start();
+    let dir = project(&[
+        ("services/only/layerup.toml", service(&dev, "only")),
+        ("services/only/src/NAME", "only\n".into()),
+    ]);
+    let run = layerup_in(dir.path(), &["push"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pushed = results(&run);
+    assert_eq!(pushed.keys().collect::<Vec<_>>(), ["services/only"]);
+    assert_eq!(run_in(&pushed["services/only"], "cat /app/NAME"), "only\n");
+}
+
+/// Issue 21: while one service's file is invalid, a watch of the project still picks up a new
+/// service (and says the bad one's error once, not every time it looks).
+#[test]
+fn a_watch_starts_new_services_while_another_file_is_invalid() {
+    let dev = Registry::start();
+    let dir = project(&[
+        ("a/layerup.toml", service(&dev, "a")),
+        ("a/src/NAME", "a\n".into()),
+        ("bad/layerup.toml", "mappings = 3\n".into()),
+    ]);
+    let mut layerup = Layerup::new()
+        .env("LAYERUP_STATE_DIR", dir.path().join(".state"))
+        .args(["watch", "-v"]);
+    layerup.command().current_dir(dir.path());
+    let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
+    w.wait_for("a pushed", |w| w.pushes().iter().any(|l| l.starts_with("a ")));
+    std::fs::create_dir_all(dir.path().join("c/src")).unwrap();
+    std::fs::write(dir.path().join("c/src/NAME"), "c\n").unwrap();
+    std::fs::write(dir.path().join("c/layerup.toml"), service(&dev, "c")).unwrap();
+    w.wait_for("c pushed", |w| w.pushes().iter().any(|l| l.starts_with("c ")));
+    let log = w.stop();
+    let said = log
+        .lines()
+        .filter(|l| l.starts_with("error: bad: ") && l.contains("bad/layerup.toml:1"))
+        .count();
+    assert_eq!(said, 1, "{log}");
+}

@@ -50,8 +50,9 @@ pub enum Job {
     Config(Arc<Config>, Option<String>),
     Completions(clap_complete::Shell),
     Man,
-    /// The same command for several images of the project, each with its name.
-    Images(Vec<(String, Job)>),
+    /// The same command for several images of the project, each with its name: its job, or
+    /// why it has none (its file or its settings are bad; the others go on).
+    Images(Vec<(String, Result<Job>)>),
 }
 
 impl Job {
@@ -63,7 +64,9 @@ impl Job {
     pub fn moves_blobs(&self) -> bool {
         match self {
             Job::Run(c) => c.moves_blobs(),
-            Job::Images(all) => all.iter().any(|(_, j)| j.moves_blobs()),
+            Job::Images(all) => all
+                .iter()
+                .any(|(_, j)| j.as_ref().is_ok_and(Job::moves_blobs)),
             _ => false,
         }
     }
@@ -72,7 +75,11 @@ impl Job {
     pub fn watches(&self) -> Vec<&WatchPlan> {
         match self {
             Job::Run(c) => c.watch().into_iter().collect(),
-            Job::Images(all) => all.iter().flat_map(|(_, j)| j.watches()).collect(),
+            Job::Images(all) => all
+                .iter()
+                .filter_map(|(_, j)| j.as_ref().ok())
+                .flat_map(Job::watches)
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -90,40 +97,45 @@ pub fn parse(argv: Vec<OsString>, cwd: &Path, env: fn(&str) -> Option<String>) -
     let Parsed::Run(mut inv) = parsed else {
         return Ok(parsed);
     };
-    if matches!(&inv.job, Ok(Job::Images(_)))
-        && inv.job.as_ref().is_ok_and(|j| !j.watches().is_empty())
-    {
+    let watch = Cli::command()
+        .try_get_matches_from(&argv)
+        .is_ok_and(|m| m.subcommand_name() == Some("watch"));
+    if watch && matches!(&inv.job, Ok(Job::Images(_))) {
         let cwd = cwd.to_path_buf();
         inv.discover = Some(Box::new(move || rediscover(&argv, &cwd, env)));
     }
     Ok(Parsed::Run(inv))
 }
 
-/// The project's watched images, found again as the command line found them.
+/// The project's watched images, found again as the command line found them: each one's plan,
+/// or why its file or settings give none.
 fn rediscover(
     argv: &[OsString],
     cwd: &Path,
     env: fn(&str) -> Option<String>,
-) -> Result<Vec<(String, WatchPlan)>> {
+) -> Result<Vec<(String, Result<WatchPlan>)>> {
     let Parsed::Run(inv) = parse_with(argv.to_vec(), cwd, &env)? else {
         return Ok(Vec::new());
+    };
+    let watch = |j: Job| match j {
+        Job::Run(c) => match *c {
+            commands::Job::Watch(w) => Some(w),
+            _ => None,
+        },
+        _ => None,
     };
     Ok(match inv.job? {
         Job::Images(all) => all
             .into_iter()
             .filter_map(|(n, j)| match j {
-                Job::Run(c) => match *c {
-                    commands::Job::Watch(w) => Some((n, w)),
-                    _ => None,
-                },
-                _ => None,
+                Ok(j) => watch(j).map(|w| (n, Ok(w))),
+                Err(e) => Some((n, Err(e))),
             })
             .collect(),
-        Job::Run(c) => match *c {
-            commands::Job::Watch(w) => vec![(String::new(), w)],
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
+        j => watch(j)
+            .map(|w| (String::new(), Ok(w)))
+            .into_iter()
+            .collect(),
     })
 }
 
@@ -154,7 +166,7 @@ fn parse_with(
     let project = Project::load(cwd, profile, profile_from, whole || !words.is_empty())?;
     let selected = match project.select(&words) {
         Some(images) if !words.is_empty() => Some(images),
-        _ if whole && project.many => Some(project.images.clone()),
+        _ if whole && project.many => Some(project.all()),
         _ => None,
     };
     let Some(images) = selected else {
@@ -163,10 +175,7 @@ fn parse_with(
         // `svc/zz` is a name when images are named `svc/…`, or nothing named `svc` exists.)
         let unknown = words.iter().find(|w| {
             let first = w.split('/').next().unwrap_or(w);
-            let like_a_name = project
-                .images
-                .iter()
-                .any(|i| i.name.starts_with(&format!("{first}/")))
+            let like_a_name = project.names().any(|n| n.starts_with(&format!("{first}/")))
                 || std::fs::symlink_metadata(cwd.join(first)).is_err();
             matches!(name, "push" | "watch")
                 && !w.contains(':')
@@ -176,7 +185,7 @@ fn parse_with(
                 && like_a_name
         });
         if let (true, Some(w)) = (project.many, unknown) {
-            let names: Vec<&str> = project.images.iter().map(|i| i.name.as_str()).collect();
+            let names: Vec<&str> = project.names().collect();
             return Err(Error::usage(format!(
                 "no image named `{w}`, nor a source of that name: the project's images are {}",
                 names.join(", ")
@@ -187,50 +196,50 @@ fn parse_with(
     if images.is_empty() {
         return Err(Error::usage("the project has no images to work on"));
     }
-    // Each image: the command line without the names, and its own settings.
     let rest: Vec<OsString> = without(&argv, &words);
+    let mut jobs = images_jobs(&images, &rest, name, &cmd, env);
+    same_destinations(&mut jobs, &images);
+    Ok(Parsed::Run(Box::new(Invocation {
+        verbose: matches.get_count("verbose"),
+        quiet: matches.get_flag("quiet"),
+        json: matches.get_flag("json"),
+        job: Ok(Job::Images(jobs)),
+        discover: None,
+    })))
+}
+
+/// Each image's job: the command line without the image names, and the image's own settings.
+/// One image's bad file or bad setting is its own error: the others' jobs stand.
+fn images_jobs(
+    images: &[project::Found],
+    rest: &[OsString],
+    command: &str,
+    cmd: &clap::Command,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(String, Result<Job>)> {
     let mut jobs = Vec::new();
-    let mut flags = None;
-    for image in &images {
-        let argv = with_image_words(&rest, name, image);
-        let parsed = one(argv, &cmd, &image.config, image.table.as_deref(), env)?;
-        let Parsed::Run(inv) = parsed else {
-            return Ok(parsed);
+    for found in images {
+        let image = match found {
+            project::Found::Image(i) => i,
+            project::Found::Broken { name, error } => {
+                jobs.push((name.clone(), Err(error.clone())));
+                continue;
+            }
         };
-        let Invocation {
-            verbose,
-            quiet,
-            json,
-            job,
-            ..
-        } = *inv;
-        flags = Some((verbose, quiet, json));
-        let job = match (job, name) {
+        let argv = with_image_words(rest, command, image);
+        let job = match one(argv, cmd, &image.config, image.table.as_deref(), env) {
+            Ok(Parsed::Run(inv)) => inv.job,
+            // `--help` and `--version` end at the first parse of the whole command line.
+            Ok(Parsed::Show(_)) => Err(Error::internal("help shown for one image")),
+            Err(e) => Err(e),
+        };
+        let job = match (job, command) {
             (Ok(Job::Config(c, _)), "config") => Ok(Job::Config(c, image.table.clone())),
             (job, _) => job.map_err(|e| e.context(format!("image {}", image.name))),
         };
-        match job {
-            Ok(j) => jobs.push((image.name.clone(), j)),
-            Err(e) => {
-                return Ok(Parsed::Run(Box::new(Invocation {
-                    verbose,
-                    quiet,
-                    json,
-                    job: Err(e),
-                    discover: None,
-                })))
-            }
-        }
+        jobs.push((image.name.clone(), job));
     }
-    let (verbose, quiet, json) = flags.expect("at least one image");
-    let job = same_destinations(&jobs, &images).map(|()| Job::Images(jobs));
-    Ok(Parsed::Run(Box::new(Invocation {
-        verbose,
-        quiet,
-        json,
-        job,
-        discover: None,
-    })))
+    jobs
 }
 
 /// The positional words that may be image names: SRCs of push and watch, IMAGE and WORKLOAD of
@@ -287,36 +296,45 @@ fn with_image_words(argv: &[OsString], command: &str, image: &project::Image) ->
     out
 }
 
-/// Two images pushed to one destination would overwrite each other's tag and state.
-fn same_destinations(jobs: &[(String, Job)], images: &[project::Image]) -> Result<()> {
-    let to = |j: &Job| match j {
-        Job::Run(c) => match c.as_ref() {
+/// Two images pushed to one destination would overwrite each other's tag and state: both are
+/// an error naming both files; the others go on.
+fn same_destinations(jobs: &mut [(String, Result<Job>)], images: &[project::Found]) {
+    let to = |j: &Result<Job>| match j {
+        Ok(Job::Run(c)) => match c.as_ref() {
             commands::Job::Push(p) => Some(p.to.to_string()),
             commands::Job::Watch(w) => Some(w.push.to.to_string()),
             _ => None,
         },
         _ => None,
     };
-    for (i, (a, ja)) in jobs.iter().enumerate() {
-        for (b, jb) in &jobs[i + 1..] {
-            if let (Some(x), Some(y)) = (to(ja), to(jb)) {
+    let file = |n: &str| {
+        images
+            .iter()
+            .find(|i| i.name() == n)
+            .map_or_else(String::new, project::Found::file)
+    };
+    let mut clash: Vec<(usize, Error)> = Vec::new();
+    for i in 0..jobs.len() {
+        for k in i + 1..jobs.len() {
+            let (a, b) = (&jobs[i].0, &jobs[k].0);
+            if let (Some(x), Some(y)) = (to(&jobs[i].1), to(&jobs[k].1)) {
                 if x == y {
-                    let file = |n: &str| {
-                        images
-                            .iter()
-                            .find(|i| i.name == n)
-                            .map_or_else(String::new, project::Image::file)
-                    };
-                    return Err(Error::usage(format!(
+                    let e = Error::usage(format!(
                         "images `{a}` ({}) and `{b}` ({}) both push to `{x}`: give each its own `to`",
                         file(a),
                         file(b)
-                    )));
+                    ));
+                    clash.push((i, e.clone()));
+                    clash.push((k, e));
                 }
             }
         }
     }
-    Ok(())
+    for (i, e) in clash {
+        if jobs[i].1.is_ok() {
+            jobs[i].1 = Err(e);
+        }
+    }
 }
 
 /// One image's command: `config`'s settings (those of `image`, or the top level) fill in what

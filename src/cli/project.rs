@@ -31,11 +31,38 @@ impl Image {
     }
 }
 
+/// An image of the project, or a service whose file cannot be read (its name is its directory).
+#[derive(Clone)]
+pub enum Found {
+    Image(Image),
+    Broken { name: String, error: Error },
+}
+
+impl Found {
+    pub fn name(&self) -> &str {
+        match self {
+            Found::Image(i) => &i.name,
+            Found::Broken { name, .. } => name,
+        }
+    }
+
+    /// The file that defines it, for messages.
+    pub fn file(&self) -> String {
+        match self {
+            Found::Image(i) => i.file(),
+            Found::Broken { name, .. } => format!("{name}/{FILE}"),
+        }
+    }
+}
+
 pub struct Project {
     /// The configuration found from the current directory upwards (today's one file).
     pub root: Arc<Config>,
     pub images: Vec<Image>,
-    /// `[images.NAME]` tables, or more than one file: output names each image.
+    /// Services below whose layerup.toml cannot be read: each is its own error, the others go
+    /// on.
+    pub broken: Vec<(String, Error)>,
+    /// `[images.NAME]` tables, or files below the current directory: output names each image.
     pub many: bool,
 }
 
@@ -52,19 +79,27 @@ impl Project {
         root.profile_from = profile_from;
         let root = Arc::new(root);
         let mut images = images_of(&root, None);
-        let mut files = usize::from(root.root.is_some());
+        let mut broken = Vec::new();
         if below {
             for dir in service_dirs(cwd, root.root.as_deref())? {
-                let mut config = Config::load_from(Some(&dir), profile, false)?;
-                config.profile_from = profile_from;
-                let config = Arc::new(config);
                 let rel = dir.strip_prefix(cwd).unwrap_or(&dir).display().to_string();
-                let found = images_of(&config, Some(&rel));
-                files += usize::from(!found.is_empty());
-                images.extend(found);
+                let mut config = match Config::load_from(Some(&dir), profile, false) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        broken.push((rel, e));
+                        continue;
+                    }
+                };
+                config.profile_from = profile_from;
+                images.extend(images_of(&Arc::new(config), Some(&rel)));
             }
         }
-        let many = files > 1 || images.iter().any(|i| i.table.is_some());
+        // A service below (even a lone one) or a table names its image; only the current
+        // directory's one image, alone, goes unnamed.
+        let many = !broken.is_empty()
+            || images
+                .iter()
+                .any(|i| i.table.is_some() || !i.name.is_empty());
         if many {
             // The root's one image needs a name beside the others: its directory's.
             let root_name = root
@@ -87,14 +122,38 @@ impl Project {
                 )));
             }
         }
-        Ok(Project { root, images, many })
+        Ok(Project {
+            root,
+            images,
+            broken,
+            many,
+        })
     }
 
-    /// The images `names` name, when every one of them is an image's name.
-    pub fn select(&self, names: &[String]) -> Option<Vec<Image>> {
+    /// Every image, then every broken service.
+    pub fn all(&self) -> Vec<Found> {
+        let mut all: Vec<Found> = self.images.iter().cloned().map(Found::Image).collect();
+        all.extend(self.broken.iter().map(|(name, error)| Found::Broken {
+            name: name.clone(),
+            error: error.clone(),
+        }));
+        all
+    }
+
+    /// Every name: the images' and the broken services'.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.images
+            .iter()
+            .map(|i| i.name.as_str())
+            .chain(self.broken.iter().map(|(n, _)| n.as_str()))
+    }
+
+    /// The images (or broken services) `names` name, when every one of them names one.
+    pub fn select(&self, names: &[String]) -> Option<Vec<Found>> {
+        let all = self.all();
         names
             .iter()
-            .map(|n| self.images.iter().find(|i| &i.name == n).cloned())
+            .map(|n| all.iter().find(|f| f.name() == n).cloned())
             .collect()
     }
 }

@@ -46,8 +46,9 @@ pub struct WatchPlan {
 pub type Report = Arc<dyn Fn(&str, Told) + Send + Sync>;
 
 /// Finds the project's images again (as the command line did), for a watch that starts the
-/// services added while it runs and stops those removed.
-pub type Discover = Box<dyn Fn() -> Result<Vec<(String, WatchPlan)>> + Send + Sync>;
+/// services added while it runs and stops those removed: each one's plan, or why its file or
+/// settings give none.
+pub type Discover = Box<dyn Fn() -> Result<Vec<(String, Result<WatchPlan>)>> + Send + Sync>;
 
 /// How often the project's files are looked for again.
 const DISCOVER_EVERY: Duration = Duration::from_secs(2);
@@ -64,7 +65,7 @@ pub async fn run(
     report: impl Fn(Told) + Send + Sync + 'static,
 ) -> Result<()> {
     let report: Report = Arc::new(move |_, t| report(t));
-    run_many(vec![(String::new(), watch.clone())], None, stop, report).await
+    run_many(vec![(String::new(), Ok(watch.clone()))], None, stop, report).await
 }
 
 /// What the router sends one image's loop.
@@ -86,42 +87,49 @@ struct Watched {
 
 /// Watches every image, each pushed once and then after every change to its sources, until the
 /// future is dropped. With `discover`, images are looked for again every few seconds: new ones
-/// start, removed ones stop, changed ones start over.
+/// start, removed ones stop, changed ones start over. An image whose file or settings are bad
+/// is reported (once, and again only when the error changes) while the others go on; it starts
+/// once its file is mended.
 pub async fn run_many(
-    images: Vec<(String, WatchPlan)>,
+    images: Vec<(String, Result<WatchPlan>)>,
     discover: Option<Discover>,
     mut stop: Stop,
     report: Report,
 ) -> Result<()> {
-    let Some((_, first)) = images.first() else {
+    if images.is_empty() || (discover.is_none() && images.iter().all(|(_, p)| p.is_err())) {
+        if let Some((_, Err(e))) = images.into_iter().next() {
+            return Err(e);
+        }
         return Err(Error::usage("there is no image to watch"));
-    };
-    for (name, w) in &images {
+    }
+    for (name, w) in images
+        .iter()
+        .filter_map(|(n, p)| Some((n, p.as_ref().ok()?)))
+    {
         if let Some(deploy) = &w.push.deploy {
             deploy.check().await.map_err(|e| named(e, name))?;
         }
     }
-    let session = Arc::new(Session::new(first.push.net, first.push.jobs)?);
-    let watched: Arc<std::sync::Mutex<BTreeMap<String, Watched>>> = Arc::default();
     let (events_tx, mut events) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
-    let mut watcher = notify::recommended_watcher(move |e| {
+    let watcher = notify::recommended_watcher(move |e| {
         let _ = events_tx.send(e);
     })
     .map_err(|e| Error::internal(format!("cannot watch files: {e}")))?;
-    let mut loops = JoinSet::new();
-    let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
-    for (name, plan) in images {
-        start(
-            &name,
-            plan,
-            &session,
-            &report,
-            &watched,
-            &mut loops,
-            &mut watcher,
-            &mut watching,
-            &stop,
-        )?;
+    let mut w = Watching {
+        session: None,
+        report,
+        watched: Arc::default(),
+        loops: JoinSet::new(),
+        watcher,
+        watching: BTreeSet::new(),
+        broken: BTreeMap::new(),
+        stop: stop.clone(),
+    };
+    if discover.is_none() {
+        let (name, plan) = images.into_iter().next().expect("one image");
+        w.start(&name, plan?)?;
+    } else {
+        w.found(images);
     }
     let mut look_again = tokio::time::interval(DISCOVER_EVERY);
     look_again.tick().await;
@@ -129,11 +137,11 @@ pub async fn run_many(
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { return Ok(()) };
-                route(event, &watched);
+                route(event, &w.watched);
             }
             _ = stopped(&mut stop) => {
                 // Each loop ends on its own (a push in flight finishes first).
-                while let Some(done) = loops.join_next().await {
+                while let Some(done) = w.loops.join_next().await {
                     if let Ok(Err(e)) = done {
                         return Err(e);
                     }
@@ -141,46 +149,12 @@ pub async fn run_many(
                 return Ok(());
             }
             _ = look_again.tick(), if discover.is_some() => {
-                let found = match (discover.as_ref().expect("checked"))() {
-                    Ok(found) => found,
-                    Err(e) => {
-                        report("", Told::PushFailed(&e));
-                        continue;
-                    }
-                };
-                let mut found: BTreeMap<String, WatchPlan> = found.into_iter().collect();
-                let gone: Vec<String> = {
-                    let w = watched.lock().expect("watched lock");
-                    w.iter()
-                        .filter(|(n, i)| {
-                            found.get(*n) != Some(&i.plan)
-                        })
-                        .map(|(n, _)| n.clone())
-                        .collect()
-                };
-                for name in gone {
-                    if let Some(i) = watched.lock().expect("watched lock").remove(&name) {
-                        i.task.abort();
-                        if !found.contains_key(&name) {
-                            report(&name, Told::Stopped);
-                        }
-                    }
-                }
-                let new: Vec<String> = {
-                    let w = watched.lock().expect("watched lock");
-                    found.keys().filter(|n| !w.contains_key(*n)).cloned().collect()
-                };
-                for name in new {
-                    let plan = found.remove(&name).expect("found");
-                    if let Err(e) = start(
-                        &name, plan, &session, &report, &watched, &mut loops, &mut watcher,
-                        &mut watching, &stop,
-                    ) {
-                        report(&name, Told::PushFailed(&e));
-                    }
+                match (discover.as_ref().expect("checked"))() {
+                    Ok(found) => w.found(found),
+                    Err(e) => w.broke("", e),
                 }
             }
-            Some(done) = loops.join_next() => {
+            Some(done) = w.loops.join_next() => {
                 if let Ok(Err(e)) = done {
                     return Err(e);
                 }
@@ -189,54 +163,121 @@ pub async fn run_many(
     }
 }
 
-/// Starts watching one image: its sources join the watcher, and its loop starts.
-#[allow(clippy::too_many_arguments)]
-fn start(
-    name: &str,
-    plan: WatchPlan,
-    session: &Arc<Session>,
-    report: &Report,
-    watched: &Arc<std::sync::Mutex<BTreeMap<String, Watched>>>,
-    loops: &mut JoinSet<Result<()>>,
-    watcher: &mut notify::RecommendedWatcher,
-    watching: &mut BTreeSet<PathBuf>,
-    stop: &Stop,
-) -> Result<()> {
-    let mut sources = Vec::new();
-    for m in &plan.push.mappings {
-        // A per-platform SRC: the directory its platforms' sources share.
-        let src = m.fixed_part();
-        // Absolute, so that events name absolute paths, comparable with layerup's own.
-        let src = std::fs::canonicalize(&src).unwrap_or(src);
-        if !watching.iter().any(|w| src.starts_with(w)) {
-            watcher
-                .watch(&src, RecursiveMode::Recursive)
-                .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", src.display())))?;
-            watching.insert(src.clone());
+/// What a watch of several images keeps: the images watched, their loops, the file watcher.
+struct Watching {
+    /// Connections, logins and `--jobs`, shared by every image; made with the first one.
+    session: Option<Arc<Session>>,
+    report: Report,
+    watched: Arc<std::sync::Mutex<BTreeMap<String, Watched>>>,
+    loops: JoinSet<Result<()>>,
+    watcher: notify::RecommendedWatcher,
+    /// The directories the file watcher watches.
+    watching: BTreeSet<PathBuf>,
+    /// Images whose file or settings are bad, and the error last reported for each.
+    broken: BTreeMap<String, String>,
+    stop: Stop,
+}
+
+impl Watching {
+    /// The project's images as found (again): new ones start, gone ones stop, changed ones
+    /// start over; bad ones are reported.
+    fn found(&mut self, found: Vec<(String, Result<WatchPlan>)>) {
+        let mut plans: BTreeMap<String, WatchPlan> = BTreeMap::new();
+        for (name, plan) in found {
+            match plan {
+                Ok(p) => {
+                    self.broken.remove(&name);
+                    plans.insert(name, p);
+                }
+                Err(e) => self.broke(&name, e),
+            }
         }
-        sources.push(src);
+        let gone: Vec<String> = {
+            let w = self.watched.lock().expect("watched lock");
+            w.iter()
+                .filter(|(n, i)| plans.get(*n) != Some(&i.plan))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in gone {
+            if let Some(i) = self.watched.lock().expect("watched lock").remove(&name) {
+                i.task.abort();
+                if !plans.contains_key(&name) && !self.broken.contains_key(&name) {
+                    (self.report)(&name, Told::Stopped);
+                }
+            }
+        }
+        let new: Vec<String> = {
+            let w = self.watched.lock().expect("watched lock");
+            plans
+                .keys()
+                .filter(|n| !w.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        for name in new {
+            let plan = plans.remove(&name).expect("found");
+            if let Err(e) = self.start(&name, plan) {
+                (self.report)(&name, Told::PushFailed(&e));
+            }
+        }
     }
-    let (tx, rx) = mpsc::channel(plan.queue.max(1));
-    let task = loops.spawn(image_loop(
-        name.to_string(),
-        plan.clone(),
-        session.clone(),
-        report.clone(),
-        rx,
-        stop.clone(),
-    ));
-    let own = push::own_paths(&plan.push);
-    watched.lock().expect("watched lock").insert(
-        name.to_string(),
-        Watched {
-            plan,
-            sources,
-            own,
-            tx,
-            task,
-        },
-    );
-    Ok(())
+
+    /// `name`'s file or settings are bad: said once, and again only when the error changes.
+    fn broke(&mut self, name: &str, e: Error) {
+        let text = e.to_string();
+        if self.broken.get(name) != Some(&text) {
+            (self.report)(name, Told::PushFailed(&e));
+            self.broken.insert(name.to_string(), text);
+        }
+    }
+
+    /// Starts watching one image: its sources join the watcher, and its loop starts.
+    fn start(&mut self, name: &str, plan: WatchPlan) -> Result<()> {
+        let session = match &self.session {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(Session::new(plan.push.net, plan.push.jobs)?);
+                self.session = Some(s.clone());
+                s
+            }
+        };
+        let mut sources = Vec::new();
+        for m in &plan.push.mappings {
+            // A per-platform SRC: the directory its platforms' sources share.
+            let src = m.fixed_part();
+            // Absolute, so that events name absolute paths, comparable with layerup's own.
+            let src = std::fs::canonicalize(&src).unwrap_or(src);
+            if !self.watching.iter().any(|w| src.starts_with(w)) {
+                self.watcher
+                    .watch(&src, RecursiveMode::Recursive)
+                    .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", src.display())))?;
+                self.watching.insert(src.clone());
+            }
+            sources.push(src);
+        }
+        let (tx, rx) = mpsc::channel(plan.queue.max(1));
+        let task = self.loops.spawn(image_loop(
+            name.to_string(),
+            plan.clone(),
+            session,
+            self.report.clone(),
+            rx,
+            self.stop.clone(),
+        ));
+        let own = push::own_paths(&plan.push);
+        self.watched.lock().expect("watched lock").insert(
+            name.to_string(),
+            Watched {
+                plan,
+                sources,
+                own,
+                tx,
+                task,
+            },
+        );
+        Ok(())
+    }
 }
 
 /// Sends an event's paths to the images whose sources hold them. A lost event (an error, a
