@@ -249,7 +249,12 @@ fn a_bad_service_is_reported_on_its_line_and_the_others_are_pushed() {
     ]);
     let run = layerup_in(dir.path(), &["push"]);
     let pushed = results(&run);
-    assert_eq!(pushed.keys().collect::<Vec<_>>(), ["good"], "{}", run.stderr);
+    assert_eq!(
+        pushed.keys().collect::<Vec<_>>(),
+        ["good"],
+        "{}",
+        run.stderr
+    );
     assert_eq!(run_in(&pushed["good"], "cat /app/NAME"), "good\n");
     let errors: Vec<&str> = run
         .stderr
@@ -306,15 +311,53 @@ fn a_watch_starts_new_services_while_another_file_is_invalid() {
         .args(["watch", "-v"]);
     layerup.command().current_dir(dir.path());
     let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
-    w.wait_for("a pushed", |w| w.pushes().iter().any(|l| l.starts_with("a ")));
+    w.wait_for("a pushed", |w| {
+        w.pushes().iter().any(|l| l.starts_with("a "))
+    });
     std::fs::create_dir_all(dir.path().join("c/src")).unwrap();
     std::fs::write(dir.path().join("c/src/NAME"), "c\n").unwrap();
     std::fs::write(dir.path().join("c/layerup.toml"), service(&dev, "c")).unwrap();
-    w.wait_for("c pushed", |w| w.pushes().iter().any(|l| l.starts_with("c ")));
+    w.wait_for("c pushed", |w| {
+        w.pushes().iter().any(|l| l.starts_with("c "))
+    });
     let log = w.stop();
     let said = log
         .lines()
         .filter(|l| l.starts_with("error: bad: ") && l.contains("bad/layerup.toml:1"))
         .count();
     assert_eq!(said, 1, "{log}");
+}
+
+/// Issue 21: an image named after a directory holding an escape sequence or a newline printed
+/// it raw, on stdout too: it drove the terminal and split the result line.
+#[test]
+fn names_from_directories_are_escaped_wherever_printed() {
+    let dev = Registry::start();
+    let dir = project(&[
+        ("esc\u{1b}[2J/layerup.toml", service(&dev, "esc")),
+        ("esc\u{1b}[2J/src/NAME", "esc\n".into()),
+        ("new\nline/layerup.toml", service(&dev, "nl")),
+        ("new\nline/src/NAME", "nl\n".into()),
+    ]);
+    for args in [&["push"][..], &["push", "--json"]] {
+        let run = layerup_in(dir.path(), args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+        for text in [&run.stdout, &run.stderr] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{text:?}"
+            );
+        }
+        let mut names: Vec<String> = run
+            .stdout
+            .lines()
+            .map(|l| match serde_json::from_str::<serde_json::Value>(l) {
+                Ok(doc) => doc["image"].as_str().unwrap().to_string(),
+                Err(_) => l.split_once(' ').unwrap().0.to_string(),
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["esc\\u{1b}[2J", "new\\nline"], "{}", run.stdout);
+    }
 }

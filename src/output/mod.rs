@@ -13,7 +13,7 @@ use crate::commands::deploy::{Change, Event};
 use crate::commands::inspect::Inspected;
 use crate::commands::push::Pushed;
 use crate::commands::{Done, Outcome, Told};
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{escape, Error, ExitCode, Result};
 
 /// How a run is shown, decided once from the flags and what the command does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,26 +133,29 @@ impl Report {
         }
     }
 
-    /// `line`, under the image's name when there is one.
+    /// `line`, under the image's name when there is one. The name is a directory's: escaped,
+    /// as every text from outside is.
     fn tagged(&self, line: &str) -> String {
         match &self.image {
-            Some(name) => format!("{name}: {line}"),
+            Some(name) => format!("{}: {line}", escape(name)),
             None => line.to_string(),
         }
     }
 
     /// A result on stdout: `NAME RESULT` for one image of several.
+    /// Names and references are escaped (`\n`, `\u{1b}`): a directory named with a newline or
+    /// an escape sequence cannot split a result line or drive the terminal.
     fn result(&self, line: &str) {
         match &self.image {
-            Some(name) => println!("{name} {line}"),
-            None => println!("{line}"),
+            Some(name) => println!("{} {}", escape(name), escape(line)),
+            None => println!("{}", escape(line)),
         }
     }
 
     /// A `--json` document on stdout, with the image's name in it.
     fn document(&self, mut doc: serde_json::Value) {
         if let (Some(name), Some(obj)) = (&self.image, doc.as_object_mut()) {
-            obj.insert("image".into(), serde_json::json!(name.as_ref()));
+            obj.insert("image".into(), serde_json::json!(escape(name)));
         }
         println!("{doc}");
     }
@@ -325,7 +328,7 @@ impl Report {
             self.document(json::inspected(i));
         } else {
             if let Some(name) = &self.image {
-                println!("# {name}");
+                println!("# {}", escape(name));
             }
             println!("{}", text::inspected(i));
         }
@@ -337,7 +340,7 @@ impl Report {
             self.document(c.to_json(image));
         } else {
             if let Some(name) = &self.image {
-                println!("# image: {name}");
+                println!("# image: {}", escape(name));
             }
             // Names in the files (registry aliases) are the files' text: escaped like any other.
             for line in c.show(image).lines() {
