@@ -314,3 +314,83 @@ fn per_platform_files_alone_add_one_layer() {
     );
     assert_eq!(run_in(&pinned, "cat /app/server"), "amd64 only\n");
 }
+
+/// `prod/app:multi` copied into `reg`, then an index of its entries changed by `edit`, seeded
+/// under `prod/app:TAG`.
+fn edited_index(reg: &Registry, tag: &str, edit: impl Fn(&mut Vec<serde_json::Value>)) -> String {
+    skopeo(&[
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        &format!("docker://{}", prod().multi),
+        &format!("docker://{}", reg.reference("prod/app:multi")),
+    ]);
+    let multi = inspect_raw(&prod().multi);
+    let mut entries = multi["manifests"].as_array().unwrap().clone();
+    edit(&mut entries);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    put_manifest(
+        &reg.host,
+        "prod/app",
+        tag,
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    reg.reference(&format!("prod/app:{tag}"))
+}
+
+/// Issue 21: `--platform all` appended the (Linux) app layer to a windows/amd64 entry too.
+#[test]
+fn all_platforms_are_the_linux_ones_and_a_windows_platform_is_refused() {
+    let reg = Registry::start();
+    let base = edited_index(&reg, "withwindows", |entries| {
+        let mut win = entries[0].clone();
+        win["platform"] = serde_json::json!({"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.1"});
+        entries.push(win);
+    });
+    let tree = app_tree();
+    let to = reg.reference("dev/app:all");
+    let run = Layerup::new()
+        .args(push_args(tree.path(), &base, &to))
+        .args(["--platform", "all"])
+        .run();
+    let pinned = run.ok().to_string();
+    assert!(
+        run.stderr.contains("leaving out windows/amd64"),
+        "{}",
+        run.stderr
+    );
+    let kids = children(&inspect_raw(&pinned));
+    assert_eq!(
+        kids.iter().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    let refused = Layerup::new()
+        .args(push_args(tree.path(), &base, &to))
+        .args(["--platform", "windows/amd64"])
+        .run();
+    refused.fails(2, &["--platform windows/amd64", "Linux layers"]);
+}
+
+/// Issue 21: an index child whose descriptor size disagrees with the manifest was accepted.
+#[test]
+fn an_index_that_misstates_a_childs_size_is_refused_and_nothing_is_written() {
+    let reg = Registry::start();
+    let base = edited_index(&reg, "missized", |entries| {
+        let size = entries[0]["size"].as_u64().unwrap();
+        entries[0]["size"] = serde_json::json!(size + 1);
+    });
+    let tree = app_tree();
+    let dev = Registry::start();
+    let run = Layerup::new()
+        .args(push_args(tree.path(), &base, &dev.reference("dev/app:x")))
+        .args(["--platform", "all"])
+        .run();
+    run.fails(7, &["bytes, but its index says"]);
+    assert!(dev.writes().is_empty());
+}

@@ -131,14 +131,21 @@ pub async fn resolve_many(
                 .into_iter()
                 .flatten()
             {
-                if let Some(p) = platform::entry_platform(e).filter(|p| p.os != "unknown") {
-                    if !all.contains(&p) {
-                        all.push(p);
-                    }
+                let Some(p) = platform::entry_platform(e).filter(|p| p.os != "unknown") else {
+                    continue;
+                };
+                // The app layer is a Linux tree: a Windows image takes layers of another shape
+                // (`Files/`, `Hives/`), and would get one it cannot use.
+                if p.os != "linux" {
+                    tracing::warn!("{what}: leaving out {p}: layerup's layers are for Linux");
+                    continue;
+                }
+                if !all.contains(&p) {
+                    all.push(p);
                 }
             }
             if all.is_empty() {
-                return Err(Error::image(format!("{what} lists no runnable platforms")));
+                return Err(Error::image(format!("{what} lists no Linux platforms")));
             }
             all
         }

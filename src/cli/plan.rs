@@ -392,8 +392,26 @@ fn cluster_registry(text: Option<&str>) -> Result<Option<String>> {
 }
 
 /// `--platform` of push and watch: one platform (or this machine's), or `all` or a list of
-/// them for an index.
+/// them for an index — Linux ones: the app layer is a Linux tree, which a Windows image cannot
+/// take (its layers hold `Files/` and `Hives/`).
 fn platforms(text: Option<&str>) -> Result<(Platform, Option<Platforms>)> {
+    let (one, many) = any_platforms(text)?;
+    let all = std::iter::once(&one).chain(match &many {
+        Some(Platforms::These(p)) => p.iter(),
+        _ => [].iter(),
+    });
+    for p in all {
+        if p.os != "linux" {
+            return Err(Error::usage(format!(
+                "--platform {p}: layerup adds Linux layers, which a {} image cannot take",
+                p.os
+            )));
+        }
+    }
+    Ok((one, many))
+}
+
+fn any_platforms(text: Option<&str>) -> Result<(Platform, Option<Platforms>)> {
     match text.map(str::trim) {
         Some("all") => Ok((Platform::host(), Some(Platforms::All))),
         Some(list) if list.contains(',') => {

@@ -112,16 +112,31 @@ impl Store {
         }
     }
 
-    /// A child manifest of an index, by its descriptor.
+    /// A child manifest of an index, by its descriptor. Its bytes must be as many as the
+    /// descriptor says (containerd refuses to pull one that is not): an index that misstates
+    /// a child's size is refused, not passed on.
     pub async fn manifest(&self, d: &Descriptor) -> Result<Document> {
-        match self {
-            Store::Registry { registry, repo } => registry.manifest(repo, d.digest.as_ref()).await,
-            Store::Layout { layout, .. } => Ok(Document {
+        let doc = match self {
+            Store::Registry { registry, repo } => {
+                registry.manifest(repo, d.digest.as_ref()).await?
+            }
+            Store::Layout { layout, .. } => Document {
                 bytes: layout.blob_bytes(&d.digest)?.into(),
                 digest: d.digest.clone(),
                 media_type: d.media_type.clone(),
-            }),
+            },
+        };
+        // A size of 0 is layerup's own descriptor of a manifest fetched by tag.
+        if d.size != 0 && doc.bytes.len() as u64 != d.size {
+            return Err(crate::error::Error::image(format!(
+                "manifest {} of `{}` is {} bytes, but its index says {}",
+                d.digest,
+                self.image_ref(),
+                doc.bytes.len(),
+                d.size
+            )));
         }
+        Ok(doc)
     }
 
     /// The digest of the manifest under this store's tag (`digest` `None`), or whether the

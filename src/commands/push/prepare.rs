@@ -17,6 +17,7 @@ use crate::build::state::{self, Loaded, State};
 use crate::build::tree::{self, Walked};
 use crate::error::{Error, Result};
 use crate::oci::manifest::Descriptor;
+use crate::oci::platform::Platform;
 use crate::store::Store;
 
 /// What the reads found.
@@ -112,6 +113,16 @@ pub(super) async fn read(
             tokio::try_join!(fetch_base, check_dest, walk(plan, None, last_walk, changes))?;
         (bases, dest, walked, None)
     };
+    if let Some((_, b)) = bases
+        .iter()
+        .find(|(_, b)| Platform::of_config(&b.config).is_some_and(|p| p.os != "linux"))
+    {
+        return Err(Error::image(format!(
+            "base image `{}` is a {} image: layerup adds Linux layers, which it cannot take",
+            b.name,
+            Platform::of_config(&b.config).map_or_else(String::new, |p| p.os)
+        )));
+    }
     let workdir = plan
         .tweaks
         .workdir
