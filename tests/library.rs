@@ -49,6 +49,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
         ref_file: None,
         deploy: None,
         state_dir: Some(state.to_path_buf()),
+        confined: None,
     }
 }
 

@@ -90,6 +90,56 @@ impl OwnRel {
     }
 }
 
+/// Whether `path` lies inside `dir`: lexically (`..` resolved), and — for the part of it that
+/// exists — with symlinks resolved. `Err` says how it leaves.
+pub fn inside(dir: &Path, path: &Path) -> std::result::Result<(), String> {
+    let dir_real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => lexical.push(c),
+        }
+    }
+    if !lexical.starts_with(dir) && !lexical.starts_with(&dir_real) {
+        return Err("a `..` or absolute path leads out".into());
+    }
+    // The longest part that exists, symlinks resolved, must still be inside.
+    let mut existing = lexical.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            if !real.starts_with(&dir_real) {
+                return Err(format!("a symlink leads to `{}`", real.display()));
+            }
+            return Ok(());
+        }
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A source a committed layerup.toml names must stay inside `within`, that file's directory
+/// (see [`inside`]): checked when the file is read, and again at every push, since a symlink
+/// in the tree may change, and each platform's `{arch}` directory may be one.
+pub fn confined(src: &Path, within: Option<&Path>) -> crate::error::Result<()> {
+    let Some(dir) = within else {
+        return Ok(());
+    };
+    inside(dir, src).map_err(|why| {
+        Error::usage(format!(
+            "source `{}` is outside `{}`, the directory of the layerup.toml that names it \
+             ({why}): a committed layerup.toml names files only inside its own tree",
+            src.display(),
+            dir.display()
+        ))
+    })
+}
+
 /// One `SRC[:DEST]` as given, before the image's working directory is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMapping {

@@ -32,6 +32,8 @@ pub struct Input {
     pub tree: Walked,
     /// The mappings with `{os}`/`{arch}` in SRC: a layer of their own per platform.
     pub per_platform: Vec<RawMapping>,
+    /// Their sources must stay inside this directory (they come from a committed file).
+    pub confined: Option<PathBuf>,
     /// The working directory mappings land relative to.
     pub workdir: String,
     pub owner: Option<(u32, u32)>,
@@ -106,6 +108,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         held,
         tree,
         per_platform: raw,
+        confined,
         workdir,
         owner,
         ignore,
@@ -163,8 +166,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
     };
     let per_platform = platform_layers(
         &raw,
-        &bases,
-        &workdir,
+        (&bases, &workdir, confined.as_deref()),
         &dir,
         &settings,
         last_platform_layers,
@@ -306,8 +308,7 @@ fn present(last: Option<&State>, base: &Digest, bases: &[(Descriptor, Base)]) ->
 /// The per-platform layers of this push (see [`per_platform`]).
 fn platform_layers(
     raw: &[RawMapping],
-    bases: &[(Descriptor, Base)],
-    workdir: &str,
+    (bases, workdir, confined): (&[(Descriptor, Base)], &str, Option<&std::path::Path>),
     dir: &std::path::Path,
     settings: &per_platform::Settings,
     last: Vec<crate::build::state::PlatformLayer>,
@@ -319,7 +320,8 @@ fn platform_layers(
         .iter()
         .enumerate()
         .map(|(i, (_, b))| {
-            per_platform::job(raw, b, workdir, &dir.join(format!("platform-{i}.tar.gz")))
+            let path = dir.join(format!("platform-{i}.tar.gz"));
+            per_platform::job(raw, b, workdir, &path, confined)
         })
         .collect::<Result<Vec<_>>>()?;
     per_platform::build(jobs, settings, &last)
@@ -422,6 +424,7 @@ mod tests {
             last,
             tree: walked(src),
             per_platform: Vec::new(),
+            confined: None,
             workdir: "/".into(),
             owner: None,
             ignore: Vec::new(),

@@ -38,7 +38,13 @@ pub struct Settings {
 /// The job of `base`'s platform: the per-platform mappings `raw` filled in with it. Its os,
 /// architecture and variant come from a registry: only plain names fill a path (`..` would
 /// take files from elsewhere). A platform whose source is missing is an error naming both.
-pub fn job(raw: &[RawMapping], base: &Base, workdir: &str, path: &Path) -> Result<Job> {
+pub fn job(
+    raw: &[RawMapping],
+    base: &Base,
+    workdir: &str,
+    path: &Path,
+    confined: Option<&Path>,
+) -> Result<Job> {
     let plain = |t: &str| {
         !t.is_empty()
             && t != "."
@@ -58,6 +64,7 @@ pub fn job(raw: &[RawMapping], base: &Base, workdir: &str, path: &Path) -> Resul
     let mut mappings = Vec::new();
     for m in raw {
         let one = m.for_platform(&platform);
+        crate::build::entry::confined(&one.src, confined)?;
         if std::fs::symlink_metadata(&one.src).is_err() {
             return Err(Error::input(format!(
                 "source `{}` does not exist (`{}` for {platform})",

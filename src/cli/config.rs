@@ -1,10 +1,15 @@
 //! `layerup.toml` (committed) and `layerup.local.toml` (one developer's, uncommitted): project
 //! defaults for every flag, registry aliases and profiles, merged with where each value came from.
 //!
-//! Precedence, lowest first: `layerup.toml`, its `[profile.NAME]`, `layerup.local.toml`, its
-//! `[profile.NAME]`, the environment (`EXPECTED_REF`, Skaffold's variables), the command line.
-//! Config values reach the command as the flags they stand for, so they are validated exactly as
-//! typed flags are.
+//! Precedence, lowest first: the user's own `~/.config/layerup/config.toml`, `layerup.toml`, its
+//! `[profile.NAME]`, `layerup.local.toml`, its `[profile.NAME]`, the environment (`EXPECTED_REF`,
+//! Skaffold's variables), the command line. Config values reach the command as the flags they
+//! stand for, so they are validated exactly as typed flags are.
+//!
+//! A committed `layerup.toml` comes with a repository, not from the user: it may name files only
+//! inside the directory it governs (SRCs, `oci:` layouts), and it may not widen what layerup may
+//! touch (`allow-contexts`, `insecure`): those come from the user's own files, the environment or
+//! the command line.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -12,10 +17,28 @@ use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
+use crate::build::entry::RawMapping;
 use crate::error::{Error, Result};
+use crate::oci::reference::ImageRef;
 
 pub const FILE: &str = "layerup.toml";
 pub const LOCAL_FILE: &str = "layerup.local.toml";
+
+/// Keys that widen what layerup may touch — a cluster the guard would refuse, plain HTTP to a
+/// registry off loopback: read only from the user's own settings, never from a committed file.
+const USER_ONLY: &[&str] = &["allow-contexts", "insecure"];
+
+/// The user's own settings file: `$XDG_CONFIG_HOME/layerup/config.toml`, else
+/// `~/.config/layerup/config.toml`.
+pub fn user_file() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = var("XDG_CONFIG_HOME").or_else(|| var("HOME").map(|h| h.join(".config")))?;
+    Some(dir.join("layerup/config.toml"))
+}
 
 /// What a key's value must look like.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,6 +129,16 @@ pub struct Config {
     pub images: BTreeMap<String, BTreeMap<String, Setting>>,
 }
 
+/// Who wrote a file, and so what it may say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Came with the repository (`layerup.toml`): files only inside its own directory, and
+    /// nothing that widens what layerup may touch.
+    Repository,
+    /// The user's own (`layerup.local.toml`, never committed; their config directory's).
+    User,
+}
+
 impl Config {
     /// Finds `layerup.toml` / `layerup.local.toml` in `dir` or its nearest ancestor holding
     /// either, and merges them with `profile` applied. No file: an empty configuration.
@@ -127,18 +160,37 @@ impl Config {
             ..Config::default()
         };
         let mut profiles_seen = Vec::new();
+        let mut files: Vec<(PathBuf, String, Trust)> = Vec::new();
+        if let Some(user) = user_file() {
+            files.push((user.clone(), user.display().to_string(), Trust::User));
+        }
         if let Some(root) = root {
-            for name in [FILE, LOCAL_FILE] {
-                let path = root.join(name);
-                let text = match std::fs::read_to_string(&path) {
-                    Ok(t) => t,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io("read", &path, &e)),
-                };
-                config.files.push(path.clone());
-                let found = config.merge_file(&path, name, &text, profile)?;
-                profiles_seen.extend(found);
-            }
+            files.push((root.join(FILE), FILE.into(), Trust::Repository));
+            files.push((root.join(LOCAL_FILE), LOCAL_FILE.into(), Trust::User));
+        }
+        for (path, name, trust) in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Another user's home (`sudo -u`, a service account with HOME unchanged): not
+                // this user's settings.
+                Err(e) if trust == Trust::User && name != LOCAL_FILE => {
+                    tracing::debug!("not reading {}: {e}", path.display());
+                    continue;
+                }
+                Err(e) => return Err(Error::io("read", &path, &e)),
+            };
+            let project = trust == Trust::Repository || name == LOCAL_FILE;
+            let file = File {
+                path: &path,
+                name: &name,
+                text: &text,
+                trust,
+                project,
+            };
+            let found = config.merge_file(&file, profile)?;
+            config.files.push(path.clone());
+            profiles_seen.extend(found);
         }
         if let Some(p) = profile.filter(|_| strict) {
             if !profiles_seen.iter().any(|s| s == p) {
@@ -159,22 +211,15 @@ impl Config {
 
     /// Merges one file: its top level, then its `[profile.NAME]`. Returns the profiles it
     /// defines.
-    fn merge_file(
-        &mut self,
-        path: &Path,
-        name: &str,
-        text: &str,
-        profile: Option<&str>,
-    ) -> Result<Vec<String>> {
-        let table = DeTable::parse(text).map_err(|e| {
-            let line = e.span().map_or(1, |s| line_of(text, s.start));
+    fn merge_file(&mut self, file: &File, profile: Option<&str>) -> Result<Vec<String>> {
+        let table = DeTable::parse(file.text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(file.text, s.start));
             Error::usage(format!(
                 "{}:{line}: {}",
-                path.display(),
+                file.path.display(),
                 crate::error::one_line(e.message())
             ))
         })?;
-        let file = File { path, name, text };
         let mut profiles = Vec::new();
         let mut chosen = None;
         for (key, value) in table.get_ref() {
@@ -194,9 +239,9 @@ impl Config {
                 }
             }
         }
-        self.merge_table(&file, table.get_ref(), None)?;
+        self.merge_table(file, table.get_ref(), None)?;
         if let (Some(t), Some(p)) = (chosen, profile) {
-            self.merge_table(&file, t, Some(p))?;
+            self.merge_table(file, t, Some(p))?;
         }
         Ok(profiles)
     }
@@ -211,6 +256,12 @@ impl Config {
         };
         for (key, value) in table {
             let k: &str = key.get_ref();
+            if !file.project && matches!(k, "profile" | "images") {
+                return Err(file.bad(
+                    key.span(),
+                    &format!("[{k}.NAME] belongs in a project's {FILE}"),
+                ));
+            }
             if k == "profile" && profile.is_none() {
                 continue;
             }
@@ -307,6 +358,16 @@ impl Config {
             values.insert(k.clone(), merged);
         }
         values
+    }
+
+    /// The directory a committed file's mappings must stay in, when the mappings of `image` (or
+    /// the top level) come from the committed layerup.toml; `None` when they are the user's.
+    pub fn confined_mappings(&self, image: Option<&str>) -> Option<PathBuf> {
+        let values = self.values_for(image);
+        let from = &values.get("mappings")?.from;
+        from.starts_with(&format!("{FILE}:"))
+            .then(|| self.root.clone())
+            .flatten()
     }
 
     /// The flags (`--name=value`) and the SRC arguments the configuration adds to a command line
@@ -463,8 +524,39 @@ fn merge_value(
             ),
         ));
     };
+    if file.trust == Trust::Repository && USER_ONLY.contains(&k) {
+        return Err(file.bad(
+            key.span(),
+            &format!(
+                "`{k}` widens what layerup may touch, and a committed {FILE} may not say so for \
+                 the user: set it in {LOCAL_FILE} (never committed), in {}, in the environment \
+                 or on the command line",
+                user_file().map_or("~/.config/layerup/config.toml".into(), |f| f
+                    .display()
+                    .to_string())
+            ),
+        ));
+    }
+    if !file.project && !USER_ONLY.contains(&k) {
+        return Err(file.bad(
+            key.span(),
+            &format!(
+                "`{k}` belongs in a project's {FILE} or {LOCAL_FILE}; this file holds your own \
+                 settings ({}) and [registries]",
+                USER_ONLY.join(", ")
+            ),
+        ));
+    }
+    let span = value.span();
     let value = read(value.get_ref(), shape, file)
-        .map_err(|why| file.bad(value.span(), &format!("`{k}` {why}")))?;
+        .map_err(|why| file.bad(span.clone(), &format!("`{k}` {why}")))?;
+    let value = match value {
+        Value::Str(text) if matches!(k, "to" | "base") => Value::Str(
+            file.layout_ref(&text, k)
+                .map_err(|why| file.bad(span, &format!("`{k}` {why}")))?,
+        ),
+        v => v,
+    };
     let value = match (value, values.get(k)) {
         // Tables add to what a lower file or section set.
         (
@@ -493,11 +585,15 @@ fn is_image_name(name: &str) -> bool {
         && !name.starts_with(['.', '-'])
 }
 
-/// One file being read, for messages.
+/// One file being read: for messages, and for what it may say.
 struct File<'a> {
     path: &'a Path,
     name: &'a str,
     text: &'a str,
+    trust: Trust,
+    /// A project's file (`layerup.toml`, `layerup.local.toml`), which may describe images; the
+    /// user's own config file holds only their settings and registry aliases.
+    project: bool,
 }
 
 impl File<'_> {
@@ -511,6 +607,38 @@ impl File<'_> {
 
     fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// A path a committed file names (`path`, already joined to the file's directory) must stay
+    /// inside that directory: lexically (no `..` out, no absolute path elsewhere), and with its
+    /// symlinks resolved where it exists. The user's own files may name anything.
+    fn keep_inside(&self, path: &Path, what: &str) -> std::result::Result<(), String> {
+        if self.trust == Trust::User {
+            return Ok(());
+        }
+        match crate::build::entry::inside(self.dir(), path) {
+            Ok(()) => Ok(()),
+            Err(why) => Err(format!(
+                "{what} `{}` is outside the directory this file governs ({why}): a committed \
+                 {FILE} names files only inside its own tree; give it on the command line if \
+                 you mean it",
+                path.display()
+            )),
+        }
+    }
+
+    /// An `oci:DIR…` reference (`to`, `base`) with DIR relative to the file, kept inside its
+    /// tree when committed; any other reference as it is.
+    fn layout_ref(&self, text: &str, key: &str) -> std::result::Result<String, String> {
+        if !text.starts_with("oci:") {
+            return Ok(text.to_string());
+        }
+        let ImageRef::Layout(mut l) = ImageRef::parse(text, key).map_err(|e| e.to_string())? else {
+            return Ok(text.to_string());
+        };
+        l.dir = self.dir().join(l.dir.strip_prefix(".").unwrap_or(&l.dir));
+        self.keep_inside(&l.dir, "the layout")?;
+        Ok(ImageRef::Layout(l).to_string())
     }
 }
 
@@ -572,9 +700,11 @@ fn read(v: &DeValue, shape: Shape, file: &File) -> std::result::Result<Value, St
                     // A SRC is relative to the file, wherever layerup is run from.
                     let rel = raw.src.strip_prefix(".").unwrap_or(&raw.src);
                     let src = file.dir().join(rel);
-                    Ok(match raw.dest {
-                        Some(d) => format!("{}:{d}", src.display()),
-                        None => src.display().to_string(),
+                    let whole = RawMapping { src, ..raw };
+                    file.keep_inside(&whole.fixed_part(), "SRC")?;
+                    Ok(match whole.dest {
+                        Some(d) => format!("{}:{d}", whole.src.display()),
+                        None => whole.src.display().to_string(),
                     })
                 })
                 .collect::<std::result::Result<Vec<_>, String>>()?;

@@ -373,6 +373,7 @@ fn one(
         extra.extend(flags);
         sources = srcs;
     }
+    let from_file = !sources.is_empty();
     let parsed = if extra.is_empty() && sources.is_empty() {
         Cli::from_arg_matches(&matches)
     } else {
@@ -407,9 +408,27 @@ fn one(
         | Command::Completions { .. }
         | Command::Man => {}
     }
+    // A committed file's sources stay inside its tree (checked at every push: a symlink may
+    // move); the command line's and the user's own files' may be anywhere.
+    let confined = config.confined_mappings(image).filter(|_| from_file);
+    let confine = |mut p: crate::commands::push::PushPlan| {
+        p.confined = confined.clone();
+        p
+    };
     let job = match cli.command {
-        Command::Push(a) => a.plan(env).map(commands::Job::Push).map(Job::run),
-        Command::Watch(a) => a.plan(env).map(commands::Job::Watch).map(Job::run),
+        Command::Push(a) => a
+            .plan(env)
+            .map(confine)
+            .map(commands::Job::Push)
+            .map(Job::run),
+        Command::Watch(a) => a
+            .plan(env)
+            .map(|mut w| {
+                w.push = confine(w.push);
+                w
+            })
+            .map(commands::Job::Watch)
+            .map(Job::run),
         Command::Copy(a) => a.plan().map(commands::Job::Copy).map(Job::run),
         Command::Deploy(a) => a.plan().map(commands::Job::Deploy).map(Job::run),
         Command::Rollback(a) => a.plan().map(commands::Job::Rollback).map(Job::run),

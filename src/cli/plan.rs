@@ -102,6 +102,7 @@ impl PushArgs {
         Ok(PushPlan {
             deploy,
             state_dir: crate::build::state::dir(env),
+            confined: None,
             ignore: self.ignore.clone(),
             ref_file: self.ref_file.clone(),
             base,

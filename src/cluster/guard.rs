@@ -27,7 +27,8 @@ pub fn check(context: &str, server: &str, allowed: &[String]) -> Result<(), Stri
         "context `{context}` (API server {server}) is not named like a local development \
          cluster (kind-*, k3d-*, minikube, docker-desktop, …), so layerup will not touch it; if \
          it is yours to change, allow it with --allow-context {context} (or \
-         `allow-contexts` in layerup.toml, or LAYERUP_ALLOW_CONTEXTS={context})"
+         `allow-contexts` in layerup.local.toml or ~/.config/layerup/config.toml, or \
+         LAYERUP_ALLOW_CONTEXTS={context})"
     ))
 }
 

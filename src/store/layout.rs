@@ -42,13 +42,23 @@ impl Layout {
 
     /// A layout to write into; created when missing.
     pub fn create(dir: &Path) -> Result<Self> {
+        // An existing directory that holds something and is no layout is someone's: layerup
+        // writes `blobs/` and `oci-layout` only into a layout or an empty or new directory.
+        let marker = dir.join("oci-layout");
+        let holds_something = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        if holds_something && !marker.exists() {
+            return Err(Error::usage(format!(
+                "`{}` is a directory that holds files and is not an OCI layout (no oci-layout \
+                 file): give a new or empty directory, or a layout",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir.join("blobs/sha256"))
             .map_err(|e| Error::io("create layout directory", dir, &e))?;
         // Blobs and index.json half-written by a run that was killed.
         for d in [dir, &dir.join("blobs/sha256")] {
             crate::stale::remove(d, TMP_PREFIX, "");
         }
-        let marker = dir.join("oci-layout");
         if !marker.exists() {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }

@@ -172,6 +172,11 @@ impl Registry {
 
     /// A closure that stops the registry process (from any thread): what a crash looks like
     /// to its clients.
+    /// Where the registry keeps what it was sent (its filesystem storage).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn stopper(&self) -> impl FnOnce() + Send + 'static {
         let guard = self.guard.clone();
         move || drop(guard.lock().unwrap().take())
@@ -308,6 +313,8 @@ impl Layerup {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_layerup"));
         // Credentials only where a test puts them: no containers auth.json of this machine.
         cmd.env("DOCKER_CONFIG", config.path())
+            // Nor the user settings of this machine's ~/.config/layerup.
+            .env("XDG_CONFIG_HOME", config.path())
             .env("REGISTRY_AUTH_FILE", config.path().join("auth.json"))
             .env("LAYERUP_STATE_DIR", config.path().join("state"))
             .env_remove("SOURCE_DATE_EPOCH")

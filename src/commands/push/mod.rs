@@ -68,6 +68,9 @@ pub struct PushPlan {
     /// Where the state of the last push to each destination is kept; `None`: every push is a
     /// full one, and nothing is remembered.
     pub state_dir: Option<PathBuf>,
+    /// The mappings come from a committed layerup.toml: their sources (symlinks resolved, each
+    /// platform's too) must stay inside this directory, at every push.
+    pub confined: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -316,6 +319,7 @@ pub async fn run_in(
             .filter(|m| m.per_platform())
             .cloned()
             .collect(),
+        confined: plan.confined.clone(),
         workdir: read.workdir,
         owner: plan.owner,
         ignore: plan.ignore.clone(),

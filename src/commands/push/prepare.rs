@@ -11,7 +11,7 @@ use oci_spec::image::Digest;
 
 use super::{blocking, own_paths, Changes, Platforms, PushPlan};
 use crate::build::base::{self, Base, BaseIndex};
-use crate::build::entry::Mapping;
+use crate::build::entry::{self, Mapping};
 use crate::build::stack;
 use crate::build::state::{self, Loaded, State};
 use crate::build::tree::{self, Walked};
@@ -176,6 +176,9 @@ async fn walk(
         .filter(|m| !m.per_platform())
         .map(|m| m.resolve(&workdir))
         .collect();
+    for m in &mappings {
+        entry::confined(&m.src, plan.confined.as_deref())?;
+    }
     let owner = plan.owner;
     let ignore = plan.ignore.clone();
     let own = own_paths(plan);
