@@ -587,17 +587,33 @@ pub fn hide(hidden: &mut Vec<String>, more: impl Iterator<Item = String>) {
     });
 }
 
+/// What the layers below the app's (the base's) hold at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Below {
+    /// The path itself, or something under it.
+    pub holds: bool,
+    /// Something under it.
+    pub holds_below: bool,
+}
+
 /// A full layer's bottom part with whiteouts that hide again what deltas hid (`hidden`, as
-/// [`hide`] keeps it) in the layers below the app's: a path the tree lacks gets a whiteout, a
-/// directory an opaque whiteout (only what the tree holds shows in it, as after the deltas); a
-/// file or link needs none, it replaces what is below by itself. `entries` is the whole tree.
-pub fn rehide(part: &mut Vec<Entry>, hidden: &[String], entries: &[Entry]) {
+/// [`hide`] keeps it) in the layers below the app's — only where those layers really hold
+/// something (`below`): a whiteout in a directory no lower layer has shows in a container as an
+/// entry no one can stat. A path the tree lacks gets a whiteout, a directory an opaque whiteout
+/// (only what the tree holds shows in it, as after the deltas); a file or link needs none, it
+/// replaces what is below by itself. `entries` is the whole tree.
+pub fn rehide(
+    part: &mut Vec<Entry>,
+    hidden: &[String],
+    entries: &[Entry],
+    below: &dyn Fn(&str) -> Below,
+) {
     let before = part.len();
     for p in hidden {
         part.push(match find(entries, p).map(|e| &e.kind) {
-            None => whiteout(p),
-            Some(Kind::Dir) => opaque_in(p),
-            Some(_) => continue,
+            None if below(p).holds => whiteout(p),
+            Some(Kind::Dir) if below(p).holds_below => opaque_in(p),
+            _ => continue,
         });
     }
     if part.len() > before {
@@ -889,7 +905,7 @@ mod tests {
         assert_eq!(hidden, ["app/a.py", "app/gone", "app/pkg"]);
         let tree = entries(&new, &BTreeMap::new());
         let mut part = tree.clone();
-        rehide(&mut part, &hidden, &tree);
+        rehide(&mut part, &hidden, &tree, &|_| everything());
         assert_eq!(
             paths_of(&part),
             [
@@ -906,8 +922,40 @@ mod tests {
         again.insert("app/a.py".into(), ('f', 0o644, "back".into()));
         let tree = entries(&again, &BTreeMap::new());
         let mut part = tree.clone();
-        rehide(&mut part, &hidden, &tree);
+        rehide(&mut part, &hidden, &tree, &|_| everything());
         assert!(!paths_of(&part).contains(&"app/.wh.a.py"));
+    }
+
+    fn everything() -> Below {
+        Below {
+            holds: true,
+            holds_below: true,
+        }
+    }
+
+    /// Issue 21: after a squash, `adv/gen/.wh.new` hid a path no lower layer had, and overlay
+    /// showed `new` as an entry no one can stat.
+    #[test]
+    fn nothing_is_hidden_again_where_no_lower_layer_holds_it() {
+        let mut new = base();
+        new.retain(|p, _| !p.starts_with("app/pkg/") && p != "app/a.py");
+        let hidden = vec!["app/a.py".to_string(), "app/pkg".to_string()];
+        let tree = entries(&new, &BTreeMap::new());
+        let mut part = tree.clone();
+        let nothing = |_: &str| Below {
+            holds: false,
+            holds_below: false,
+        };
+        rehide(&mut part, &hidden, &tree, &nothing);
+        assert_eq!(part, tree);
+        // The base holds a.py but nothing in pkg: one whiteout, no opaque one.
+        let a_py = |p: &str| Below {
+            holds: p == "app/a.py",
+            holds_below: false,
+        };
+        rehide(&mut part, &hidden, &tree, &a_py);
+        assert!(paths_of(&part).contains(&"app/.wh.a.py"));
+        assert!(!paths_of(&part).contains(&"app/pkg/.wh..wh..opq"));
     }
 
     #[test]

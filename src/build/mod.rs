@@ -9,6 +9,7 @@ pub mod gzip;
 pub mod ignore;
 pub mod image;
 pub mod index;
+pub mod lower;
 pub mod new_image;
 pub mod partition;
 pub mod per_platform;

@@ -11,6 +11,7 @@ use oci_spec::image::Digest;
 use crate::build::base::{Base, BaseIndex};
 use crate::build::entry::{Own, RawMapping};
 use crate::build::image::{self, Image, NewLayer, Tweaks};
+use crate::build::lower::Lower;
 use crate::build::per_platform;
 use crate::build::stack::{self, FullReason, Mode, Squash};
 use crate::build::state::{Loaded, State};
@@ -25,6 +26,8 @@ pub struct Input {
     pub bases: Vec<(Descriptor, Base)>,
     /// The base's index, when the push makes one (several platforms).
     pub index: Option<BaseIndex>,
+    /// What each platform's base layers hold, in `bases`' order.
+    pub lowers: Vec<Lower>,
     /// The last push's state, and whether the destination still holds its image.
     pub last: Loaded,
     pub held: bool,
@@ -104,6 +107,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
     let Input {
         bases,
         index,
+        lowers,
         last,
         held,
         tree,
@@ -138,7 +142,9 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         .map(|s| s.platform_layers.clone())
         .unwrap_or_default();
     let base = (base_digest, base_name.as_str());
+    let lowers = std::sync::Arc::new(lowers);
     let plan = AppPlan {
+        lowers: lowers.clone(),
         owner,
         mtime,
         full,
@@ -166,7 +172,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
     };
     let per_platform = platform_layers(
         &raw,
-        (&bases, &workdir, confined.as_deref()),
+        (&bases, &lowers, &workdir, confined.as_deref()),
         &dir,
         &settings,
         last_platform_layers,
@@ -208,6 +214,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
 
 /// What shapes the app layers besides the tree and the last push.
 struct AppPlan<'a> {
+    lowers: std::sync::Arc<Vec<Lower>>,
     owner: Option<(u32, u32)>,
     mtime: u64,
     full: bool,
@@ -247,6 +254,7 @@ fn app_layers(
         suspects: tree.suspects,
         settings,
         hidden,
+        lowers: plan.lowers.clone(),
         base,
         created_by: stack::created_by(&tree.mappings),
         mtime: plan.mtime,
@@ -306,9 +314,15 @@ fn present(last: Option<&State>, base: &Digest, bases: &[(Descriptor, Base)]) ->
 }
 
 /// The per-platform layers of this push (see [`per_platform`]).
+#[allow(clippy::type_complexity)]
 fn platform_layers(
     raw: &[RawMapping],
-    (bases, workdir, confined): (&[(Descriptor, Base)], &str, Option<&std::path::Path>),
+    (bases, lowers, workdir, confined): (
+        &[(Descriptor, Base)],
+        &[Lower],
+        &str,
+        Option<&std::path::Path>,
+    ),
     dir: &std::path::Path,
     settings: &per_platform::Settings,
     last: Vec<crate::build::state::PlatformLayer>,
@@ -319,9 +333,10 @@ fn platform_layers(
     let jobs = bases
         .iter()
         .enumerate()
-        .map(|(i, (_, b))| {
+        .zip(lowers)
+        .map(|((i, (_, b)), lower)| {
             let path = dir.join(format!("platform-{i}.tar.gz"));
-            per_platform::job(raw, b, workdir, &path, confined)
+            per_platform::job(raw, (b, lower), workdir, &path, confined)
         })
         .collect::<Result<Vec<_>>>()?;
     per_platform::build(jobs, settings, &last)
@@ -411,6 +426,7 @@ mod tests {
             entries: Arc::new(entries),
             scanned_at: crate::build::stack::now_ns(),
             suspects: Vec::new(),
+            chain: Vec::new(),
         }
     }
 
@@ -418,6 +434,7 @@ mod tests {
     fn input(src: &std::path::Path, archs: &[&str], last: Loaded, dir: &std::path::Path) -> Input {
         let (bases, index) = bases(archs);
         Input {
+            lowers: vec![Lower::default(); bases.len()],
             bases,
             index,
             held: matches!(last, Loaded::Found(_)),

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::build::base::Base;
-use crate::build::entry::{Mapping, Own, RawMapping, PLACEHOLDERS};
+use crate::build::entry::{Entry, Mapping, Own, RawMapping, PLACEHOLDERS};
+use crate::build::lower::Lower;
 use crate::build::state::PlatformLayer;
 use crate::build::{index, stack, tree};
 use crate::error::{Error, Result};
@@ -22,6 +23,9 @@ pub struct Built {
 pub struct Job {
     platform: Platform,
     mappings: Vec<Mapping>,
+    /// The directories above the mappings, as this platform's base has them.
+    chain: Vec<Entry>,
+    lower: Lower,
     /// Where its blob is written when it is built.
     path: PathBuf,
 }
@@ -40,7 +44,7 @@ pub struct Settings {
 /// take files from elsewhere). A platform whose source is missing is an error naming both.
 pub fn job(
     raw: &[RawMapping],
-    base: &Base,
+    (base, lower): (&Base, &Lower),
     workdir: &str,
     path: &Path,
     confined: Option<&Path>,
@@ -74,9 +78,16 @@ pub fn job(
         }
         mappings.push(one.resolve(workdir));
     }
+    // Placed through this platform's base, with the directories above as it has them.
+    let lowers = std::slice::from_ref(lower);
+    let file = |m: &Mapping| std::fs::metadata(&m.src).is_ok_and(|md| md.is_file());
+    let mappings = crate::build::lower::place_all(lowers, &mappings, &file)?;
+    let chain = crate::build::lower::chain(lowers, &mappings, &file)?;
     Ok(Job {
         platform,
         mappings,
+        chain,
+        lower: lower.clone(),
         path: path.to_path_buf(),
     })
 }
@@ -89,12 +100,14 @@ pub fn build(jobs: Vec<Job>, settings: &Settings, last: &[PlatformLayer]) -> Res
     jobs.into_iter()
         .map(|job| {
             let built_at = stack::now_ns();
-            let entries = tree::collect(
+            let mut entries = tree::collect(
                 &job.mappings,
                 settings.owner,
                 &settings.ignore,
                 &settings.own,
             )?;
+            tree::with_chain(&mut entries, &job.chain);
+            crate::build::lower::check_links(std::slice::from_ref(&job.lower), &entries)?;
             let stamp = format!("{} {format} {}", settings.mtime, index::stamp(&entries));
             let platform = job.platform.to_string();
             let same = last.iter().find(|l| {

@@ -160,6 +160,8 @@ pub struct Job {
     /// What the last push's deltas hid below the app's layers ([`State::hidden`]); empty when
     /// there is no state or the mappings changed.
     pub hidden: Vec<String>,
+    /// What each platform's base holds: a full layer hides again only what is really below.
+    pub lowers: std::sync::Arc<Vec<crate::build::lower::Lower>>,
     pub base: Digest,
     pub created_by: String,
     pub mtime: u64,
@@ -234,7 +236,14 @@ pub fn layers(
     };
     let mut parts = partition::split(&job.entries, &job.roots);
     // In the bottom part: an opaque whiteout there hides only the base, not another part.
-    index::rehide(&mut parts[0], &hidden, &job.entries);
+    let lowers = &job.lowers;
+    // Hidden again only where every platform's base holds it: a whiteout over nothing shows in
+    // a container as an entry no one can stat.
+    let below = |p: &str| index::Below {
+        holds: !lowers.is_empty() && lowers.iter().all(|l| l.holds(p)),
+        holds_below: lowers.iter().any(|l| l.holds_below(p)),
+    };
+    index::rehide(&mut parts[0], &hidden, &job.entries, &below);
     // Nothing to add (every mapping per platform, or an empty source): no empty layer.
     parts.retain(|p| !p.is_empty());
     let mut index = index::index_of(&job.entries, job.scanned_at);

@@ -112,6 +112,19 @@ pub struct Walked {
     pub scanned_at: i64,
     /// Image paths file events named: hashed even when their stat looks unchanged.
     pub suspects: Vec<String>,
+    /// The directories above the mappings, as the base has them (`build::lower::chain`),
+    /// in `entries` too.
+    pub chain: Vec<Entry>,
+}
+
+/// Adds the directories above the mappings (`chain`) to `entries` (sorted), where the tree does
+/// not hold them already: the tree's own directory is the user's.
+pub fn with_chain(entries: &mut Vec<Entry>, chain: &[Entry]) {
+    for c in chain {
+        if let Err(i) = entries.binary_search_by(|e| e.path.as_str().cmp(&c.path)) {
+            entries.insert(i, c.clone());
+        }
+    }
 }
 
 /// What an update of the tree from file events came to.

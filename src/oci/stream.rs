@@ -309,6 +309,24 @@ pub fn body(cursor: Arc<Mutex<Cursor>>, end: u64) -> ByteStream {
     .boxed()
 }
 
+/// A blob read whole through its cursor, as a stream: verified, resumed where a read breaks,
+/// and not counted as sent (it is read, not uploaded). The last piece comes only once the
+/// digest matched; a wrong blob ends in an error.
+pub fn read(cursor: Cursor) -> ByteStream {
+    futures_util::stream::unfold(cursor, |mut c| async move {
+        let end = c.size;
+        let item = match c.next(end).await? {
+            Ok(piece) => Ok(piece),
+            Err(e) => {
+                let real = c.take_failure().unwrap_or(e);
+                Err(std::io::Error::other(failure(&c.what, &real)))
+            }
+        };
+        Some((item, c))
+    })
+    .boxed()
+}
+
 /// A small blob whole (an image config, at most `limit` bytes), verified and read through a
 /// cursor, so a broken read resumes rather than fails.
 pub async fn read_all(mut cursor: Cursor, limit: u64) -> Result<Vec<u8>> {

@@ -796,6 +796,45 @@ pub fn has_blob(host: &str, repo: &str, digest: &str) -> bool {
     .0 == 200
 }
 
+/// Every entry of the layers of `image` above its first `base` layers, as GNU tar lists them
+/// from the blobs skopeo copied out: `(path, "MODE UID/GID")` (`drwxrwxrwt 0/0` for a 1777
+/// directory).
+pub fn layers_above(image: &str, base: usize) -> Vec<(String, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("l");
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("docker://{image}"),
+        &format!("oci:{}:x", layout.display()),
+    ]);
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let json = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = json(&layout.join("index.json"));
+    let manifest = json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let mut out = Vec::new();
+    for l in &manifest["layers"].as_array().unwrap()[base..] {
+        let listing = run(Command::new("tar")
+            .args(["--numeric-owner", "-tvzf"])
+            .arg(blob(l["digest"].as_str().unwrap())));
+        for line in listing.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // MODE UID/GID SIZE DATE TIME PATH [-> TARGET]
+            out.push((
+                f[5].trim_end_matches('/').to_string(),
+                format!("{} {}", f[0], f[1]),
+            ));
+        }
+    }
+    out
+}
+
 /// Every path under `/app` of an image unpacked by umoci: kind, mode, owner, and the bytes or
 /// link target.
 pub fn unpacked_tree(image: &str) -> std::collections::BTreeMap<String, String> {

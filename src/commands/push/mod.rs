@@ -4,6 +4,7 @@
 //! index; no network), and *write* (`write.rs`: the blobs the destination lacks, then the
 //! manifests, through `transfer::write`; the state saved). Several images share a [`Session`].
 
+mod lower;
 mod prepare;
 mod write;
 
@@ -310,6 +311,7 @@ pub async fn run_in(
     let input = Input {
         bases: read.bases,
         index: read.index,
+        lowers: read.lowers,
         last: read.last,
         held: read.held,
         tree: read.tree,

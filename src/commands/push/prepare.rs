@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use oci_spec::image::Digest;
 
-use super::{blocking, own_paths, Changes, Platforms, PushPlan};
+use super::{blocking, lower, own_paths, Changes, Platforms, PushPlan};
 use crate::build::base::{self, Base, BaseIndex};
 use crate::build::entry::{self, Mapping};
+use crate::build::lower::{self as lower_build, Lower};
 use crate::build::stack;
 use crate::build::state::{self, Loaded, State};
 use crate::build::tree::{self, Walked};
@@ -25,6 +26,8 @@ pub(super) struct Read {
     /// The base's image for each platform, with its entry in the base's index.
     pub bases: Vec<(Descriptor, Base)>,
     pub index: Option<BaseIndex>,
+    /// What each platform's base layers hold (in `bases`' order).
+    pub lowers: Vec<Lower>,
     /// How long the base took to read.
     pub took: Duration,
     pub last: Loaded,
@@ -32,6 +35,8 @@ pub(super) struct Read {
     pub at_tag: Option<Digest>,
     /// The destination still holds the last push's image.
     pub held: bool,
+    /// The tree, its mappings placed through the base's symlinks and the directories above
+    /// them added as the base has them.
     pub tree: Walked,
     /// The working directory the mappings landed relative to.
     pub workdir: String,
@@ -45,7 +50,8 @@ pub(super) struct From {
 }
 
 /// Reads all a push needs before it builds. When every mapping has an absolute DEST (or
-/// `--workdir` is given), the walk does not depend on the base and runs beside its reads.
+/// `--workdir` is given), the walk does not depend on the base and runs beside its reads; it is
+/// made again only when the base's symlinks move a DEST.
 pub(super) async fn read(
     plan: &PushPlan,
     source: &Store,
@@ -59,12 +65,13 @@ pub(super) async fn read(
         walked: last_walk,
         logged_in,
     } = from;
+    let cache = lower::cache_dir(plan.state_dir.as_deref());
     let fetch_base = async {
         let started = Instant::now();
         if !logged_in {
             source.login(false, None).await?;
         }
-        let bases = match &plan.platforms {
+        let (bases, index) = match &plan.platforms {
             None => {
                 let base = base::resolve(source, &plan.platform, plan.platform_asked).await?;
                 let entry = Descriptor::new("", base.digest.clone(), 0);
@@ -73,7 +80,12 @@ pub(super) async fn read(
             Some(Platforms::All) => base::resolve_many(source, None).await?,
             Some(Platforms::These(p)) => base::resolve_many(source, Some(p)).await?,
         };
-        Ok::<_, Error>((bases, started.elapsed()))
+        linux_only(&bases)?;
+        let reads = bases
+            .iter()
+            .map(|(_, b)| lower::of(source, b, cache.as_deref(), plan.jobs));
+        let lowers = futures_util::future::try_join_all(reads).await?;
+        Ok::<_, Error>((bases, index, lowers, started.elapsed()))
     };
     let check_dest = async {
         // Read with --full too: what the last push's deltas hid stays hidden.
@@ -103,26 +115,32 @@ pub(super) async fn read(
     };
     let needs_base =
         plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute());
-    let (((bases, index), took), (last, at_tag, held), tree, base_workdir) = if needs_base {
-        let ((bases, took), dest) = tokio::try_join!(fetch_base, check_dest)?;
-        let workdir = working_dir(&bases.0)?;
-        let walked = walk(plan, workdir.as_deref(), last_walk, changes).await?;
-        ((bases, took), dest, walked, workdir)
+    let ((bases, index, lowers, took), (last, at_tag, held), walked, base_workdir) = if needs_base {
+        let (base, dest) = tokio::try_join!(fetch_base, check_dest)?;
+        let workdir = working_dir(&base.0)?;
+        let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
+        let walked = walk(plan, placed, last_walk, changes).await?;
+        (base, dest, walked, workdir)
     } else {
-        let (bases, dest, walked) =
-            tokio::try_join!(fetch_base, check_dest, walk(plan, None, last_walk, changes))?;
-        (bases, dest, walked, None)
+        // The last push's placing, or the DESTs as asked: right unless the base moved one.
+        let guess = match &last_walk {
+            Some(w) => w.mappings.clone(),
+            None => asked(plan, None),
+        };
+        let (base, dest, walked) = tokio::try_join!(
+            fetch_base,
+            check_dest,
+            walk(plan, guess, last_walk, changes)
+        )?;
+        let placed = place(&asked(plan, None), &base.2)?;
+        let walked = if placed == walked.mappings {
+            walked
+        } else {
+            walk(plan, placed, None, &Changes::All).await?
+        };
+        (base, dest, walked, None)
     };
-    if let Some((_, b)) = bases
-        .iter()
-        .find(|(_, b)| Platform::of_config(&b.config).is_some_and(|p| p.os != "linux"))
-    {
-        return Err(Error::image(format!(
-            "base image `{}` is a {} image: layerup adds Linux layers, which it cannot take",
-            b.name,
-            Platform::of_config(&b.config).map_or_else(String::new, |p| p.os)
-        )));
-    }
+    let tree = with_base(plan, walked, &lowers, changes).await?;
     let workdir = plan
         .tweaks
         .workdir
@@ -132,6 +150,7 @@ pub(super) async fn read(
     Ok(Read {
         bases,
         index,
+        lowers,
         took,
         last,
         at_tag,
@@ -139,6 +158,68 @@ pub(super) async fn read(
         tree,
         workdir,
     })
+}
+
+/// The base is one layerup can add to: a Linux image.
+fn linux_only(bases: &[(Descriptor, Base)]) -> Result<()> {
+    match bases
+        .iter()
+        .find_map(|(_, b)| Some((b, Platform::of_config(&b.config)?)))
+        .filter(|(_, p)| p.os != "linux")
+    {
+        Some((b, p)) => Err(Error::image(format!(
+            "base image `{}` is a {} image: layerup adds Linux layers, which it cannot take",
+            b.name, p.os
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The mappings as asked: DEST relative to `--workdir`, else the base's, else `/` (per-platform
+/// ones aside: each platform places its own).
+fn asked(plan: &PushPlan, base_workdir: Option<&str>) -> Vec<Mapping> {
+    let workdir = plan
+        .tweaks
+        .workdir
+        .as_deref()
+        .or(base_workdir)
+        .unwrap_or("/")
+        .to_string();
+    plan.mappings
+        .iter()
+        .filter(|m| !m.per_platform())
+        .map(|m| m.resolve(&workdir))
+        .collect()
+}
+
+/// The mappings placed through the base's symlinks (`build::lower::place_all`).
+fn place(mappings: &[Mapping], lowers: &[Lower]) -> Result<Vec<Mapping>> {
+    let file = |m: &Mapping| std::fs::metadata(&m.src).is_ok_and(|md| md.is_file());
+    lower_build::place_all(lowers, mappings, &file)
+}
+
+/// The tree with the directories above its mappings as the base has them, checked for a
+/// directory that would replace a base symlink. A tree kept from the last push whose
+/// directories came from another base is walked again.
+async fn with_base(
+    plan: &PushPlan,
+    mut walked: Walked,
+    lowers: &[Lower],
+    changes: &Changes,
+) -> Result<Walked> {
+    let file = |m: &Mapping| std::fs::metadata(&m.src).is_ok_and(|md| md.is_file());
+    let chain = lower_build::chain(lowers, &walked.mappings, &file)?;
+    if !walked.chain.is_empty() && walked.chain != chain {
+        let mappings = walked.mappings.clone();
+        walked = walk(plan, mappings, None, changes).await?;
+    }
+    if walked.chain != chain {
+        let entries = std::sync::Arc::make_mut(&mut walked.entries);
+        tree::with_chain(entries, &chain);
+        walked.chain = chain;
+    }
+    lower_build::check_links(lowers, &walked.entries)?;
+    Ok(walked)
 }
 
 /// The working directory the mappings land relative to: the base's — the same on every
@@ -154,28 +235,14 @@ fn working_dir(bases: &[(Descriptor, Base)]) -> Result<Option<String>> {
     Ok(dirs.first().copied().flatten().map(str::to_string))
 }
 
-/// Resolves the mappings (DEST relative to `--workdir`, else the base's, else `/`) and walks
-/// them — or, given the last walk of the same mappings and the paths that changed since, looks
-/// at those paths only.
+/// Walks the (placed) `mappings` — or, given the last walk of the same mappings and the paths
+/// that changed since, looks at those paths only.
 async fn walk(
     plan: &PushPlan,
-    base_workdir: Option<&str>,
+    mappings: Vec<Mapping>,
     last: Option<Walked>,
     changes: &Changes,
 ) -> Result<Walked> {
-    let workdir = plan
-        .tweaks
-        .workdir
-        .as_deref()
-        .or(base_workdir)
-        .unwrap_or("/")
-        .to_string();
-    let mappings: Vec<Mapping> = plan
-        .mappings
-        .iter()
-        .filter(|m| !m.per_platform())
-        .map(|m| m.resolve(&workdir))
-        .collect();
     for m in &mappings {
         entry::confined(&m.src, plan.confined.as_deref())?;
     }
@@ -199,6 +266,7 @@ async fn walk(
                             entries: Arc::new(entries),
                             scanned_at,
                             suspects,
+                            chain: last.chain,
                         })
                     }
                     tree::Update::WalkAll(why) => tracing::info!("walking the whole tree: {why}"),
@@ -211,6 +279,7 @@ async fn walk(
             entries: Arc::new(entries),
             scanned_at,
             suspects: Vec::new(),
+            chain: Vec::new(),
         })
     })
     .await

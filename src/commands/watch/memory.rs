@@ -68,8 +68,12 @@ impl Memory {
         plan: &PushPlan,
     ) -> Option<impl FnOnce() -> Result<bool> + Send + 'static> {
         let w = self.walked.as_ref()?;
-        let (mappings, entries) = (w.mappings.clone(), w.entries.clone());
+        let (mappings, entries, chain) = (w.mappings.clone(), w.entries.clone(), w.chain.clone());
         let (owner, ignore, own) = (plan.owner, plan.ignore.clone(), push::own_paths(plan));
-        Some(move || Ok(tree::collect(&mappings, owner, &ignore, &own)? == *entries))
+        Some(move || {
+            let mut now = tree::collect(&mappings, owner, &ignore, &own)?;
+            tree::with_chain(&mut now, &chain);
+            Ok(now == *entries)
+        })
     }
 }
