@@ -375,6 +375,8 @@ pub fn load(dir: &Path, hex: &str) -> Option<Record> {
 /// Keeps the record of the layer `hex` in `dir` (written whole, then renamed: a reader never
 /// sees half of one). A failure costs only the next run a read of the layer.
 pub fn save(dir: &Path, hex: &str, record: &Record) {
+    // Half-written records of runs that were killed.
+    crate::stale::remove(dir, ".", ".json.tmp");
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{hex}.json.tmp"));
