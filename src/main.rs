@@ -22,11 +22,11 @@ fn main() -> ExitCode {
     let invocation = match cli::parse(std::env::args_os().collect(), &cwd, env) {
         Ok(Parsed::Run(i)) => *i,
         Ok(Parsed::Show(text)) => {
-            print!("{text}");
+            progress::out(text.trim_end_matches('\n'));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            progress::say(&format!("error: {e}"));
             return exit(Some(e.code()));
         }
     };

@@ -1,11 +1,55 @@
-//! Counters of a run's transfer — blob bytes sent, blobs planned and settled — bumped where the
-//! bytes move and read by whatever shows progress (the library itself never draws anything).
+//! Counters of a run — its phase, the entries and bytes of the layers built, blob bytes sent,
+//! blobs planned and settled — bumped where the work happens and read by whatever shows progress
+//! (the library itself never draws anything).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+static PHASE: AtomicU8 = AtomicU8::new(0);
+static BUILT_ENTRIES: AtomicU64 = AtomicU64::new(0);
+static BUILT_BYTES: AtomicU64 = AtomicU64::new(0);
 static SENT: AtomicU64 = AtomicU64::new(0);
 static BLOBS_DONE: AtomicU64 = AtomicU64::new(0);
 static BLOBS_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// What a run is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing yet (logging in, reading the command line's files).
+    Starting,
+    /// Reading the base: its manifests, its config, once its layers' headers.
+    Base,
+    /// Walking the files and writing the layers.
+    Building,
+    /// Moving blobs and writing manifests.
+    Sending,
+}
+
+pub fn phase(p: Phase) {
+    PHASE.store(p as u8, Ordering::Relaxed);
+}
+
+pub fn current() -> Phase {
+    match PHASE.load(Ordering::Relaxed) {
+        1 => Phase::Base,
+        2 => Phase::Building,
+        3 => Phase::Sending,
+        _ => Phase::Starting,
+    }
+}
+
+/// One more entry written into a layer, with `bytes` of file data.
+pub fn built(bytes: u64) {
+    BUILT_ENTRIES.fetch_add(1, Ordering::Relaxed);
+    BUILT_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// (entries, bytes) written into layers so far.
+pub fn read_built() -> (u64, u64) {
+    (
+        BUILT_ENTRIES.load(Ordering::Relaxed),
+        BUILT_BYTES.load(Ordering::Relaxed),
+    )
+}
 
 /// Bytes of blob data sent in a request body (a resent piece counts again: it crossed the wire).
 pub fn sent(bytes: usize) {

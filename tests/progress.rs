@@ -122,3 +122,63 @@ fn a_watch_of_several_images_keeps_one_line_each_on_a_terminal() {
         "lines redrawn in place: {all:?}"
     );
 }
+
+/// Issue 26: a finished push left its progress line under the result (`⠦ blobs 9/10, …`), so
+/// a done run looked stuck. Run in a real terminal (tmux), the screen after a full push and
+/// after a delta shows their results and summaries, and no bar.
+#[test]
+fn a_finished_push_leaves_no_progress_line_on_the_terminal() {
+    require("tmux", "tmux");
+    let dest = Registry::start();
+    let tree = app_tree();
+    let state = tempfile::tempdir().unwrap();
+    let socket = state.path().join("tmux.sock");
+    let tmux = || {
+        let mut c = Command::new("tmux");
+        c.arg("-S").arg(&socket);
+        c
+    };
+    let push = std::iter::once(env!("CARGO_BIN_EXE_layerup").to_string())
+        .chain(push_args(
+            tree.path(),
+            &prod().oci,
+            &dest.reference("dev/app:term"),
+        ))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = format!(
+        "LAYERUP_STATE_DIR={s}/state DOCKER_CONFIG={s} REGISTRY_AUTH_FILE={s}/auth.json \
+         XDG_CONFIG_HOME={s} TERM=xterm",
+        s = state.path().display()
+    );
+    let script = format!(
+        "env {env} {push}; echo 'edited' > {}/VERSION; env {env} {push}; echo DONE; sleep 120",
+        tree.path().display()
+    );
+    run(tmux().args(["new-session", "-d", "-x", "220", "-y", "40", &script]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let screen = loop {
+        let shown = run(tmux().args(["capture-pane", "-p"]));
+        if shown.contains("DONE") || std::time::Instant::now() > deadline {
+            break shown;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = tmux().arg("kill-server").output();
+    assert!(screen.contains("DONE"), "{screen}");
+    let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    // full summary, reference, delta summary, reference, DONE: nothing else.
+    assert_eq!(lines.len(), 5, "{screen}");
+    assert!(
+        lines[0].starts_with("full:") && lines[2].starts_with("delta 1:"),
+        "{screen}"
+    );
+    assert!(
+        lines[1].contains("/dev/app@sha256:") && lines[3].contains("/dev/app@sha256:"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("sending") && !screen.contains("blobs"),
+        "{screen}"
+    );
+}

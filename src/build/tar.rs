@@ -89,6 +89,11 @@ pub fn write<W: Write>(
         if let Some(sum) = append(&mut tar, e, mtime)? {
             files.push((e.path.clone(), sum));
         }
+        let bytes = match &e.kind {
+            Kind::File { size, .. } => *size,
+            _ => 0,
+        };
+        crate::meter::built(bytes);
     }
     let tar_stream = tar.into_inner().map_err(WriteError::Sink)?;
     let hashed_tar = tar_stream

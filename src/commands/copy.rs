@@ -68,6 +68,7 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
     let registry = Arc::new(Registry::new(plan.net)?);
     let source = Store::for_reading(&plan.from, &registry)?;
     let dest = Store::for_writing(&plan.to, &registry)?;
+    crate::meter::phase(crate::meter::Phase::Base);
     tokio::try_join!(source.login(false, None), dest.login(true, Some(&source)))?;
 
     let (children, top, descriptors) = read(&source, plan).await?;
@@ -90,6 +91,7 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
         manifests: if done { 0 } else { children.len() + 1 },
     };
     told(&planned);
+    crate::meter::phase(crate::meter::Phase::Sending);
     // Children before the index, the tag last; nothing when the tag already names it.
     let manifests = Manifests {
         children: &children,

@@ -147,8 +147,8 @@ impl Report {
     /// an escape sequence cannot split a result line or drive the terminal.
     fn result(&self, line: &str) {
         match &self.image {
-            Some(name) => println!("{} {}", escape(name), escape(line)),
-            None => println!("{}", escape(line)),
+            Some(name) => progress::out(&format!("{} {}", escape(name), escape(line))),
+            None => progress::out(&escape(line)),
         }
     }
 
@@ -157,7 +157,7 @@ impl Report {
         if let (Some(name), Some(obj)) = (&self.image, doc.as_object_mut()) {
             obj.insert("image".into(), serde_json::json!(escape(name)));
         }
-        println!("{doc}");
+        progress::out(&doc.to_string());
     }
 
     /// A line on stderr, unless quiet; above the progress bar when one is drawn.
@@ -203,7 +203,7 @@ impl Report {
             _ => None,
         };
         if let Some(Err(e)) = &deployed {
-            eprintln!("error: {}", self.tagged(&e.to_string()));
+            progress::say(&format!("error: {}", self.tagged(&e.to_string())));
         }
         if self.json {
             let mut doc = json::pushed(p, total);
@@ -245,13 +245,19 @@ impl Report {
                 }
             }
             Told::PushFailed(e) => {
-                eprintln!("error: {} (still watching)", self.tagged(&e.to_string()));
+                progress::say(&format!(
+                    "error: {} (still watching)",
+                    self.tagged(&e.to_string())
+                ));
                 if self.json {
                     self.document(json::error(e));
                 }
             }
             Told::DeployFailed(e) => {
-                eprintln!("error: {} (still watching)", self.tagged(&e.to_string()));
+                progress::say(&format!(
+                    "error: {} (still watching)",
+                    self.tagged(&e.to_string())
+                ));
                 if self.json {
                     self.document(json::deploy_error(e));
                 }
@@ -292,8 +298,8 @@ impl Report {
     pub fn event(&self, e: &Event, result_on_stdout: bool) {
         let line = text::event(e);
         match e {
-            Event::WouldPatch { .. } if result_on_stdout && !self.json => println!("{line}"),
-            Event::WouldPatch { .. } => eprintln!("{line}"),
+            Event::WouldPatch { .. } if result_on_stdout && !self.json => progress::out(&line),
+            Event::WouldPatch { .. } => progress::say(&line),
             _ => self.note(&line),
         }
     }
@@ -328,9 +334,9 @@ impl Report {
             self.document(json::inspected(i));
         } else {
             if let Some(name) = &self.image {
-                println!("# {}", escape(name));
+                progress::out(&format!("# {}", escape(name)));
             }
-            println!("{}", text::inspected(i));
+            progress::out(&text::inspected(i));
         }
     }
 
@@ -340,18 +346,18 @@ impl Report {
             self.document(c.to_json(image));
         } else {
             if let Some(name) = &self.image {
-                println!("# image: {}", escape(name));
+                progress::out(&format!("# image: {}", escape(name)));
             }
             // Names in the files (registry aliases) are the files' text: escaped like any other.
             for line in c.show(image).lines() {
-                println!("{}", crate::error::escape(line));
+                progress::out(&crate::error::escape(line));
             }
         }
     }
 
     /// The error, once: one line on stderr, and the document on stdout with `--json`.
     pub fn error(&self, e: &Error) {
-        eprintln!("error: {}", self.tagged(&e.to_string()));
+        progress::say(&format!("error: {}", self.tagged(&e.to_string())));
         if self.json {
             self.document(json::error(e));
         }

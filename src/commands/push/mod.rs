@@ -301,7 +301,9 @@ pub async fn run_in(
         walked: last.walked,
         logged_in: last.logged_in,
     };
+    crate::meter::phase(crate::meter::Phase::Base);
     let read = prepare::read(plan, &source, &dest, state_file.clone(), from, &changes).await?;
+    crate::meter::phase(crate::meter::Phase::Building);
     let mut timings = Timings {
         base: read.took,
         ..Timings::default()
@@ -338,6 +340,7 @@ pub async fn run_in(
     timings.layer = started.elapsed().saturating_sub(timings.base);
 
     let started = Instant::now();
+    crate::meter::phase(crate::meter::Phase::Sending);
     let ref_tag = plan
         .ref_file
         .as_ref()
