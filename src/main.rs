@@ -222,7 +222,8 @@ fn init_logging(verbose: u8, quiet: bool) {
         // kube-rs logs each failed request as an error; layerup words the failure itself, once.
         (false, 0) => "warn,kube_client=off",
         (false, 1) => "warn,layerup=info,kube_client=off",
-        (false, 2) => "info,layerup=debug",
+        // Each registry request, and layerup's own reasoning; not the libraries' chatter.
+        (false, 2) => "warn,layerup=debug,kube_client=off",
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAYERUP_LOG")

@@ -524,3 +524,43 @@ fn an_identity_token_for_a_basic_auth_registry_is_an_error_saying_so() {
     assert!(!reg.log().contains(common::token::REFRESH));
     assert!(reg.writes().is_empty());
 }
+
+/// Issue 26: no level of `-v` showed the registry requests. With `-vv` each request is one line:
+/// method, URL (no credentials, no query), status, bytes, time — and never a secret.
+#[test]
+fn very_verbose_shows_each_registry_request_and_no_secret() {
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let client = Client::new(auths(
+        &dev.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    ));
+    let run = client.push(&prod().oci, &dev.reference("dev/app:vv"), &["-vv"]);
+    run.ok();
+    assert_no_secret(&run);
+    let requests: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" -> ") && l.contains(" ms"))
+        .collect();
+    let h = &dev.host;
+    for want in [
+        format!("GET http://{h}/v2/ -> 401 Unauthorized"),
+        format!("GET http://{h}/v2/ -> 200 OK"),
+        format!("PUT http://{h}/v2/dev/app/manifests/vv -> 201 Created"),
+    ] {
+        assert!(
+            requests.iter().any(|l| l.contains(&want)),
+            "no `{want}` in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .all(|l| !l.contains('?') && !l.contains("_state")),
+        "{}",
+        run.stderr
+    );
+    // -vvv is the libraries' own detail; -vv is not.
+    assert!(!run.stderr.contains("hyper"), "{}", run.stderr);
+}

@@ -9,7 +9,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 
 use super::transport::{self, Transport};
 use super::{status_error, Registry, RegistryError, Target};
-use crate::error::{Error, ExitCode, Result};
+use crate::error::{redact_url, Error, ExitCode, Result};
 pub(super) use crate::retry::backoff;
 
 /// A registry asking for a longer pause than this is treated as down, not busy.
@@ -47,7 +47,7 @@ impl Registry {
             if let Some(h) = self.header_for(t, req.url()) {
                 req.headers_mut().insert(AUTHORIZATION, h);
             }
-            let sent = self.http.execute(req).await;
+            let sent = self.execute(req, tries).await;
             if sent.is_ok() {
                 self.answered(t.host);
             }
@@ -96,6 +96,53 @@ impl Registry {
                 Verdict::Fail(e) => return Err(e),
             }
         }
+    }
+
+    /// Sends one request, and with `-vv` says it on one line: method, URL (no credentials, no
+    /// query: upload URLs carry state tokens), status, bytes each way, time, and which try.
+    pub(super) async fn execute(
+        &self,
+        req: reqwest::Request,
+        tries: u32,
+    ) -> reqwest::Result<Response> {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return self.http.execute(req).await;
+        }
+        let (method, url) = (req.method().clone(), redact_url(req.url().as_str()));
+        let up = req
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .or_else(|| {
+                req.body()
+                    .and_then(|b| b.as_bytes())
+                    .map(|b| b.len() as u64)
+            })
+            .unwrap_or(0);
+        let started = std::time::Instant::now();
+        let res = self.http.execute(req).await;
+        let ms = started.elapsed().as_millis();
+        let again = if tries > 1 {
+            format!(", try {tries}")
+        } else {
+            String::new()
+        };
+        match &res {
+            Ok(r) => {
+                let down = r
+                    .content_length()
+                    .map_or_else(|| "?".to_string(), |n| n.to_string());
+                tracing::debug!(
+                    "{method} {url} -> {} ({up} B up, {down} B down, {ms} ms{again})",
+                    r.status()
+                );
+            }
+            Err(e) => tracing::debug!(
+                "{method} {url} -> {} ({up} B up, {ms} ms{again})",
+                transport::classify(e)
+            ),
+        }
+        res
     }
 
     /// A 401 from a host the registry sent a request on to: its credentials are not sent

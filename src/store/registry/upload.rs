@@ -375,7 +375,7 @@ impl Registry {
         if let Some(h) = self.header_for(t, req.url()) {
             req.headers_mut().insert(AUTHORIZATION, h);
         }
-        let res = self.http.execute(req).await;
+        let res = self.execute(req, 1).await;
         if res.is_ok() {
             self.answered(t.host);
         }
