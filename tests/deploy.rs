@@ -284,7 +284,9 @@ fn every_matching_workload_of_each_kind_is_set_and_awaited() {
 fn no_matching_workload_lists_what_is_there() {
     let c = cluster_running(web("nginx:1.25"));
     let out = c.layerup(&["deploy", &dev(D1)]);
-    out.fails(6, &["no workload in namespace team-a of context kind-dev runs registry.example.com/prod/app", "deployment/web (proxy (envoyproxy/envoy:v1.30), app (nginx:1.25))", "--deploy KIND/NAME"]);
+    out.fails(6, &["no workload in namespace team-a of context kind-dev runs registry.example.com/prod/app", "deployment/web (proxy (envoyproxy/envoy:v1.30), app (nginx:1.25))", "name one as the WORKLOAD argument (layerup deploy IMAGE KIND/NAME)"]);
+    // `deploy` takes the workload as an argument: it does not speak of a flag it lacks.
+    assert!(!out.stderr.contains("--deploy"), "{}", out.stderr);
     assert!(c.kube.writes().is_empty());
 }
 
@@ -983,4 +985,58 @@ fn a_rollout_refused_for_the_platform_says_so() {
             "no build for the node's platform",
         ],
     );
+}
+
+/// Issue 26: `push --deploy deployment/nope` pushed, printed the reference, then failed; with
+/// the cluster down it warned, pushed, then failed. The workload is found while the base is
+/// read, and a deploy that cannot happen pushes nothing: no blob, no tag.
+#[test]
+fn a_push_whose_deploy_cannot_happen_pushes_nothing() {
+    let c = cluster_running(web(&prod().oci));
+    let tree = app_tree();
+    let dest = Registry::start();
+    let to = dest.reference("dev/app:dev");
+    let push = |config: &std::path::Path, deploy: &str| {
+        let mut args: Vec<String> = push_args(tree.path(), &prod().oci, &to).into();
+        args.extend(["--deploy".into(), deploy.into()]);
+        Layerup::new().env("KUBECONFIG", config).args(&args).run()
+    };
+    let out = push(&c.config, "deployment/nope");
+    out.fails(
+        6,
+        &["there is no deployment/nope in namespace team-a of context kind-dev"],
+    );
+    assert_eq!(out.stdout, "", "no reference printed");
+    // No workload runs the image (web runs another base): said before anything moves.
+    let other = web_cluster();
+    let out = push(&other.config, "");
+    out.fails(
+        6,
+        &[
+            "no workload in namespace team-a of context kind-dev runs",
+            "with --deploy KIND/NAME",
+        ],
+    );
+    // The cluster down.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = c
+        .kube
+        .kubeconfig(c.dir.path(), "kind-gone", NS, Some(&gone), "t");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let direct: String = text
+        .lines()
+        .filter(|l| !l.contains("proxy-url"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, direct).unwrap();
+    let out = push(&config, "deployment/web");
+    out.fails(4, &["could not be reached"]);
+    assert!(
+        !out.stderr.contains("in namespace") || !out.stderr.contains("nodes"),
+        "nodes are no namespace's: {}",
+        out.stderr
+    );
+    assert!(dest.writes().is_empty(), "{:?}", dest.writes());
 }

@@ -240,6 +240,7 @@ fn an_error_keeps_its_typed_cause() {
             target: Default::default(),
             wait: None,
             dry_run: false,
+            naming: "as the WORKLOAD argument",
         },
     };
     let e = rt

@@ -173,7 +173,9 @@ impl PushArgs {
             )))
         }
         Some(w) => Some(Deploy {
-            plan: self.cluster.plan(Some(w).filter(|w| !w.is_empty()))?,
+            plan: self
+                .cluster
+                .plan(Some(w).filter(|w| !w.is_empty()), "with --deploy KIND/NAME")?,
             cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
         }),
     })
@@ -252,7 +254,8 @@ impl WatchArgs {
 }
 
 impl ClusterArgs {
-    fn plan(&self, workload: Option<&str>) -> Result<DeployPlan> {
+    /// `naming`: how the command names a workload, for messages.
+    fn plan(&self, workload: Option<&str>, naming: &'static str) -> Result<DeployPlan> {
         let workload = workload
             .map(|w| {
                 WorkloadRef::parse(w).map_err(|e| Error::usage(format!("invalid workload: {e}")))
@@ -274,6 +277,7 @@ impl ClusterArgs {
             },
             wait: (!self.no_wait).then_some(wait),
             dry_run: self.dry_run,
+            naming,
         })
     }
 
@@ -304,7 +308,10 @@ impl DeployArgs {
             image,
             cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
             net: self.transfer.options()?,
-            deploy: self.cluster.plan(self.workload.as_deref())?,
+            deploy: self.cluster.plan(
+                self.workload.as_deref(),
+                "as the WORKLOAD argument (layerup deploy IMAGE KIND/NAME)",
+            )?,
         })
     }
 }
@@ -312,7 +319,9 @@ impl DeployArgs {
 impl RollbackArgs {
     pub fn plan(&self) -> Result<RollbackPlan> {
         Ok(RollbackPlan {
-            deploy: self.cluster.plan(Some(&self.workload))?,
+            deploy: self
+                .cluster
+                .plan(Some(&self.workload), "as the WORKLOAD argument")?,
             original: self.original,
         })
     }

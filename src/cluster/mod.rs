@@ -359,9 +359,11 @@ impl Cluster {
             &ApiResource::from_gvk_with_plural(&gvk, "nodes"),
         );
         let params = ListParams::default();
-        let list = self
-            .read("list nodes", None, || nodes.list(&params))
-            .await?;
+        // Nodes belong to the cluster, not to a namespace.
+        let place = format!("of context {}", self.context);
+        let list = retried("list nodes", || nodes.list(&params))
+            .await
+            .map_err(|e| self.failure_at("read the cluster's nodes", &place, None, e))?;
         let mut out: Vec<Platform> = Vec::new();
         for node in list.items.into_iter().map(to_value) {
             let info = &node["status"]["nodeInfo"];
@@ -416,6 +418,17 @@ impl Cluster {
             "in namespace {} of context {}",
             self.namespace, self.context
         );
+        self.failure_at(what, &place, w, e)
+    }
+
+    /// [`Cluster::failure`] for an action at `place` (`in namespace …`, `of context …`).
+    fn failure_at(
+        &self,
+        what: &str,
+        place: &str,
+        w: Option<&WorkloadRef>,
+        e: kube::Error,
+    ) -> Error {
         match e {
             kube::Error::Api(s) => {
                 let code = match s.code {

@@ -31,6 +31,8 @@ pub struct DeployPlan {
     pub wait: Option<Duration>,
     /// Read the cluster, print the patch, change nothing.
     pub dry_run: bool,
+    /// How this command names a workload, for messages: `with --deploy KIND/NAME`.
+    pub naming: &'static str,
 }
 
 /// A validated `layerup deploy`.
@@ -110,6 +112,31 @@ impl Deploy {
         told: &mut (dyn FnMut(Event) + Send),
     ) -> Result<Vec<Change>> {
         let image = in_cluster(pushed, self.cluster_registry.as_deref());
+        let repos = self.repos(pushed, base);
+        deploy(&self.plan, &image, &repos, told).await
+    }
+
+    /// What [`Deploy::run`] will set, found before anything is pushed — the cluster reached,
+    /// the workload there, a container in it to set — so that a push whose deploy step cannot
+    /// happen pushes nothing. `to`: where the image goes (its digest is not known yet).
+    pub async fn preflight(&self, to: &ImageRef, base: &ImageRef) -> Result<()> {
+        let repos = self.repos(&to.to_string(), base);
+        let cluster = Cluster::connect(&self.plan.target).await?;
+        let runs = |i: &str| repository_of(i).is_some_and(|r| repos.contains(&r));
+        let named = self.plan.workload.is_some();
+        for (id, obj) in targets(&cluster, &self.plan, &runs, &repos).await? {
+            let w = Workload::from_object(id.kind, &obj)
+                .map_err(|e| Error::new(ExitCode::Cluster, e))?;
+            w.choose(self.plan.container.as_deref(), runs, named)
+                .map_err(Error::usage)?;
+        }
+        Ok(())
+    }
+
+    /// The repositories a workload may run to be the one set: the destination's (by either
+    /// name of the registry) and the base's.
+    fn repos(&self, pushed: &str, base: &ImageRef) -> Vec<String> {
+        let image = in_cluster(pushed, self.cluster_registry.as_deref());
         let mut repos: Vec<String> = Vec::new();
         // A layout base (`oci:…`) names no repository a workload could run.
         let base = base.to_string();
@@ -119,7 +146,7 @@ impl Deploy {
                 repos.push(repo);
             }
         }
-        deploy(&self.plan, &image, &repos, told).await
+        repos
     }
 }
 
@@ -185,10 +212,7 @@ pub async fn deploy(
 ) -> Result<Vec<Change>> {
     let cluster = Cluster::connect(&plan.target).await?;
     let runs = |i: &str| repository_of(i).is_some_and(|r| repos.contains(&r));
-    let found = match &plan.workload {
-        Some(w) => vec![(w.clone(), cluster.get(w).await?)],
-        None => search(&cluster, plan.container.as_deref(), &runs, repos).await?,
-    };
+    let found = targets(&cluster, plan, &runs, repos).await?;
     let named = plan.workload.is_some();
     let container = plan.container.as_deref();
     let mut written = Vec::new();
@@ -274,14 +298,28 @@ pub async fn rollback(
     finish(&cluster, plan, vec![written], told).await
 }
 
-/// Every workload of the namespace with a container running one of `repos`; none is an error
-/// that lists what is there.
-async fn search(
+/// The workload named, or every one with a container running one of `repos`.
+async fn targets(
     cluster: &Cluster,
-    container: Option<&str>,
+    plan: &DeployPlan,
     runs: &(dyn Fn(&str) -> bool + Sync),
     repos: &[String],
 ) -> Result<Vec<(WorkloadRef, Value)>> {
+    Ok(match &plan.workload {
+        Some(w) => vec![(w.clone(), cluster.get(w).await?)],
+        None => search(cluster, plan, runs, repos).await?,
+    })
+}
+
+/// Every workload of the namespace with a container running one of `repos`; none is an error
+/// that lists what is there, and how to name one in this command.
+async fn search(
+    cluster: &Cluster,
+    plan: &DeployPlan,
+    runs: &(dyn Fn(&str) -> bool + Sync),
+    repos: &[String],
+) -> Result<Vec<(WorkloadRef, Value)>> {
+    let container = plan.container.as_deref();
     let mut found = Vec::new();
     let mut seen = Vec::new();
     for kind in Kind::ALL {
@@ -311,8 +349,9 @@ async fn search(
         return Err(Error::new(
             ExitCode::NotFound,
             format!(
-                "no workload in {place} runs {}{wanted}; {there}; name one with --deploy KIND/NAME",
-                repos.join(" or ")
+                "no workload in {place} runs {}{wanted}; {there}; name one {}",
+                repos.join(" or "),
+                plan.naming
             ),
         ));
     }

@@ -177,7 +177,15 @@ async fn push_and_deploy(
 ) -> Outcome {
     let plan = &for_cluster(plan).await;
     let started = Instant::now();
-    let (pushed, _) = run_in(plan, session, None, Changes::All).await?;
+    // The workload is found while the base is read: a deploy that cannot happen (no such
+    // workload, the cluster down) pushes nothing.
+    let preflight = async {
+        match &plan.deploy {
+            Some(d) => d.preflight(&plan.to, &plan.base).await,
+            None => Ok(()),
+        }
+    };
+    let (pushed, _) = run_gated(plan, session, None, Changes::All, preflight).await?;
     told(Told::Pushed(&pushed, started.elapsed()));
     let Some(deploy) = &plan.deploy else {
         return Ok((pushed, None));
@@ -289,6 +297,18 @@ pub async fn run_in(
     last: Option<Last>,
     changes: Changes,
 ) -> Result<(Pushed, Option<Kept>)> {
+    run_gated(plan, session, last, changes, async { Ok(()) }).await
+}
+
+/// [`run_in`], with `gate` run beside the reads and the build: nothing is written unless it
+/// passes (a deploy step's preflight).
+async fn run_gated(
+    plan: &PushPlan,
+    session: &Session,
+    last: Option<Last>,
+    changes: Changes,
+    gate: impl std::future::Future<Output = Result<()>>,
+) -> Result<(Pushed, Option<Kept>)> {
     let started = Instant::now();
     let source = Store::for_reading(&plan.base, &session.registry)?;
     let dest = Store::for_writing(&plan.to, &session.registry)?;
@@ -302,7 +322,10 @@ pub async fn run_in(
         logged_in: last.logged_in,
     };
     crate::meter::phase(crate::meter::Phase::Base);
-    let read = prepare::read(plan, &source, &dest, state_file.clone(), from, &changes).await?;
+    let (read, ()) = tokio::try_join!(
+        prepare::read(plan, &source, &dest, state_file.clone(), from, &changes),
+        gate
+    )?;
     crate::meter::phase(crate::meter::Phase::Building);
     let mut timings = Timings {
         base: read.took,
