@@ -38,3 +38,61 @@ fn a_closed_pipe_ends_quietly() {
         assert_eq!(status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// A base with no WorkingDir, made with umoci and pushed with skopeo as `base/nowd:1`.
+fn base_without_workdir(reg: &Registry) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    busybox_rootfs(&root);
+    let layout = dir.path().join("layout");
+    let img = format!("{}:1", layout.display());
+    run(std::process::Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(std::process::Command::new("umoci").args(["new", "--image", &img]));
+    run(std::process::Command::new("umoci")
+        .args(["insert", "--image", &img])
+        .arg(&root)
+        .arg("/"));
+    let base = reg.reference("base/nowd:1");
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("oci:{img}"),
+        &format!("docker://{base}"),
+    ]);
+    base
+}
+
+/// Issue 26: `layerup push ./src --base prod/app:1.0` on a base without WorkingDir put the tree
+/// at the image's root (`/botocore`, `/server.sh`). It asks for a DEST instead, and pushes
+/// nothing.
+#[test]
+fn a_source_without_dest_on_a_base_without_workdir_asks_where_it_goes() {
+    let reg = Registry::start();
+    let base = base_without_workdir(&reg);
+    let tree = app_tree();
+    let src = tree.path().display().to_string();
+    let run = push(&[&src, "--base", &base, "--to", &reg.reference("dev/x:1")]);
+    run.fails(
+        2,
+        &[
+            "has no DEST",
+            "sets no WorkingDir",
+            ":/app`), or give --workdir DIR",
+        ],
+    );
+    assert!(reg.writes().iter().all(|(_, p, _)| !p.contains("/dev/x/")));
+    // Given one, or a --workdir, it goes there.
+    let run = push(&[
+        &src,
+        "--base",
+        &base,
+        "--to",
+        &reg.reference("dev/x:1"),
+        "--workdir",
+        "/app",
+    ]);
+    let pinned = run.ok().to_string();
+    assert_eq!(run_in(&pinned, "cat /app/VERSION"), "1.2.3\n");
+}

@@ -29,7 +29,8 @@ fn a_terminal_sees_blobs_and_bytes_and_a_pipe_sees_no_bar() {
     let seen = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{seen}");
     assert!(
-        seen.contains("blobs ") && seen.contains(" sent ("),
+        // The bar's words (issue 26): `sending: 3 of 4 blobs, 1.0 MiB sent (…/s)`.
+        seen.contains("sending: ") && seen.contains(" blobs, ") && seen.contains(" sent"),
         "no progress on a terminal:\n{seen}"
     );
 

@@ -118,6 +118,9 @@ pub(super) async fn read(
     let ((bases, index, lowers, took), (last, at_tag, held), walked, base_workdir) = if needs_base {
         let (base, dest) = tokio::try_join!(fetch_base, check_dest)?;
         let workdir = working_dir(&base.0)?;
+        if workdir.is_none() {
+            no_dest(plan, &base.0)?;
+        }
         let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
         let walked = walk(plan, placed, last_walk, changes).await?;
         (base, dest, walked, workdir)
@@ -158,6 +161,22 @@ pub(super) async fn read(
         tree,
         workdir,
     })
+}
+
+/// A SRC without DEST lands in the working directory; with none from `--workdir` or the base,
+/// that would be the image's root, where nobody expects their files (`/server.sh`, `/botocore`):
+/// asked for rather than guessed.
+fn no_dest(plan: &PushPlan, bases: &[(Descriptor, Base)]) -> Result<()> {
+    let Some(m) = plan.mappings.iter().find(|m| m.dest.is_none()) else {
+        return Ok(());
+    };
+    let name = bases.first().map_or("", |(_, b)| b.name.as_str());
+    Err(Error::usage(format!(
+        "`{}` has no DEST, and the base `{name}` sets no WorkingDir for it to land in: say \
+         where it goes (`{}:/app`), or give --workdir DIR",
+        m.src.display(),
+        m.src.display()
+    )))
 }
 
 /// The base is one layerup can add to: a Linux image.
