@@ -103,17 +103,36 @@ fn shown(job: Job, quiet: bool, json: bool) -> Result<ExitCode, Vec<Named>> {
             Ok(ExitCode::SUCCESS)
         }
         Job::Completions(shell) => {
-            cli::completions(shell, &mut std::io::stdout());
+            let mut script = Vec::new();
+            cli::completions(shell, &mut script);
+            progress::out(String::from_utf8_lossy(&script).trim_end());
             Ok(ExitCode::SUCCESS)
         }
-        Job::Man => Ok(match cli::man(&mut std::io::stdout()) {
-            // `layerup man | head`: the reader had enough.
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                eprintln!("error: cannot write the man page: {e}");
-                ExitCode::from(1)
-            }
-            _ => ExitCode::SUCCESS,
-        }),
+        Job::Man(command, dir) => {
+            let done = match dir {
+                Some(dir) => cli::man_pages(&dir).map(|files| {
+                    files
+                        .iter()
+                        .for_each(|f| progress::out(&f.display().to_string()))
+                }),
+                None => {
+                    let mut page = Vec::new();
+                    cli::man(command.as_deref(), &mut page)
+                        .map(|()| progress::out(String::from_utf8_lossy(&page).trim_end()))
+                }
+            };
+            Ok(match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    progress::say(&format!("error: cannot write the man page: {e}"));
+                    ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                        2
+                    } else {
+                        1
+                    })
+                }
+            })
+        }
         Job::Images(all) => {
             let mut runs = Vec::new();
             for (name, j) in all {

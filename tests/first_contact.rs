@@ -96,3 +96,20 @@ fn a_source_without_dest_on_a_base_without_workdir_asks_where_it_goes() {
     let pinned = run.ok().to_string();
     assert_eq!(run_in(&pinned, "cat /app/VERSION"), "1.2.3\n");
 }
+
+/// Issue 26: `copy --json` still wrote its text lines to stderr where `push --json` does not.
+#[test]
+fn copy_with_json_writes_only_its_document() {
+    let reg = Registry::start();
+    let run = Layerup::new()
+        .args([
+            "copy",
+            "--json",
+            &prod().oci,
+            &reg.reference("copied/app:1"),
+        ])
+        .run();
+    let doc: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+    assert_eq!(doc["manifests"], 1);
+    assert_eq!(run.stderr, "", "text beside the document");
+}

@@ -221,3 +221,49 @@ fn the_man_page_renders_with_every_subcommand() {
         assert!(text.contains(sub), "{sub} missing from the man page");
     }
 }
+
+/// Issue 26: layerup(1) names layerup-push(1) and the others, which were not generated. Each
+/// command's page renders, and `man --dir` writes them all.
+#[test]
+fn every_commands_man_page_is_generated_and_renders() {
+    require("groff", "groff-base");
+    let dir = tempfile::tempdir().unwrap();
+    let listed = layerup(&["man", "--dir", &dir.path().display().to_string()]);
+    let written: Vec<String> = listed.ok().lines().map(String::from).collect();
+    for sub in [
+        "push", "watch", "copy", "deploy", "rollback", "inspect", "config",
+    ] {
+        let page = dir.path().join(format!("layerup-{sub}.1"));
+        assert!(written.contains(&page.display().to_string()), "{written:?}");
+        let out = std::process::Command::new("groff")
+            .args(["-k", "-man", "-Tutf8", "-ww", "-z"])
+            .arg(&page)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{sub}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let one = layerup(&["man", sub]);
+        assert!(one.ok().contains(&format!(".TH layerup-{sub} 1")), "{sub}");
+    }
+    let nope = layerup(&["man", "nope"]);
+    nope.fails(2, &["no command `nope`: the commands are push, watch"]);
+}
+
+/// Issue 26: `deploy` and `inspect` offered `--jobs` and `--chunk-size`, which move nothing for
+/// them; and the global options stood amid each command's own.
+#[test]
+fn each_command_offers_only_its_own_options_and_the_global_ones_last() {
+    for sub in ["deploy", "inspect"] {
+        let help = layerup(&[sub, "--help"]);
+        let text = help.ok();
+        assert!(
+            !text.contains("--jobs") && !text.contains("--chunk-size"),
+            "{sub}: {text}"
+        );
+        let global = text.find("Global options:").expect("a global section");
+        assert!(text.find("--verbose").unwrap() > global, "{sub}: {text}");
+    }
+}

@@ -27,16 +27,28 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// More detail on stderr: -v per blob, -vv registry requests, -vvv HTTP internals.
-    #[arg(short, long, action = ArgAction::Count, global = true)]
+    #[arg(short, long, action = ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
     /// Print only the result (and errors).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
     /// Print the result as one JSON object on stdout (docs/json.md); `watch` prints one per push.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// Apply this `[profile.NAME]` of layerup.toml and layerup.local.toml.
-    #[arg(long, global = true, env = "LAYERUP_PROFILE", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "LAYERUP_PROFILE",
+        value_name = "NAME",
+        help_heading = "Global options"
+    )]
     pub profile: Option<String>,
 }
 
@@ -76,8 +88,16 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `layerup man > /usr/local/share/man/man1/layerup.1`.
-    Man,
+    /// Print a man page (roff): `layerup man > layerup.1`, `layerup man push > layerup-push.1`;
+    /// with --dir, write them all there.
+    Man {
+        /// The command whose page to print [default: layerup(1)].
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+        /// Write every page (layerup.1, layerup-push.1, …) into this directory instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// `layerup inspect`, as typed.
@@ -90,7 +110,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     #[command(flatten)]
-    pub transfer: TransferArgs,
+    pub net: NetArgs,
 }
 
 const DEPLOY_EXAMPLES: &str = "\
@@ -277,7 +297,7 @@ pub struct DeployArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
-    pub transfer: TransferArgs,
+    pub net: NetArgs,
 }
 
 /// `layerup rollback`, as typed.
@@ -293,15 +313,12 @@ pub struct RollbackArgs {
     pub cluster: ClusterArgs,
 }
 
-/// How blobs travel; shared by `push`, `watch` and `copy`.
+/// How layerup speaks to registries; every command that reads or writes images.
 #[derive(Debug, Args)]
-pub struct TransferArgs {
+pub struct NetArgs {
     /// Speak plain HTTP to registries that are not on loopback.
     #[arg(long)]
     pub insecure: bool,
-    /// Blob transfers in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    pub jobs: usize,
     /// Tries per request, and per blob, before giving up (1: no retry). Connection failures,
     /// timeouts, 5xx and 429 are retried with exponential backoff and jitter.
     #[arg(long, default_value_t = 6, value_name = "N")]
@@ -309,6 +326,16 @@ pub struct TransferArgs {
     /// A request that moves no byte for this long has failed and is retried (like 30s, 2m).
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub stall_timeout: String,
+}
+
+/// How blobs travel; shared by `push`, `watch` and `copy`.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Blob transfers in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
     /// Upload blobs larger than this in chunks of this size from their first byte, for
     /// registries or proxies that cannot take a large body (like 4M, 512K). Without it, a blob
     /// goes in one request and only a failed one goes on in 4M chunks [default: 4M after a

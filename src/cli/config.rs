@@ -199,7 +199,12 @@ impl Config {
                 let defined = if profiles_seen.is_empty() {
                     "none is".to_string()
                 } else {
-                    format!("{} are", profiles_seen.join(", "))
+                    let verb = if profiles_seen.len() == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    };
+                    format!("{} {verb}", profiles_seen.join(", "))
                 };
                 return Err(Error::usage(format!(
                     "profile `{p}` is not defined in {FILE} or {LOCAL_FILE} ({defined}): add a [profile.{p}] section"

@@ -49,7 +49,8 @@ pub enum Job {
     /// The settings of the project's top level, or of one image.
     Config(Arc<Config>, Option<String>),
     Completions(clap_complete::Shell),
-    Man,
+    /// A man page (a command's, or layerup's), or every page into a directory.
+    Man(Option<String>, Option<std::path::PathBuf>),
     /// The same command for several images of the project, each with its name: its job, or
     /// why it has none (its file or its settings are bad; the others go on).
     Images(Vec<(String, Result<Job>)>),
@@ -406,7 +407,7 @@ fn one(
         Command::Rollback(_)
         | Command::Config { .. }
         | Command::Completions { .. }
-        | Command::Man => {}
+        | Command::Man { .. } => {}
     }
     // A committed file's sources stay inside its tree (checked at every push: a symlink may
     // move); the command line's and the user's own files' may be anywhere.
@@ -435,7 +436,7 @@ fn one(
         Command::Inspect(a) => a.plan().map(commands::Job::Inspect).map(Job::run),
         Command::Config { .. } => Ok(Job::Config(Arc::clone(config), image.map(str::to_string))),
         Command::Completions { shell } => Ok(Job::Completions(shell)),
-        Command::Man => Ok(Job::Man),
+        Command::Man { command, dir } => Ok(Job::Man(command, dir)),
     };
     Ok(Parsed::Run(Box::new(Invocation {
         verbose: cli.verbose,
@@ -499,9 +500,49 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut cmd, "layerup", out);
 }
 
-/// The man page (roff).
-pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    clap_mangen::Man::new(Cli::command()).render(out)
+/// The man page (roff) of `command` (a subcommand's, `layerup-push(1)`; else layerup(1)).
+pub fn man(command: Option<&str>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = Cli::command();
+    let Some(name) = command else {
+        return clap_mangen::Man::new(cmd).render(out);
+    };
+    let sub = cmd
+        .get_subcommands()
+        .find(|s| s.get_name() == name)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no command `{name}`: the commands are {}", names.join(", ")),
+            )
+        })?;
+    let page = format!("layerup-{name}");
+    let sub = sub.name(page.clone()).bin_name(format!("layerup {name}"));
+    clap_mangen::Man::new(sub).title(page).render(out)
+}
+
+/// Writes layerup.1 and layerup-COMMAND.1 for every command into `dir`; their paths.
+pub fn man_pages(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut names = vec![None];
+    names.extend(
+        Cli::command()
+            .get_subcommands()
+            .map(|s| Some(s.get_name().to_string())),
+    );
+    let mut written = Vec::new();
+    for n in names {
+        let file = dir.join(match &n {
+            Some(n) => format!("layerup-{n}.1"),
+            None => "layerup.1".to_string(),
+        });
+        let mut page = Vec::new();
+        man(n.as_deref(), &mut page)?;
+        std::fs::write(&file, page)?;
+        written.push(file);
+    }
+    Ok(written)
 }
 
 /// Skaffold's custom-builder contract: `IMAGE` (with `BUILD_CONTEXT`, which only Skaffold sets

@@ -307,7 +307,7 @@ impl DeployArgs {
         Ok(DeployImagePlan {
             image,
             cluster_registry: cluster_registry(self.cluster_registry.as_deref())?,
-            net: self.transfer.options()?,
+            net: self.net.options()?,
             deploy: self.cluster.plan(
                 self.workload.as_deref(),
                 "as the WORKLOAD argument (layerup deploy IMAGE KIND/NAME)",
@@ -332,7 +332,7 @@ impl InspectArgs {
         Ok(InspectPlan {
             image: ImageRef::parse(&self.image, "IMAGE")?,
             platform: platform_or_host(self.platform.as_deref())?,
-            net: self.transfer.options()?,
+            net: self.net.options()?,
         })
     }
 }
@@ -362,13 +362,11 @@ impl CopyArgs {
     }
 }
 
-impl TransferArgs {
-    pub fn options(&self) -> Result<Options> {
+impl NetArgs {
+    /// The network settings, with blobs sent as `--chunk-size` (`chunk`) says.
+    pub fn options_with(&self, chunk: Option<&str>) -> Result<Options> {
         if self.tries == 0 {
             return Err(Error::usage("--tries must be at least 1"));
-        }
-        if self.jobs == 0 {
-            return Err(Error::usage("--jobs must be at least 1"));
         }
         let stall = parse_duration(&self.stall_timeout).ok_or_else(|| {
             Error::usage(format!(
@@ -376,8 +374,8 @@ impl TransferArgs {
                 self.stall_timeout
             ))
         })?;
-        let text = self.chunk_size.as_deref().unwrap_or(DEFAULT_CHUNK);
-        let chunk = parse_size(text).filter(|c| *c >= 1024).ok_or_else(|| {
+        let text = chunk.unwrap_or(DEFAULT_CHUNK);
+        let size = parse_size(text).filter(|c| *c >= 1024).ok_or_else(|| {
             Error::usage(format!(
                 "--chunk-size `{text}` is not a size of at least 1K (like 4M, 512K)"
             ))
@@ -386,9 +384,23 @@ impl TransferArgs {
             insecure: self.insecure,
             attempts: self.tries,
             stall,
-            chunk,
-            chunked: self.chunk_size.is_some(),
+            chunk: size,
+            chunked: chunk.is_some(),
         })
+    }
+
+    /// For commands that move no blob of their own (`deploy`, `inspect`).
+    pub fn options(&self) -> Result<Options> {
+        self.options_with(None)
+    }
+}
+
+impl TransferArgs {
+    pub fn options(&self) -> Result<Options> {
+        if self.jobs == 0 {
+            return Err(Error::usage("--jobs must be at least 1"));
+        }
+        self.net.options_with(self.chunk_size.as_deref())
     }
 }
 

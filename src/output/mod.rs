@@ -316,12 +316,17 @@ impl Report {
         }
     }
 
+    /// What a copy will do; with `--json`, the document says it all (as for a push).
     pub fn planned(&self, p: &Planned) {
-        self.note(&text::planned(p));
+        if !self.json {
+            self.note(&text::planned(p));
+        }
     }
 
     pub fn copied(&self, c: &Copied) {
-        self.note(&text::copied(c));
+        if !self.json {
+            self.note(&text::copied(c));
+        }
         if self.json {
             self.document(json::copied(c));
         } else {

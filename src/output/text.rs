@@ -23,6 +23,11 @@ fn lines(out: Vec<String>) -> String {
         .join("\n")
 }
 
+/// `1 entry`, `2 entries`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// One line on what a push did: its kind, what moved, and where the time went.
 pub fn summary(p: &Pushed) -> String {
     let new: Vec<_> = p.new_layers.iter().map(|l| &l.digest).collect();
@@ -41,8 +46,8 @@ pub fn summary(p: &Pushed) -> String {
         Mode::Full { parts, .. } => {
             let uploaded = n(&app, Outcome::Uploaded);
             format!(
-                "full: {} entries in {parts} layer{} ({}), {uploaded} uploaded, {} already there",
-                p.entries,
+                "full: {} in {parts} layer{} ({}), {uploaded} uploaded, {} already there",
+                counted(p.entries, "entry", "entries"),
                 if *parts == 1 { "" } else { "s" },
                 human(built),
                 parts - uploaded
@@ -96,7 +101,7 @@ pub fn full_reason(p: &Pushed) -> Option<String> {
 /// One watch cycle's status line.
 pub fn cycle(p: &Pushed, took: Duration) -> String {
     let (kind, files) = match &p.mode {
-        Mode::Full { .. } => ("full", format!("{} entries", p.entries)),
+        Mode::Full { .. } => ("full", counted(p.entries, "entry", "entries")),
         Mode::Delta {
             changed, deleted, ..
         } => ("delta", format!("{changed} changed, {deleted} deleted")),
@@ -119,7 +124,7 @@ pub fn board_line(t: &Told) -> Option<String> {
     Some(match t {
         Told::Pushed(p, took) => {
             let what = match &p.mode {
-                Mode::Full { .. } => format!("full, {} entries", p.entries),
+                Mode::Full { .. } => format!("full, {}", counted(p.entries, "entry", "entries")),
                 Mode::Delta {
                     changed, deleted, ..
                 } => format!("{changed} changed, {deleted} deleted"),
@@ -189,12 +194,12 @@ pub fn planned(p: &Planned) -> String {
 pub fn copied(c: &Copied) -> String {
     let n = |o: Outcome| count(&c.blobs, o);
     format!(
-        "copied {} blobs ({}), mounted {}, {} present; {} manifests written in {:.2}s",
-        n(Outcome::Copied),
+        "copied {} ({}), mounted {}, {} present; {} written in {:.2}s",
+        counted(n(Outcome::Copied), "blob", "blobs"),
         human(c.bytes_sent()),
         n(Outcome::Mounted),
         n(Outcome::Present),
-        c.planned.manifests,
+        counted(c.planned.manifests, "manifest", "manifests"),
         c.took.as_secs_f64()
     )
 }
