@@ -851,7 +851,8 @@ dev = "localhost:5000/team"
         let err = load(&[(FILE, BASE)], Some("ci")).unwrap_err();
         assert!(
             err.to_string().contains("profile `ci` is not defined")
-                && err.to_string().contains("local are"),
+                // One profile is one: "local is" (issue 26), not "local are".
+                && err.to_string().contains("(local is)"),
             "{err}"
         );
     }
@@ -894,7 +895,8 @@ dev = "localhost:5000/team"
         "help", "version", "verbose", "quiet", "json", "profile", "full", "ref-file", "dry-run",
         "no-wait", "original", "all",
         // Positional arguments of copy, deploy, rollback, inspect, config and completions.
-        "from", "image", "workload", "shell", "names",
+        "from", "image", "workload", "shell", "names", // man's page and directory.
+        "command", "dir",
     ];
 
     #[test]
