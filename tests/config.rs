@@ -154,7 +154,8 @@ fn an_unknown_key_is_an_error_with_file_and_line_and_nothing_is_pushed() {
     assert_eq!(undefined.code, 2);
     assert!(
         undefined.stderr.contains("profile `ci` is not defined")
-            && undefined.stderr.contains("mine are"),
+            // One profile is one (issue 26): "mine is".
+            && undefined.stderr.contains("(mine is)"),
         "{}",
         undefined.stderr
     );

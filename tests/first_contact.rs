@@ -113,3 +113,56 @@ fn copy_with_json_writes_only_its_document() {
     assert_eq!(doc["manifests"], 1);
     assert_eq!(run.stderr, "", "text beside the document");
 }
+
+/// Issue 26: users of crane, ko and Jib expect several tags per push, and annotations.
+#[test]
+fn more_tags_and_annotations_go_with_the_image() {
+    let reg = Registry::start();
+    let tree = app_tree();
+    let src = format!("{}:/app", tree.path().display());
+    let run = push(&[
+        &src,
+        "--base",
+        &prod().oci,
+        "--to",
+        &reg.reference("dev/app:dev"),
+        "--tag",
+        "v1",
+        "--tag",
+        "latest",
+        "--annotation",
+        "org.opencontainers.image.source=https://example.com/app",
+    ]);
+    let pinned = run.ok().to_string();
+    let digest = pinned.split('@').nth(1).unwrap().to_string();
+    for tag in ["dev", "v1", "latest"] {
+        let seen = inspect(&reg.reference(&format!("dev/app:{tag}")));
+        assert_eq!(seen["Digest"], digest.as_str(), "{tag}");
+    }
+    let manifest = inspect_raw(&pinned);
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.source"],
+        "https://example.com/app"
+    );
+    // A Docker schema 2 manifest has no annotations: said, not dropped.
+    let refused = push(&[
+        &src,
+        "--base",
+        &prod().docker,
+        "--to",
+        &reg.reference("dev/app:docker"),
+        "--annotation",
+        "a=b",
+    ]);
+    refused.fails(2, &["--annotation needs an OCI image"]);
+    let bad = push(&[
+        &src,
+        "--base",
+        &prod().oci,
+        "--to",
+        &reg.reference("dev/app:x"),
+        "--tag",
+        "no/slash",
+    ]);
+    bad.fails(2, &["--tag `no/slash` is not a tag"]);
+}

@@ -47,6 +47,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
         squash: Squash::default(),
         ignore: vec![],
         ref_file: None,
+        tags: vec![],
         deploy: None,
         state_dir: Some(state.to_path_buf()),
         confined: None,

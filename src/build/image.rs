@@ -20,6 +20,8 @@ pub struct Tweaks {
     pub workdir: Option<String>,
     pub labels: Vec<(String, String)>,
     pub user: Option<String>,
+    /// `--annotation`: set on the manifest (and the index of several), OCI images only.
+    pub annotations: Vec<(String, String)>,
 }
 
 /// An appended layer as the manifest and config describe it.
@@ -53,7 +55,11 @@ impl Image {
 /// platforms not pushed are left out (their images lack the app layer: a pull there would run
 /// other code), and so are attestations (`unknown/unknown`: they describe the base's images, not
 /// these). `images` are each base entry with the image that replaces it.
-pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Document> {
+pub fn index(
+    base: &BaseIndex,
+    images: &[(&Descriptor, &Image)],
+    tweaks: &Tweaks,
+) -> Result<Document> {
     let mut index = base.doc.as_object().cloned().unwrap_or_default();
     let media_type = match base.family {
         Family::Oci => crate::oci::manifest::OCI_INDEX,
@@ -80,6 +86,12 @@ pub fn index(base: &BaseIndex, images: &[(&Descriptor, &Image)]) -> Result<Docum
         if let Some(a) = annotations.as_object_mut() {
             a.insert(BASE_NAME.into(), json!(base.name));
             a.insert(BASE_DIGEST.into(), json!(base.digest.to_string()));
+            a.extend(
+                tweaks
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v))),
+            );
         }
     }
     let bytes = serde_json::to_vec(&Value::Object(index))
@@ -125,7 +137,19 @@ pub fn build(base: &Base, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> R
         if let Some(a) = annotations.as_object_mut() {
             a.insert(BASE_NAME.into(), json!(base.name));
             a.insert(BASE_DIGEST.into(), json!(base.digest.to_string()));
+            a.extend(
+                tweaks
+                    .annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v))),
+            );
         }
+    } else if !tweaks.annotations.is_empty() {
+        return Err(Error::usage(format!(
+            "--annotation needs an OCI image, and the base `{}` is Docker schema 2, whose \
+             manifests have no annotations",
+            base.name
+        )));
     }
     let manifest_bytes =
         serde_json::to_vec(&Value::Object(manifest)).expect("JSON values serialise");
@@ -349,6 +373,7 @@ mod tests {
             workdir: Some("/app".into()),
             labels: vec![("team".into(), "web".into())],
             user: Some("1000:1000".into()),
+            annotations: vec![],
         };
         let img = build(&base(Family::Docker), &layer(), &tweaks, &provenance()).unwrap();
         let c: Value = serde_json::from_slice(&img.config).unwrap();

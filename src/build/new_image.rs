@@ -289,7 +289,7 @@ fn images(
         return Ok((images, None, Vec::new()));
     };
     let pairs: Vec<(&Descriptor, &Image)> = bases.iter().map(|(e, _)| e).zip(&images).collect();
-    let doc = image::index(&index, &pairs)?;
+    let doc = image::index(&index, &pairs, tweaks)?;
     let platforms = bases
         .iter()
         .zip(&images)

@@ -219,6 +219,13 @@ pub struct PushArgs {
     /// Set a label (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Set an annotation on the image's manifest, and on the index of several (repeatable; OCI
+    /// images only).
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+    /// Also tag the image TAG in --to's repository (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
     /// Set the user the container runs as.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,

@@ -66,6 +66,8 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("platform", "platform", Shape::Str),
     ("env", "env", Shape::Table),
     ("labels", "label", Shape::Table),
+    ("annotations", "annotation", Shape::Table),
+    ("tags", "tag", Shape::List),
     ("entrypoint", "entrypoint", Shape::Command),
     ("cmd", "cmd", Shape::Command),
     ("workdir", "workdir", Shape::Str),

@@ -94,6 +94,13 @@ impl PushArgs {
                 ))
             })?;
         let deploy = self.deploy(&to, to_text)?;
+        for t in &self.tags {
+            if !crate::oci::reference::is_tag(t) {
+                return Err(Error::usage(format!(
+                    "--tag `{t}` is not a tag (up to 128 letters, digits, `_`, `.`, `-`)"
+                )));
+            }
+        }
         if self.ref_file.is_some() && matches!(to, ImageRef::Layout(_)) {
             return Err(Error::usage(
                 "--ref-file names a registry image: --to is a layout on disk",
@@ -105,6 +112,7 @@ impl PushArgs {
             confined: None,
             ignore: self.ignore.clone(),
             ref_file: self.ref_file.clone(),
+            tags: self.tags.clone(),
             base,
             to,
             mappings,
@@ -148,6 +156,11 @@ impl PushArgs {
                 .map(|l| key_value(l, "--label"))
                 .collect::<Result<_>>()?,
             user: self.user.clone(),
+            annotations: self
+                .annotations
+                .iter()
+                .map(|l| key_value(l, "--annotation"))
+                .collect::<Result<_>>()?,
         })
     }
 

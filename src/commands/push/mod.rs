@@ -64,6 +64,8 @@ pub struct PushPlan {
     pub ignore: Vec<String>,
     /// `--ref-file`: where to write the pushed image's tagged reference (Tilt reads it).
     pub ref_file: Option<PathBuf>,
+    /// `--tag`: more tags for the image in the destination's repository.
+    pub tags: Vec<String>,
     /// `--deploy`: then set the image in the cluster.
     pub deploy: Option<Deploy>,
     /// Where the state of the last push to each destination is kept; `None`: every push is a
@@ -379,7 +381,7 @@ async fn run_gated(
         &source,
         &dest,
         read.at_tag.as_ref(),
-        ref_tag.clone(),
+        plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
         &session.slots,
         save,
     )

@@ -28,8 +28,8 @@ pub(super) enum Save {
 }
 
 /// Writes the new image to `dest`: the blobs it lacks, the manifests (none when its tag already
-/// names this image), the `--ref-file` tag. Returns each blob's report, and the state to keep
-/// when it is [`Save::Later`].
+/// names this image), then `more_tags` (`--tag`, the `--ref-file` tag), written whatever the
+/// image. Returns each blob's report, and the state to keep when it is [`Save::Later`].
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn write(
     made: &NewImage,
@@ -37,7 +37,7 @@ pub(super) async fn write(
     source: &Store,
     dest: &Store,
     at_tag: Option<&Digest>,
-    ref_tag: Option<String>,
+    more_tags: Vec<String>,
     slots: &Slots,
     save: Save,
 ) -> Result<(Vec<Moved>, Option<Box<State>>)> {
@@ -67,7 +67,7 @@ pub(super) async fn write(
     if !unchanged {
         tags.push(dest.tag().to_string());
     }
-    tags.extend(ref_tag);
+    tags.extend(more_tags);
     let transfer = async {
         transfer::survey(dest, &mut blobs).await?;
         let manifests = Manifests {
