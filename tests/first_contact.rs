@@ -166,3 +166,85 @@ fn more_tags_and_annotations_go_with_the_image() {
     ]);
     bad.fails(2, &["--tag `no/slash` is not a tag"]);
 }
+
+/// Issue 26: every `--ref-file` push added a `layerup-<digest>` tag, and they piled up. The
+/// newest 5 are kept: once 10 are there, the older ones are deleted at once (distribution 2.x
+/// deletes no tag, so their images go — none that another tag names).
+#[test]
+fn ref_file_tags_do_not_pile_up() {
+    let reg = Registry::start();
+    let tree = app_tree();
+    let state = tempfile::tempdir().unwrap();
+    let ref_file = state.path().join("ref.txt");
+    let push = |n: usize| {
+        std::fs::write(tree.path().join("VERSION"), format!("{n}\n")).unwrap();
+        let mut args: Vec<String> =
+            push_args(tree.path(), &prod().oci, &reg.reference("dev/app:dev")).into();
+        args.extend(["--ref-file".into(), ref_file.display().to_string()]);
+        if n == 1 {
+            // A tag of the user's on the second image: it stays, and so does its image.
+            args.extend(["--tag".into(), "keep-me".into()]);
+        }
+        Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(&args)
+            .run()
+    };
+    let listed = || -> Vec<String> {
+        let (_, _, body) = http(&reg.host, "GET", "/v2/dev/app/tags/list", &[], b"");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut t: Vec<String> = v["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str().map(String::from))
+            .filter(|t| t.starts_with("layerup-"))
+            .collect();
+        t.sort();
+        t
+    };
+    let mut refs = Vec::new();
+    for n in 0..9 {
+        let run = push(n);
+        run.ok();
+        assert!(
+            !run.stderr.contains("older layerup tag"),
+            "{n}: {}",
+            run.stderr
+        );
+        refs.push(
+            std::fs::read_to_string(&ref_file)
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    assert_eq!(listed().len(), 9);
+    let run = push(9);
+    run.ok();
+    refs.push(
+        std::fs::read_to_string(&ref_file)
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
+    assert!(
+        run.stderr.contains("deleted 4 older layerup tags")
+            && run.stderr.contains("kept the newest 5"),
+        "{}",
+        run.stderr
+    );
+    // The newest five, and the one whose image the user's own tag names.
+    let mut want: Vec<String> = refs[5..]
+        .iter()
+        .chain(std::iter::once(&refs[1]))
+        .map(|r| r.rsplit(':').next().unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(listed(), want);
+    assert_eq!(run_in(&refs[9], "cat /app/VERSION"), "9\n");
+    assert_eq!(
+        run_in(&reg.reference("dev/app:keep-me"), "cat /app/VERSION"),
+        "1\n"
+    );
+}

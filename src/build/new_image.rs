@@ -135,6 +135,8 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         _ => None,
     };
     let last_image = found.map(|s| s.image.clone());
+    // The tags the last pushes left, kept through full pushes too.
+    let ref_tags = found.map(|s| s.ref_tags.clone()).unwrap_or_default();
     let present = present(found.filter(|_| held), &base_digest, &bases);
     // Used again only while the destination holds the image that names them.
     let last_platform_layers = found
@@ -209,6 +211,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
     let mut next = Box::new(next);
     next.image = top;
     next.platform_layers = made.per_platform.iter().map(|b| b.made.clone()).collect();
+    next.ref_tags = ref_tags;
     Ok((made, next))
 }
 

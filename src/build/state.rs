@@ -90,6 +90,10 @@ pub struct State {
     /// The layer of the per-platform mappings in each platform's image, in the base's order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platform_layers: Vec<PlatformLayer>,
+    /// The `--ref-file` tags layerup wrote in this destination, oldest first, with the image
+    /// each names: the newest are kept, older ones deleted (they would pile up, one a push).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ref_tags: Vec<(String, Digest)>,
     /// Kept as lines after the JSON (see [`Index::write_lines`]).
     #[serde(skip)]
     pub index: Index,
@@ -112,6 +116,7 @@ impl State {
             deltas: Vec::new(),
             hidden: Vec::new(),
             platform_layers: Vec::new(),
+            ref_tags: Vec::new(),
             index,
         }
     }

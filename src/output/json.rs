@@ -54,6 +54,7 @@ pub fn pushed(p: &Pushed, total: std::time::Duration) -> Value {
         "blobs": p.blobs.iter().map(blob).collect::<Vec<_>>(),
         "bytes_sent": p.bytes_sent(),
         "platforms": p.platforms.iter().map(|(pl, d)| json!({"platform": pl.to_string(), "digest": d.to_string()})).collect::<Vec<_>>(),
+        "tags_deleted": p.tags_deleted,
         "timings_ms": {
             "base": ms(p.timings.base),
             "layer": ms(p.timings.layer),

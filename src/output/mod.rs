@@ -173,6 +173,9 @@ impl Report {
         if let Some(why) = text::full_reason(p) {
             self.note(&why);
         }
+        if let Some(line) = text::tags_deleted(p) {
+            self.note(&line);
+        }
         if !self.json {
             self.note(&text::summary(p));
             self.result(&p.reference);

@@ -23,6 +23,23 @@ fn lines(out: Vec<String>) -> String {
         .join("\n")
 }
 
+/// The older `--ref-file` tags a push deleted, if it deleted any.
+pub fn tags_deleted(p: &Pushed) -> Option<String> {
+    if p.tags_deleted.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "deleted {} ({}); kept the newest {}",
+        counted(
+            p.tags_deleted.len(),
+            "older layerup tag",
+            "older layerup tags"
+        ),
+        p.tags_deleted.join(", "),
+        crate::commands::push::KEEP_REF_TAGS
+    ))
+}
+
 /// `1 entry`, `2 entries`.
 fn counted(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

@@ -229,6 +229,31 @@ impl Store {
         }
     }
 
+    /// Deletes a tag or a manifest (by digest: every tag naming it goes along); `false` when
+    /// the store allows no such delete. A layout keeps what it holds.
+    pub async fn delete(&self, tag_or_digest: &str) -> Result<bool> {
+        match self {
+            Store::Registry { registry, repo } => registry.delete(repo, tag_or_digest).await,
+            Store::Layout { .. } => Ok(false),
+        }
+    }
+
+    /// The repository's tags (none for a layout).
+    pub async fn tags(&self) -> Result<Vec<String>> {
+        match self {
+            Store::Registry { registry, repo } => registry.tags(repo).await,
+            Store::Layout { .. } => Ok(Vec::new()),
+        }
+    }
+
+    /// What `tag` names in this repository, if anything.
+    pub async fn tag_digest(&self, tag: &str) -> Result<Option<Digest>> {
+        match self {
+            Store::Registry { registry, repo } => registry.manifest_digest(repo, tag).await,
+            Store::Layout { layout, .. } => Ok(layout.find(Some(tag), None).ok().map(|d| d.digest)),
+        }
+    }
+
     /// The tag the reference names (`latest` when it names none): where its image is written.
     pub fn tag(&self) -> &str {
         let tag = match self {

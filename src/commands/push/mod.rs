@@ -6,7 +6,11 @@
 
 mod lower;
 mod prepare;
+mod tags;
 mod write;
+
+/// The `--ref-file` tags kept per destination.
+pub use tags::KEEP as KEEP_REF_TAGS;
 
 pub(crate) use write::save_state;
 
@@ -101,6 +105,8 @@ pub struct Pushed {
     /// no last push to compare with.
     pub delta: Option<Vec<u8>>,
     pub timings: Timings,
+    /// Older `--ref-file` tags deleted by this push (the newest few are kept).
+    pub tags_deleted: Vec<String>,
 }
 
 impl Pushed {
@@ -361,7 +367,7 @@ async fn run_gated(
         keep_delta: last.keep_delta,
         dir: tmp.path().to_path_buf(),
     };
-    let (made, next) = blocking(move || new_image::make(input)).await?;
+    let (mut made, mut next) = blocking(move || new_image::make(input)).await?;
     timings.layer = started.elapsed().saturating_sub(timings.base);
 
     let started = Instant::now();
@@ -370,6 +376,15 @@ async fn run_gated(
         .ref_file
         .as_ref()
         .map(|_| write::ref_tag(&made.top().digest));
+    let doomed = match &ref_tag {
+        Some(tag) => {
+            let known = next.ref_tags.last().is_some_and(|(t, _)| t == tag);
+            // A new tag is remembered even when the image is the last one.
+            made.save |= !known;
+            tags::record(&mut next, tag, &made.top().digest)
+        }
+        None => Vec::new(),
+    };
     let save = if watched {
         write::Save::Later
     } else {
@@ -389,13 +404,23 @@ async fn run_gated(
     if let (Some(file), Some(tag)) = (&plan.ref_file, &ref_tag) {
         write::write_ref_file(&plan.to, tag, file)?;
     }
+    // Once the image is there: older ref tags go (a failure only leaves them).
+    let tags_deleted = match tags::delete(&dest, &doomed).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("{e}; the older layerup tags stay");
+            Vec::new()
+        }
+    };
     timings.push = started.elapsed();
     let kept = kept.map(|state| Kept {
         walked: tree,
         state,
         save: state_file.filter(|_| made.save),
     });
-    Ok((pushed(plan, made, moved, timings), kept))
+    let mut pushed = pushed(plan, made, moved, timings);
+    pushed.tags_deleted = tags_deleted;
+    Ok((pushed, kept))
 }
 
 /// The push's result, from the image it made and what moved.
@@ -417,6 +442,7 @@ fn pushed(plan: &PushPlan, made: NewImage, moved: Vec<Moved>, timings: Timings) 
         platforms: made.platforms,
         delta: made.delta,
         timings,
+        tags_deleted: Vec::new(),
     }
 }
 

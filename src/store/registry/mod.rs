@@ -719,6 +719,51 @@ impl Registry {
         Ok(false)
     }
 
+    /// Deletes a tag (OCI distribution 1.1 `DELETE /manifests/<tag>`), or a manifest by
+    /// digest — which takes every tag naming it along. `false` when the registry allows no such
+    /// delete (distribution 2.x refuses a tag: 400 `DIGEST_INVALID`; deletes disabled: 405).
+    pub async fn delete(&self, repo: &Reference, tag_or_digest: &str) -> Result<bool> {
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("manifests/{tag_or_digest}"));
+        let action = || format!("cannot delete {tag_or_digest} from {}", repo.whole());
+        let res = self.send(t, &action, &|c| c.delete(&url)).await?;
+        match res.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(true),
+            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => Ok(false),
+            s => {
+                let body = self.answer_text(res).await;
+                Err(status_error(s, &body, &action(), t.host))
+            }
+        }
+    }
+
+    /// The repository's tags (`GET /tags/list`; one page: a development repository's tags).
+    pub async fn tags(&self, repo: &Reference) -> Result<Vec<String>> {
+        let t = Target::of(repo);
+        let url = self.url(t, "tags/list");
+        let action = || format!("cannot list the tags of {}", repo.whole());
+        let res = self.send(t, &action, &|c| c.get(&url)).await?;
+        let status = res.status();
+        if !status.is_success() {
+            let body = self.answer_text(res).await;
+            return Err(status_error(status, &body, &action(), t.host));
+        }
+        let body = self.answer_text(res).await;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|_| {
+            Error::new(
+                ExitCode::Registry,
+                format!("{}: registry {} sent no tag list", action(), t.host),
+            )
+        })?;
+        Ok(v.get("tags")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect())
+    }
+
     /// Writes a manifest under `tag_or_digest`; the registry checks every blob it names is
     /// present.
     pub async fn put_manifest(
