@@ -180,7 +180,7 @@ fn no_credentials_for_a_basic_auth_registry_says_how_to_add_them() {
         Client::new(serde_json::json!({})).push(&prod().oci, &dev.reference("dev/app:dev"), &[]);
     assert_refused(
         &run,
-        &format!("registry {h} requires a username and password, and none is configured for it (run `docker login {h}`, or add it to `auths` in your docker config)", h = dev.host),
+        &format!("registry {h} requires a username and password, and none is configured for it (run `layerup login {h} -u USER`)", h = dev.host),
     );
     assert!(dev.writes().is_empty());
 }
@@ -516,7 +516,7 @@ fn an_identity_token_for_a_basic_auth_registry_is_an_error_saying_so() {
         &run,
         &format!(
             "registry {h} asks for a username and password, and what is configured for it is an \
-             OAuth2 identity token, which only a token service takes (run `docker login {h}` \
+             OAuth2 identity token, which only a token service takes (run `layerup login {h} -u USER` \
              with a username and password)",
             h = reg.host
         ),
@@ -563,4 +563,172 @@ fn very_verbose_shows_each_registry_request_and_no_secret() {
     );
     // -vvv is the libraries' own detail; -vv is not.
     assert!(!run.stderr.contains("hyper"), "{}", run.stderr);
+}
+
+/// `layerup login` as a user runs it, from a fresh docker config directory.
+fn login(config: &std::path::Path, path: &str, args: &[&str], stdin: &str) -> Run {
+    let mut l = Layerup::new()
+        .env("DOCKER_CONFIG", config)
+        .env("PATH", path)
+        .args(["login"])
+        .args(args);
+    // The user's own files: no REGISTRY_AUTH_FILE of the harness's.
+    l.command().env_remove("REGISTRY_AUTH_FILE");
+    let out = output_with_input(l.command(), stdin.as_bytes());
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+/// Issue 26: the auth error said `run docker login` to people this tool spares Docker. `layerup
+/// login` checks the credentials against the registry, keeps them where skopeo and podman read
+/// them, and `logout` forgets them.
+#[test]
+fn login_keeps_credentials_where_skopeo_and_podman_read_them_and_logout_forgets_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("docker");
+    let path = std::env::var("PATH").unwrap();
+    // A wrong password: refused by the registry, nothing written.
+    let wrong = login(
+        &config,
+        &path,
+        &[&dev.host, "-u", USER, "--password-stdin"],
+        "nope\n",
+    );
+    assert_eq!(wrong.code, 5, "{}", wrong.stderr);
+    assert!(!config.join("config.json").exists());
+    let ok = login(
+        &config,
+        &path,
+        &[&dev.host, "-u", USER, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(
+        ok.stderr
+            .contains(&format!("logged in to {} as {USER}", dev.host)),
+        "{}",
+        ok.stderr
+    );
+    assert!(!ok.stderr.contains(PASSWORD) && !ok.stdout.contains(PASSWORD));
+    let file = config.join("config.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Tools no one here wrote read it.
+    let tree = app_tree();
+    let pushed = Layerup::new()
+        .env("DOCKER_CONFIG", &config)
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &dev.reference("dev/app:login"),
+        ))
+        .run();
+    let pinned = pushed.ok().to_string();
+    let authfile = file.display().to_string();
+    skopeo(&[
+        "inspect",
+        "--authfile",
+        &authfile,
+        &format!("docker://{pinned}"),
+    ]);
+    run(podman().args([
+        "pull",
+        "-q",
+        "--tls-verify=false",
+        "--authfile",
+        &authfile,
+        &pinned,
+    ]));
+    // --password works and warns.
+    let warned = login(
+        &config,
+        &path,
+        &[&dev.host, "-u", USER, "--password", PASSWORD],
+        "",
+    );
+    assert_eq!(warned.code, 0, "{}", warned.stderr);
+    assert!(
+        warned.stderr.contains("prefer --password-stdin"),
+        "{}",
+        warned.stderr
+    );
+    // logout: the entry goes, other entries stay.
+    let mut kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    kept["auths"]["other.example.com"] = serde_json::json!({"auth": "b3RoZXI6eA=="});
+    kept["credHelpersNote"] = serde_json::json!("untouched");
+    std::fs::write(&file, kept.to_string()).unwrap();
+    let out = Layerup::new()
+        .env("DOCKER_CONFIG", &config)
+        .args(["logout", &dev.host])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(after["auths"].get(dev.host.as_str()).is_none(), "{after}");
+    assert!(after["auths"].get("other.example.com").is_some(), "{after}");
+    assert_eq!(after["credHelpersNote"], "untouched");
+    let refused = Layerup::new()
+        .env("DOCKER_CONFIG", &config)
+        .args(push_args(
+            tree.path(),
+            &prod().oci,
+            &dev.reference("dev/app:after"),
+        ))
+        .run();
+    assert_eq!(refused.code, 5, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("run `layerup login"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// A docker config that names a credential helper: the login goes to the helper (`store`), and
+/// `logout` asks it to `erase`; the file is not touched.
+#[test]
+fn login_hands_the_secret_to_the_configured_helper() {
+    let dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let client = Client::new(serde_json::json!({"credsStore": "layerup-test"}));
+    let said = client.bin.path().join("said");
+    client.helper_script("layerup-test", &format!("cat > {}.$1\n", said.display()));
+    let path = format!(
+        "{}:{}",
+        client.bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let before = std::fs::read_to_string(client.config_file()).unwrap();
+    let ok = login(
+        client.config.path(),
+        &path,
+        &[&dev.host, "-u", USER, "--password-stdin"],
+        PASSWORD,
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let stored: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.store", said.display())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["ServerURL"], dev.host.as_str());
+    assert_eq!(stored["Username"], USER);
+    assert_eq!(stored["Secret"], PASSWORD);
+    assert_eq!(
+        std::fs::read_to_string(client.config_file()).unwrap(),
+        before
+    );
+    let out = Layerup::new()
+        .env("DOCKER_CONFIG", client.config.path())
+        .env("PATH", &path)
+        .args(["logout", &dev.host])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.erase", said.display())).unwrap(),
+        dev.host
+    );
 }

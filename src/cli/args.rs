@@ -83,6 +83,17 @@ pub enum Command {
         after_help = "Examples:\n  layerup inspect registry.example.com/prod/app:1.0\n  layerup inspect --json oci:./layout:dev"
     )]
     Inspect(InspectArgs),
+    /// Log in to a registry: the credentials are checked against it, then kept where docker,
+    /// podman, skopeo and crane read them (the credential helper your docker config names,
+    /// else `auths` in your docker config or containers auth.json).
+    #[command(after_help = LOGIN_EXAMPLES)]
+    Login(LoginArgs),
+    /// Forget a registry's credentials, wherever layerup reads them.
+    Logout {
+        /// The registry (`host[:port]`) [default: the project's `to` registry, else docker.io].
+        #[arg(value_name = "REGISTRY")]
+        registry: Option<String>,
+    },
     /// Print a shell completion script: `layerup completions bash > /etc/bash_completion.d/layerup`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -318,6 +329,32 @@ pub struct RollbackArgs {
     pub original: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+const LOGIN_EXAMPLES: &str = "\
+Examples:
+  echo \"$TOKEN\" | layerup login registry.example.com -u ci-bot --password-stdin
+  layerup login localhost:5000 -u me            (asks for the password)
+  aws ecr get-login-password | layerup login 123456789012.dkr.ecr.us-east-1.amazonaws.com -u AWS --password-stdin";
+
+/// `layerup login`, as typed.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry (`host[:port]`) [default: the project's `to` registry, else docker.io].
+    #[arg(value_name = "REGISTRY")]
+    pub registry: Option<String>,
+    /// The username [default: asked for on the terminal].
+    #[arg(short, long, value_name = "USER")]
+    pub username: Option<String>,
+    /// Read the password (or token) from stdin, to its end.
+    #[arg(long, conflicts_with = "password")]
+    pub password_stdin: bool,
+    /// The password on the command line (it stays in the shell's history and the process
+    /// list: prefer --password-stdin) [default: asked for on the terminal].
+    #[arg(short, long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 /// How layerup speaks to registries; every command that reads or writes images.

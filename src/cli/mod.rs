@@ -404,11 +404,25 @@ fn one(
         Command::Copy(a) => [&mut a.from, &mut a.to].into_iter().for_each(expand),
         Command::Deploy(a) => expand(&mut a.image),
         Command::Inspect(a) => expand(&mut a.image),
+        Command::Login(a) => a.registry.iter_mut().for_each(expand),
+        Command::Logout { registry } => registry.iter_mut().for_each(expand),
         Command::Rollback(_)
         | Command::Config { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => {}
     }
+    // Where `login` and `logout` go without a REGISTRY: the project's destination's registry.
+    let project_registry = || {
+        let values = config.values_for(image);
+        match values.get("to").map(|s| &s.value) {
+            Some(config::Value::Str(to)) => {
+                crate::oci::reference::ImageRef::parse(&config.expand(to), "to")
+                    .ok()
+                    .and_then(|r| r.registry().map(str::to_string))
+            }
+            _ => None,
+        }
+    };
     // A committed file's sources stay inside its tree (checked at every push: a symlink may
     // move); the command line's and the user's own files' may be anywhere.
     let confined = config.confined_mappings(image).filter(|_| from_file);
@@ -437,6 +451,13 @@ fn one(
         Command::Config { .. } => Ok(Job::Config(Arc::clone(config), image.map(str::to_string))),
         Command::Completions { shell } => Ok(Job::Completions(shell)),
         Command::Man { command, dir } => Ok(Job::Man(command, dir)),
+        Command::Login(a) => a
+            .plan(project_registry())
+            .map(commands::Job::Login)
+            .map(Job::run),
+        Command::Logout { registry } => plan::registry_named(registry, project_registry())
+            .map(commands::Job::Logout)
+            .map(Job::run),
     };
     Ok(Parsed::Run(Box::new(Invocation {
         verbose: cli.verbose,

@@ -10,6 +10,7 @@ use crate::cluster::Target;
 use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{Deploy, DeployImagePlan, DeployPlan, RollbackPlan};
 use crate::commands::inspect::InspectPlan;
+use crate::commands::login::LoginPlan;
 use crate::commands::push::{Platforms, PushPlan};
 use crate::commands::sync::SyncPlan;
 use crate::commands::watch::WatchPlan;
@@ -406,6 +407,86 @@ impl NetArgs {
     pub fn options(&self) -> Result<Options> {
         self.options_with(None)
     }
+}
+
+impl LoginArgs {
+    /// The credentials: the password from stdin (`--password-stdin`), the command line, or
+    /// asked for on the terminal (not echoed); the username from `-u`, else asked for.
+    pub fn plan(&self, project_registry: Option<String>) -> Result<LoginPlan> {
+        let registry = registry_named(self.registry.clone(), project_registry)?;
+        let terminal = || std::io::IsTerminal::is_terminal(&std::io::stdin());
+        let username = match &self.username {
+            Some(u) => u.clone(),
+            None if terminal() => {
+                eprint!("Username for {registry}: ");
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| Error::usage(format!("cannot read the username: {e}")))?;
+                line.trim().to_string()
+            }
+            None => {
+                return Err(Error::usage(
+                    "no username: give -u USER (stdin is not a terminal to ask on)",
+                ))
+            }
+        };
+        let password = if self.password_stdin {
+            let mut all = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut all)
+                .map_err(|e| Error::usage(format!("cannot read the password from stdin: {e}")))?;
+            all.trim_end_matches(['\n', '\r']).to_string()
+        } else if let Some(p) = &self.password {
+            p.clone()
+        } else if terminal() {
+            rpassword::prompt_password(format!("Password for {username} at {registry}: "))
+                .map_err(|e| Error::usage(format!("cannot read the password: {e}")))?
+        } else {
+            return Err(Error::usage(
+                "no password: pipe it in with --password-stdin (stdin is not a terminal to ask on)",
+            ));
+        };
+        if username.is_empty() || password.is_empty() {
+            return Err(Error::usage(
+                "an empty username or password logs in to nothing",
+            ));
+        }
+        Ok(LoginPlan {
+            registry,
+            username,
+            password,
+            password_on_command_line: self.password.is_some(),
+            net: self.net.options()?,
+        })
+    }
+}
+
+/// `login`'s and `logout`'s REGISTRY: as given (`host[:port]`, a `https://` URL's host, Docker
+/// Hub's names as `docker.io`), else the project's destination's registry, else Docker Hub.
+pub fn registry_named(given: Option<String>, project: Option<String>) -> Result<String> {
+    let Some(given) = given else {
+        return Ok(project.unwrap_or_else(|| "docker.io".into()));
+    };
+    let host = given
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if matches!(
+        host.as_str(),
+        "docker.io" | "index.docker.io" | "registry-1.docker.io"
+    ) {
+        return Ok("docker.io".into());
+    }
+    if !crate::oci::reference::is_registry_host(&host) {
+        return Err(Error::usage(format!(
+            "`{given}` is not a registry (host[:port], like registry.example.com or localhost:5000)"
+        )));
+    }
+    Ok(host)
 }
 
 impl TransferArgs {

@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod deploy;
 pub mod inspect;
+pub mod login;
 pub mod project;
 pub mod push;
 pub mod sync;
@@ -48,6 +49,9 @@ pub enum Job {
     Deploy(deploy::DeployImagePlan),
     Rollback(deploy::RollbackPlan),
     Inspect(inspect::InspectPlan),
+    Login(login::LoginPlan),
+    /// `logout REGISTRY`.
+    Logout(String),
 }
 
 impl Job {
@@ -82,6 +86,9 @@ pub enum Done {
         dry_run: bool,
     },
     Inspected(inspect::Inspected),
+    LoggedIn(login::LoggedIn),
+    /// Where the credentials were forgotten.
+    LoggedOut(Vec<String>),
 }
 
 pub type Outcome = Result<Done>;
@@ -116,5 +123,7 @@ pub async fn run(job: Job, told: watch::Report, stop: watch::Stop) -> Outcome {
             dry_run: plan.deploy.dry_run,
         }),
         Job::Inspect(plan) => Ok(Done::Inspected(inspect::run(&plan).await?)),
+        Job::Login(plan) => Ok(Done::LoggedIn(login::login(&plan).await?)),
+        Job::Logout(registry) => Ok(Done::LoggedOut(login::logout(&registry).await?)),
     }
 }

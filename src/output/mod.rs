@@ -117,6 +117,8 @@ impl Report {
             Ok(Done::Copied(c)) => out.copied(&c),
             Ok(Done::Changes { changes, dry_run }) => out.changes(&changes, dry_run),
             Ok(Done::Inspected(i)) => out.inspected(&i),
+            Ok(Done::LoggedIn(l)) => out.logged_in(&l),
+            Ok(Done::LoggedOut(places)) => out.logged_out(&places),
             Err(e) => {
                 out.error(&e);
                 return Some(e.code());
@@ -345,6 +347,32 @@ impl Report {
                 progress::out(&format!("# {}", escape(name)));
             }
             progress::out(&text::inspected(i));
+        }
+    }
+
+    /// `login`: where the credentials are kept (no secret, ever).
+    pub fn logged_in(&self, l: &crate::commands::login::LoggedIn) {
+        if self.json {
+            self.document(serde_json::json!({
+                "registry": l.registry,
+                "username": l.username,
+                "stored_in": l.place.to_string(),
+                "checked": l.checked,
+            }));
+        } else {
+            self.note(&format!(
+                "logged in to {} as {}; kept in {}",
+                l.registry, l.username, l.place
+            ));
+        }
+    }
+
+    /// `logout`: where the credentials were forgotten.
+    pub fn logged_out(&self, places: &[String]) {
+        if self.json {
+            self.document(serde_json::json!({ "removed_from": places }));
+        } else {
+            self.note(&format!("forgotten in {}", places.join(", ")));
         }
     }
 

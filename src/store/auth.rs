@@ -143,7 +143,7 @@ fn is_docker_hub(host: &str) -> bool {
 }
 
 /// `https://host:port/v1/` and `host:port` name the same registry in config files.
-fn normalise_key(key: &str) -> String {
+pub(crate) fn normalise_key(key: &str) -> String {
     let key = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
@@ -156,7 +156,7 @@ fn normalise_key(key: &str) -> String {
     }
 }
 
-fn server_url(registry: &str) -> String {
+pub(crate) fn server_url(registry: &str) -> String {
     if is_docker_hub(registry) {
         DOCKER_HUB_KEY.into()
     } else {

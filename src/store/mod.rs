@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod layout;
+pub mod login;
 pub mod registry;
 
 use std::path::Path;

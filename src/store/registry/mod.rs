@@ -264,13 +264,13 @@ impl Registry {
                     return Err(Error::auth(format!(
                         "registry {host} asks for a username and password, and what is configured \
                          for it is an OAuth2 identity token, which only a token service takes \
-                         (run `docker login {host}` with a username and password)"
+                         (run `layerup login {host} -u USER` with a username and password)"
                     )))
                 }
                 _ => {
                     return Err(Error::auth(format!(
                         "registry {host} requires a username and password, and none is configured \
-                         for it (run `docker login {host}`, or add it to `auths` in your docker config)"
+                         for it (run `layerup login {host} -u USER`)"
                     )))
                 }
             },
@@ -278,8 +278,8 @@ impl Registry {
                 Credentials::Bearer(t) => {
                     self.secret(t);
                     Access {
-                    header: Some(secret_header(host, format!("Bearer {t}"))?),
-                    renew: None,
+                        header: Some(secret_header(host, format!("Bearer {t}"))?),
+                        renew: None,
                     }
                 }
                 _ => {
@@ -305,6 +305,27 @@ impl Registry {
             .expect("access lock")
             .insert((host.to_string(), repo.repository().to_string()), access);
         Ok(())
+    }
+
+    /// Checks `user` and `secret` against registry `host` before they are kept: `GET /v2/` with
+    /// them (a basic-auth registry), or a token from its token service for no repository in
+    /// particular (a bearer one), as `docker login` does. `false`: the registry asks for no
+    /// credentials at all.
+    pub async fn verify(&self, host: &str, user: &str, secret: &str) -> Result<bool> {
+        self.secret(secret);
+        match self.ping(host).await? {
+            Challenge::Open => Ok(false),
+            Challenge::Basic => self.check_basic(host, user, secret).await.map(|()| true),
+            Challenge::Bearer { realm, service } => {
+                let renew = Renew {
+                    realm,
+                    service,
+                    scopes: Vec::new(),
+                    creds: Credentials::Basic(user.into(), secret.into()),
+                };
+                self.fetch_token(host, &renew).await.map(|_| true)
+            }
+        }
     }
 
     /// A fresh token for `t` after a 401 (the old one expired during a long transfer); `false`
