@@ -894,11 +894,31 @@ dev = "localhost:5000/team"
 
     /// Flags that are about one run, not a project's defaults: no layerup.toml key, on purpose.
     const ONE_RUN: &[&str] = &[
-        "help", "version", "verbose", "quiet", "json", "profile", "full", "ref-file", "dry-run",
-        "no-wait", "original", "all",
+        "help",
+        "version",
+        "verbose",
+        "quiet",
+        "json",
+        "profile",
+        "full",
+        "ref-file",
+        "dry-run",
+        "no-wait",
+        "original",
+        "all",
         // Positional arguments of copy, deploy, rollback, inspect, config and completions.
-        "from", "image", "workload", "shell", "names", // man's page and directory.
-        "command", "dir",
+        "from",
+        "image",
+        "workload",
+        "shell",
+        "names",
+        // man's page and directory; login's and logout's (credentials never go in a file).
+        "command",
+        "dir",
+        "registry",
+        "username",
+        "password",
+        "password-stdin",
     ];
 
     #[test]
