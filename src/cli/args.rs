@@ -9,13 +9,17 @@ use crate::build::stack::Squash;
 
 const EXAMPLES: &str = "\
 Examples:
-  layerup push ./src:/app --base registry.example.com/prod/app:1.0 \\
-      --to dev-registry.example.com/dev/app:dev
-  layerup push ./src --base oci:./prod-layout:1.0 --to oci:./dev-layout:dev
-  layerup push ./build:/srv/www ./nginx.conf:/etc/nginx/conf.d/ \\
-      --base prod/web:2 --to localhost:5000/web:dev --env MODE=dev
+  layerup push ./examples/hello:/app \\
+      --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev
+  layerup push ./examples/hello:/app \\
+      --base localhost:5000/prod/demo:1.0 --to oci:./dev-layout:dev
+  layerup push ./examples/hello:/srv/www ./examples/hello/hello.sh:/etc/hello/ \\
+      --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev --env MODE=dev
+  layerup push ./examples/hello:/app --deploy \\
+      --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev
 
-  layerup push ./src:/app --base prod/app:1.0 --to localhost:5000/app:dev --deploy
+(localhost:5000 is the registry ./scripts/demo starts; yours are any host[:port]. A short
+name, like prod/app:1.0, is Docker Hub's unless layerup.toml makes `prod` an alias.)
 
 Exit codes: 0 ok, 1 internal, 2 usage, 3 source files, 4 registry or cluster unreachable,
 5 authentication, 6 not found, 7 unusable image, 8 registry refused a write, 9 cluster
@@ -126,9 +130,9 @@ pub struct InspectArgs {
 
 const DEPLOY_EXAMPLES: &str = "\
 Examples:
-  layerup deploy localhost:5000/app@sha256:<digest> deployment/app
-  layerup deploy localhost:5000/app:dev deployment/app -n team-a --context kind-dev
-  layerup deploy localhost:5000/app:dev --cluster-registry registry.local:5000 --dry-run
+  layerup deploy localhost:5000/dev/demo:dev deployment/app
+  layerup deploy localhost:5000/dev/demo:dev deployment/app -n team-a --context kind-dev
+  layerup deploy localhost:5000/dev/demo:dev --cluster-registry registry.local:5000 --dry-run
 
 A tag is resolved to its digest first: the workload always names the image by digest. Without
 a workload, every deployment, statefulset and daemonset in the namespace running IMAGE's
@@ -143,16 +147,18 @@ Only containers still running the image layerup set are rolled back.";
 
 const COPY_EXAMPLES: &str = "\
 Examples:
-  layerup copy registry.example.com/prod/app:1.0 dev-registry.example.com/dev/app:1.0
-  layerup copy --all prod/app:1.0 dev/app:1.0        # every platform of an index
-  layerup copy prod/app@sha256:<digest> oci:./mirror:app
+  layerup copy localhost:5000/prod/demo:1.0 localhost:5000/mirror/demo:1.0
+  layerup copy --all localhost:5000/prod/demo-multi:1.0 \\
+      localhost:5000/mirror/demo-multi:1.0
+  layerup copy localhost:5000/prod/demo:1.0 oci:./mirror:demo
 
 Prints DEST@sha256:<digest> on stdout, the same digest as the source's. Before moving anything
 it says on stderr how many blobs and bytes will travel.";
 
 const WATCH_EXAMPLES: &str = "\
 Examples:
-  layerup watch ./src:/app --base registry.example.com/prod/app:1.0 --to localhost:5000/app:dev
+  layerup watch ./examples/hello:/app \\
+      --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev
 
 Each push prints the new reference on stdout and one status line on stderr; a failed push is
 reported and watching goes on. Ctrl-C stops (exit 0).";
@@ -333,9 +339,8 @@ pub struct RollbackArgs {
 
 const LOGIN_EXAMPLES: &str = "\
 Examples:
-  echo \"$TOKEN\" | layerup login registry.example.com -u ci-bot --password-stdin
-  layerup login localhost:5000 -u me            (asks for the password)
-  aws ecr get-login-password | layerup login 123456789012.dkr.ecr.us-east-1.amazonaws.com -u AWS --password-stdin";
+  echo \"$TOKEN\" | layerup login localhost:5000 -u ci-bot --password-stdin
+  layerup login localhost:5000 -u me            # on a terminal, asks for the password";
 
 /// `layerup login`, as typed.
 #[derive(Debug, Args)]
