@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     else {
-        eprintln!("error: cannot start the runtime");
+        progress::say("error: cannot start the runtime");
         return ExitCode::from(1);
     };
     let out = Report::styled(style);
@@ -87,7 +87,7 @@ fn interrupted_exit(watching: bool) -> ExitCode {
     if watching {
         return ExitCode::SUCCESS;
     }
-    eprintln!("error: interrupted");
+    progress::say("error: interrupted");
     ExitCode::from(130)
 }
 

@@ -418,7 +418,9 @@ impl LoginArgs {
         let username = match &self.username {
             Some(u) => u.clone(),
             None if terminal() => {
-                eprint!("Username for {registry}: ");
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "Username for {registry}: ").and_then(|()| err.flush());
                 let mut line = String::new();
                 std::io::stdin()
                     .read_line(&mut line)
