@@ -29,6 +29,8 @@ pub enum ExitCode {
     /// The rollout failed (ImagePullBackOff, CrashLoopBackOff, a missed progress deadline) or
     /// did not finish within `--timeout`.
     Rollout = 10,
+    /// The image's build command (`build`, `--build`) failed: nothing was pushed.
+    Build = 11,
 }
 
 /// One failure, worded as a single line that names what failed and where.
@@ -91,6 +93,10 @@ impl Error {
 
     pub fn auth(message: impl Into<String>) -> Self {
         Self::new(ExitCode::Auth, message)
+    }
+
+    pub fn build(message: impl Into<String>) -> Self {
+        Self::new(ExitCode::Build, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -22,6 +22,8 @@ pub enum Phase {
     Building,
     /// Moving blobs and writing manifests.
     Sending,
+    /// Running the image's build command.
+    Compiling,
 }
 
 pub fn phase(p: Phase) {
@@ -33,6 +35,7 @@ pub fn current() -> Phase {
         1 => Phase::Base,
         2 => Phase::Building,
         3 => Phase::Sending,
+        4 => Phase::Compiling,
         _ => Phase::Starting,
     }
 }

@@ -51,6 +51,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
         deploy: None,
         state_dir: Some(state.to_path_buf()),
         confined: None,
+        build: None,
     }
 }
 

@@ -480,3 +480,68 @@ fn a_sync_that_cannot_work_is_a_usage_error_before_anything_runs(
         run.stderr
     );
 }
+
+/// A compiled service under `watch --build --sync`: an edit of its source is compiled, and the
+/// new binary answers in the running container; a broken edit is said, the container keeps the
+/// last good binary, and the watch goes on to the mended one.
+#[test]
+fn a_rebuilt_binary_answers_in_the_running_container_and_a_failed_build_changes_nothing() {
+    let dev = Registry::start();
+    let svc = c_service("v1");
+    let (kube, _dir, config, _) = cluster_running(&prod().oci);
+    let state = tempfile::tempdir().unwrap();
+    let layerup = layerup_in(
+        svc.path(),
+        &[
+            "watch",
+            "-v",
+            "--debounce",
+            "300",
+            "./out/hello:/app/hello",
+            "--build",
+            C_BUILD,
+            "--build-dep",
+            "*.c",
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/app:dev"),
+            "--deploy",
+            "deployment/app",
+            "--sync",
+            "--settle",
+            "1h",
+        ],
+    )
+    .env("LAYERUP_STATE_DIR", state.path())
+    .env("KUBECONFIG", &config);
+    let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
+    w.wait_for("the first rollout", |w| rolled(w) == 1);
+    let first = w.pushes()[0].clone();
+    let pod = pod_running(&kube, &first);
+    assert_eq!(in_container(&kube, &pod, "/app/hello"), "v1\n");
+
+    edit_synced(&w, || {
+        std::fs::write(svc.path().join("main.c"), main_c("v2")).unwrap()
+    });
+    assert_eq!(in_container(&kube, &pod, "/app/hello"), "v2\n");
+    assert_eq!(running(&kube), vec![(pod.clone(), first.clone(), 0)]);
+
+    let pushes = w.pushes().len();
+    std::fs::write(svc.path().join("main.c"), main_c("v3\"")).unwrap();
+    w.wait_for("the failed build", |w| w.log().contains("(still watching)"));
+    assert!(
+        w.log().contains("error: the build `mkdir -p out && cc"),
+        "{}",
+        w.log()
+    );
+    assert_eq!(w.pushes().len(), pushes);
+    assert_eq!(in_container(&kube, &pod, "/app/hello"), "v2\n");
+
+    edit_synced(&w, || {
+        std::fs::write(svc.path().join("main.c"), main_c("v4")).unwrap()
+    });
+    assert_eq!(in_container(&kube, &pod, "/app/hello"), "v4\n");
+    assert_eq!(rolled(&w), 1, "{}", w.log());
+    w.stop();
+}

@@ -207,6 +207,17 @@ pub struct PushArgs {
     /// EXPECTED_REF, when set, is the default.
     #[arg(long, value_name = "REF", env = "EXPECTED_REF")]
     pub to: Option<String>,
+    /// Run this first (`sh -c`, in the layerup.toml's directory, else here), with TARGETOS,
+    /// TARGETARCH, TARGETVARIANT and TARGETPLATFORM set as BuildKit sets them: once, or once per
+    /// platform when a SRC has `{arch}`. A failure pushes nothing (exit 11). `watch` runs it
+    /// again when its inputs change.
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
+    /// With --build under `watch`: a glob (relative to the build's directory) of the files it
+    /// reads; repeatable [default: every file there but the mapped ones and what .gitignore
+    /// ignores]
+    #[arg(long = "build-dep", value_name = "GLOB")]
+    pub build_deps: Vec<String>,
     /// Leave out paths matching this pattern (`.layerupignore` syntax, applied after that
     /// file's rules; repeatable).
     #[arg(long = "ignore", value_name = "PATTERN")]

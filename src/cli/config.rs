@@ -63,6 +63,8 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("base", "base", Shape::Str),
     ("to", "to", Shape::Str),
     ("mappings", "", Shape::Mappings),
+    ("build", "build", Shape::Str),
+    ("build-deps", "build-dep", Shape::List),
     ("platform", "platform", Shape::Str),
     ("env", "env", Shape::Table),
     ("labels", "label", Shape::Table),
@@ -365,6 +367,17 @@ impl Config {
             values.insert(k.clone(), merged);
         }
         values
+    }
+
+    /// The directory a file's `build` runs in (its own); `None` when the build is not a file's.
+    pub fn build_dir(&self, image: Option<&str>) -> Option<PathBuf> {
+        let values = self.values_for(image);
+        let from = &values.get("build")?.from;
+        [FILE, LOCAL_FILE]
+            .iter()
+            .any(|f| from.starts_with(&format!("{f}:")))
+            .then(|| self.root.clone())
+            .flatten()
     }
 
     /// The directory a committed file's mappings must stay in, when the mappings of `image` (or

@@ -353,6 +353,7 @@ fn one(
     };
     let mut extra: Vec<OsString> = Vec::new();
     let mut sources: Vec<OsString> = Vec::new();
+    let mut build_typed = false;
     if let Some((name, sub)) = matches.subcommand() {
         let sub_cmd = cmd
             .find_subcommand(name)
@@ -369,6 +370,9 @@ fn one(
             (Vec::new(), Vec::new())
         };
         let given = |a: &clap::Arg| typed(a) || set.iter().any(|id| a.get_id() == id);
+        build_typed = sub_cmd
+            .get_arguments()
+            .any(|a| a.get_long() == Some("build") && given(a));
         extra.extend(from_env);
         let (flags, srcs) = config.args_for(image, sub_cmd, &given);
         extra.extend(flags);
@@ -426,8 +430,13 @@ fn one(
     // A committed file's sources stay inside its tree (checked at every push: a symlink may
     // move); the command line's and the user's own files' may be anywhere.
     let confined = config.confined_mappings(image).filter(|_| from_file);
+    // A file's build runs in its directory.
+    let build_dir = config.build_dir(image).filter(|_| !build_typed);
     let confine = |mut p: crate::commands::push::PushPlan| {
         p.confined = confined.clone();
+        if let (Some(b), Some(dir)) = (p.build.as_mut(), &build_dir) {
+            b.dir = dir.clone();
+        }
         p
     };
     let job = match cli.command {

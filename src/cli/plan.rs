@@ -7,6 +7,7 @@ use crate::cli::args::*;
 use crate::cli::parse::{command, key_value, parse_mapping, parse_owner};
 use crate::cluster::workload::WorkloadRef;
 use crate::cluster::Target;
+use crate::commands::build_step::BuildStep;
 use crate::commands::copy::CopyPlan;
 use crate::commands::deploy::{Deploy, DeployImagePlan, DeployPlan, RollbackPlan};
 use crate::commands::inspect::InspectPlan;
@@ -63,7 +64,9 @@ impl PushArgs {
             .iter()
             .map(|m| parse_mapping(m))
             .collect::<Result<Vec<_>>>()?;
-        for m in &mappings {
+        let build = self.build_step()?;
+        // A build makes its outputs: they are checked once it ran.
+        for m in mappings.iter().filter(|_| build.is_none()) {
             // Per platform: each platform's source is checked once the platforms are known.
             let src = m.fixed_part();
             if std::fs::symlink_metadata(&src).is_err() {
@@ -111,6 +114,7 @@ impl PushArgs {
             deploy,
             state_dir: crate::build::state::dir(env),
             confined: None,
+            build,
             ignore: self.ignore.clone(),
             ref_file: self.ref_file.clone(),
             tags: self.tags.clone(),
@@ -132,6 +136,32 @@ impl PushArgs {
             },
         })
     }
+    /// `--build` (run here; a layerup.toml's runs in its directory, set by the caller) and
+    /// `--build-dep`.
+    fn build_step(&self) -> Result<Option<BuildStep>> {
+        let Some(command) = &self.build else {
+            if let Some(d) = self.build_deps.first() {
+                return Err(Error::usage(format!(
+                    "--build-dep `{d}` says what a build reads: add --build CMD"
+                )));
+            }
+            return Ok(None);
+        };
+        if command.trim().is_empty() {
+            return Err(Error::usage(
+                "--build is empty: give the command that builds",
+            ));
+        }
+        crate::commands::watch::build_deps(&self.build_deps)?;
+        Ok(Some(BuildStep {
+            command: command.clone(),
+            dir: std::env::current_dir().map_err(|e| {
+                Error::io("read the working directory", std::path::Path::new("."), &e)
+            })?,
+            deps: self.build_deps.clone(),
+        }))
+    }
+
     /// `--env`, `--entrypoint`, `--cmd`, `--workdir`, `--label`, `--user`.
     fn tweaks(&self) -> Result<Tweaks> {
         Ok(Tweaks {

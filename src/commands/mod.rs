@@ -3,6 +3,7 @@
 //! exits; `cli` makes the plans and `output` words the results. [`run`] runs one command;
 //! `project::run` runs one command for several images of a project.
 
+pub mod build_step;
 pub mod copy;
 pub mod deploy;
 pub mod inspect;
@@ -18,6 +19,8 @@ use crate::error::{Error, Result};
 
 /// What a command — a push, a watch, a copy, a deploy — tells as it goes.
 pub enum Told<'a> {
+    /// The image's build command: started, a line of its output, failed, done.
+    Building(build_step::Event<'a>),
     /// The image is in the registry (said before any rollout is awaited), and how long it took.
     Pushed(&'a push::Pushed, Duration),
     /// A watched push failed; watching goes on.

@@ -8,6 +8,7 @@ pub mod text;
 use std::time::Duration;
 
 use crate::cli::config::Config;
+use crate::commands::build_step;
 use crate::commands::copy::{Copied, Planned};
 use crate::commands::deploy::{Change, Event};
 use crate::commands::inspect::Inspected;
@@ -188,6 +189,7 @@ impl Report {
     fn push_told(&self, t: Told) {
         match t {
             Told::Pushed(p, _) => self.pushed(p),
+            Told::Building(e) => self.building(&e),
             Told::Deploy(e) | Told::Deploying(e) => self.event(&e, false),
             Told::PushFailed(e) | Told::DeployFailed(e) => self.error(e),
             Told::Planned(p) => self.planned(p),
@@ -267,6 +269,7 @@ impl Report {
                     self.document(json::deploy_error(e));
                 }
             }
+            Told::Building(e) => self.building(&e),
             Told::Deploy(e) | Told::Deploying(e) => self.event(&e, false),
             Told::Planned(p) => self.planned(p),
             Told::Stopped => self.note("its layerup.toml is gone: no longer watched"),
@@ -287,6 +290,34 @@ impl Report {
                 if self.json {
                     self.document(json::settling(why));
                 }
+            }
+        }
+    }
+
+    /// The build's progress and output on stderr; under `-q` only a failure's last lines.
+    fn building(&self, e: &build_step::Event) {
+        match e {
+            build_step::Event::Started(command, platform) => {
+                let first = command.lines().next().unwrap_or("");
+                let more = if command.lines().nth(1).is_some() {
+                    " …"
+                } else {
+                    ""
+                };
+                match platform {
+                    Some(p) => self.note(&format!("building for {p}: {first}{more}")),
+                    None => self.note(&format!("building: {first}{more}")),
+                }
+            }
+            build_step::Event::Line(line) => self.note(line),
+            build_step::Event::Failed(tail) if self.quiet => {
+                for line in *tail {
+                    progress::say(&escape(&self.tagged(line)));
+                }
+            }
+            build_step::Event::Failed(_) => {}
+            build_step::Event::Done(took) => {
+                self.note(&format!("built in {:.2}s", took.as_secs_f64()))
             }
         }
     }

@@ -84,6 +84,7 @@ fn line(sending_since: &mut Option<(std::time::Instant, u64)>) -> String {
     match crate::meter::current() {
         Phase::Starting => "starting".into(),
         Phase::Base => "reading the base".into(),
+        Phase::Compiling => "running the build".into(),
         Phase::Building => {
             let (entries, bytes) = crate::meter::read_built();
             format!(

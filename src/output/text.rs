@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::build::stack::Mode;
+use crate::commands::build_step;
 use crate::commands::copy::{Copied, Planned};
 use crate::commands::deploy::{Change, Event};
 use crate::commands::inspect::Inspected;
@@ -156,6 +157,10 @@ pub fn board_line(t: &Told) -> Option<String> {
             )
         }
         Told::PushFailed(e) => format!("error: {e}"),
+        Told::Building(build_step::Event::Started(_, Some(p))) => format!("building for {p}"),
+        Told::Building(build_step::Event::Started(_, None)) => "building".to_string(),
+        Told::Building(build_step::Event::Failed(_)) => "build failed".to_string(),
+        Told::Building(_) => return None,
         Told::DeployFailed(e) => format!("rollout failed: {e}"),
         Told::Deploy(Event::Waiting(_, what)) => format!("rolling out: {what}"),
         Told::Deploy(Event::Ready(_, took)) => {

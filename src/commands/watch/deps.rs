@@ -1,0 +1,140 @@
+//! Which edits re-run an image's build under `watch`: its `build-deps` globs, or by default
+//! every file of its directory less the mapped sources, `.git` and what its `.gitignore` names.
+
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use crate::commands::build_step::BuildStep;
+use crate::error::{Error, Result};
+
+/// An image's build inputs.
+#[derive(Debug)]
+pub struct Deps {
+    /// The build's directory, absolute, as events name it.
+    pub dir: PathBuf,
+    /// `build-deps`, relative to `dir`; `None`: the default.
+    globs: Option<GlobSet>,
+    /// The default leaves out the mapped sources (the build's outputs, or files pushed as they
+    /// are) and what `.gitignore` ignores.
+    sources: Vec<PathBuf>,
+    gitignore: Option<Gitignore>,
+}
+
+impl Deps {
+    /// `sources`: the image's mapped sources, absolute.
+    pub fn new(step: &BuildStep, sources: &[PathBuf]) -> Result<Deps> {
+        let dir = std::fs::canonicalize(&step.dir)
+            .map_err(|e| Error::io("read the build's directory", &step.dir, &e))?;
+        let globs = match step.deps.as_slice() {
+            [] => None,
+            deps => Some(globs(deps)?),
+        };
+        let gitignore = match dir.join(".gitignore") {
+            f if f.is_file() => {
+                let mut b = GitignoreBuilder::new(&dir);
+                b.add(&f);
+                b.build().ok()
+            }
+            _ => None,
+        };
+        // The directory itself mapped whole: its files are still the build's inputs.
+        let sources = sources.iter().filter(|s| **s != dir).cloned().collect();
+        Ok(Deps {
+            dir,
+            globs,
+            sources,
+            gitignore,
+        })
+    }
+
+    /// Whether an edit of `path` (absolute) re-runs the build.
+    pub fn matches(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.dir) else {
+            return false;
+        };
+        if rel.components().any(|c| c.as_os_str() == ".git") {
+            return false;
+        }
+        match &self.globs {
+            Some(g) => g.is_match(rel),
+            None => {
+                !self.sources.iter().any(|s| path.starts_with(s))
+                    && !self
+                        .gitignore
+                        .as_ref()
+                        .is_some_and(|g| g.matched_path_or_any_parents(rel, false).is_ignore())
+            }
+        }
+    }
+}
+
+/// `build-deps` patterns: `*` stays within a directory, `**` crosses them, and a pattern that
+/// names a directory covers what is inside it.
+pub fn globs(patterns: &[String]) -> Result<GlobSet> {
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        let p = p.trim_start_matches("./").trim_end_matches('/');
+        for p in [p.to_string(), format!("{p}/**")] {
+            let glob = GlobBuilder::new(&p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::usage(format!("build-deps `{p}` is not a pattern: {e}")))?;
+            set.add(glob);
+        }
+    }
+    set.build()
+        .map_err(|e| Error::usage(format!("build-deps: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deps(dir: &Path, patterns: &[&str], sources: &[&str]) -> Deps {
+        let step = BuildStep {
+            command: "make".into(),
+            dir: dir.to_path_buf(),
+            deps: patterns.iter().map(|p| p.to_string()).collect(),
+        };
+        let dir = std::fs::canonicalize(dir).unwrap();
+        let sources: Vec<PathBuf> = sources.iter().map(|s| dir.join(s)).collect();
+        Deps::new(&step, &sources).unwrap()
+    }
+
+    #[test]
+    fn by_default_every_file_but_the_outputs_git_and_the_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".gitignore"), "*.o\ntarget/\n").unwrap();
+        let d = deps(tmp.path(), &[], &["out"]);
+        let at = |p: &str| d.dir.join(p);
+        assert!(d.matches(&at("main.c")));
+        assert!(d.matches(&at("lib/util.c")));
+        assert!(!d.matches(&at("out/app")));
+        assert!(!d.matches(&at("main.o")));
+        assert!(!d.matches(&at("target/debug/app")));
+        assert!(!d.matches(&at(".git/index")));
+        assert!(!d.matches(Path::new("/elsewhere/main.c")));
+    }
+
+    #[test]
+    fn build_deps_say_exactly_what() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = deps(tmp.path(), &["**/*.go", "go.mod", "./cmd/"], &["out"]);
+        let at = |p: &str| d.dir.join(p);
+        assert!(d.matches(&at("main.go")));
+        assert!(d.matches(&at("pkg/a/b.go")));
+        assert!(d.matches(&at("go.mod")));
+        assert!(d.matches(&at("cmd/api/README")));
+        assert!(!d.matches(&at("go.sum")));
+        assert!(!d.matches(&at("docs/x.md")));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_a_usage_error() {
+        let e = globs(&["a[".into()]).unwrap_err();
+        assert_eq!(e.code(), crate::error::ExitCode::Usage);
+        assert!(e.to_string().contains("build-deps `a[`"), "{e}");
+    }
+}
