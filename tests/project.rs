@@ -361,3 +361,53 @@ fn names_from_directories_are_escaped_wherever_printed() {
         assert_eq!(names, ["esc\\u{1b}[2J", "new\\nline"], "{}", run.stdout);
     }
 }
+
+/// Each service's build runs in its own directory, at the same time as the others' (each
+/// waits to see the other start: run one after the other, both would fail), its lines under
+/// the service's name; a failing build is its own image's failure.
+#[test]
+fn services_build_at_once_each_in_its_directory_and_a_failure_is_its_own() {
+    let dev = Registry::start();
+    let service = |name: &str, build: &str| {
+        format!(
+            "base = \"{}\"\nto = \"{}\"\nbuild = '{build}'\nmappings = [\"./out:/app\"]\n",
+            prod().oci,
+            dev.reference(&format!("svc/{name}:dev"))
+        )
+    };
+    let meet = |me: &str, other: &str| {
+        format!(
+            "touch ../started-{me}; for i in $(seq 200); do [ -e ../started-{other} ] && break; \
+             sleep 0.05; done; [ -e ../started-{other} ] && mkdir -p out && \
+             echo \"built in $(basename $PWD)\" | tee out/NAME"
+        )
+    };
+    let dir = project(&[
+        ("services/a/layerup.toml", service("a", &meet("a", "b"))),
+        ("services/b/layerup.toml", service("b", &meet("b", "a"))),
+        (
+            "services/c/layerup.toml",
+            service("c", "echo cannot build c >&2; exit 4"),
+        ),
+    ]);
+    let run = layerup_in(dir.path(), &["push"]);
+    assert_eq!(run.code, 11, "{}", run.stderr);
+    let pushed = results(&run);
+    assert_eq!(
+        pushed.keys().collect::<Vec<_>>(),
+        ["services/a", "services/b"]
+    );
+    assert_eq!(
+        run_in(&pushed["services/a"], "cat /app/NAME"),
+        "built in a\n"
+    );
+    for line in [
+        "services/a: building: touch ../started-a",
+        "services/b: built in a\n",
+        "services/c: cannot build c",
+        "error: services/c: the build `echo cannot build c >&2; exit 4` failed (exit code 4): cannot build c; nothing was pushed",
+    ] {
+        let line = line.replace("b: built in a", "b: built in b");
+        assert!(run.stderr.contains(&line), "{line:?} not in:\n{}", run.stderr);
+    }
+}

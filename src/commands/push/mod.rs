@@ -250,6 +250,8 @@ pub async fn for_cluster(plan: &PushPlan) -> PushPlan {
 pub struct Session {
     pub registry: Arc<Registry>,
     pub slots: Slots,
+    /// Images' builds running at once: `--jobs` of them.
+    pub builds: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -257,6 +259,7 @@ impl Session {
         Ok(Session {
             registry: Arc::new(Registry::new(net)?),
             slots: Slots::new(jobs),
+            builds: Arc::new(tokio::sync::Semaphore::new(jobs.max(1))),
         })
     }
 }
@@ -333,6 +336,7 @@ async fn run_gated(
         state: last.state,
         walked: last.walked,
         logged_in: last.logged_in,
+        builds: &session.builds,
     };
     crate::meter::phase(crate::meter::Phase::Base);
     let (read, ()) = tokio::try_join!(

@@ -44,10 +44,12 @@ pub(super) struct Read {
 }
 
 /// What a push of a watch starts from besides its plan.
-pub(super) struct From {
+pub(super) struct From<'a> {
     pub state: Option<Box<State>>,
     pub walked: Option<Walked>,
     pub logged_in: bool,
+    /// Permits for the build, shared by the images of a run.
+    pub builds: &'a tokio::sync::Semaphore,
 }
 
 /// Reads all a push needs before it builds. When every mapping has an absolute DEST (or
@@ -58,7 +60,7 @@ pub(super) async fn read(
     source: &Store,
     dest: &Store,
     state_file: Option<PathBuf>,
-    from: From,
+    from: From<'_>,
     changes: &Changes,
     told: &(dyn Fn(Told) + Sync),
 ) -> Result<Read> {
@@ -66,6 +68,7 @@ pub(super) async fn read(
         state: remembered,
         walked: last_walk,
         logged_in,
+        builds,
     } = from;
     let cache = lower::cache_dir(plan.state_dir.as_deref());
     let fetch_base = async {
@@ -95,6 +98,7 @@ pub(super) async fn read(
                 .map(|(_, b)| Platform::of_config(&b.config).unwrap_or(plan.platform.clone()))
                 .collect();
             let per_platform = plan.mappings.iter().any(|m| m.per_platform());
+            let _permit = builds.acquire().await;
             step.run(&targets, per_platform, &|e| told(Told::Building(e)))
                 .await?;
             made_by_build(plan, &step.command)?;

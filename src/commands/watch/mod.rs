@@ -380,7 +380,7 @@ async fn image_loop(
     let mut builder = push_plan
         .build
         .as_ref()
-        .map(|step| Builder::new(step, push_plan));
+        .map(|step| Builder::new(step, push_plan, session.builds.clone()));
     let mut memory = Memory::default();
     memory.keep_delta = plan.sync.is_some();
     let told = {

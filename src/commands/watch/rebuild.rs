@@ -4,9 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::Msg;
 use crate::commands::build_step::BuildStep;
@@ -92,10 +93,12 @@ pub(super) struct Builder {
     wrote: BTreeSet<PathBuf>,
     /// Inputs the build itself writes: not edits.
     ignored: BTreeSet<PathBuf>,
+    /// Permits shared by the images' builds (`--jobs`).
+    permits: Arc<Semaphore>,
 }
 
 impl Builder {
-    pub fn new(step: &BuildStep, plan: &PushPlan) -> Builder {
+    pub fn new(step: &BuildStep, plan: &PushPlan, permits: Arc<Semaphore>) -> Builder {
         Builder {
             step: step.clone(),
             per_platform: plan.mappings.iter().any(|m| m.per_platform()),
@@ -104,6 +107,7 @@ impl Builder {
             due: true,
             wrote: BTreeSet::new(),
             ignored: BTreeSet::new(),
+            permits,
         }
     }
 
@@ -160,6 +164,7 @@ impl Builder {
         let building = |e: crate::commands::build_step::Event| told(Told::Building(e));
         for round in 1.. {
             self.due = false;
+            let _permit = self.permits.acquire().await;
             let run = self.step.run(&targets, self.per_platform, &building);
             tokio::pin!(run);
             let done = loop {
