@@ -319,3 +319,23 @@ fn a_build_that_writes_among_its_own_inputs_does_not_run_forever() {
     assert_eq!(w.pushes().len(), 3, "{}", w.log());
     w.stop();
 }
+
+#[test]
+fn no_build_pushes_the_files_as_they_are() {
+    let dev = Registry::start();
+    let svc = service("never built");
+    std::fs::write(
+        svc.path().join("layerup.toml"),
+        format!(
+            "base = \"{}\"\nto = \"{}\"\nbuild = \"touch ran; {BUILD}\"\nmappings = [\"./main.c:/app/main.c\"]\n",
+            prod().oci,
+            dev.reference("dev/svc:dev")
+        ),
+    )
+    .unwrap();
+    let run = layerup_in(svc.path(), &["push", "--no-build"]).run();
+    let pinned = run.ok().to_string();
+    assert!(!run.stderr.contains("building"), "{}", run.stderr);
+    assert!(!svc.path().join("ran").exists());
+    assert_eq!(run_in(&pinned, "grep -c never /app/main.c"), "1\n");
+}

@@ -218,6 +218,10 @@ pub struct PushArgs {
     /// ignores]
     #[arg(long = "build-dep", value_name = "GLOB")]
     pub build_deps: Vec<String>,
+    /// Skip the build layerup.toml names: push the files as they are (a CI job that built
+    /// them already).
+    #[arg(long)]
+    pub no_build: bool,
     /// Leave out paths matching this pattern (`.layerupignore` syntax, applied after that
     /// file's rules; repeatable).
     #[arg(long = "ignore", value_name = "PATTERN")]

@@ -914,6 +914,7 @@ dev = "localhost:5000/team"
         "json",
         "profile",
         "full",
+        "no-build",
         "ref-file",
         "dry-run",
         "no-wait",

@@ -139,6 +139,9 @@ impl PushArgs {
     /// `--build` (run here; a layerup.toml's runs in its directory, set by the caller) and
     /// `--build-dep`.
     fn build_step(&self) -> Result<Option<BuildStep>> {
+        if self.no_build {
+            return Ok(None);
+        }
         let Some(command) = &self.build else {
             if let Some(d) = self.build_deps.first() {
                 return Err(Error::usage(format!(

@@ -94,6 +94,9 @@ impl BuildStep {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: stopped whole (the compilers it started too) when the
+            // push is interrupted or a watch ends.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| {
             Error::build(format!(
@@ -102,6 +105,7 @@ impl BuildStep {
                 self.dir.display()
             ))
         })?;
+        let mut group = Group(child.id());
         let (tx, mut rx) = mpsc::unbounded_channel();
         if let Some(out) = child.stdout.take() {
             tokio::spawn(lines(out, tx.clone()));
@@ -135,6 +139,8 @@ impl BuildStep {
             }
         }
         .map_err(|e| Error::build(format!("the build `{}`: {e}", short(&self.command))))?;
+        // Done: what it left running on purpose (a compiler's daemon) stays.
+        group.0 = None;
         if status.success() {
             return Ok(());
         }
@@ -158,6 +164,21 @@ impl BuildStep {
                 .map_or(String::new(), |t| format!(" for {t}")),
             last.map_or(String::new(), |l| format!(": {}", l.trim())),
         )))
+    }
+}
+
+/// A running build's process group, ended (SIGTERM) when it is dropped unfinished.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) with a negative pid signals the group the build leads; it takes
+            // no pointers.
+            unsafe {
+                libc::kill(-pid, libc::SIGTERM);
+            }
+        }
     }
 }
 
@@ -314,6 +335,29 @@ mod tests {
         let started = Instant::now();
         s.run(&[], false, &|_| {}).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_build_is_stopped_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = step(
+            "sh -c 'touch started; sleep 0.5; touch late' & wait",
+            dir.path(),
+        );
+        let mut run = Box::pin(s.run(&[], false, &|_| {}));
+        let started = dir.path().join("started");
+        let running = async {
+            while !started.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut run => panic!("the build ended by itself"),
+            _ = running => {}
+        }
+        drop(run);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!dir.path().join("late").exists(), "its child went on");
     }
 
     #[test]
