@@ -339,3 +339,27 @@ fn no_build_pushes_the_files_as_they_are() {
     assert!(!svc.path().join("ran").exists());
     assert_eq!(run_in(&pinned, "grep -c never /app/main.c"), "1\n");
 }
+
+#[test]
+fn json_says_how_long_the_build_took_and_its_lines_stay_on_stderr() {
+    let dev = Registry::start();
+    let svc = service("x");
+    let run = layerup_in(
+        svc.path(),
+        &[
+            "push",
+            "--json",
+            "./out:/app/out",
+            "--build",
+            "sleep 0.3; mkdir -p out; echo made | tee out/f",
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/svc:dev"),
+        ],
+    )
+    .run();
+    let doc: serde_json::Value = serde_json::from_str(run.ok()).unwrap();
+    assert!(doc["timings_ms"]["build"].as_u64().unwrap() >= 300, "{doc}");
+    assert!(run.stderr.contains("made\n"), "{}", run.stderr);
+}

@@ -57,6 +57,7 @@ pub fn pushed(p: &Pushed, total: std::time::Duration) -> Value {
         "tags_deleted": p.tags_deleted,
         "timings_ms": {
             "base": ms(p.timings.base),
+            "build": ms(p.timings.build),
             "layer": ms(p.timings.layer),
             "push": ms(p.timings.push),
             "total": ms(total),

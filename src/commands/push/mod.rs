@@ -129,6 +129,8 @@ impl Pushed {
 #[derive(Debug, Default)]
 pub struct Timings {
     pub base: Duration,
+    /// The build command's run.
+    pub build: Duration,
     pub layer: Duration,
     pub push: Duration,
 }
@@ -354,6 +356,7 @@ async fn run_gated(
     crate::meter::phase(crate::meter::Phase::Building);
     let mut timings = Timings {
         base: read.took,
+        build: read.built,
         ..Timings::default()
     };
     let (tmp, _lock) = crate::stale::temp_dir()?;
@@ -385,7 +388,9 @@ async fn run_gated(
         dir: tmp.path().to_path_buf(),
     };
     let (mut made, mut next) = blocking(move || new_image::make(input)).await?;
-    timings.layer = started.elapsed().saturating_sub(timings.base);
+    timings.layer = started
+        .elapsed()
+        .saturating_sub(timings.base + timings.build);
 
     let started = Instant::now();
     crate::meter::phase(crate::meter::Phase::Sending);

@@ -31,6 +31,8 @@ pub(super) struct Read {
     pub lowers: Vec<Lower>,
     /// How long the base took to read.
     pub took: Duration,
+    /// How long the build ran (zero without one).
+    pub built: Duration,
     pub last: Loaded,
     /// What the destination's tag names now.
     pub at_tag: Option<Digest>,
@@ -99,11 +101,13 @@ pub(super) async fn read(
                 .collect();
             let per_platform = plan.mappings.iter().any(|m| m.per_platform());
             let _permit = builds.acquire().await;
-            step.run(&targets, per_platform, &|e| told(Told::Building(e)))
+            let built = step
+                .run(&targets, per_platform, &|e| told(Told::Building(e)))
                 .await?;
             made_by_build(plan, &step.command)?;
+            return Ok((bases, index, lowers, (took, built)));
         }
-        Ok::<_, Error>((bases, index, lowers, took))
+        Ok::<_, Error>((bases, index, lowers, (took, Duration::ZERO)))
     };
     let check_dest = async {
         // Read with --full too: what the last push's deltas hid stays hidden.
@@ -134,37 +138,38 @@ pub(super) async fn read(
     // A build makes the files: the walk waits for it.
     let needs_base = plan.build.is_some()
         || (plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute()));
-    let ((bases, index, lowers, took), (last, at_tag, held), walked, base_workdir) = if needs_base {
-        let (base, dest) = tokio::try_join!(fetch_base, check_dest)?;
-        let workdir = match plan.tweaks.workdir {
-            Some(_) => None,
-            None => working_dir(&base.0)?,
-        };
-        if workdir.is_none() && plan.tweaks.workdir.is_none() {
-            no_dest(plan, &base.0)?;
-        }
-        let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
-        let walked = walk(plan, placed, last_walk, changes).await?;
-        (base, dest, walked, workdir)
-    } else {
-        // The last push's placing, or the DESTs as asked: right unless the base moved one.
-        let guess = match &last_walk {
-            Some(w) => w.mappings.clone(),
-            None => asked(plan, None),
-        };
-        let (base, dest, walked) = tokio::try_join!(
-            fetch_base,
-            check_dest,
-            walk(plan, guess, last_walk, changes)
-        )?;
-        let placed = place(&asked(plan, None), &base.2)?;
-        let walked = if placed == walked.mappings {
-            walked
+    let ((bases, index, lowers, (took, built)), (last, at_tag, held), walked, base_workdir) =
+        if needs_base {
+            let (base, dest) = tokio::try_join!(fetch_base, check_dest)?;
+            let workdir = match plan.tweaks.workdir {
+                Some(_) => None,
+                None => working_dir(&base.0)?,
+            };
+            if workdir.is_none() && plan.tweaks.workdir.is_none() {
+                no_dest(plan, &base.0)?;
+            }
+            let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
+            let walked = walk(plan, placed, last_walk, changes).await?;
+            (base, dest, walked, workdir)
         } else {
-            walk(plan, placed, None, &Changes::All).await?
+            // The last push's placing, or the DESTs as asked: right unless the base moved one.
+            let guess = match &last_walk {
+                Some(w) => w.mappings.clone(),
+                None => asked(plan, None),
+            };
+            let (base, dest, walked) = tokio::try_join!(
+                fetch_base,
+                check_dest,
+                walk(plan, guess, last_walk, changes)
+            )?;
+            let placed = place(&asked(plan, None), &base.2)?;
+            let walked = if placed == walked.mappings {
+                walked
+            } else {
+                walk(plan, placed, None, &Changes::All).await?
+            };
+            (base, dest, walked, None)
         };
-        (base, dest, walked, None)
-    };
     let tree = with_base(plan, walked, &lowers, changes).await?;
     let workdir = plan
         .tweaks
@@ -177,6 +182,7 @@ pub(super) async fn read(
         index,
         lowers,
         took,
+        built,
         last,
         at_tag,
         held,
