@@ -17,13 +17,15 @@ Examples:
       --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev --env MODE=dev
   layerup push ./examples/hello:/app --deploy \\
       --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev
+  layerup push ./out/stamp:/app/BUILT --build 'mkdir -p out && date -u > out/stamp' \\
+      --base localhost:5000/prod/demo:1.0 --to localhost:5000/dev/demo:dev
 
 (localhost:5000 is the registry ./scripts/demo starts; yours are any host[:port]. A short
 name, like prod/app:1.0, is Docker Hub's unless layerup.toml makes `prod` an alias.)
 
 Exit codes: 0 ok, 1 internal, 2 usage, 3 source files, 4 registry or cluster unreachable,
 5 authentication, 6 not found, 7 unusable image, 8 registry refused a write, 9 cluster
-refused a change, 10 rollout failed or timed out, 130 interrupted.";
+refused a change, 10 rollout failed or timed out, 11 build command failed, 130 interrupted.";
 
 #[derive(Debug, Parser)]
 #[command(name = "layerup", version, about = "Append a layer of your files to a production image and push only what is new — no Docker", after_help = EXAMPLES)]
