@@ -16,6 +16,8 @@ pub struct Deps {
     pub dir: PathBuf,
     /// `build-deps`, relative to `dir`; `None`: the default.
     globs: Option<GlobSet>,
+    /// Those of them that reach above `dir` (`../pkg/**`).
+    above: Option<GlobSet>,
     /// The default leaves out the mapped sources (the build's outputs, or files pushed as they
     /// are) and what `.gitignore` ignores.
     sources: Vec<PathBuf>,
@@ -27,9 +29,18 @@ impl Deps {
     pub fn new(step: &BuildStep, sources: &[PathBuf]) -> Result<Deps> {
         let dir = std::fs::canonicalize(&step.dir)
             .map_err(|e| Error::io("read the build's directory", &step.dir, &e))?;
+        let (up, down): (Vec<String>, Vec<String>) = step
+            .deps
+            .iter()
+            .cloned()
+            .partition(|p| p.starts_with("../"));
+        let above = match up.as_slice() {
+            [] => None,
+            up => Some(globs(up)?),
+        };
         let globs = match step.deps.as_slice() {
             [] => None,
-            deps => Some(globs(deps)?),
+            _ => Some(globs(&down)?),
         };
         let gitignore = match dir.join(".gitignore") {
             f if f.is_file() => {
@@ -44,30 +55,66 @@ impl Deps {
         Ok(Deps {
             dir,
             globs,
+            above,
             sources,
             gitignore,
         })
     }
 
+    /// The directories to watch for it: the build's, and those `build-deps` reach above it
+    /// (`../pkg/**`: a monorepo's shared code).
+    pub fn roots(&self, step: &BuildStep) -> Vec<PathBuf> {
+        let mut roots = vec![self.dir.clone()];
+        for p in step.deps.iter().filter(|p| p.starts_with("../")) {
+            let fixed: PathBuf = Path::new(p)
+                .components()
+                .take_while(|c| {
+                    !c.as_os_str()
+                        .to_string_lossy()
+                        .contains(['*', '?', '[', '{'])
+                })
+                .collect();
+            if let Ok(root) = std::fs::canonicalize(self.dir.join(fixed)) {
+                roots.push(root);
+            }
+        }
+        roots
+    }
+
     /// Whether an edit of `path` (absolute) re-runs the build.
     pub fn matches(&self, path: &Path) -> bool {
-        let Ok(rel) = path.strip_prefix(&self.dir) else {
-            return false;
-        };
-        if rel.components().any(|c| c.as_os_str() == ".git") {
+        if path.components().any(|c| c.as_os_str() == ".git") {
             return false;
         }
-        match &self.globs {
-            Some(g) => g.is_match(rel),
-            None => {
+        match (&self.globs, path.strip_prefix(&self.dir)) {
+            (Some(g), Ok(rel)) => g.is_match(rel),
+            // Above the build's directory: as `../` patterns name it.
+            (Some(_), Err(_)) => self
+                .above
+                .as_ref()
+                .is_some_and(|g| relative(path, &self.dir).is_some_and(|rel| g.is_match(rel))),
+            (None, Ok(rel)) => {
                 !self.sources.iter().any(|s| path.starts_with(s))
                     && !self
                         .gitignore
                         .as_ref()
                         .is_some_and(|g| g.matched_path_or_any_parents(rel, false).is_ignore())
             }
+            (None, Err(_)) => false,
         }
     }
+}
+
+/// `path` as seen from `dir` (both absolute), through `..` where it is not below it.
+fn relative(path: &Path, dir: &Path) -> Option<PathBuf> {
+    let mut up = PathBuf::new();
+    for above in dir.ancestors() {
+        if let Ok(rest) = path.strip_prefix(above) {
+            return Some(up.join(rest));
+        }
+        up.push("..");
+    }
+    None
 }
 
 /// `build-deps` patterns: `*` stays within a directory, `**` crosses them, and a pattern that
@@ -76,6 +123,11 @@ pub fn globs(patterns: &[String]) -> Result<GlobSet> {
     let mut set = GlobSetBuilder::new();
     for p in patterns {
         let p = p.trim_start_matches("./").trim_end_matches('/');
+        if p.starts_with('/') {
+            return Err(Error::usage(format!(
+                "build-deps `{p}` must be relative to the build's directory (`../lib/**` reaches above it)"
+            )));
+        }
         for p in [p.to_string(), format!("{p}/**")] {
             let glob = GlobBuilder::new(&p)
                 .literal_separator(true)
@@ -129,6 +181,30 @@ mod tests {
         assert!(d.matches(&at("cmd/api/README")));
         assert!(!d.matches(&at("go.sum")));
         assert!(!d.matches(&at("docs/x.md")));
+    }
+
+    #[test]
+    fn build_deps_reach_above_the_directory_with_dot_dot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let svc = tmp.path().join("services/api");
+        std::fs::create_dir_all(&svc).unwrap();
+        std::fs::create_dir_all(tmp.path().join("pkg/util")).unwrap();
+        let step = BuildStep {
+            command: "go build".into(),
+            dir: svc.clone(),
+            deps: vec!["**/*.go".into(), "../../pkg/**/*.go".into()],
+        };
+        let d = Deps::new(&step, &[]).unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        assert!(d.matches(&root.join("services/api/main.go")));
+        assert!(d.matches(&root.join("pkg/util/strings.go")));
+        assert!(!d.matches(&root.join("pkg/util/README.md")));
+        assert!(!d.matches(&root.join("services/web/main.go")));
+        assert_eq!(
+            d.roots(&step),
+            vec![root.join("services/api"), root.join("pkg")]
+        );
+        assert!(globs(&["/etc/**".into()]).is_err());
     }
 
     #[test]

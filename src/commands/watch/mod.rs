@@ -266,8 +266,12 @@ impl Watching {
             Some(step) => Some(deps::Deps::new(step, &sources)?),
             None => None,
         };
-        // The build's directory first: sources inside it need no watch of their own.
-        for dir in deps.iter().map(|d| &d.dir).chain(&sources) {
+        // The build's directories first: sources inside them need no watch of their own.
+        let roots = match (&deps, &plan.push.build) {
+            (Some(d), Some(step)) => d.roots(step),
+            _ => Vec::new(),
+        };
+        for dir in roots.iter().chain(&sources) {
             if !self.watching.iter().any(|w| dir.starts_with(w)) {
                 self.watcher
                     .watch(dir, RecursiveMode::Recursive)
