@@ -363,3 +363,44 @@ fn json_says_how_long_the_build_took_and_its_lines_stay_on_stderr() {
     assert!(doc["timings_ms"]["build"].as_u64().unwrap() >= 300, "{doc}");
     assert!(run.stderr.contains("made\n"), "{}", run.stderr);
 }
+
+#[test]
+fn an_edit_during_a_build_builds_once_more_and_the_newest_is_pushed() {
+    let dev = Registry::start();
+    let svc = service("during v1");
+    // The build says it started, then takes a while: the test edits in that while.
+    let build = format!("touch started; sleep 1; {BUILD}");
+    let state = tempfile::tempdir().unwrap();
+    let layerup = layerup_in(
+        svc.path(),
+        &[
+            "watch",
+            "-v",
+            "--debounce",
+            "100",
+            "./out/hello:/app/hello",
+            "--build",
+            &build,
+            "--build-dep",
+            "*.c",
+            "--base",
+            &prod().oci,
+            "--to",
+            &dev.reference("dev/svc:dev"),
+        ],
+    )
+    .env("LAYERUP_STATE_DIR", state.path());
+    let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
+    let builds = |w: &common::watching::Watching| w.log().matches("building: ").count();
+    w.wait_for("the first push", |w| !w.pushes().is_empty());
+    let started = svc.path().join("started");
+    std::fs::remove_file(&started).unwrap();
+    std::fs::write(svc.path().join("main.c"), main_c("during v2")).unwrap();
+    w.wait_for("the second build", |_| started.exists());
+    std::fs::write(svc.path().join("main.c"), main_c("during v3")).unwrap();
+    w.wait_for("the push after two builds", |w| w.pushes().len() >= 2);
+    assert_eq!(builds(&w), 3, "{}", w.log());
+    assert_eq!(w.pushes().len(), 2, "{}", w.log());
+    assert_eq!(run_in(&w.pushes()[1], "/app/hello"), "during v3\n");
+    w.stop();
+}
