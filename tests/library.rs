@@ -52,6 +52,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
         state_dir: Some(state.to_path_buf()),
         confined: None,
         build: None,
+        compression: Default::default(),
     }
 }
 

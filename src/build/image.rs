@@ -7,6 +7,7 @@ use oci_spec::image::Digest;
 use serde_json::{json, Map, Value};
 
 use crate::build::base::{Base, BaseIndex};
+use crate::build::compression::Codec;
 use crate::error::{Error, Result};
 use crate::oci::digest;
 use crate::oci::manifest::{Descriptor, Document, Family};
@@ -32,6 +33,9 @@ pub struct NewLayer {
     pub size: u64,
     /// Its history entry, as `docker history` shows it.
     pub created_by: String,
+    /// How its blob is compressed (layers recorded before zstd: gzip).
+    #[serde(default, skip_serializing_if = "Codec::is_gzip")]
+    pub codec: Codec,
 }
 
 #[derive(Debug, Clone)]
@@ -114,10 +118,10 @@ pub fn build(base: &Base, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> R
         config_bytes.len() as u64,
     );
     let mut layers = base.layers.clone();
-    layers.extend(
-        app.iter()
-            .map(|l| Descriptor::new(family.layer_gzip(), l.digest.clone(), l.size)),
-    );
+    for l in app {
+        let media_type = l.codec.media_type(family, &base.name)?;
+        layers.push(Descriptor::new(media_type, l.digest.clone(), l.size));
+    }
 
     let mut manifest = base.manifest.as_object().cloned().unwrap_or_default();
     manifest.insert("schemaVersion".into(), json!(2));
@@ -293,6 +297,7 @@ mod tests {
             diff_id: digest::sha256(b"tar"),
             size: 4,
             created_by: "layerup push ./src:/app".into(),
+            codec: Codec::Gzip,
         }]
     }
 

@@ -1,9 +1,10 @@
 //! Building the new image, with no network of its own: source trees → entries (walk, tree,
-//! ignore) → tar → gzip, in parts (partition) or as a delta on the last push (index, state,
-//! stack); files per platform (per_platform); the base as read from a store; the new config and
-//! manifest (image).
+//! ignore) → tar → gzip or zstd (compression), in parts (partition) or as a delta on the last
+//! push (index, state, stack); files per platform (per_platform); the base as read from a
+//! store; the new config and manifest (image).
 
 pub mod base;
+pub mod compression;
 pub mod entry;
 pub mod gzip;
 pub mod ignore;

@@ -4,11 +4,13 @@
 //! known of their blobs in the destination, and the state to remember for the next push.
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::path::PathBuf;
 
 use oci_spec::image::Digest;
 
 use crate::build::base::{Base, BaseIndex};
+use crate::build::compression::{Codec, Compression};
 use crate::build::entry::{Own, RawMapping};
 use crate::build::image::{self, Image, NewLayer, Tweaks};
 use crate::build::lower::Lower;
@@ -44,6 +46,8 @@ pub struct Input {
     /// layerup's own paths: never in a layer.
     pub own: Vec<Own>,
     pub mtime: u64,
+    /// How the layers this push writes are compressed.
+    pub compression: Compression,
     pub tweaks: Tweaks,
     /// `--full`.
     pub full: bool,
@@ -118,6 +122,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         ignore,
         own,
         mtime,
+        compression,
         tweaks,
         full,
         squash,
@@ -149,6 +154,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         lowers: lowers.clone(),
         owner,
         mtime,
+        compression,
         full,
         squash,
         dest_name: &dest_name,
@@ -171,6 +177,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         ignore,
         own,
         mtime,
+        compression,
     };
     let per_platform = platform_layers(
         &raw,
@@ -190,7 +197,7 @@ pub fn make(input: Input) -> Result<(NewImage, Box<State>)> {
         (_, false) => None,
         (Mode::Unchanged, true) => Some(Vec::new()),
         // A first push or a full one for a reason other than squashing wrote no delta file.
-        (_, true) => read_delta(&dir.join(stack::DELTA_FILE))?,
+        (_, true) => read_delta(&dir.join(stack::DELTA_FILE), compression.codec())?,
     };
     let (images, index, platforms) = images(&bases, index, &app, &per_platform, &tweaks, mtime)?;
     let mut made = NewImage {
@@ -220,6 +227,7 @@ struct AppPlan<'a> {
     lowers: std::sync::Arc<Vec<Lower>>,
     owner: Option<(u32, u32)>,
     mtime: u64,
+    compression: Compression,
     full: bool,
     squash: Squash,
     dest_name: &'a str,
@@ -261,6 +269,7 @@ fn app_layers(
         base,
         created_by: stack::created_by(&tree.mappings),
         mtime: plan.mtime,
+        compression: plan.compression,
         squash: plan.squash,
         dir: plan.dir.to_path_buf(),
     };
@@ -346,13 +355,15 @@ fn platform_layers(
 }
 
 /// The delta layer's file, uncompressed; `None` when this push wrote none.
-fn read_delta(file: &std::path::Path) -> Result<Option<Vec<u8>>> {
+fn read_delta(file: &std::path::Path, codec: Codec) -> Result<Option<Vec<u8>>> {
     if !file.is_file() {
         return Ok(None);
     }
     let mut tar = Vec::new();
     let f = std::fs::File::open(file).map_err(|e| Error::io("read", file, &e))?;
-    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(f), &mut tar)
+    codec
+        .reader(f)
+        .and_then(|mut r| r.read_to_end(&mut tar))
         .map_err(|e| Error::io("read", file, &e))?;
     Ok(Some(tar))
 }
@@ -450,6 +461,7 @@ mod tests {
             ignore: Vec::new(),
             own: Vec::new(),
             mtime: crate::build::tar::DEFAULT_MTIME,
+            compression: Compression::Gzip,
             tweaks: Tweaks::default(),
             full: false,
             squash: Squash::default(),
@@ -557,6 +569,62 @@ mod tests {
         assert!(names.contains(&"app/.wh.b.txt".to_string()), "{names:?}");
         assert!(names.contains(&"app/a.txt".to_string()), "{names:?}");
         assert_eq!(next.deltas.len(), 1);
+    }
+
+    #[test]
+    fn a_zstd_delta_stacks_on_a_gzip_layer_and_is_read_back_for_sync() {
+        let oci = |mut i: Input| {
+            for (_, b) in &mut i.bases {
+                b.family = Family::Oci;
+            }
+            i
+        };
+        let (src, out) = (tree(), tempfile::tempdir().unwrap());
+        let (first, state) = make(oci(input(
+            src.path(),
+            &["amd64"],
+            Loaded::Missing,
+            out.path(),
+        )))
+        .unwrap();
+        std::fs::write(src.path().join("a.txt"), "edited").unwrap();
+        let out2 = tempfile::tempdir().unwrap();
+        let mut zstd = oci(input(
+            src.path(),
+            &["amd64"],
+            Loaded::Found(state),
+            out2.path(),
+        ));
+        zstd.compression = Compression::Zstd(3);
+        let (made, next) = make(zstd).unwrap();
+        let m = manifest_of(made.top());
+        let types: Vec<&str> = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types[1..],
+            [
+                crate::oci::manifest::OCI_LAYER_GZIP,
+                crate::build::compression::OCI_LAYER_ZSTD
+            ]
+        );
+        assert_eq!(first.uploads[0].0.codec, Codec::Gzip);
+        assert_eq!(next.deltas[0].codec, Codec::Zstd);
+        let delta = made.delta.as_ref().unwrap();
+        let names: Vec<String> = ::tar::Archive::new(&delta[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["app/a.txt"]);
+        // On a Docker schema 2 base there is no zstd layer type.
+        let mut docker = input(src.path(), &["amd64"], Loaded::Missing, out2.path());
+        docker.compression = Compression::Zstd(3);
+        let e = make(docker).err().unwrap();
+        assert_eq!(e.code(), crate::error::ExitCode::Usage);
     }
 
     #[test]

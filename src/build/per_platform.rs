@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::build::base::Base;
+use crate::build::compression::Compression;
 use crate::build::entry::{Entry, Mapping, Own, RawMapping, PLACEHOLDERS};
 use crate::build::lower::Lower;
 use crate::build::state::PlatformLayer;
@@ -37,6 +38,7 @@ pub struct Settings {
     pub own: Vec<Own>,
     /// Every entry's mtime (`SOURCE_DATE_EPOCH`).
     pub mtime: u64,
+    pub compression: Compression,
 }
 
 /// The job of `base`'s platform: the per-platform mappings `raw` filled in with it. Its os,
@@ -108,7 +110,16 @@ pub fn build(jobs: Vec<Job>, settings: &Settings, last: &[PlatformLayer]) -> Res
             )?;
             tree::with_chain(&mut entries, &job.chain);
             crate::build::lower::check_links(std::slice::from_ref(&job.lower), &entries)?;
-            let stamp = format!("{} {format} {}", settings.mtime, index::stamp(&entries));
+            // A layer of gzip, its stamp as before zstd existed; one of zstd says its level.
+            let codec = match settings.compression {
+                Compression::Gzip => String::new(),
+                Compression::Zstd(level) => format!(" zstd:{level}"),
+            };
+            let stamp = format!(
+                "{} {format}{codec} {}",
+                settings.mtime,
+                index::stamp(&entries)
+            );
             let platform = job.platform.to_string();
             let same = last.iter().find(|l| {
                 l.platform == platform
@@ -122,7 +133,8 @@ pub fn build(jobs: Vec<Job>, settings: &Settings, last: &[PlatformLayer]) -> Res
                 });
             }
             let by = format!("{} for {platform}", stack::created_by(&job.mappings));
-            let layer = stack::write_plain(&entries, &by, settings.mtime, &job.path)?;
+            let bytes = (settings.mtime, settings.compression);
+            let layer = stack::write_plain(&entries, &by, bytes, &job.path)?;
             Ok(Built {
                 made: PlatformLayer {
                     platform,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
+use crate::build::compression::Compression;
 use crate::build::entry::{Entry, Mapping};
 use crate::build::image::NewLayer;
 use crate::build::index::{self, Delta, Index};
@@ -165,6 +166,7 @@ pub struct Job {
     pub base: Digest,
     pub created_by: String,
     pub mtime: u64,
+    pub compression: Compression,
     pub squash: Squash,
     /// Where the layer blobs are written.
     pub dir: PathBuf,
@@ -205,7 +207,13 @@ pub fn layers(
         } else {
             let path = job.dir.join(DELTA_FILE);
             let by = format!("{} (changes)", job.created_by);
-            let layer = write_layer(&delta.entries, &by, job.mtime, &path, &mut delta.index)?;
+            let layer = write_layer(
+                &delta.entries,
+                &by,
+                (job.mtime, job.compression),
+                &path,
+                &mut delta.index,
+            )?;
             if let Some(why) = squash_reason(&prev, layer.size, job.squash) {
                 break 'delta Some(why);
             }
@@ -247,7 +255,13 @@ pub fn layers(
     // Nothing to add (every mapping per platform, or an empty source): no empty layer.
     parts.retain(|p| !p.is_empty());
     let mut index = index::index_of(&job.entries, job.scanned_at);
-    let uploads = write_full(&parts, &job.created_by, job.mtime, &mut index, &job.dir)?;
+    let uploads = write_full(
+        &parts,
+        &job.created_by,
+        (job.mtime, job.compression),
+        &mut index,
+        &job.dir,
+    )?;
     let app: Vec<NewLayer> = uploads.iter().map(|u| u.0.clone()).collect();
     let mut next = State::new(job.settings, job.base.clone(), job.base, app.clone(), index);
     next.hidden = hidden;
@@ -354,7 +368,7 @@ pub fn squash_reason(prev: &State, size: u64, squash: Squash) -> Option<FullReas
 pub fn write_full(
     parts: &[Vec<Entry>],
     created_by: &str,
-    mtime: u64,
+    bytes: (u64, Compression),
     index: &mut Index,
     dir: &Path,
 ) -> Result<Vec<(NewLayer, PathBuf)>> {
@@ -363,7 +377,7 @@ pub fn write_full(
         .enumerate()
         .map(|(i, part)| {
             let path = dir.join(format!("part-{i}.tar.gz"));
-            Ok((write_layer(part, created_by, mtime, &path, index)?, path))
+            Ok((write_layer(part, created_by, bytes, &path, index)?, path))
         })
         .collect()
 }
@@ -380,21 +394,21 @@ pub fn created_by(mappings: &[Mapping]) -> String {
 pub fn write_plain(
     entries: &[Entry],
     created_by: &str,
-    mtime: u64,
+    bytes: (u64, Compression),
     path: &Path,
 ) -> Result<NewLayer> {
-    write_layer(entries, created_by, mtime, path, &mut Index::default())
+    write_layer(entries, created_by, bytes, path, &mut Index::default())
 }
 
 /// Writes one layer blob at `path`; the hashes of the files it stored go into `index`.
 fn write_layer(
     entries: &[Entry],
     created_by: &str,
-    mtime: u64,
+    (mtime, compression): (u64, Compression),
     path: &Path,
     index: &mut Index,
 ) -> Result<NewLayer> {
-    let sums = tar::write_entries(entries, mtime, path)?;
+    let sums = tar::write_entries(entries, mtime, compression, path)?;
     for (file, sha) in sums.files {
         if let Some(r) = index.get_mut(&file) {
             r.sha = Some(sha);
@@ -405,6 +419,7 @@ fn write_layer(
         diff_id: sums.diff_id,
         size: sums.size,
         created_by: created_by.to_string(),
+        codec: compression.codec(),
     })
 }
 

@@ -272,6 +272,7 @@ mod tests {
                 diff_id: crate::oci::digest::sha256(b"t"),
                 size: 3,
                 created_by: "layerup push to /app".into(),
+                codec: Default::default(),
             }],
             Index::default(),
         )

@@ -13,6 +13,7 @@ use std::path::Path;
 use oci_spec::image::Digest;
 use sha2::{Digest as _, Sha256};
 
+use crate::build::compression::Compression;
 use crate::build::entry::{Entry, Kind};
 use crate::build::gzip;
 use crate::error::{Error, Result};
@@ -35,9 +36,15 @@ pub const GZIP_LEVEL: u32 = 5;
 pub const DEFAULT_MTIME: u64 = 315_532_800;
 
 /// Writes `entries` as a layer blob into a new file at `path`.
-pub fn write_entries(entries: &[Entry], mtime: u64, path: &Path) -> Result<Sums> {
+pub fn write_entries(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    path: &Path,
+) -> Result<Sums> {
     let file = File::create(path).map_err(|e| Error::io("create", path, &e))?;
-    write(entries, mtime, BufWriter::with_capacity(1 << 20, file)).map_err(|e| match e {
+    let out = BufWriter::with_capacity(1 << 20, file);
+    write_compressed(entries, mtime, compression, out).map_err(|e| match e {
         WriteError::Source(e) => e,
         WriteError::Sink(e) => Error::io("write the layer to", path, &e),
     })
@@ -65,9 +72,64 @@ pub fn write<W: Write>(
     mtime: u64,
     out: W,
 ) -> std::result::Result<Sums, WriteError> {
+    write_compressed(entries, mtime, Compression::Gzip, out)
+}
+
+/// A compressor writing into `W`, finished explicitly (its end is part of the blob).
+enum Compressor<W: Write> {
+    Gzip(gzip::ParallelGzip<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Compressor<W> {
+    /// gzip at [`GZIP_LEVEL`] on every core; zstd at its level on one (one frame: the same
+    /// bytes on every machine, whatever its cores).
+    fn new(out: W, compression: Compression) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Gzip => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Compressor::Gzip(gzip::ParallelGzip::new(out, GZIP_LEVEL, threads)?)
+            }
+            Compression::Zstd(level) => {
+                let mut z = zstd::stream::write::Encoder::new(out, level)?;
+                z.include_checksum(false)?;
+                Compressor::Zstd(z)
+            }
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Gzip(g) => g.finish(),
+            Compressor::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(g) => g.write(buf),
+            Compressor::Zstd(z) => z.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(g) => g.flush(),
+            Compressor::Zstd(z) => z.flush(),
+        }
+    }
+}
+
+/// Writes `entries` as tar → sha256 (diff_id) → `compression` → sha256 (digest) → `out`.
+pub fn write_compressed<W: Write>(
+    entries: &[Entry],
+    mtime: u64,
+    compression: Compression,
+    out: W,
+) -> std::result::Result<Sums, WriteError> {
     let compressed = Hashing::new(out);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let gz = gzip::ParallelGzip::new(compressed, GZIP_LEVEL, threads).map_err(WriteError::Sink)?;
+    let gz = Compressor::new(compressed, compression).map_err(WriteError::Sink)?;
     let tar_stream = BufWriter::with_capacity(256 << 10, Hashing::new(gz));
     let mut tar = tar::Builder::new(tar_stream);
     let mut files = Vec::new();

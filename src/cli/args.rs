@@ -224,6 +224,10 @@ pub struct PushArgs {
     /// them already).
     #[arg(long)]
     pub no_build: bool,
+    /// How the layers are compressed: gzip (every runtime reads it), or zstd[:LEVEL] (smaller
+    /// and faster; OCI images, containerd ≥ 1.5, CRI-O, podman, Docker ≥ 23) [default: gzip]
+    #[arg(long, value_name = "gzip|zstd[:LEVEL]")]
+    pub compression: Option<String>,
     /// Leave out paths matching this pattern (`.layerupignore` syntax, applied after that
     /// file's rules; repeatable).
     #[arg(long = "ignore", value_name = "PATTERN")]

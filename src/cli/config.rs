@@ -76,6 +76,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("user", "user", Shape::Str),
     ("chown", "chown", Shape::Str),
     ("ignore", "ignore", Shape::List),
+    ("compression", "compression", Shape::Str),
     ("max-deltas", "max-deltas", Shape::Int),
     ("squash-at", "squash-at", Shape::Str),
     ("debounce", "debounce", Shape::Int),

@@ -127,6 +127,12 @@ impl PushArgs {
             tweaks,
             owner,
             mtime,
+            compression: self
+                .compression
+                .as_deref()
+                .map(crate::build::compression::Compression::parse)
+                .transpose()?
+                .unwrap_or_default(),
             net: self.transfer.options()?,
             jobs: self.transfer.jobs,
             full: self.full,

@@ -59,6 +59,8 @@ pub struct PushPlan {
     pub owner: Option<(u32, u32)>,
     /// Every entry's mtime and the image's `created` (Unix seconds).
     pub mtime: u64,
+    /// `--compression`: how the layers this push writes are compressed.
+    pub compression: crate::build::compression::Compression,
     pub net: registry::Options,
     pub jobs: usize,
     /// Push the full app layer even when a delta could be stacked.
@@ -380,6 +382,7 @@ async fn run_gated(
         ignore: plan.ignore.clone(),
         own: own_paths(plan),
         mtime: plan.mtime,
+        compression: plan.compression,
         tweaks: plan.tweaks.clone(),
         full: plan.full,
         squash: plan.squash,

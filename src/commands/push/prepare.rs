@@ -88,6 +88,10 @@ pub(super) async fn read(
             Some(Platforms::These(p)) => base::resolve_many(source, Some(p)).await?,
         };
         linux_only(&bases)?;
+        // Said before any layer is written.
+        for (_, b) in &bases {
+            plan.compression.codec().media_type(b.family, &b.name)?;
+        }
         let reads = bases
             .iter()
             .map(|(_, b)| lower::of(source, b, cache.as_deref(), plan.jobs));
