@@ -10,6 +10,7 @@ static BUILT_BYTES: AtomicU64 = AtomicU64::new(0);
 static SENT: AtomicU64 = AtomicU64::new(0);
 static BLOBS_DONE: AtomicU64 = AtomicU64::new(0);
 static BLOBS_TOTAL: AtomicU64 = AtomicU64::new(0);
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// What a run is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,16 @@ pub fn read_built() -> (u64, u64) {
         BUILT_ENTRIES.load(Ordering::Relaxed),
         BUILT_BYTES.load(Ordering::Relaxed),
     )
+}
+
+/// One more HTTP request sent to a registry (a retry too: it crossed the wire).
+pub fn request() {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// HTTP requests sent to registries by this process so far.
+pub fn requests() -> u64 {
+    REQUESTS.load(Ordering::Relaxed)
 }
 
 /// Bytes of blob data sent in a request body (a resent piece counts again: it crossed the wire).

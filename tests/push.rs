@@ -419,3 +419,42 @@ fn an_oci_layout_serves_as_base_and_as_destination() {
         "1.2.3\nprod 1.0\n"
     );
 }
+
+/// `requests` in --json counts what reached the registry (its own access log says so; the base
+/// is in the same registry, so that no other test's requests mix in), and a one-file delta takes
+/// ten: two `GET /v2/`, the base's manifest and config, the tag's HEAD, two uploads of two
+/// requests each, and the manifest PUT.
+#[test]
+fn json_counts_the_requests_the_registry_saw() {
+    let dev = Registry::start();
+    let base = dev.reference("prod/base:1");
+    Layerup::new().args(["copy", &prod().oci, &base]).run().ok();
+    let tree = app_tree();
+    let state = tempfile::tempdir().unwrap();
+    let to = dev.reference("dev/app:dev");
+    let push = || {
+        let out = Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(tree.path(), &base, &to))
+            .args(["--json"])
+            .run();
+        serde_json::from_str::<serde_json::Value>(out.ok()).unwrap()
+    };
+    let before = dev.requests().len();
+    let first = push();
+    assert_eq!(
+        first["requests"].as_u64().unwrap() as usize,
+        dev.requests().len() - before
+    );
+    std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
+    let before = dev.requests().len();
+    let delta = push();
+    assert_eq!(delta["mode"], "delta");
+    let seen = &dev.requests()[before..];
+    assert_eq!(
+        delta["requests"].as_u64().unwrap() as usize,
+        seen.len(),
+        "{seen:?}"
+    );
+    assert!(seen.len() <= 10, "more requests than before: {seen:?}");
+}

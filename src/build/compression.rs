@@ -12,7 +12,7 @@ use crate::oci::manifest::Family;
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// zstd's level when none is given: see docs/design.md ("Compression") for the measurement.
-pub const ZSTD_DEFAULT_LEVEL: i32 = 9;
+pub const ZSTD_DEFAULT_LEVEL: i32 = 6;
 
 /// A layer's compression, as recorded with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,30 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn zstd_on_any_number_of_cores_writes_the_same_bytes() {
+        use std::io::Write;
+        // 24 MiB that compress somewhat, so that several jobs run at once.
+        let mut data = Vec::with_capacity(24 << 20);
+        let mut x: u64 = 1;
+        while data.len() < 24 << 20 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            data.extend_from_slice(format!("{} ", x >> 50).as_bytes());
+        }
+        let outs: Vec<Vec<u8>> = [1u32, 2, 3, 8]
+            .iter()
+            .map(|&workers| {
+                let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+                z.multithread(workers).unwrap();
+                z.write_all(&data).unwrap();
+                z.finish().unwrap()
+            })
+            .collect();
+        assert!(outs.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]

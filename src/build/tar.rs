@@ -82,17 +82,19 @@ enum Compressor<W: Write> {
 }
 
 impl<W: Write> Compressor<W> {
-    /// gzip at [`GZIP_LEVEL`] on every core; zstd at its level on one (one frame: the same
-    /// bytes on every machine, whatever its cores).
+    /// gzip at [`GZIP_LEVEL`], zstd at its level, both on every core. zstd always in its
+    /// multi-threaded mode (never 0 workers): its streaming output is the same for any number
+    /// of workers (facebook/zstd#2238), so the same bytes on every machine.
     fn new(out: W, compression: Compression) -> io::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(match compression {
             Compression::Gzip => {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 Compressor::Gzip(gzip::ParallelGzip::new(out, GZIP_LEVEL, threads)?)
             }
             Compression::Zstd(level) => {
                 let mut z = zstd::stream::write::Encoder::new(out, level)?;
                 z.include_checksum(false)?;
+                z.multithread(threads.max(1) as u32)?;
                 Compressor::Zstd(z)
             }
         })

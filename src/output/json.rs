@@ -55,6 +55,7 @@ pub fn pushed(p: &Pushed, total: std::time::Duration) -> Value {
         "bytes_sent": p.bytes_sent(),
         "platforms": p.platforms.iter().map(|(pl, d)| json!({"platform": pl.to_string(), "digest": d.to_string()})).collect::<Vec<_>>(),
         "tags_deleted": p.tags_deleted,
+        "requests": p.requests,
         "timings_ms": {
             "base": ms(p.timings.base),
             "build": ms(p.timings.build),

@@ -96,3 +96,13 @@ impl Watching {
         self.log()
     }
 }
+
+/// A watch whose test failed before stopping it does not outlive the test.
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

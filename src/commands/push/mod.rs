@@ -111,6 +111,9 @@ pub struct Pushed {
     pub timings: Timings,
     /// Older `--ref-file` tags deleted by this push (the newest few are kept).
     pub tags_deleted: Vec<String>,
+    /// HTTP requests sent to registries during this push (with other images of the run pushing
+    /// at the same time, theirs too).
+    pub requests: u64,
 }
 
 impl Pushed {
@@ -330,6 +333,7 @@ async fn run_gated(
     told: &(dyn Fn(Told) + Sync),
 ) -> Result<(Pushed, Option<Kept>)> {
     let started = Instant::now();
+    let requests = crate::meter::requests();
     let source = Store::for_reading(&plan.base, &session.registry)?;
     let dest = Store::for_writing(&plan.to, &session.registry)?;
     let dest_name = plan.to.to_string();
@@ -445,6 +449,8 @@ async fn run_gated(
     });
     let mut pushed = pushed(plan, made, moved, timings);
     pushed.tags_deleted = tags_deleted;
+    pushed.requests = crate::meter::requests() - requests;
+    tracing::info!("{} registry requests", pushed.requests);
     Ok((pushed, kept))
 }
 
@@ -468,6 +474,7 @@ fn pushed(plan: &PushPlan, made: NewImage, moved: Vec<Moved>, timings: Timings) 
         delta: made.delta,
         timings,
         tags_deleted: Vec::new(),
+        requests: 0,
     }
 }
 

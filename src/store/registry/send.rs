@@ -105,6 +105,7 @@ impl Registry {
         req: reqwest::Request,
         tries: u32,
     ) -> reqwest::Result<Response> {
+        crate::meter::request();
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return self.http.execute(req).await;
         }
