@@ -2,6 +2,7 @@
 //! behind the one set of operations the rest uses; and the credentials registries ask for.
 
 pub mod auth;
+pub mod kept;
 pub mod layout;
 pub mod login;
 pub mod registry;
@@ -118,9 +119,19 @@ impl Store {
     /// a child's size is refused, not passed on.
     pub async fn manifest(&self, d: &Descriptor) -> Result<Document> {
         let doc = match self {
-            Store::Registry { registry, repo } => {
-                registry.manifest(repo, d.digest.as_ref()).await?
-            }
+            // Read by digest once, kept: the next run asks for the tag alone.
+            Store::Registry { registry, repo } => match registry.kept(&d.digest) {
+                Some(bytes) => Document {
+                    bytes: bytes.into(),
+                    digest: d.digest.clone(),
+                    media_type: d.media_type.clone(),
+                },
+                None => {
+                    let doc = registry.manifest(repo, d.digest.as_ref()).await?;
+                    registry.keep(&doc.digest, &doc.bytes);
+                    doc
+                }
+            },
             Store::Layout { layout, .. } => Document {
                 bytes: layout.blob_bytes(&d.digest)?.into(),
                 digest: d.digest.clone(),
@@ -164,7 +175,15 @@ impl Store {
     /// A small blob whole (an image config), verified; a read that breaks goes on where it
     /// stopped.
     pub async fn blob_bytes(&self, d: &Descriptor) -> Result<Vec<u8>> {
-        stream::read_all(self.cursor(d)?, CONFIG_LIMIT).await
+        let Store::Registry { registry, .. } = self else {
+            return stream::read_all(self.cursor(d)?, CONFIG_LIMIT).await;
+        };
+        if let Some(bytes) = registry.kept(&d.digest) {
+            return Ok(bytes);
+        }
+        let bytes = stream::read_all(self.cursor(d)?, CONFIG_LIMIT).await?;
+        registry.keep(&d.digest, &bytes);
+        Ok(bytes)
     }
 
     /// Where the blob `d` can be read from, at any offset.

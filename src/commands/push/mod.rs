@@ -334,6 +334,9 @@ async fn run_gated(
 ) -> Result<(Pushed, Option<Kept>)> {
     let started = Instant::now();
     let requests = crate::meter::requests();
+    if let Some(dir) = &plan.state_dir {
+        session.registry.keep_documents_in(dir.join("documents"));
+    }
     let source = Store::for_reading(&plan.base, &session.registry)?;
     let dest = Store::for_writing(&plan.to, &session.registry)?;
     let dest_name = plan.to.to_string();

@@ -75,6 +75,8 @@ pub struct Registry {
     challenges: PerHost<Challenge>,
     /// Each host's check of the basic credentials, made once per run.
     checked: PerHost<()>,
+    /// Where documents read by digest are kept between runs (`store::kept`), if anywhere.
+    kept: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// What is learnt once per host in a run: the first caller works it out, the others (even
@@ -165,7 +167,25 @@ impl Registry {
             secrets: Mutex::new(Vec::new()),
             challenges: PerHost::default(),
             checked: PerHost::default(),
+            kept: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Keeps documents read by digest in `dir` from now on (the first directory given wins).
+    pub fn keep_documents_in(&self, dir: std::path::PathBuf) {
+        let _ = self.kept.set(dir);
+    }
+
+    /// The document kept for `digest`, checked against it.
+    pub fn kept(&self, digest: &oci_spec::image::Digest) -> Option<Vec<u8>> {
+        crate::store::kept::get(self.kept.get()?, digest)
+    }
+
+    /// Keeps a document read by digest, for the next run.
+    pub fn keep(&self, digest: &oci_spec::image::Digest, bytes: &[u8]) {
+        if let Some(dir) = self.kept.get() {
+            crate::store::kept::put(dir, digest, bytes);
+        }
     }
 
     /// The body of a registry's answer, at most 64 KiB, with every secret of this run replaced
