@@ -732,3 +732,57 @@ fn login_hands_the_secret_to_the_configured_helper() {
         dev.host
     );
 }
+
+/// A registry that was open last time is taken as open (no `GET /v2/`: a round trip less); when
+/// it asks for a password after all, the push logs in then and goes through, and the next run
+/// asks first again.
+#[test]
+fn an_open_registry_is_not_pinged_again_and_one_that_closed_since_is_logged_in_to() {
+    let mut dev = Registry::start();
+    let client = Client::new(auths(
+        &dev.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    ));
+    let state = tempfile::tempdir().unwrap();
+    let tree = app_tree();
+    let host = dev.host.clone();
+    let push = |tag: &str| {
+        Layerup::new()
+            .env("DOCKER_CONFIG", client.config.path())
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(
+                tree.path(),
+                &prod().oci,
+                &format!("{host}/{tag}"),
+            ))
+            .run()
+    };
+    let pings = |dev: &Registry, from: usize| -> Vec<u16> {
+        dev.requests()[from..]
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p == "/v2/")
+            .map(|r| r.2)
+            .collect()
+    };
+    push("dev/app:1").ok();
+    assert_eq!(pings(&dev, 0), [200]);
+    let before = dev.requests().len();
+    push("dev/app:2").ok();
+    assert_eq!(pings(&dev, before), Vec::<u16>::new(), "taken as open");
+
+    dev.require_password(USER, PASSWORD);
+    let before = dev.requests().len();
+    let run = push("dev/app:3");
+    let pinned = run.ok().to_string();
+    assert_no_secret(&run);
+    let seen = &dev.requests()[before..];
+    assert_eq!(seen[0].2, 401, "{seen:?}");
+    assert!(seen
+        .iter()
+        .any(|(m, p, s)| m == "PUT" && p.ends_with("/manifests/3") && *s == 201));
+    assert!(pinned.contains("/dev/app@sha256:"), "{pinned}");
+    // Closed now: the next run asks first.
+    let before = dev.requests().len();
+    push("dev/app:4").ok();
+    assert_eq!(pings(&dev, before)[0], 401);
+}

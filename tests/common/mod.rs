@@ -193,6 +193,23 @@ impl Registry {
         self.wait_ready();
     }
 
+    /// From now on this registry asks for `user` and `password` (basic auth): restarted on the
+    /// same port and storage with an htpasswd file, as an admin turning authentication on does.
+    pub fn require_password(&mut self, user: &str, password: &str) {
+        require("htpasswd", "apache2-utils");
+        let line = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+        let file = self.dir.path().join("htpasswd");
+        std::fs::write(&file, line.trim()).unwrap();
+        let config = self.dir.path().join("config.yml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+            file.display()
+        ));
+        std::fs::write(&config, text).unwrap();
+        self.restart();
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

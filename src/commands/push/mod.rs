@@ -335,7 +335,7 @@ async fn run_gated(
     let started = Instant::now();
     let requests = crate::meter::requests();
     if let Some(dir) = &plan.state_dir {
-        session.registry.keep_documents_in(dir.join("documents"));
+        session.registry.remember_in(dir.clone());
     }
     let source = Store::for_reading(&plan.base, &session.registry)?;
     let dest = Store::for_writing(&plan.to, &session.registry)?;

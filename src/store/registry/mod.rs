@@ -75,8 +75,12 @@ pub struct Registry {
     challenges: PerHost<Challenge>,
     /// Each host's check of the basic credentials, made once per run.
     checked: PerHost<()>,
-    /// Where documents read by digest are kept between runs (`store::kept`), if anywhere.
-    kept: std::sync::OnceLock<std::path::PathBuf>,
+    /// The state directory: documents read by digest are kept there between runs
+    /// (`store::kept`), and which registries asked for no authentication.
+    state: std::sync::OnceLock<std::path::PathBuf>,
+    /// Hosts taken to be open this run because the last run found them so (their `GET /v2/`
+    /// skipped): a 401 from one logs in there and then.
+    assumed_open: Mutex<HashSet<String>>,
 }
 
 /// What is learnt once per host in a run: the first caller works it out, the others (even
@@ -167,25 +171,56 @@ impl Registry {
             secrets: Mutex::new(Vec::new()),
             challenges: PerHost::default(),
             checked: PerHost::default(),
-            kept: std::sync::OnceLock::new(),
+            state: std::sync::OnceLock::new(),
+            assumed_open: Mutex::new(HashSet::new()),
         })
     }
 
-    /// Keeps documents read by digest in `dir` from now on (the first directory given wins).
-    pub fn keep_documents_in(&self, dir: std::path::PathBuf) {
-        let _ = self.kept.set(dir);
+    /// Remembers across runs in the state directory `dir` from now on (the first one given
+    /// wins): documents read by digest, and which registries ask for no authentication.
+    pub fn remember_in(&self, dir: std::path::PathBuf) {
+        let _ = self.state.set(dir);
     }
 
     /// The document kept for `digest`, checked against it.
     pub fn kept(&self, digest: &oci_spec::image::Digest) -> Option<Vec<u8>> {
-        crate::store::kept::get(self.kept.get()?, digest)
+        crate::store::kept::get(&self.state.get()?.join("documents"), digest)
     }
 
     /// Keeps a document read by digest, for the next run.
     pub fn keep(&self, digest: &oci_spec::image::Digest, bytes: &[u8]) {
-        if let Some(dir) = self.kept.get() {
-            crate::store::kept::put(dir, digest, bytes);
+        if let Some(dir) = self.state.get() {
+            crate::store::kept::put(&dir.join("documents"), digest, bytes);
         }
+    }
+
+    /// Where the state says `host` asked for no authentication last time.
+    fn open_record(&self, host: &str) -> Option<std::path::PathBuf> {
+        let name: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(self.state.get()?.join("open-registries").join(name))
+    }
+
+    /// Records whether `host` asked for no authentication (a failure only costs a ping).
+    fn record_open(&self, host: &str, open: bool) {
+        let Some(file) = self.open_record(host) else {
+            return;
+        };
+        let _ = match open {
+            true => file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&file, b"")),
+            false => std::fs::remove_file(&file),
+        };
     }
 
     /// The body of a registry's answer, at most 64 KiB, with every secret of this run replaced
@@ -261,7 +296,24 @@ impl Registry {
                 .filter(|m| m.repository() != repo.repository())
                 .map(|m| format!("repository:{}:pull", m.repository())),
         );
-        let access = match challenge {
+        let access = self.access_for(host, challenge, creds, scopes).await?;
+        self.access
+            .lock()
+            .expect("access lock")
+            .insert((host.to_string(), repo.repository().to_string()), access);
+        Ok(())
+    }
+
+    /// What requests to `host` carry, as its `challenge` asks: nothing, the basic credentials
+    /// (checked once per host), or a bearer token for `scopes`.
+    async fn access_for(
+        &self,
+        host: &str,
+        challenge: Challenge,
+        creds: Credentials,
+        scopes: Vec<String>,
+    ) -> Result<Access> {
+        Ok(match challenge {
             Challenge::Open => Access::default(),
             Challenge::Basic => match &creds {
                 Credentials::Basic(user, pass) => {
@@ -319,12 +371,7 @@ impl Registry {
                     }
                 }
             },
-        };
-        self.access
-            .lock()
-            .expect("access lock")
-            .insert((host.to_string(), repo.repository().to_string()), access);
-        Ok(())
+        })
     }
 
     /// Checks `user` and `secret` against registry `host` before they are kept: `GET /v2/` with
@@ -385,7 +432,63 @@ impl Registry {
 
     /// How `host` wants to be authenticated: [`Registry::ping`], once per run.
     async fn challenge(&self, host: &str) -> Result<Challenge> {
-        self.challenges.once(host, || self.ping(host)).await
+        self.challenges
+            .once(host, || async {
+                // Open last time: taken as open without asking (a 401 logs in then).
+                if self.open_record(host).is_some_and(|f| f.exists()) {
+                    self.assumed_open
+                        .lock()
+                        .expect("assumed lock")
+                        .insert(host.to_string());
+                    return Ok(Challenge::Open);
+                }
+                let challenge = self.ping(host).await?;
+                self.record_open(host, matches!(challenge, Challenge::Open));
+                Ok(challenge)
+            })
+            .await
+    }
+
+    /// `t` was sent without credentials on the word of an earlier run that its registry is
+    /// open, and has none yet.
+    fn taken_as_open(&self, t: Target<'_>) -> bool {
+        self.assumed_open
+            .lock()
+            .expect("assumed lock")
+            .contains(t.host)
+            && self
+                .access
+                .lock()
+                .expect("access lock")
+                .get(&(t.host.to_string(), t.repo.to_string()))
+                .is_none_or(|a| a.header.is_none())
+    }
+
+    /// A registry taken as open answered 401 (`challenge`, its `WWW-Authenticate`): it is
+    /// not any more. Logs in for `t` as [`Registry::login`] would have, pull and push.
+    async fn log_in_now(&self, t: Target<'_>, challenge: &str) -> Result<()> {
+        tracing::info!(
+            "registry {} asks for authentication now; logging in",
+            t.host
+        );
+        self.record_open(t.host, false);
+        let challenge = parse_challenge(challenge).ok_or_else(|| {
+            Error::auth(format!(
+                "registry {} asks for authentication with a challenge layerup does not understand",
+                t.host
+            ))
+        })?;
+        let creds = auth::lookup(t.host).await?;
+        let scopes = match t.repo {
+            "" => Vec::new(),
+            repo => vec![format!("repository:{repo}:pull,push")],
+        };
+        let access = self.access_for(t.host, challenge, creds, scopes).await?;
+        self.access
+            .lock()
+            .expect("access lock")
+            .insert((t.host.to_string(), t.repo.to_string()), access);
+        Ok(())
     }
 
     /// `GET /v2/`: is the registry there, and how does it want to be authenticated?

@@ -55,6 +55,23 @@ impl Registry {
                 Ok(res) if elsewhere && res.status() == StatusCode::UNAUTHORIZED => {
                     return Err(self.refused_elsewhere(t, &res, action));
                 }
+                Ok(res)
+                    if res.status() == StatusCode::UNAUTHORIZED
+                        && !renewed
+                        && self.taken_as_open(t) =>
+                {
+                    // Open last run, not now: log in, and send it again.
+                    renewed = true;
+                    let challenge = res
+                        .headers()
+                        .get(reqwest::header::WWW_AUTHENTICATE)
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    Box::pin(self.log_in_now(t, &challenge)).await?;
+                    tries -= 1;
+                    continue;
+                }
                 Ok(res) if res.status() == StatusCode::UNAUTHORIZED && !renewed => {
                     // A token that expired during a long transfer: fetch a fresh one, once.
                     renewed = true;
