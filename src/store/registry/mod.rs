@@ -449,13 +449,18 @@ impl Registry {
             .await
     }
 
-    /// `t` was sent without credentials on the word of an earlier run that its registry is
-    /// open, and has none yet.
-    fn taken_as_open(&self, t: Target<'_>) -> bool {
+    /// `host` was taken as open this run on the word of an earlier one.
+    fn was_taken_as_open(&self, host: &str) -> bool {
         self.assumed_open
             .lock()
             .expect("assumed lock")
-            .contains(t.host)
+            .contains(host)
+    }
+
+    /// `t` was sent without credentials on the word of an earlier run that its registry is
+    /// open, and has none yet.
+    fn taken_as_open(&self, t: Target<'_>) -> bool {
+        self.was_taken_as_open(t.host)
             && self
                 .access
                 .lock()

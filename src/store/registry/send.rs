@@ -58,17 +58,20 @@ impl Registry {
                 Ok(res)
                     if res.status() == StatusCode::UNAUTHORIZED
                         && !renewed
-                        && self.taken_as_open(t) =>
+                        && self.was_taken_as_open(t.host) =>
                 {
-                    // Open last run, not now: log in, and send it again.
+                    // Open last run, not now: log in (unless a request beside this one just
+                    // did), and send it again.
                     renewed = true;
-                    let challenge = res
-                        .headers()
-                        .get(reqwest::header::WWW_AUTHENTICATE)
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    Box::pin(self.log_in_now(t, &challenge)).await?;
+                    if self.taken_as_open(t) {
+                        let challenge = res
+                            .headers()
+                            .get(reqwest::header::WWW_AUTHENTICATE)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        Box::pin(self.log_in_now(t, &challenge)).await?;
+                    }
                     tries -= 1;
                     continue;
                 }
