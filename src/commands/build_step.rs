@@ -341,7 +341,7 @@ mod tests {
     async fn an_interrupted_build_is_stopped_with_what_it_started() {
         let dir = tempfile::tempdir().unwrap();
         let s = step(
-            "sh -c 'touch started; sleep 0.5; touch late' & wait",
+            "sh -c 'touch started; sleep 1.5; touch late' & wait",
             dir.path(),
         );
         let mut run = Box::pin(s.run(&[], false, &|_| {}));
@@ -356,7 +356,7 @@ mod tests {
             _ = running => {}
         }
         drop(run);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!dir.path().join("late").exists(), "its child went on");
     }
 
