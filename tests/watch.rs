@@ -49,7 +49,11 @@ fn an_edit_during_a_push_gives_exactly_one_more_push() {
     w.wait_for("the second push start", |w| {
         w.log().contains("changes seen; pushing")
     });
-    std::fs::write(tree.path().join("during.txt"), "written during a push\n").unwrap();
+    // Renamed in too: a file half-written when the push reads it fails that push ("changed
+    // while layerup was reading it"), which is right, but not what this test is about.
+    let beside = tree.path().with_extension("during");
+    std::fs::write(&beside, "written during a push\n").unwrap();
+    std::fs::rename(&beside, tree.path().join("during.txt")).unwrap();
     w.wait_for("a third push", |w| w.pushes().len() == 3);
     std::thread::sleep(SETTLE);
     let pushes = w.pushes();
