@@ -1,5 +1,6 @@
 //! Which edits re-run an image's build under `watch`: its `build-deps` globs, or by default
-//! every file of its directory less the mapped sources, `.git` and what its `.gitignore` names.
+//! every file of its directory less the mapped sources, `.git` and what its `.gitignore` files
+//! name (the directory's and those below it, each for its own subtree, as git reads them).
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +20,9 @@ pub struct Deps {
     /// Those of them that reach above `dir` (`../pkg/**`).
     above: Option<GlobSet>,
     /// The default leaves out the mapped sources (the build's outputs, or files pushed as they
-    /// are) and what `.gitignore` ignores.
+    /// are) and what `.gitignore` files ignore (found when the watch starts; deepest first).
     sources: Vec<PathBuf>,
-    gitignore: Option<Gitignore>,
+    gitignores: Vec<Gitignore>,
 }
 
 impl Deps {
@@ -42,13 +43,9 @@ impl Deps {
             [] => None,
             _ => Some(globs(&down)?),
         };
-        let gitignore = match dir.join(".gitignore") {
-            f if f.is_file() => {
-                let mut b = GitignoreBuilder::new(&dir);
-                b.add(&f);
-                b.build().ok()
-            }
-            _ => None,
+        let gitignores = match &globs {
+            Some(_) => Vec::new(),
+            None => gitignores(&dir),
         };
         // The directory itself mapped whole: its files are still the build's inputs.
         let sources = sources.iter().filter(|s| **s != dir).cloned().collect();
@@ -57,7 +54,7 @@ impl Deps {
             globs,
             above,
             sources,
-            gitignore,
+            gitignores,
         })
     }
 
@@ -93,16 +90,51 @@ impl Deps {
                 .above
                 .as_ref()
                 .is_some_and(|g| relative(path, &self.dir).is_some_and(|rel| g.is_match(rel))),
-            (None, Ok(rel)) => {
-                !self.sources.iter().any(|s| path.starts_with(s))
-                    && !self
-                        .gitignore
-                        .as_ref()
-                        .is_some_and(|g| g.matched_path_or_any_parents(rel, false).is_ignore())
+            (None, Ok(_)) => {
+                !self.sources.iter().any(|s| path.starts_with(s)) && !self.ignored(path)
             }
             (None, Err(_)) => false,
         }
     }
+}
+
+impl Deps {
+    /// Whether a `.gitignore` above `path` ignores it: the deepest one that has a say decides
+    /// (a `!pattern` below re-includes what one above left out).
+    fn ignored(&self, path: &Path) -> bool {
+        for g in &self.gitignores {
+            let Ok(rel) = path.strip_prefix(g.path()) else {
+                continue;
+            };
+            match g.matched_path_or_any_parents(rel, false) {
+                ignore::Match::Ignore(_) => return true,
+                ignore::Match::Whitelist(_) => return false,
+                ignore::Match::None => {}
+            }
+        }
+        false
+    }
+}
+
+/// Every `.gitignore` in `dir` and below it, each rooted at its own directory, deepest first;
+/// directories they ignore are not looked into (a `node_modules` is not walked).
+fn gitignores(dir: &Path) -> Vec<Gitignore> {
+    let mut found: Vec<Gitignore> = ignore::WalkBuilder::new(dir)
+        .hidden(false)
+        .require_git(false)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() == ".gitignore" && e.file_type().is_some_and(|t| t.is_file()))
+        .filter_map(|e| {
+            let root = e.path().parent()?;
+            let mut b = GitignoreBuilder::new(root);
+            b.add(e.path());
+            b.build().ok()
+        })
+        .collect();
+    found.sort_by_key(|g| std::cmp::Reverse(g.path().components().count()));
+    found
 }
 
 /// `path` as seen from `dir` (both absolute), through `..` where it is not below it.
@@ -168,6 +200,28 @@ mod tests {
         assert!(!d.matches(&at("target/debug/app")));
         assert!(!d.matches(&at(".git/index")));
         assert!(!d.matches(Path::new("/elsewhere/main.c")));
+    }
+
+    #[test]
+    fn a_gitignore_below_speaks_for_its_own_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".gitignore"), "*.log\n").unwrap();
+        std::fs::create_dir_all(tmp.path().join("web/dist")).unwrap();
+        std::fs::write(tmp.path().join("web/.gitignore"), "/dist\n!keep.log\n").unwrap();
+        std::fs::create_dir_all(tmp.path().join("node_modules/x")).unwrap();
+        std::fs::write(tmp.path().join(".gitignore"), "*.log\nnode_modules/\n").unwrap();
+        std::fs::write(tmp.path().join("node_modules/x/.gitignore"), "*.c\n").unwrap();
+        let d = deps(tmp.path(), &[], &[]);
+        let at = |p: &str| d.dir.join(p);
+        assert!(!d.matches(&at("web/dist/app.js")));
+        assert!(d.matches(&at("dist/app.js")), "anchored to web/ only");
+        assert!(!d.matches(&at("web/debug.log")));
+        assert!(d.matches(&at("web/keep.log")), "re-included below");
+        assert!(d.matches(&at("web/src/main.ts")));
+        assert!(
+            d.matches(&at("main.c")),
+            "an ignored directory's own file says nothing here"
+        );
     }
 
     #[test]
