@@ -4,9 +4,25 @@
 
 mod common;
 
+use common::watching::Watching;
 use common::*;
 
 use common::{c_service as service, main_c, C_BUILD as BUILD};
+
+/// `layerup watch -v ARGS --base prod --to dev/svc:dev` run in `dir`, remembering its pushes.
+fn watch_build(dir: &std::path::Path, dev: &Registry, args: &[&str]) -> Watching {
+    let state = tempfile::tempdir().unwrap();
+    let layerup = layerup_in(dir, &["watch", "-v"])
+        .args(args)
+        .args(["--base", &prod().oci, "--to", &dev.reference("dev/svc:dev")])
+        .env("LAYERUP_STATE_DIR", state.path());
+    Watching::of(layerup, state)
+}
+
+/// The builds a watch has started.
+fn builds(w: &Watching) -> usize {
+    w.log().matches("building: ").count()
+}
 
 #[test]
 fn push_compiles_first_in_the_files_directory_and_the_image_runs_the_new_binary() {
@@ -216,12 +232,10 @@ fn watch_builds_again_on_a_source_edit_and_a_failing_build_keeps_the_last_image(
     let svc = service("watch v1");
     // A file that is not a build input: pushed as it is, without a build.
     std::fs::write(svc.path().join("motd"), "one\n").unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let layerup = layerup_in(
+    let w = watch_build(
         svc.path(),
+        &dev,
         &[
-            "watch",
-            "-v",
             "--debounce",
             "300",
             "./out/hello:/app/hello",
@@ -230,15 +244,8 @@ fn watch_builds_again_on_a_source_edit_and_a_failing_build_keeps_the_last_image(
             BUILD,
             "--build-dep",
             "*.c",
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/svc:dev"),
         ],
-    )
-    .env("LAYERUP_STATE_DIR", state.path());
-    let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
-    let builds = |w: &common::watching::Watching| w.log().matches("building: ").count();
+    );
     w.wait_for("the first push", |w| !w.pushes().is_empty());
     assert_eq!(builds(&w), 1);
     assert_eq!(
@@ -282,26 +289,17 @@ fn a_build_that_writes_among_its_own_inputs_does_not_run_forever() {
     // No build-deps: every file of the directory but the mapped output is an input, and the
     // build writes one of them each time.
     let build = format!("{BUILD} && date +%s%N > build.log");
-    let state = tempfile::tempdir().unwrap();
-    let layerup = layerup_in(
+    let w = watch_build(
         svc.path(),
+        &dev,
         &[
-            "watch",
-            "-v",
             "--debounce",
             "300",
             "./out/hello:/app/hello",
             "--build",
             &build,
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/svc:dev"),
         ],
-    )
-    .env("LAYERUP_STATE_DIR", state.path());
-    let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
-    let builds = |w: &common::watching::Watching| w.log().matches("building: ").count();
+    );
     w.wait_for("the first push", |w| !w.pushes().is_empty());
     std::fs::write(svc.path().join("main.c"), main_c("loop v2")).unwrap();
     w.wait_for("the warning", |w| {
@@ -370,12 +368,10 @@ fn an_edit_during_a_build_builds_once_more_and_the_newest_is_pushed() {
     let svc = service("during v1");
     // The build says it started, then takes a while: the test edits in that while.
     let build = format!("touch started; sleep 1; {BUILD}");
-    let state = tempfile::tempdir().unwrap();
-    let layerup = layerup_in(
+    let w = watch_build(
         svc.path(),
+        &dev,
         &[
-            "watch",
-            "-v",
             "--debounce",
             "100",
             "./out/hello:/app/hello",
@@ -383,15 +379,8 @@ fn an_edit_during_a_build_builds_once_more_and_the_newest_is_pushed() {
             &build,
             "--build-dep",
             "*.c",
-            "--base",
-            &prod().oci,
-            "--to",
-            &dev.reference("dev/svc:dev"),
         ],
-    )
-    .env("LAYERUP_STATE_DIR", state.path());
-    let w = common::watching::Watching::of(layerup, tempfile::tempdir().unwrap());
-    let builds = |w: &common::watching::Watching| w.log().matches("building: ").count();
+    );
     w.wait_for("the first push", |w| !w.pushes().is_empty());
     let started = svc.path().join("started");
     std::fs::remove_file(&started).unwrap();

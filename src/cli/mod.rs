@@ -338,6 +338,42 @@ fn same_destinations(jobs: &mut [(String, Result<Job>)], images: &[project::Foun
     }
 }
 
+/// The registry aliases of `config` expanded in the references a command names.
+fn expand_aliases(command: &mut Command, config: &Config) {
+    let expand = |r: &mut String| *r = config.expand(r);
+    match command {
+        Command::Push(a) => a.base.iter_mut().chain(a.to.iter_mut()).for_each(expand),
+        Command::Watch(a) => a
+            .push
+            .base
+            .iter_mut()
+            .chain(a.push.to.iter_mut())
+            .for_each(expand),
+        Command::Copy(a) => [&mut a.from, &mut a.to].into_iter().for_each(expand),
+        Command::Deploy(a) => expand(&mut a.image),
+        Command::Inspect(a) => expand(&mut a.image),
+        Command::Login(a) => a.registry.iter_mut().for_each(expand),
+        Command::Logout { registry } => registry.iter_mut().for_each(expand),
+        Command::Rollback(_)
+        | Command::Config { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {}
+    }
+}
+
+/// Where `login` and `logout` go without a REGISTRY: the project's destination's registry.
+fn project_registry(config: &Config, image: Option<&str>) -> Option<String> {
+    let values = config.values_for(image);
+    match values.get("to").map(|s| &s.value) {
+        Some(config::Value::Str(to)) => {
+            crate::oci::reference::ImageRef::parse(&config.expand(to), "to")
+                .ok()
+                .and_then(|r| r.registry().map(str::to_string))
+        }
+        _ => None,
+    }
+}
+
 /// One image's command: `config`'s settings (those of `image`, or the top level) fill in what
 /// `argv` leaves out, then it is validated into a plan.
 fn one(
@@ -396,37 +432,8 @@ fn one(
         Ok(c) => c,
         Err(e) => return clap_failure(e),
     };
-    let expand = |r: &mut String| *r = config.expand(r);
-    match &mut cli.command {
-        Command::Push(a) => a.base.iter_mut().chain(a.to.iter_mut()).for_each(expand),
-        Command::Watch(a) => a
-            .push
-            .base
-            .iter_mut()
-            .chain(a.push.to.iter_mut())
-            .for_each(expand),
-        Command::Copy(a) => [&mut a.from, &mut a.to].into_iter().for_each(expand),
-        Command::Deploy(a) => expand(&mut a.image),
-        Command::Inspect(a) => expand(&mut a.image),
-        Command::Login(a) => a.registry.iter_mut().for_each(expand),
-        Command::Logout { registry } => registry.iter_mut().for_each(expand),
-        Command::Rollback(_)
-        | Command::Config { .. }
-        | Command::Completions { .. }
-        | Command::Man { .. } => {}
-    }
-    // Where `login` and `logout` go without a REGISTRY: the project's destination's registry.
-    let project_registry = || {
-        let values = config.values_for(image);
-        match values.get("to").map(|s| &s.value) {
-            Some(config::Value::Str(to)) => {
-                crate::oci::reference::ImageRef::parse(&config.expand(to), "to")
-                    .ok()
-                    .and_then(|r| r.registry().map(str::to_string))
-            }
-            _ => None,
-        }
-    };
+    expand_aliases(&mut cli.command, config);
+    let project_registry = || project_registry(config, image);
     // A committed file's sources stay inside its tree (checked at every push: a symlink may
     // move); the command line's and the user's own files' may be anywhere.
     let confined = config.confined_mappings(image).filter(|_| from_file);

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::Digest;
-use sha2::{Digest as _, Sha256};
+
+use crate::oci::digest::sha256;
 
 /// Kept at most: a document larger than this is read from the registry each time.
 const LIMIT: usize = 1 << 20;
@@ -21,8 +22,7 @@ fn file(dir: &Path, digest: &Digest) -> Option<PathBuf> {
 /// The document kept for `digest`, if there is one and its bytes hash to it.
 pub fn get(dir: &Path, digest: &Digest) -> Option<Vec<u8>> {
     let bytes = std::fs::read(file(dir, digest)?).ok()?;
-    let hex = hex::encode(Sha256::digest(&bytes));
-    (digest.as_ref().strip_prefix("sha256:") == Some(hex.as_str())).then_some(bytes)
+    (sha256(&bytes) == *digest).then_some(bytes)
 }
 
 /// Keeps `bytes` as `digest`'s document (when they hash to it): written whole or not at all.
@@ -31,11 +31,7 @@ pub fn put(dir: &Path, digest: &Digest, bytes: &[u8]) {
     let Some(path) = file(dir, digest) else {
         return;
     };
-    if bytes.len() > LIMIT || path.exists() {
-        return;
-    }
-    if digest.as_ref().strip_prefix("sha256:") != Some(hex::encode(Sha256::digest(bytes)).as_str())
-    {
+    if bytes.len() > LIMIT || path.exists() || sha256(bytes) != *digest {
         return;
     }
     let written = std::fs::create_dir_all(dir).and_then(|()| {
@@ -56,7 +52,7 @@ mod tests {
     fn what_is_kept_comes_back_only_while_it_matches_its_digest() {
         let dir = tempfile::tempdir().unwrap();
         let doc = br#"{"schemaVersion":2}"#;
-        let digest = crate::oci::digest::sha256(doc);
+        let digest = sha256(doc);
         assert_eq!(get(dir.path(), &digest), None);
         put(dir.path(), &digest, doc);
         assert_eq!(get(dir.path(), &digest).as_deref(), Some(&doc[..]));
@@ -64,7 +60,7 @@ mod tests {
         std::fs::write(file(dir.path(), &digest).unwrap(), b"{}").unwrap();
         assert_eq!(get(dir.path(), &digest), None);
         // Bytes that are not the digest's are never kept.
-        let other = crate::oci::digest::sha256(b"other");
+        let other = sha256(b"other");
         put(dir.path(), &other, doc);
         assert_eq!(get(dir.path(), &other), None);
     }

@@ -370,33 +370,8 @@ async fn run_gated(
     };
     let (tmp, _lock) = crate::stale::temp_dir()?;
     let tree = read.tree.clone();
-    let input = Input {
-        bases: read.bases,
-        index: read.index,
-        lowers: read.lowers,
-        last: read.last,
-        held: read.held,
-        tree: read.tree,
-        per_platform: plan
-            .mappings
-            .iter()
-            .filter(|m| m.per_platform())
-            .cloned()
-            .collect(),
-        confined: plan.confined.clone(),
-        workdir: read.workdir,
-        owner: plan.owner,
-        ignore: plan.ignore.clone(),
-        own: own_paths(plan),
-        mtime: plan.mtime,
-        compression: plan.compression,
-        tweaks: plan.tweaks.clone(),
-        full: plan.full,
-        squash: plan.squash,
-        dest_name,
-        keep_delta: last.keep_delta,
-        dir: tmp.path().to_path_buf(),
-    };
+    let at_tag = read.at_tag.clone();
+    let input = input(plan, read, dest_name, last.keep_delta, tmp.path());
     let (mut made, mut next) = blocking(move || new_image::make(input)).await?;
     timings.layer = started
         .elapsed()
@@ -427,7 +402,7 @@ async fn run_gated(
         next,
         &source,
         &dest,
-        read.at_tag.as_ref(),
+        at_tag.as_ref(),
         plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
         &session.slots,
         save,
@@ -455,6 +430,43 @@ async fn run_gated(
     pushed.requests = crate::meter::requests() - requests;
     tracing::info!("{} registry requests", pushed.requests);
     Ok((pushed, kept))
+}
+
+/// What the new image is made of: what the reads found, and the plan's settings.
+fn input(
+    plan: &PushPlan,
+    read: prepare::Read,
+    dest_name: String,
+    keep_delta: bool,
+    dir: &std::path::Path,
+) -> Input {
+    Input {
+        bases: read.bases,
+        index: read.index,
+        lowers: read.lowers,
+        last: read.last,
+        held: read.held,
+        tree: read.tree,
+        per_platform: plan
+            .mappings
+            .iter()
+            .filter(|m| m.per_platform())
+            .cloned()
+            .collect(),
+        confined: plan.confined.clone(),
+        workdir: read.workdir,
+        owner: plan.owner,
+        ignore: plan.ignore.clone(),
+        own: own_paths(plan),
+        mtime: plan.mtime,
+        compression: plan.compression,
+        tweaks: plan.tweaks.clone(),
+        full: plan.full,
+        squash: plan.squash,
+        dest_name,
+        keep_delta,
+        dir: dir.to_path_buf(),
+    }
 }
 
 /// The push's result, from the image it made and what moved.

@@ -72,73 +72,8 @@ pub(super) async fn read(
         logged_in,
         builds,
     } = from;
-    let cache = lower::cache_dir(plan.state_dir.as_deref());
-    let fetch_base = async {
-        let started = Instant::now();
-        if !logged_in {
-            source.login(false, None).await?;
-        }
-        let (bases, index) = match &plan.platforms {
-            None => {
-                let base = base::resolve(source, &plan.platform, plan.platform_asked).await?;
-                let entry = Descriptor::new("", base.digest.clone(), 0);
-                (vec![(entry, base)], None)
-            }
-            Some(Platforms::All) => base::resolve_many(source, None).await?,
-            Some(Platforms::These(p)) => base::resolve_many(source, Some(p)).await?,
-        };
-        linux_only(&bases)?;
-        // Said before any layer is written.
-        for (_, b) in &bases {
-            plan.compression.codec().media_type(b.family, &b.name)?;
-        }
-        let reads = bases
-            .iter()
-            .map(|(_, b)| lower::of(source, b, cache.as_deref(), plan.jobs));
-        let lowers = futures_util::future::try_join_all(reads).await?;
-        let took = started.elapsed();
-        // The build, once its platforms are known (the destination is checked meanwhile).
-        if let Some(step) = &plan.build {
-            let targets: Vec<Platform> = bases
-                .iter()
-                .map(|(_, b)| Platform::of_config(&b.config).unwrap_or(plan.platform.clone()))
-                .collect();
-            let per_platform = plan.mappings.iter().any(|m| m.per_platform());
-            let _permit = builds.acquire().await;
-            let built = step
-                .run(&targets, per_platform, &|e| told(Told::Building(e)))
-                .await?;
-            made_by_build(plan, &step.command)?;
-            return Ok((bases, index, lowers, (took, built)));
-        }
-        Ok::<_, Error>((bases, index, lowers, (took, Duration::ZERO)))
-    };
-    let check_dest = async {
-        // Read with --full too: what the last push's deltas hid stays hidden.
-        let load = async {
-            match remembered {
-                Some(s) => Ok(Loaded::Found(s)),
-                _ => {
-                    blocking(move || Ok(state_file.map_or(Loaded::Missing, |f| state::load(&f))))
-                        .await
-                }
-            }
-        };
-        let login = async {
-            if logged_in {
-                return Ok(());
-            }
-            dest.login(true, Some(source)).await
-        };
-        let (loaded, ()) = tokio::try_join!(load, login)?;
-        let Loaded::Found(last) = &loaded else {
-            return Ok((loaded, None, false));
-        };
-        let at_tag = dest.manifest_digest(None).await?;
-        let held = at_tag.as_ref() == Some(&last.image)
-            || dest.manifest_digest(Some(&last.image)).await?.is_some();
-        Ok::<_, Error>((loaded, at_tag, held))
-    };
+    let fetch_base = fetch_base(plan, source, logged_in, builds, told);
+    let check_dest = check_dest(source, dest, remembered, state_file, logged_in);
     // A build makes the files: the walk waits for it.
     let needs_base = plan.build.is_some()
         || (plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute()));
@@ -209,6 +144,110 @@ fn no_dest(plan: &PushPlan, bases: &[(Descriptor, Base)]) -> Result<()> {
         m.src.display(),
         m.src.display()
     )))
+}
+
+/// The base as read: each platform's image with its index entry, the index, what each one's
+/// layers hold; how long reading it took, and the build after it.
+type Fetched = (
+    Vec<(Descriptor, Base)>,
+    Option<BaseIndex>,
+    Vec<Lower>,
+    (Duration, Duration),
+);
+
+/// Reads the base (every platform asked) and what its layers hold, then runs the build, whose
+/// platforms are the base's.
+async fn fetch_base(
+    plan: &PushPlan,
+    source: &Store,
+    logged_in: bool,
+    builds: &tokio::sync::Semaphore,
+    told: &(dyn Fn(Told) + Sync),
+) -> Result<Fetched> {
+    let started = Instant::now();
+    if !logged_in {
+        source.login(false, None).await?;
+    }
+    let (bases, index) = match &plan.platforms {
+        None => {
+            let base = base::resolve(source, &plan.platform, plan.platform_asked).await?;
+            let entry = Descriptor::new("", base.digest.clone(), 0);
+            (vec![(entry, base)], None)
+        }
+        Some(Platforms::All) => base::resolve_many(source, None).await?,
+        Some(Platforms::These(p)) => base::resolve_many(source, Some(p)).await?,
+    };
+    linux_only(&bases)?;
+    // Said before any layer is written.
+    for (_, b) in &bases {
+        plan.compression.codec().media_type(b.family, &b.name)?;
+    }
+    let cache = lower::cache_dir(plan.state_dir.as_deref());
+    let reads = bases
+        .iter()
+        .map(|(_, b)| lower::of(source, b, cache.as_deref(), plan.jobs));
+    let lowers = futures_util::future::try_join_all(reads).await?;
+    let took = started.elapsed();
+    let built = match &plan.build {
+        Some(step) => build(plan, step, &bases, builds, told).await?,
+        None => Duration::ZERO,
+    };
+    Ok((bases, index, lowers, (took, built)))
+}
+
+/// The build, for the base's platforms, within the run's permits; then its outputs are there.
+async fn build(
+    plan: &PushPlan,
+    step: &crate::commands::build_step::BuildStep,
+    bases: &[(Descriptor, Base)],
+    builds: &tokio::sync::Semaphore,
+    told: &(dyn Fn(Told) + Sync),
+) -> Result<Duration> {
+    let targets: Vec<Platform> = bases
+        .iter()
+        .map(|(_, b)| Platform::of_config(&b.config).unwrap_or(plan.platform.clone()))
+        .collect();
+    let per_platform = plan.mappings.iter().any(|m| m.per_platform());
+    let _permit = builds.acquire().await;
+    let built = step
+        .run(&targets, per_platform, &|e| told(Told::Building(e)))
+        .await?;
+    made_by_build(plan, &step.command)?;
+    Ok(built)
+}
+
+/// The last push's state (from memory, else its file), then the destination's answer to "do
+/// you still hold its image?": the state, what the tag names, whether the image is held. Read
+/// with --full too: what the last push's deltas hid stays hidden.
+async fn check_dest(
+    source: &Store,
+    dest: &Store,
+    remembered: Option<Box<State>>,
+    state_file: Option<PathBuf>,
+    logged_in: bool,
+) -> Result<(Loaded, Option<Digest>, bool)> {
+    let load = async {
+        match remembered {
+            Some(s) => Ok(Loaded::Found(s)),
+            _ => {
+                blocking(move || Ok(state_file.map_or(Loaded::Missing, |f| state::load(&f)))).await
+            }
+        }
+    };
+    let login = async {
+        if logged_in {
+            return Ok(());
+        }
+        dest.login(true, Some(source)).await
+    };
+    let (loaded, ()) = tokio::try_join!(load, login)?;
+    let Loaded::Found(last) = &loaded else {
+        return Ok((loaded, None, false));
+    };
+    let at_tag = dest.manifest_digest(None).await?;
+    let held = at_tag.as_ref() == Some(&last.image)
+        || dest.manifest_digest(Some(&last.image)).await?.is_some();
+    Ok((loaded, at_tag, held))
 }
 
 /// The build made the sources its mappings name (each platform's are checked as they are

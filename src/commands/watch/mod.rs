@@ -447,34 +447,15 @@ async fn image_loop(
         // Events that came during the push are waiting: they start the next one at once.
         let built_at = built_at.lock().expect("built_at lock").take();
         loop {
-            let first = loop {
-                let wait = tokio::time::sleep_until(next_verify.into());
-                let settle_at = cluster.as_ref().and_then(|c| c.settle_at());
-                let settle = tokio::time::sleep_until(settle_at.unwrap_or(next_verify).into());
-                tokio::select! {
-                    msg = rx.recv() => break msg,
-                    _ = stopped(&mut stop) => break None,
-                    _ = settle, if settle_at.is_some() => {
-                        cluster.as_mut().expect("settling").settled().await;
-                    }
-                    _ = tokio::time::sleep(RESTART_CHECK), if settle_at.is_some() => {
-                        cluster.as_mut().expect("synced").check_containers().await;
-                    }
-                    _ = wait => {
-                        next_verify = Instant::now() + plan.verify;
-                        if let Some(check) = memory.verifier(unbuilt) {
-                            match push::blocking(check).await {
-                                Ok(true) => {}
-                                Ok(false) => {
-                                    tracing::info!("{name}: the tree changed without an event; walking it whole");
-                                    break Some(Msg::Rescan);
-                                }
-                                Err(e) => tracing::info!("{name}: the verifying walk failed: {e}"),
-                            }
-                        }
-                    }
-                }
+            let waiting = Waiting {
+                name: &name,
+                plan: &plan,
+                unbuilt,
+                memory: &memory,
             };
+            let first = waiting
+                .next(&mut rx, &mut stop, &mut cluster, &mut next_verify)
+                .await;
             let Some(first) = first else {
                 if let Some(c) = cluster.as_mut() {
                     c.catch_up(crate::commands::sync::CatchUp::Ending).await;
@@ -499,6 +480,57 @@ async fn image_loop(
             tracing::info!("{name}: file events were lost; walking the whole tree");
         }
         tracing::info!("{name}: changes seen; pushing");
+    }
+}
+
+/// What an image's loop keeps doing while it waits for an edit: the cluster's catching up,
+/// and now and then a verifying walk.
+struct Waiting<'a> {
+    name: &'a str,
+    plan: &'a WatchPlan,
+    unbuilt: &'a PushPlan,
+    memory: &'a Memory,
+}
+
+impl Waiting<'_> {
+    /// The next message about the sources (a missed change the verifying walk found is a
+    /// rescan); `None` when the watch is told to stop.
+    async fn next(
+        &self,
+        rx: &mut mpsc::Receiver<Msg>,
+        stop: &mut Stop,
+        cluster: &mut Option<Deployer<'_>>,
+        next_verify: &mut Instant,
+    ) -> Option<Msg> {
+        let name = self.name;
+        loop {
+            let wait = tokio::time::sleep_until((*next_verify).into());
+            let settle_at = cluster.as_ref().and_then(|c| c.settle_at());
+            let settle = tokio::time::sleep_until(settle_at.unwrap_or(*next_verify).into());
+            tokio::select! {
+                msg = rx.recv() => return msg,
+                _ = stopped(stop) => return None,
+                _ = settle, if settle_at.is_some() => {
+                    cluster.as_mut().expect("settling").settled().await;
+                }
+                _ = tokio::time::sleep(RESTART_CHECK), if settle_at.is_some() => {
+                    cluster.as_mut().expect("synced").check_containers().await;
+                }
+                _ = wait => {
+                    *next_verify = Instant::now() + self.plan.verify;
+                    if let Some(check) = self.memory.verifier(self.unbuilt) {
+                        match push::blocking(check).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::info!("{name}: the tree changed without an event; walking it whole");
+                                return Some(Msg::Rescan);
+                            }
+                            Err(e) => tracing::info!("{name}: the verifying walk failed: {e}"),
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
