@@ -5,6 +5,7 @@
 //! A tool that is missing fails the test with the command that installs it.
 #![allow(dead_code)]
 
+pub mod front;
 pub mod kube;
 pub mod kubelet;
 pub mod proxy;

@@ -62,8 +62,8 @@ pub struct Registry {
     options: Options,
     /// What [`Registry::login`] found for each (host, repository).
     access: Mutex<HashMap<(String, String), Access>>,
-    /// Hosts that refused a chunked upload: their blobs go in one request from then on.
-    monolithic: Mutex<HashSet<String>>,
+    /// How each host takes blobs, as its answers taught this run (`upload::Style`).
+    styles: Mutex<HashMap<String, upload::Style>>,
     /// Hosts that have answered in this run: a refused connection to one is a restart or a
     /// blip worth retrying, while one to a host never reached is a wrong address.
     answered: Mutex<HashSet<String>>,
@@ -166,7 +166,7 @@ impl Registry {
             http,
             options,
             access: Mutex::new(HashMap::new()),
-            monolithic: Mutex::new(HashSet::new()),
+            styles: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashSet::new()),
             secrets: Mutex::new(Vec::new()),
             challenges: PerHost::default(),
@@ -358,13 +358,23 @@ impl Registry {
                     if let Credentials::Basic(_, secret) | Credentials::Identity(secret) = &creds {
                         self.secret(secret);
                     }
-                    let renew = Renew {
+                    let mut renew = Renew {
                         realm,
                         service,
                         scopes,
                         creds,
                     };
-                    let token = self.fetch_token(host, &renew).await?;
+                    let token = match self.fetch_token(host, &renew).await {
+                        // Refused for the mount sources beside the repository (Docker Hub
+                        // answered several scopes with 400, hub-feedback#2215): the repository
+                        // alone; mounts then fail and their blobs are copied.
+                        Err(e) if renew.scopes.len() > 1 && e.code() == ExitCode::Auth => {
+                            tracing::debug!("{e}; asking for {} alone", renew.scopes[0]);
+                            renew.scopes.truncate(1);
+                            self.fetch_token(host, &renew).await?
+                        }
+                        other => other?,
+                    };
                     Access {
                         header: Some(secret_header(host, format!("Bearer {token}"))?),
                         renew: Some(renew),
@@ -782,12 +792,16 @@ impl Registry {
                 host,
             ));
         }
-        // A registry that sends no digest header cannot prove it holds the one asked for.
-        Ok(res
+        let header = res
             .headers()
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok()))
+            .and_then(|v| v.parse::<Digest>().ok());
+        if header.is_some() {
+            return Ok(header);
+        }
+        // ECR may send no digest: the manifest itself, hashed, says which it is.
+        Ok(Some(self.manifest(repo, tag_or_digest).await?.digest))
     }
 
     /// A blob's bytes from offset `from` (a `Range` request), unverified: read it through a

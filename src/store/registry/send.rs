@@ -75,8 +75,14 @@ impl Registry {
                     tries -= 1;
                     continue;
                 }
-                Ok(res) if res.status() == StatusCode::UNAUTHORIZED && !renewed => {
+                Ok(res)
+                    if matches!(
+                        res.status(),
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                    ) && !renewed =>
+                {
                     // A token that expired during a long transfer: fetch a fresh one, once.
+                    // GHCR answers an expired token with 403 DENIED, not 401.
                     renewed = true;
                     // Boxed: fetching the token is itself a request sent through here.
                     if Box::pin(self.renew(t)).await? {

@@ -45,6 +45,10 @@ pub(super) fn status_error(status: StatusCode, body: &str, action: &str, host: &
     let detail = match &parsed {
         Some((code, message)) if message.is_empty() => code.clone(),
         Some((code, message)) => format!("{code}: {message}"),
+        // A proxy or load balancer in front of the registry answered (its error page).
+        None if body.trim_start().starts_with('<') => {
+            "and its answer was a web page, not a registry error (a proxy in front of it?)".into()
+        }
         None => body
             .lines()
             .next()
@@ -61,6 +65,9 @@ pub(super) fn status_error(status: StatusCode, body: &str, action: &str, host: &
     let hint = match status {
         StatusCode::UNAUTHORIZED => " (check the credentials for this registry)",
         StatusCode::FORBIDDEN => " (the credentials are valid but not allowed to do this)",
+        _ if parsed.as_ref().is_some_and(|(c, _)| c == "TAG_INVALID") => {
+            " (the repository's tags may be immutable: give each push a tag of its own with --tag)"
+        }
         _ => "",
     };
     let detail = if detail.is_empty() {

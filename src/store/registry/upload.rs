@@ -8,7 +8,15 @@
 //! With `--chunk-size` given, larger blobs go in chunks from their first byte. Registries that
 //! cannot resume (distribution 2.8 drops a session whose PATCH was cut: 404
 //! BLOB_UPLOAD_INVALID) get that one blob started again from its first byte, with a fresh
-//! session. A registry that refuses PATCH gets every later blob in one PUT.
+//! session.
+//!
+//! Registries differ in what they take (docs/registries.md), and layerup goes by what each
+//! answers, never by its host name, remembering it for the run ([`Style`]): one that refuses
+//! PATCH gets every later blob in one PUT (Artifact Registry); one that refuses a PATCH as too
+//! large gets chunks from then on (GHCR: 4 MiB); one that refuses a blob in the PUT gets it in
+//! a PATCH and an empty PUT (Artifactory). A PATCH is acknowledged by any 2xx (ECR: 201), and
+//! a `Range` that does not move after a 2xx is not taken as bytes lost (ECR's stays at its
+//! first value): the digest the registry checks on the final PUT is the proof.
 //!
 //! The bytes come through a [`Cursor`]: verified as they pass, so a blob with the wrong bytes
 //! is never committed and that failure is final; and able to go back to the offset a registry
@@ -55,6 +63,17 @@ enum Pace {
 
 type Action<'a> = &'a (dyn Fn() -> String + Sync);
 
+/// What a registry's answers taught about how it takes blobs, kept per host for the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Style {
+    /// Every blob in the PUT that completes its upload: a PATCH was refused.
+    whole: bool,
+    /// At most one chunk per PATCH: a whole-blob PATCH was refused as too large.
+    chunks: bool,
+    /// Never a blob in the PUT: that was refused; a PATCH, then an empty PUT.
+    patch: bool,
+}
+
 impl Registry {
     /// Uploads the blob the cursor reads, of known `digest`, to `repo`.
     pub async fn upload(
@@ -100,7 +119,8 @@ impl Registry {
         };
         let base = format!("{}://{}/", self.scheme(t.host), t.host);
         let (loc, chunk) = self.start_upload(t, &base, action).await?;
-        if size <= chunk || self.monolithic.lock().expect("lock").contains(t.host) {
+        let style = self.style(t.host);
+        if style.whole || (size <= chunk && !style.patch) {
             return self.put_whole(t, &loc, digest, cursor, size, action).await;
         }
         let loc = match self
@@ -169,6 +189,18 @@ impl Registry {
         self.check_elsewhere(t, &res, action)?;
         match res {
             Ok(r) if r.status().is_success() => Ok(Step::Done),
+            Ok(r) if refuses_body(r.status()) && !self.style(t.host).whole => {
+                self.learn(t.host, |s| s.patch = true);
+                Ok(Step::Again(format!(
+                    "the registry refused the blob in the PUT that completes an upload ({}); \
+                     sending blobs in a PATCH, then an empty PUT",
+                    r.status()
+                )))
+            }
+            Ok(r) if refuses_token(r.status()) && self.renew(t).await? => Ok(Step::Again(format!(
+                "the registry refused the token ({}); fetched a fresh one",
+                r.status()
+            ))),
             Ok(r) => self.refused(r, t, action).await,
             Err(e) => Ok(match self.broken(cursor, &e, t).await? {
                 Ok(why) => Step::Again(why),
@@ -189,7 +221,7 @@ impl Registry {
         (size, chunk): (u64, u64),
         action: Action<'_>,
     ) -> Result<std::result::Result<String, Step>> {
-        let mut pace = if self.options.chunked {
+        let mut pace = if self.options.chunked || self.style(t.host).chunks {
             Pace::Chunks
         } else {
             Pace::Whole
@@ -211,7 +243,8 @@ impl Registry {
             let res = self.body_request(req, t, cursor, end).await;
             self.check_elsewhere(t, &res, action)?;
             let failure = match res {
-                Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                // 202 as the spec says; ECR answers 201.
+                Ok(r) if r.status().is_success() => {
                     loc = location(base, &r).unwrap_or(loc);
                     match self.acknowledged(&r, cursor, acked, end).await? {
                         Ack::Advanced => {
@@ -221,6 +254,12 @@ impl Registry {
                         Ack::Nothing(why) => why,
                         Ack::Again(step) => return Ok(Err(step)),
                     }
+                }
+                Ok(r) if r.status() == StatusCode::RANGE_NOT_SATISFIABLE && pace == Pace::Whole => {
+                    // Too large for one request (GHCR: 4 MiB): chunks, for every later blob too.
+                    self.learn(t.host, |s| s.chunks = true);
+                    "the registry refused the blob in one PATCH (416); sending it in chunks"
+                        .to_string()
                 }
                 Ok(r) => match self.patch_refused(r, t, tries, action).await? {
                     Ok(why) => why,
@@ -278,7 +317,13 @@ impl Registry {
                 self.rewind(cursor, n).await?;
                 Ack::Advanced
             }
-            // Kept nothing: a failure like any other, or this would never end.
+            // A 2xx whose Range did not move: ECR's stays at its first value while it keeps
+            // every byte (aws/containers-roadmap#2831). The final PUT's digest check decides.
+            n if n == acked && acked > 0 => {
+                tracing::debug!("the registry's Range stayed at {n} after a 2xx; going on");
+                Ack::Advanced
+            }
+            // Kept nothing of the first bytes: a failure like any other.
             n if n == acked => Ack::Nothing("the registry kept none of the bytes sent".into()),
             n => Ack::Again(Step::Again(format!(
                 "the registry acknowledged {n} bytes after {end} were sent"
@@ -301,20 +346,19 @@ impl Registry {
                 "the registry lost the upload session".into(),
             )));
         }
-        if matches!(status.as_u16(), 400 | 405 | 415 | 501) {
-            self.monolithic
-                .lock()
-                .expect("lock")
-                .insert(t.host.to_string());
+        if matches!(status.as_u16(), 400 | 405 | 415 | 501) && !self.style(t.host).patch {
+            self.learn(t.host, |s| s.whole = true);
             return Ok(Err(Step::Again(format!(
                 "the registry refused a chunk ({status}); sending blobs in one request"
             ))));
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if refuses_token(status) {
             if !self.renew(t).await? {
                 return self.refused(r, t, action).await.map(Err);
             }
-            return Ok(Ok("the token expired".to_string()));
+            return Ok(Ok(format!(
+                "the registry refused the token ({status}); fetched a fresh one"
+            )));
         }
         match self.judge_status(&r, tries + 1) {
             Some(Verdict::Retry(_, why)) => Ok(Ok(why)),
@@ -433,6 +477,39 @@ impl Registry {
             Verdict::Fail(e) => Err(e),
         }
     }
+}
+
+impl Registry {
+    fn style(&self, host: &str) -> Style {
+        self.styles
+            .lock()
+            .expect("styles lock")
+            .get(host)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn learn(&self, host: &str, change: impl FnOnce(&mut Style)) {
+        change(
+            self.styles
+                .lock()
+                .expect("styles lock")
+                .entry(host.to_string())
+                .or_default(),
+        );
+    }
+}
+
+/// A PUT carrying the blob answered so: the registry takes no blob there (Artifactory: 404
+/// `BLOB_UNKNOWN`, docker/buildx#196), not a transient failure.
+fn refuses_body(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 404 | 405 | 411 | 415 | 501)
+}
+
+/// A token that expired mid-upload: 401, or 403 `DENIED` from GHCR. A fresh one is fetched
+/// and the upload goes on; a refusal that is real comes back on the next try's first request.
+fn refuses_token(status: StatusCode) -> bool {
+    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
 }
 
 /// The upload location with `digest=` added, to complete the upload.
