@@ -185,8 +185,26 @@ fn behaves_as(mode: Mode, s: &Setup, stderr: &str) {
             assert!(!s.seen(|r| r.status == 403).is_empty(), "a token expired");
         }
         Mode::Hub => {
-            assert_eq!(s.seen(|r| r.status == 429).len(), 1);
-            assert!(stderr.contains("429"), "{stderr}");
+            let limited = s.seen(|r| r.status == 429);
+            assert_eq!(limited.len(), 1);
+            assert!(
+                stderr.contains("429") && stderr.contains("remaining"),
+                "{stderr}"
+            );
+            // Retry-After named a date about 2 s on: nothing was asked before it (at least 1 s).
+            let next = s.seen(|r| r.path == limited[0].path && r.when > limited[0].when);
+            assert!(
+                next[0].when - limited[0].when >= std::time::Duration::from_secs(1),
+                "asked again too soon"
+            );
+            // The base's tag was read once; the second push only asked whether it moved (HEAD,
+            // which Docker Hub does not count).
+            let gets = s.seen(|r| r.method == "GET" && r.path == "/v2/prod/app/manifests/1");
+            assert_eq!(
+                gets.iter().filter(|r| r.status == 200).count(),
+                1,
+                "{gets:?}"
+            );
             assert!(!s.seen(|r| r.at == "token" && r.status == 400).is_empty());
             assert!(!s
                 .seen(|r| r.at == "registry" && r.status == 401 && r.authorized)
@@ -277,4 +295,62 @@ fn ecr_takes_chunks_as_it_answers_them(#[case] chunk: &str, #[case] refused: boo
             run.stderr
         );
     }
+}
+
+/// zot takes no Docker schema 2 manifest: a push on a Docker base says so and names the way
+/// out, writing no tag; `--format oci` converts the new image (same layer blobs) and it runs.
+#[test]
+fn a_registry_refusing_docker_manifests_gets_oci_ones_with_format_oci() {
+    let s = setup(Mode::Zot);
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("docker://{}", prod().docker),
+        &format!("docker://{}", s.registry.reference("prod/docker:1")),
+    ]);
+    let tree = app_tree();
+    let base = s.front.reference("prod/docker:1");
+    let to = s.front.reference("dev/app:dev");
+    let refused = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    refused.fails(8, &["MANIFEST_INVALID", "Docker schema 2", "--format oci"]);
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    assert!(s
+        .registry
+        .requests()
+        .iter()
+        .all(|(m, p, _)| !(m == "PUT" && p.starts_with("/v2/dev/app/manifests/"))));
+
+    let run = s
+        .layerup()
+        .args(push_args(tree.path(), &base, &to))
+        .args(["--format", "oci"])
+        .run();
+    let pinned = run.ok().lines().last().unwrap().to_string();
+    let behind = s
+        .registry
+        .reference(&format!("dev/app@{}", digest_of(&pinned)));
+    let raw = inspect_raw(&behind);
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        raw["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    let docker = inspect_raw(&prod().docker);
+    let base_layers = docker["layers"].as_array().unwrap();
+    for (l, was) in raw["layers"].as_array().unwrap().iter().zip(base_layers) {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(l["digest"], was["digest"], "the same layer bytes");
+    }
+    assert_eq!(run_in(&behind, "cat /app/VERSION").trim(), "1.2.3");
 }

@@ -10,7 +10,7 @@ use crate::build::base::{Base, BaseIndex};
 use crate::build::compression::Codec;
 use crate::error::{Error, Result};
 use crate::oci::digest;
-use crate::oci::manifest::{Descriptor, Document, Family};
+use crate::oci::manifest::{Descriptor, Document, Family, DOCKER_LAYER_GZIP, OCI_LAYER_GZIP};
 
 /// What `--env`, `--entrypoint`, `--cmd`, `--workdir`, `--label` and `--user` change.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +23,40 @@ pub struct Tweaks {
     pub user: Option<String>,
     /// `--annotation`: set on the manifest (and the index of several), OCI images only.
     pub annotations: Vec<(String, String)>,
+    /// `--format oci`: OCI media types whatever the base's (a Docker schema 2 base converted).
+    pub oci: bool,
+}
+
+impl Tweaks {
+    /// The media-type family of an image on `base` (of family `base`).
+    pub fn family(&self, base: Family) -> Family {
+        if self.oci {
+            Family::Oci
+        } else {
+            base
+        }
+    }
+}
+
+/// A base layer's descriptor in an image of `family`: Docker layer types become their OCI
+/// equivalents (image-spec media-types.md, compatibility matrix); the bytes are the same.
+fn layer_in(l: &Descriptor, family: Family) -> Descriptor {
+    let oci = match (family, l.media_type.as_str()) {
+        (Family::Oci, DOCKER_LAYER_GZIP) => OCI_LAYER_GZIP,
+        (Family::Oci, "application/vnd.docker.image.rootfs.diff.tar") => {
+            "application/vnd.oci.image.layer.v1.tar"
+        }
+        (Family::Oci, "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip") => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        }
+        _ => return l.clone(),
+    };
+    let mut d = l.clone();
+    d.media_type = oci.to_string();
+    if let Some(raw) = d.raw.as_object_mut() {
+        raw.insert("mediaType".into(), json!(oci));
+    }
+    d
 }
 
 /// An appended layer as the manifest and config describe it.
@@ -65,7 +99,8 @@ pub fn index(
     tweaks: &Tweaks,
 ) -> Result<Document> {
     let mut index = base.doc.as_object().cloned().unwrap_or_default();
-    let media_type = match base.family {
+    let family = tweaks.family(base.family);
+    let media_type = match family {
         Family::Oci => crate::oci::manifest::OCI_INDEX,
         Family::Docker => crate::oci::manifest::DOCKER_LIST,
     };
@@ -83,7 +118,7 @@ pub fn index(
         .collect();
     index.insert("manifests".into(), Value::Array(entries));
     index.remove("subject");
-    if base.family == Family::Oci {
+    if family == Family::Oci {
         let annotations = index
             .entry("annotations")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -109,7 +144,7 @@ const BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 /// `created` (RFC 3339) comes from `SOURCE_DATE_EPOCH` or the layers' fixed mtime, so rebuilds
 /// match.
 pub fn build(base: &Base, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> Result<Image> {
-    let family = base.family;
+    let family = tweaks.family(base.family);
     let config = new_config(&base.config, app, tweaks, created)?;
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialise");
     let config_descriptor = Descriptor::new(
@@ -117,7 +152,7 @@ pub fn build(base: &Base, app: &[NewLayer], tweaks: &Tweaks, created: &str) -> R
         digest::sha256(&config_bytes),
         config_bytes.len() as u64,
     );
-    let mut layers = base.layers.clone();
+    let mut layers: Vec<Descriptor> = base.layers.iter().map(|l| layer_in(l, family)).collect();
     for l in app {
         let media_type = l.codec.media_type(family, &base.name)?;
         layers.push(Descriptor::new(media_type, l.digest.clone(), l.size));
@@ -367,6 +402,26 @@ mod tests {
     }
 
     #[test]
+    fn format_oci_converts_a_docker_base_keeping_every_digest() {
+        let b = base(Family::Docker);
+        let tweaks = Tweaks {
+            oci: true,
+            ..Tweaks::default()
+        };
+        let img = build(&b, &layer(), &tweaks, &provenance()).unwrap();
+        let m: Value = serde_json::from_slice(&img.manifest.bytes).unwrap();
+        assert_eq!(m["mediaType"], crate::oci::manifest::OCI_MANIFEST);
+        assert_eq!(m["config"]["mediaType"], crate::oci::manifest::OCI_CONFIG);
+        for (l, was) in m["layers"].as_array().unwrap().iter().zip(&b.layers) {
+            assert_eq!(l["mediaType"], OCI_LAYER_GZIP);
+            assert_eq!(l["digest"], was.digest.to_string());
+            assert_eq!(l["size"], was.size);
+        }
+        let kept = build(&b, &layer(), &Tweaks::default(), &provenance()).unwrap();
+        assert_eq!(img.config, kept.config, "the same config bytes");
+    }
+
+    #[test]
     fn tweaks_change_the_runtime_config_as_docker_would() {
         let tweaks = Tweaks {
             env: vec![
@@ -379,6 +434,7 @@ mod tests {
             labels: vec![("team".into(), "web".into())],
             user: Some("1000:1000".into()),
             annotations: vec![],
+            oci: false,
         };
         let img = build(&base(Family::Docker), &layer(), &tweaks, &provenance()).unwrap();
         let c: Value = serde_json::from_slice(&img.config).unwrap();

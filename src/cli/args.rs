@@ -261,6 +261,11 @@ pub struct PushArgs {
     /// images only).
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotations: Vec<String>,
+    /// The new image's media types: `base` keeps the base's, `oci` writes OCI ones on a
+    /// Docker schema 2 base too, for registries that refuse Docker's (zot); layers keep their
+    /// bytes [default: base]
+    #[arg(long, value_name = "base|oci")]
+    pub format: Option<String>,
     /// Also tag the image TAG in --to's repository (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,

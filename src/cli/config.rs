@@ -77,6 +77,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("chown", "chown", Shape::Str),
     ("ignore", "ignore", Shape::List),
     ("compression", "compression", Shape::Str),
+    ("format", "format", Shape::Str),
     ("max-deltas", "max-deltas", Shape::Int),
     ("squash-at", "squash-at", Shape::Str),
     ("debounce", "debounce", Shape::Int),

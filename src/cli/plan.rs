@@ -201,6 +201,16 @@ impl PushArgs {
                 .iter()
                 .map(|l| key_value(l, "--annotation"))
                 .collect::<Result<_>>()?,
+            oci: match self.format.as_deref() {
+                None | Some("base") => false,
+                Some("oci") => true,
+                Some(other) => {
+                    return Err(Error::usage(format!(
+                        "--format `{}`: expected `base` or `oci`",
+                        crate::error::escape(other)
+                    )))
+                }
+            },
         })
     }
 

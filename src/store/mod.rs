@@ -103,10 +103,13 @@ impl Store {
     /// The manifest or index the reference names (its digest if it has one, else its tag).
     pub async fn root(&self) -> Result<Document> {
         match self {
-            Store::Registry { registry, repo } => {
-                let which = repo.digest().or(repo.tag()).unwrap_or("latest").to_string();
-                registry.manifest(repo, &which).await
-            }
+            Store::Registry { registry, repo } => match repo.digest() {
+                Some(d) => registry.manifest(repo, d).await,
+                None => {
+                    let tag = repo.tag().unwrap_or("latest");
+                    registry.manifest_by_tag(repo, tag).await
+                }
+            },
             Store::Layout { layout, at } => {
                 let d = layout.find(at.tag.as_deref(), at.digest.as_ref())?;
                 self.manifest(&d).await

@@ -95,6 +95,7 @@ pub struct Seen {
     pub at: &'static str,
     /// An `Authorization` header came with it.
     pub authorized: bool,
+    pub when: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -365,6 +366,7 @@ fn serve(conn: TcpStream, shared: &Shared, at: &'static str) -> std::io::Result<
         status: answer.status,
         at,
         authorized: req.header("authorization").is_some(),
+        when: std::time::Instant::now(),
     });
     let mut conn = conn;
     let mut head = format!("HTTP/1.1 {} Front\r\n", answer.status);
@@ -725,11 +727,8 @@ fn refuse(shared: &Shared, req: &Request) -> Option<Answer> {
     if mode == Mode::Zot && req.method == "PUT" && manifest {
         let ct = req.header("content-type").unwrap_or("");
         if ct.contains("docker") {
-            return Some(Answer::error(
-                415,
-                "MANIFEST_INVALID",
-                "manifest invalid: unsupported media type",
-            ));
+            // zot#3104, zot#724: OCI only; a Docker manifest is "manifest invalid".
+            return Some(Answer::error(400, "MANIFEST_INVALID", "manifest invalid"));
         }
     }
     if mode == Mode::Ecr

@@ -194,6 +194,55 @@ impl Registry {
         }
     }
 
+    /// A manifest or index by tag. The state keeps which digest the tag named last run, and
+    /// that document: when a `HEAD` says the tag still names it, that is the whole read (a HEAD
+    /// is not counted against Docker Hub's pull limit, and carries no body). Else a `GET`.
+    pub async fn manifest_by_tag(&self, repo: &Reference, tag: &str) -> Result<Document> {
+        let record = self.tag_record(repo, tag);
+        let last = record
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|text| {
+                let (digest, media_type) = text.split_once('\n')?;
+                let digest: Digest = digest.parse().ok()?;
+                let bytes = self.kept(&digest)?;
+                Some(Document {
+                    bytes: bytes.into(),
+                    digest,
+                    media_type: media_type.trim().to_string(),
+                })
+            });
+        if let Some(doc) = last {
+            let res = self.manifest_request(Method::HEAD, repo, tag).await?;
+            let now = res
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok());
+            if res.status().is_success() && now.as_ref() == Some(&doc.digest) {
+                return Ok(doc);
+            }
+        }
+        let doc = self.manifest(repo, tag).await?;
+        if let Some(file) = record {
+            self.keep(&doc.digest, &doc.bytes);
+            let _ = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    std::fs::write(&file, format!("{}\n{}\n", doc.digest, doc.media_type))
+                });
+        }
+        Ok(doc)
+    }
+
+    /// Where the state keeps the digest `repo:tag` named last.
+    fn tag_record(&self, repo: &Reference, tag: &str) -> Option<std::path::PathBuf> {
+        let name = format!("{}/{}:{tag}", repo.resolve_registry(), repo.repository());
+        let hex = digest::sha256(name.as_bytes()).digest().to_string();
+        Some(self.state.get()?.join("tags").join(hex))
+    }
+
     /// Where the state says `host` asked for no authentication last time.
     fn open_record(&self, host: &str) -> Option<std::path::PathBuf> {
         let name: String = host
@@ -951,7 +1000,17 @@ impl Registry {
             return Ok(());
         }
         let body = self.answer_text(res).await;
-        Err(status_error(status, &body, &action(), t.host))
+        let e = status_error(status, &body, &action(), t.host);
+        let refused =
+            status == StatusCode::UNSUPPORTED_MEDIA_TYPE || body.contains("MANIFEST_INVALID");
+        if refused && media_type.contains(".docker.") {
+            // zot (and registries set to OCI only) refuse Docker schema 2.
+            return Err(e.suffixed(
+                "(this registry may not take Docker schema 2 manifests: `layerup push --format oci` \
+                 writes OCI ones, with the same layers)",
+            ));
+        }
+        Err(e)
     }
 }
 
@@ -1016,16 +1075,42 @@ fn same_host(host: &str, url: &reqwest::Url) -> bool {
     let Some(h) = url.host_str() else {
         return false;
     };
-    let authority = match url.port() {
-        Some(p) => format!("{h}:{p}"),
-        None => h.to_string(),
+    // `registry:443` and `https://registry/…` are one origin (Quay drops the default port).
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !host.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => {
+            (n, p.parse::<u16>().ok())
+        }
+        _ => (host, None),
     };
-    authority.eq_ignore_ascii_case(host)
+    let scheme_default = match url.scheme() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    name.eq_ignore_ascii_case(h) && port.or(scheme_default) == url.port_or_known_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_port_named_or_not_is_one_origin() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert!(same_host("quay.io:443", &url("https://quay.io/v2/x")));
+        assert!(same_host("quay.io", &url("https://quay.io:443/v2/x")));
+        assert!(same_host(
+            "127.0.0.1:5000",
+            &url("http://127.0.0.1:5000/v2/")
+        ));
+        assert!(same_host("[::1]:5000", &url("http://[::1]:5000/v2/")));
+        assert!(!same_host("quay.io:8443", &url("https://quay.io/v2/x")));
+        assert!(!same_host(
+            "127.0.0.1:5000",
+            &url("http://127.0.0.1:5001/v2/")
+        ));
+        assert!(!same_host("quay.io", &url("https://storage.quay.io/x")));
+    }
 
     #[test]
     fn tls_is_used_except_on_loopback_or_when_insecure() {

@@ -218,7 +218,19 @@ impl Registry {
             ));
         }
         let wait = asked.unwrap_or_else(|| backoff(tries));
-        Some(Verdict::Retry(wait, format!("registry answered {status}")))
+        let limit = res
+            .headers()
+            .get("RateLimit-Remaining")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let v: String = v.chars().take(40).filter(|c| !c.is_control()).collect();
+                format!(" (rate limit: {v} requests remaining)")
+            })
+            .unwrap_or_default();
+        Some(Verdict::Retry(
+            wait,
+            format!("registry answered {status}{limit}"),
+        ))
     }
 
     /// Connection failures and timeouts are retried; a TLS failure, a name that does not
@@ -274,10 +286,23 @@ fn retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
 
-/// `Retry-After` in seconds (RFC 9110 also allows a date; registries send seconds).
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 allows both; Docker Hub has sent
+/// either).
 fn retry_after(res: &Response) -> Option<Duration> {
     let text = res.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+    wait_for(text.trim(), std::time::SystemTime::now())
+}
+
+fn wait_for(text: &str, now: std::time::SystemTime) -> Option<Duration> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    // A date already past: go now. The date has whole seconds: round up, not short.
+    Some(
+        when.duration_since(now)
+            .map_or(Duration::ZERO, |d| d + Duration::from_millis(500)),
+    )
 }
 
 /// The last error, saying that it was not the first.
@@ -288,6 +313,21 @@ pub(super) fn gave_up(e: Error, tries: u32) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = httpdate::parse_http_date("Thu, 03 Dec 2026 18:00:00 GMT").unwrap();
+        assert_eq!(wait_for("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait_for("Thu, 03 Dec 2026 18:00:03 GMT", now),
+            Some(Duration::from_millis(3500))
+        );
+        assert_eq!(
+            wait_for("Thu, 03 Dec 2026 17:59:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(wait_for("soon", now), None);
+    }
 
     #[test]
     fn only_transient_statuses_are_retried() {
