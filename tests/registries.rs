@@ -108,7 +108,16 @@ fn push_delta_and_copy_through(#[case] mode: Mode) {
         format!("{mode:?} edit\n"),
     )
     .unwrap();
+    let before = s.front.seen().len();
     let second = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    // What the first push learnt about uploads was kept: no refusal met twice.
+    let refused: Vec<_> = s.front.seen()[before..]
+        .iter()
+        .filter(|r| r.status >= 400 && !matches!(r.status, 401 | 403))
+        .filter(|r| r.path.contains("/blobs/uploads/"))
+        .cloned()
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
     let pinned = second.ok().lines().last().unwrap().to_string();
     let behind = s
         .registry

@@ -245,6 +245,11 @@ impl Registry {
 
     /// Where the state says `host` asked for no authentication last time.
     fn open_record(&self, host: &str) -> Option<std::path::PathBuf> {
+        self.host_record("open-registries", host)
+    }
+
+    /// A file of the state, in `dir`, about `host`.
+    fn host_record(&self, dir: &str, host: &str) -> Option<std::path::PathBuf> {
         let name: String = host
             .chars()
             .map(|c| {
@@ -255,7 +260,7 @@ impl Registry {
                 }
             })
             .collect();
-        Some(self.state.get()?.join("open-registries").join(name))
+        Some(self.state.get()?.join(dir).join(name))
     }
 
     /// Records whether `host` asked for no authentication (a failure only costs a ping).

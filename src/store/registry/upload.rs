@@ -63,8 +63,13 @@ enum Pace {
 
 type Action<'a> = &'a (dyn Fn() -> String + Sync);
 
-/// What a registry's answers taught about how it takes blobs, kept per host for the run.
-#[derive(Debug, Clone, Copy, Default)]
+/// The state's directory of what each registry taught about uploads.
+const STYLES: &str = "upload-styles";
+
+/// What a registry's answers taught about how it takes blobs, kept per host for the run and
+/// in the state for the next runs (`upload-styles/<host>`), so that a one-shot push does not
+/// meet the same refusal every time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Style {
     /// Every blob in the PUT that completes its upload: a PATCH was refused.
     whole: bool,
@@ -481,22 +486,30 @@ impl Registry {
 
 impl Registry {
     fn style(&self, host: &str) -> Style {
-        self.styles
-            .lock()
-            .expect("styles lock")
-            .get(host)
-            .copied()
-            .unwrap_or_default()
+        let mut styles = self.styles.lock().expect("styles lock");
+        *styles.entry(host.to_string()).or_insert_with(|| {
+            // What an earlier run learnt; anything unreadable is forgotten, not trusted.
+            self.host_record(STYLES, host)
+                .and_then(|f| std::fs::read(f).ok())
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        })
     }
 
     fn learn(&self, host: &str, change: impl FnOnce(&mut Style)) {
-        change(
-            self.styles
-                .lock()
-                .expect("styles lock")
-                .entry(host.to_string())
-                .or_default(),
-        );
+        let mut style = self.style(host);
+        change(&mut style);
+        self.styles
+            .lock()
+            .expect("styles lock")
+            .insert(host.to_string(), style);
+        if let Some(file) = self.host_record(STYLES, host) {
+            let json = serde_json::to_vec(&style).expect("a style serialises");
+            let _ = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(file, json));
+        }
     }
 }
 
