@@ -57,6 +57,14 @@ impl Setup {
             .env("LAYERUP_STATE_DIR", self.state.path())
     }
 
+    fn push(&self, tree: &std::path::Path, base: &str, to: &str) -> Run {
+        self.layerup().args(push_args(tree, base, to)).run()
+    }
+
+    fn copy(&self, from: &str, to: &str, extra: &[&str]) -> Run {
+        self.layerup().args(["copy", from, to]).args(extra).run()
+    }
+
     fn seen(&self, pick: impl Fn(&Seen) -> bool) -> Vec<Seen> {
         self.front.seen().into_iter().filter(pick).collect()
     }
@@ -97,7 +105,7 @@ fn push_delta_and_copy_through(#[case] mode: Mode) {
     let base = s.front.reference("prod/app:1");
     let to = s.front.reference("dev/app:dev");
 
-    let first = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    let first = s.push(tree.path(), &base, &to);
     let pinned = first.ok().lines().last().unwrap().to_string();
     let digest = digest_of(&pinned).to_string();
     let behind = s.registry.reference(&format!("dev/app@{digest}"));
@@ -109,7 +117,7 @@ fn push_delta_and_copy_through(#[case] mode: Mode) {
     )
     .unwrap();
     let before = s.front.seen().len();
-    let second = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    let second = s.push(tree.path(), &base, &to);
     // What the first push learnt about uploads was kept: no refusal met twice.
     let refused: Vec<_> = s.front.seen()[before..]
         .iter()
@@ -128,24 +136,18 @@ fn push_delta_and_copy_through(#[case] mode: Mode) {
     );
 
     // Over 8 MiB from another registry (every blob uploaded), then within this one (mounts).
-    let copy_in = s
-        .layerup()
-        .args([
-            "copy",
-            &s.registry.reference("src/big:1"),
-            &s.front.reference("dst/big:1"),
-        ])
-        .run();
+    let copy_in = s.copy(
+        &s.registry.reference("src/big:1"),
+        &s.front.reference("dst/big:1"),
+        &[],
+    );
     copy_in.ok();
     s.assert_big_copied("dst/big", "1");
-    let copy_within = s
-        .layerup()
-        .args([
-            "copy",
-            &s.front.reference("src/big:1"),
-            &s.front.reference("mirror/big:1"),
-        ])
-        .run();
+    let copy_within = s.copy(
+        &s.front.reference("src/big:1"),
+        &s.front.reference("mirror/big:1"),
+        &[],
+    );
     copy_within.ok();
     s.assert_big_copied("mirror/big", "1");
 
@@ -243,15 +245,15 @@ fn an_immutable_tag_is_left_alone_when_it_names_the_image_already() {
     let tree = app_tree();
     let base = s.front.reference("prod/app:1");
     let to = s.front.reference("dev/app:v1");
-    let first = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    let first = s.push(tree.path(), &base, &to);
     let pinned = first.ok().lines().last().unwrap().to_string();
-    let again = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    let again = s.push(tree.path(), &base, &to);
     assert_eq!(again.ok().lines().last().unwrap(), pinned);
     let tag_puts = s.seen(|r| r.method == "PUT" && r.path.ends_with("/manifests/v1"));
     assert_eq!(tag_puts.len(), 1, "{tag_puts:?}");
 
     std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
-    let changed = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    let changed = s.push(tree.path(), &base, &to);
     changed.fails(8, &["TAG_INVALID", "immutable", "--tag"]);
     assert_eq!(
         changed.stderr.trim().lines().count(),
@@ -272,16 +274,11 @@ fn an_immutable_tag_is_left_alone_when_it_names_the_image_already() {
 #[case::one_mib_chunks("1M", true)]
 fn ecr_takes_chunks_as_it_answers_them(#[case] chunk: &str, #[case] refused: bool) {
     let s = setup(Mode::Ecr);
-    let run = s
-        .layerup()
-        .args([
-            "copy",
-            &s.registry.reference("src/big:1"),
-            &s.front.reference("dst/big:1"),
-            "--chunk-size",
-            chunk,
-        ])
-        .run();
+    let run = s.copy(
+        &s.registry.reference("src/big:1"),
+        &s.front.reference("dst/big:1"),
+        &["--chunk-size", chunk],
+    );
     run.ok();
     s.assert_big_copied("dst/big", "1");
     let patches = s.seen(|r| r.method == "PATCH");
@@ -320,7 +317,7 @@ fn a_registry_refusing_docker_manifests_gets_oci_ones_with_format_oci() {
     let tree = app_tree();
     let base = s.front.reference("prod/docker:1");
     let to = s.front.reference("dev/app:dev");
-    let refused = s.layerup().args(push_args(tree.path(), &base, &to)).run();
+    let refused = s.push(tree.path(), &base, &to);
     refused.fails(8, &["MANIFEST_INVALID", "Docker schema 2", "--format oci"]);
     assert_eq!(
         refused.stderr.trim().lines().count(),

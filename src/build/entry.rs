@@ -108,18 +108,25 @@ pub fn inside(dir: &Path, path: &Path) -> std::result::Result<(), String> {
         return Err("a `..` or absolute path leads out".into());
     }
     // The longest part that exists, symlinks resolved, must still be inside.
-    let mut existing = lexical.as_path();
+    match real_prefix(&lexical) {
+        Some((real, _)) if !real.starts_with(&dir_real) => {
+            Err(format!("a symlink leads to `{}`", real.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The longest part of `path` that exists, symlinks resolved, and the rest of `path` after it
+/// (empty when all of it exists); `None` when no part of it does.
+pub fn real_prefix(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut rest = Vec::new();
+    let mut existing = path;
     loop {
         if let Ok(real) = std::fs::canonicalize(existing) {
-            if !real.starts_with(&dir_real) {
-                return Err(format!("a symlink leads to `{}`", real.display()));
-            }
-            return Ok(());
+            return Some((real, rest.iter().rev().collect()));
         }
-        match existing.parent() {
-            Some(p) => existing = p,
-            None => return Ok(()),
-        }
+        rest.push(existing.file_name()?);
+        existing = existing.parent()?;
     }
 }
 

@@ -224,7 +224,7 @@ pub fn variables(target: Option<&Platform>, build: &Platform) -> Vec<(String, St
 }
 
 /// A command as named in a message: its first line, at most 60 characters.
-fn short(command: &str) -> String {
+pub fn short(command: &str) -> String {
     let line = command.lines().next().unwrap_or("");
     match line.char_indices().nth(60) {
         Some((i, _)) => format!("{}…", &line[..i]),

@@ -298,15 +298,10 @@ impl Report {
     fn building(&self, e: &build_step::Event) {
         match e {
             build_step::Event::Started(command, platform) => {
-                let first = command.lines().next().unwrap_or("");
-                let more = if command.lines().nth(1).is_some() {
-                    " …"
-                } else {
-                    ""
-                };
+                let command = build_step::short(command);
                 match platform {
-                    Some(p) => self.note(&format!("building for {p}: {first}{more}")),
-                    None => self.note(&format!("building: {first}{more}")),
+                    Some(p) => self.note(&format!("building for {p}: {command}")),
+                    None => self.note(&format!("building: {command}")),
                 }
             }
             build_step::Event::Line(line) => self.note(line),

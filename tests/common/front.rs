@@ -31,20 +31,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 11] = [
-        Mode::Ecr,
-        Mode::Gar,
-        Mode::Acr,
-        Mode::Ghcr,
-        Mode::Hub,
-        Mode::Harbor,
-        Mode::Quay,
-        Mode::Artifactory,
-        Mode::Nexus,
-        Mode::Gitlab,
-        Mode::Zot,
-    ];
-
     /// The user name a developer logs in with there.
     pub fn user(self) -> &'static str {
         match self {
@@ -245,14 +231,7 @@ impl Request {
     }
 
     fn query(&self, name: &str) -> Option<String> {
-        let q = self.path.split_once('?')?.1;
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .map(|v| {
-                v.replace("%3A", ":")
-                    .replace("%2F", "/")
-                    .replace("%2f", "/")
-            })
+        super::query_param(&self.path, name)
     }
 
     fn is_upload(&self) -> bool {
@@ -308,24 +287,16 @@ fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str>
 
 type Headers = Vec<(String, String)>;
 
+/// A request's or answer's head (`proxy::read_head`), its headers as (name, value).
 fn read_message(r: &mut impl BufRead) -> std::io::Result<Option<(String, Headers)>> {
-    let mut first = String::new();
-    if r.read_line(&mut first)? == 0 {
-        return Ok(None);
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
-    Ok(Some((first.trim_end().to_string(), headers)))
+    Ok(super::proxy::read_head(r)?.map(|(first, lines)| {
+        let headers = lines
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        (first, headers)
+    }))
 }
 
 fn serve(conn: TcpStream, shared: &Shared, at: &'static str) -> std::io::Result<()> {

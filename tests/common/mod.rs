@@ -287,12 +287,18 @@ impl Drop for Registry {
     }
 }
 
-fn query_param(path: &str, name: &str) -> Option<String> {
+/// A query parameter of a request path, its `:` and `/` decoded (digests, repositories).
+pub fn query_param(path: &str, name: &str) -> Option<String> {
     let query = path.split_once('?')?.1;
     query
         .split('&')
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
+        .map(|v| {
+            v.replace("%3A", ":")
+                .replace("%3a", ":")
+                .replace("%2F", "/")
+                .replace("%2f", "/")
+        })
 }
 
 /// What layerup printed and how it exited.

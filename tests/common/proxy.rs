@@ -121,7 +121,7 @@ impl Drop for Proxy {
 }
 
 /// Reads a head (request or response) up to the blank line: the first line and the header lines.
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Vec<String>)>> {
+pub fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Vec<String>)>> {
     let mut first = String::new();
     if r.read_line(&mut first)? == 0 {
         return Ok(None);

@@ -261,7 +261,7 @@ fn made_by_build(plan: &PushPlan, command: &str) -> Result<()> {
         Some(m) => Err(Error::input(format!(
             "source `{}` does not exist after the build `{}` ran",
             m.src.display(),
-            command.lines().next().unwrap_or("")
+            crate::commands::build_step::short(command)
         ))),
         None => Ok(()),
     }

@@ -214,24 +214,17 @@ impl Registry {
             });
         if let Some(doc) = last {
             let res = self.manifest_request(Method::HEAD, repo, tag).await?;
-            let now = res
-                .headers()
-                .get("Docker-Content-Digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Digest>().ok());
-            if res.status().is_success() && now.as_ref() == Some(&doc.digest) {
+            if res.status().is_success() && content_digest(&res).as_ref() == Some(&doc.digest) {
                 return Ok(doc);
             }
         }
         let doc = self.manifest(repo, tag).await?;
         if let Some(file) = record {
             self.keep(&doc.digest, &doc.bytes);
-            let _ = file
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| {
-                    std::fs::write(&file, format!("{}\n{}\n", doc.digest, doc.media_type))
-                });
+            write_record(
+                &file,
+                format!("{}\n{}\n", doc.digest, doc.media_type).as_bytes(),
+            );
         }
         Ok(doc)
     }
@@ -268,13 +261,12 @@ impl Registry {
         let Some(file) = self.open_record(host) else {
             return;
         };
-        let _ = match open {
-            true => file
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(&file, b"")),
-            false => std::fs::remove_file(&file),
-        };
+        match open {
+            true => write_record(&file, b""),
+            false => {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
     }
 
     /// The body of a registry's answer, at most 64 KiB, with every secret of this run replaced
@@ -766,11 +758,7 @@ impl Registry {
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let header_digest = res
-                .headers()
-                .get("Docker-Content-Digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<Digest>().ok());
+            let header_digest = content_digest(&res);
             if res
                 .content_length()
                 .is_some_and(|l| l > MANIFEST_LIMIT as u64)
@@ -846,15 +834,14 @@ impl Registry {
                 host,
             ));
         }
-        let header = res
-            .headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Digest>().ok());
-        if header.is_some() {
-            return Ok(header);
+        if let Some(d) = content_digest(&res) {
+            return Ok(Some(d));
         }
-        // ECR may send no digest: the manifest itself, hashed, says which it is.
+        // A digest asked for and answered 200 is held. A tag with no digest header (ECR): the
+        // manifest itself, hashed, says which it names.
+        if let Ok(asked) = tag_or_digest.parse::<Digest>() {
+            return Ok(Some(asked));
+        }
         Ok(Some(self.manifest(repo, tag_or_digest).await?.digest))
     }
 
@@ -1017,6 +1004,23 @@ impl Registry {
         }
         Err(e)
     }
+}
+
+/// The digest an answer says its manifest has (`Docker-Content-Digest`), if it says one.
+fn content_digest(res: &reqwest::Response) -> Option<Digest> {
+    res.headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok())
+}
+
+/// Writes a small record of the state whole, its directory made first. A failure only costs
+/// the next run a question to the registry.
+fn write_record(file: &std::path::Path, bytes: &[u8]) {
+    let _ = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(file, bytes));
 }
 
 /// A header value holding a secret: marked sensitive, so no debug output of a request shows it.

@@ -75,14 +75,8 @@ impl Registry {
                     tries -= 1;
                     continue;
                 }
-                Ok(res)
-                    if matches!(
-                        res.status(),
-                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-                    ) && !renewed =>
-                {
+                Ok(res) if refuses_token(res.status()) && !renewed => {
                     // A token that expired during a long transfer: fetch a fresh one, once.
-                    // GHCR answers an expired token with 403 DENIED, not 401.
                     renewed = true;
                     // Boxed: fetching the token is itself a request sent through here.
                     if Box::pin(self.renew(t)).await? {
@@ -279,6 +273,12 @@ impl Registry {
     fn has_answered(&self, host: &str) -> bool {
         self.answered.lock().expect("answered lock").contains(host)
     }
+}
+
+/// What a token that expired gets: 401, or 403 `DENIED` from GHCR. A fresh one is fetched once
+/// and the request sent again; a refusal that is real comes back, worded as such.
+pub(super) fn refuses_token(status: StatusCode) -> bool {
+    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
 }
 
 /// 408, 429 and the 5xx that mean "not now": worth another try.

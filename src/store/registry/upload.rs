@@ -30,8 +30,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 use reqwest::{Response, StatusCode};
 use tokio::sync::Mutex;
 
-use super::send::{backoff, Verdict};
-use super::{location, status_error, Registry, Target};
+use super::send::{backoff, refuses_token, Verdict};
+use super::{location, status_error, write_record, Registry, Target};
 use crate::error::{Error, ExitCode, Result};
 use crate::oci::stream::{self, Cursor};
 
@@ -486,30 +486,33 @@ impl Registry {
 
 impl Registry {
     fn style(&self, host: &str) -> Style {
+        self.with_style(host, |s| *s)
+    }
+
+    /// Changes what `host` taught, for the run and in the state.
+    fn learn(&self, host: &str, change: impl FnOnce(&mut Style)) {
+        let style = self.with_style(host, |s| {
+            change(s);
+            *s
+        });
+        if let Some(file) = self.host_record(STYLES, host) {
+            write_record(
+                &file,
+                &serde_json::to_vec(&style).expect("a style serialises"),
+            );
+        }
+    }
+
+    /// `f` on `host`'s style, under the lock; read from the state the first time.
+    fn with_style<R>(&self, host: &str, f: impl FnOnce(&mut Style) -> R) -> R {
         let mut styles = self.styles.lock().expect("styles lock");
-        *styles.entry(host.to_string()).or_insert_with(|| {
+        f(styles.entry(host.to_string()).or_insert_with(|| {
             // What an earlier run learnt; anything unreadable is forgotten, not trusted.
             self.host_record(STYLES, host)
                 .and_then(|f| std::fs::read(f).ok())
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default()
-        })
-    }
-
-    fn learn(&self, host: &str, change: impl FnOnce(&mut Style)) {
-        let mut style = self.style(host);
-        change(&mut style);
-        self.styles
-            .lock()
-            .expect("styles lock")
-            .insert(host.to_string(), style);
-        if let Some(file) = self.host_record(STYLES, host) {
-            let json = serde_json::to_vec(&style).expect("a style serialises");
-            let _ = file
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(file, json));
-        }
+        }))
     }
 }
 
@@ -517,12 +520,6 @@ impl Registry {
 /// `BLOB_UNKNOWN`, docker/buildx#196), not a transient failure.
 fn refuses_body(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 404 | 405 | 411 | 415 | 501)
-}
-
-/// A token that expired mid-upload: 401, or 403 `DENIED` from GHCR. A fresh one is fetched
-/// and the upload goes on; a refusal that is real comes back on the next try's first request.
-fn refuses_token(status: StatusCode) -> bool {
-    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
 }
 
 /// The upload location with `digest=` added, to complete the upload.
