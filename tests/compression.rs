@@ -123,8 +123,33 @@ fn zstd_on_a_docker_schema_2_base_is_refused_before_anything_is_pushed() {
         &dev.reference("dev/z:dev"),
         &["--compression", "zstd"],
     )
-    .fails(2, &["zstd layers need an OCI image", "is Docker schema 2"]);
+    .fails(
+        2,
+        &[
+            "zstd layers need an OCI image",
+            "is Docker schema 2",
+            "--format oci",
+        ],
+    );
     assert_eq!(dev.writes(), vec![]);
+    // Made OCI, the image on the Docker base takes a zstd layer, and runs.
+    let out = push_tree(
+        tree.path(),
+        &prod().docker,
+        &dev.reference("dev/z:oci"),
+        &["--compression", "zstd", "--format", "oci"],
+    );
+    let pinned = out.ok().lines().last().unwrap().to_string();
+    let raw = inspect_raw(&pinned);
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        raw["layers"].as_array().unwrap().last().unwrap()["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    assert_eq!(run_in(&pinned, "cat /app/VERSION").trim(), "1.2.3");
     push_tree(
         tree.path(),
         &prod().oci,

@@ -35,7 +35,7 @@ impl Codec {
             (Codec::Zstd, Family::Oci) => Ok(OCI_LAYER_ZSTD),
             (Codec::Zstd, Family::Docker) => Err(Error::usage(format!(
                 "zstd layers need an OCI image, and the base `{base}` is Docker schema 2, which \
-                 has no zstd layer type: give --compression gzip (or copy the base as OCI first)"
+                 has no zstd layer type: give --compression gzip, or --format oci to make the new image OCI"
             ))),
         }
     }

@@ -180,7 +180,8 @@ async fn fetch_base(
     linux_only(&bases)?;
     // Said before any layer is written.
     for (_, b) in &bases {
-        plan.compression.codec().media_type(b.family, &b.name)?;
+        let family = plan.tweaks.family(b.family);
+        plan.compression.codec().media_type(family, &b.name)?;
     }
     let cache = lower::cache_dir(plan.state_dir.as_deref());
     let reads = bases
