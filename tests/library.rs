@@ -157,6 +157,7 @@ fn a_copy_tells_what_will_move_before_it_moves_and_reports_each_blob() {
         platform_asked: false,
         net: net(),
         jobs: 4,
+        referrers: true,
     };
     let rt = runtime();
     let mut writes_when_told = None;

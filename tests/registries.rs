@@ -35,6 +35,7 @@ fn setup(mode: Mode) -> Setup {
         &[],
     )
     .ok();
+    seed_referrers(&registry, "src/big", "1");
     let front = Front::start(&registry.host, mode);
     let config = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -48,6 +49,122 @@ fn setup(mode: Mode) -> Setup {
         config,
         state: tempfile::tempdir().unwrap(),
     }
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const SPDX: &str = "application/spdx+json";
+
+/// The referrers `repo:tag` is given, as oras and cosign leave them on a registry with no
+/// referrers API: an SBOM artifact whose `subject` is the image, listed by the fallback tag
+/// `sha256-<hex>`, and a cosign signature under `sha256-<hex>.sig`.
+struct Referrers {
+    /// The SBOM's manifest digest.
+    sbom: String,
+    /// The fallback tag and cosign's.
+    fallback: String,
+    sig: String,
+    /// Every blob they name.
+    blobs: Vec<String>,
+}
+
+fn referrers_of(subject_manifest: &[u8]) -> Referrers {
+    let subject = sha256(subject_manifest);
+    let hex = subject.trim_start_matches("sha256:");
+    let (sbom, _, blobs) = sbom_and_sig(&subject, subject_manifest.len());
+    Referrers {
+        sbom,
+        fallback: format!("sha256-{hex}"),
+        sig: format!("sha256-{hex}.sig"),
+        blobs,
+    }
+}
+
+/// The SBOM manifest (digest, bytes), the signature manifest's bytes, and their blobs' digests;
+/// the same bytes every time for one subject.
+type Made = (Vec<u8>, Vec<u8>, Vec<(Vec<u8>, String)>);
+
+fn sbom_and_sig(subject: &str, subject_size: usize) -> (String, Made, Vec<String>) {
+    let empty = b"{}".to_vec();
+    let sbom_blob = format!(r#"{{"spdxVersion":"SPDX-2.3","name":"{subject}"}}"#).into_bytes();
+    let payload = format!(r#"{{"critical":{{"image":{{"docker-manifest-digest":"{subject}"}}}}}}"#)
+        .into_bytes();
+    let blobs: Vec<(Vec<u8>, String)> = [empty, sbom_blob, payload]
+        .into_iter()
+        .map(|b| {
+            let d = sha256(&b);
+            (b, d)
+        })
+        .collect();
+    let desc = |media: &str, i: usize| serde_json::json!({"mediaType": media, "digest": blobs[i].1, "size": blobs[i].0.len()});
+    let sbom = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": SPDX,
+        "config": desc("application/vnd.oci.empty.v1+json", 0),
+        "layers": [desc(SPDX, 1)],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_size},
+    });
+    let sig = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc("application/vnd.oci.image.config.v1+json", 0),
+        "layers": [desc("application/vnd.dev.cosign.simplesigning.v1+json", 2)],
+    });
+    let sbom = serde_json::to_vec(&sbom).unwrap();
+    let sig = serde_json::to_vec(&sig).unwrap();
+    let digests = blobs.iter().map(|b| b.1.clone()).collect();
+    (sha256(&sbom), (sbom, sig, blobs), digests)
+}
+
+/// Gives `repo:tag` on `reg` the referrers of [`referrers_of`].
+fn seed_referrers(reg: &Registry, repo: &str, tag: &str) -> Referrers {
+    let subject_manifest = raw_manifest_bytes(&reg.host, repo, tag);
+    let subject = sha256(&subject_manifest);
+    let (sbom_digest, (sbom, sig, blobs), _) = sbom_and_sig(&subject, subject_manifest.len());
+    for (bytes, _) in &blobs {
+        put_blob(&reg.host, repo, bytes);
+    }
+    put_manifest(&reg.host, repo, &sbom_digest, OCI_MANIFEST, &sbom);
+    let r = referrers_of(&subject_manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": sbom.len(), "artifactType": SPDX}],
+    });
+    put_manifest(
+        &reg.host,
+        repo,
+        &r.fallback,
+        OCI_INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    );
+    put_manifest(&reg.host, repo, &r.sig, OCI_MANIFEST, &sig);
+    r
+}
+
+/// Whether `repo` on `host` holds the referrers of `repo:tag`, byte for byte as the source
+/// `src/big` had them, listed by its fallback tag.
+fn has_referrers(host: &str, repo: &str, tag: &str) -> bool {
+    let r = referrers_of(&raw_manifest_bytes(host, repo, tag));
+    let get = |reference: &str| {
+        let accept = format!("{OCI_MANIFEST}, {OCI_INDEX}");
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let (status, _, body) = http(host, "GET", &path, &[("Accept", &accept)], b"");
+        (status == 200).then_some(body)
+    };
+    let Some(index) = get(&r.fallback) else {
+        return false;
+    };
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let listed = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["digest"] == r.sbom.as_str() && e["artifactType"] == SPDX);
+    let sbom_same = get(&r.sbom).is_some_and(|b| sha256(&b) == r.sbom);
+    let sig_same = get(&r.sig).is_some();
+    listed && sbom_same && sig_same && r.blobs.iter().all(|d| has_blob(host, repo, d))
 }
 
 impl Setup {
@@ -142,14 +259,26 @@ fn push_delta_and_copy_through(#[case] mode: Mode) {
         &[],
     );
     copy_in.ok();
+    assert!(
+        copy_in.stderr.contains("and 2 referrers"),
+        "{}",
+        copy_in.stderr
+    );
     s.assert_big_copied("dst/big", "1");
+    assert!(has_referrers(&s.registry.host, "dst/big", "1"));
     let copy_within = s.copy(
         &s.front.reference("src/big:1"),
         &s.front.reference("mirror/big:1"),
         &[],
     );
     copy_within.ok();
+    assert!(
+        copy_within.stderr.contains("and 2 referrers"),
+        "{}",
+        copy_within.stderr
+    );
     s.assert_big_copied("mirror/big", "1");
+    assert!(has_referrers(&s.registry.host, "mirror/big", "1"));
 
     let stderr = [
         first.stderr,
@@ -167,6 +296,22 @@ fn push_delta_and_copy_through(#[case] mode: Mode) {
 
 /// What each mode did to the requests, so the test could not pass without meeting it.
 fn behaves_as(mode: Mode, s: &Setup, stderr: &str) {
+    let api = s.seen(|r| r.path.contains("/referrers/"));
+    let fallback_puts = s.seen(|r| r.method == "PUT" && r.path.contains("/manifests/sha256-"));
+    match mode {
+        // zot lists referrers itself: layerup read them there and wrote no fallback tag.
+        Mode::Zot => {
+            assert!(api.iter().any(|r| r.status == 200), "{api:?}");
+            assert!(
+                fallback_puts.iter().all(|r| r.path.ends_with(".sig")),
+                "{fallback_puts:?}"
+            );
+        }
+        _ => {
+            assert!(api.iter().all(|r| r.status == 404), "{api:?}");
+            assert!(fallback_puts.iter().any(|r| !r.path.ends_with(".sig")));
+        }
+    }
     let storage = s.seen(|r| r.at == "storage");
     match mode {
         Mode::Ecr | Mode::Gar => {
@@ -359,4 +504,87 @@ fn a_registry_refusing_docker_manifests_gets_oci_ones_with_format_oci() {
         assert_eq!(l["digest"], was["digest"], "the same layer bytes");
     }
     assert_eq!(run_in(&behind, "cat /app/VERSION").trim(), "1.2.3");
+}
+
+/// `--referrers=false` leaves them behind; a destination whose fallback tag lists a referrer
+/// already keeps it beside the copied ones.
+#[test]
+fn referrers_can_be_left_behind_and_join_what_the_destination_lists() {
+    let s = setup(Mode::Ghcr);
+    let alone = s.copy(
+        &s.front.reference("src/big:1"),
+        &s.front.reference("bare/big:1"),
+        &["--referrers=false"],
+    );
+    alone.ok();
+    assert!(!alone.stderr.contains("referrer"), "{}", alone.stderr);
+    s.assert_big_copied("bare/big", "1");
+    assert!(!has_referrers(&s.registry.host, "bare/big", "1"));
+    assert!(s
+        .seen(|r| r.path.contains("/referrers/") || r.path.contains("sha256-"))
+        .is_empty());
+
+    // The destination has the image and a fallback tag listing another referrer (one it holds:
+    // distribution refuses an index naming a manifest it does not).
+    skopeo(&[
+        "copy",
+        "-q",
+        &format!("docker://{}", prod().oci),
+        &format!("docker://{}", s.registry.reference("bare/big:other")),
+    ]);
+    let other = seed_referrers(&s.registry, "bare/big", "other");
+    let subject = raw_manifest_bytes(&s.registry.host, "src/big", "1");
+    let mine = referrers_of(&subject);
+    let theirs = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": other.sbom, "size": 1}],
+    });
+    put_manifest(
+        &s.registry.host,
+        "bare/big",
+        &mine.fallback,
+        OCI_INDEX,
+        &serde_json::to_vec(&theirs).unwrap(),
+    );
+    s.copy(
+        &s.front.reference("src/big:1"),
+        &s.front.reference("bare/big:1"),
+        &[],
+    )
+    .ok();
+    assert!(has_referrers(&s.registry.host, "bare/big", "1"));
+    let index: serde_json::Value = serde_json::from_slice(&raw_manifest_bytes(
+        &s.registry.host,
+        "bare/big",
+        &mine.fallback,
+    ))
+    .unwrap();
+    let listed: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [other.sbom.as_str(), mine.sbom.as_str()]);
+
+    // Again: every tag names what it would be given already, and none is written (an
+    // immutable tag would refuse it).
+    let before = s.front.seen().len();
+    s.copy(
+        &s.front.reference("src/big:1"),
+        &s.front.reference("bare/big:1"),
+        &[],
+    )
+    .ok();
+    let tags_written: Vec<_> = s.front.seen()[before..]
+        .iter()
+        .filter(|r| {
+            r.method == "PUT"
+                && r.path.contains("/manifests/")
+                && !r.path.contains("/manifests/sha256:")
+        })
+        .cloned()
+        .collect();
+    assert!(tags_written.is_empty(), "{tags_written:?}");
 }

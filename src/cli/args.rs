@@ -435,6 +435,10 @@ pub struct CopyArgs {
     /// The platform to take from an index without --all [default: linux/<this machine's arch>].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all")]
     pub platform: Option<String>,
+    /// Copy the image's referrers with it — signatures, SBOMs, attestations (OCI referrers
+    /// API, its `sha256-<hex>` fallback tag, cosign's `.sig`/`.att`/`.sbom` tags); digests kept
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub referrers: bool,
     #[command(flatten)]
     pub transfer: TransferArgs,
 }

@@ -922,6 +922,7 @@ dev = "localhost:5000/team"
         "no-wait",
         "original",
         "all",
+        "referrers",
         // Positional arguments of copy, deploy, rollback, inspect, config and completions.
         "from",
         "image",

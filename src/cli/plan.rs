@@ -421,6 +421,7 @@ impl CopyArgs {
             platform_asked: self.platform.is_some(),
             net: self.transfer.options()?,
             jobs: self.transfer.jobs,
+            referrers: self.referrers,
         })
     }
 }

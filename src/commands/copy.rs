@@ -11,7 +11,7 @@ use oci_spec::image::Digest;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::oci::manifest::{Descriptor, Document, Kind};
+use crate::oci::manifest::{self, Descriptor, Document, Kind};
 use crate::oci::platform::{self, Platform};
 use crate::oci::reference::ImageRef;
 use crate::store::registry::{self, Registry};
@@ -34,6 +34,8 @@ pub struct CopyPlan {
     pub net: registry::Options,
     /// Blob transfers in flight at once.
     pub jobs: usize,
+    /// Copy the image's referrers too (signatures, SBOMs, attestations): `--referrers`.
+    pub referrers: bool,
 }
 
 /// What a copy will do, known before anything moves.
@@ -50,8 +52,10 @@ pub struct Copied {
     pub reference: String,
     pub digest: Digest,
     pub planned: Planned,
-    /// Every blob the copied manifests name, each once.
+    /// Every blob the copied manifests name, each once (the referrers' too).
     pub blobs: Vec<Moved>,
+    /// Referrers of the image copied with it.
+    pub referrers: usize,
     pub took: Duration,
 }
 
@@ -103,12 +107,22 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
         },
     };
     let slots = transfer::Slots::new(plan.jobs);
-    let moved = transfer::write(&dest, &blobs, manifests, &slots).await?;
+    let mut moved = transfer::write(&dest, &blobs, manifests, &slots).await?;
+    // Then what refers to it (a tag that named it already may have new signatures).
+    let mut referrers = 0;
+    if plan.referrers {
+        let (more, n) = crate::commands::referrers::copy(&source, &dest, &top.digest, &slots)
+            .await
+            .map_err(|e| e.context(format!("{} was copied, its referrers not", top.digest)))?;
+        moved.extend(more);
+        referrers = n;
+    }
     Ok(Copied {
         reference: plan.to.pinned(&top.digest),
         digest: top.digest,
         planned,
         blobs: moved,
+        referrers,
         took: started.elapsed(),
     })
 }
@@ -158,7 +172,7 @@ async fn read(
     let mut blobs = Vec::new();
     let mut children = Vec::new();
     match kind {
-        Kind::Manifest(_) => blobs.extend(blobs_of(&doc, &name)?),
+        Kind::Manifest(_) => blobs.extend(manifest::blobs_of(&doc, &name)?),
         Kind::Index(_) => {
             let entries = doc
                 .get("manifests")
@@ -180,7 +194,7 @@ async fn read(
                         "{what} is another index; layerup does not copy nested indexes"
                     )));
                 }
-                blobs.extend(blobs_of(&child, &what)?);
+                blobs.extend(manifest::blobs_of(&child, &what)?);
                 children.push(f.to_write(&child, &e.media_type, kind));
             }
         }
@@ -189,19 +203,4 @@ async fn read(
     blobs.retain(|d| !d.is_foreign() && seen.insert(d.digest.clone()));
     let top = top.to_write(&doc, "", kind);
     Ok((children, top, blobs))
-}
-
-/// The config and layers of an image manifest — of any artifact too: copying does not care
-/// what the blobs hold.
-fn blobs_of(doc: &Value, what: &str) -> Result<Vec<Descriptor>> {
-    let mut out = vec![Descriptor::parse(
-        doc.get("config").unwrap_or(&Value::Null),
-        &format!("{what}'s config descriptor"),
-    )?];
-    if let Some(layers) = doc.get("layers").and_then(Value::as_array) {
-        for (i, l) in layers.iter().enumerate() {
-            out.push(Descriptor::parse(l, &format!("{what}'s layer {i}"))?);
-        }
-    }
-    Ok(out)
 }

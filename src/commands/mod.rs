@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod login;
 pub mod project;
 pub mod push;
+pub mod referrers;
 pub mod sync;
 pub mod watch;
 

@@ -233,6 +233,21 @@ impl Descriptor {
     }
 }
 
+/// The config and layers of an image manifest — of any artifact too: copying does not care
+/// what the blobs hold.
+pub fn blobs_of(doc: &Value, what: &str) -> Result<Vec<Descriptor>> {
+    let mut out = vec![Descriptor::parse(
+        doc.get("config").unwrap_or(&Value::Null),
+        &format!("{what}'s config descriptor"),
+    )?];
+    if let Some(layers) = doc.get("layers").and_then(Value::as_array) {
+        for (i, l) in layers.iter().enumerate() {
+            out.push(Descriptor::parse(l, &format!("{what}'s layer {i}"))?);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

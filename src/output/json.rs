@@ -71,6 +71,7 @@ pub fn copied(c: &Copied) -> Value {
         "reference": c.reference,
         "digest": c.digest.to_string(),
         "manifests": c.planned.manifests,
+        "referrers": c.referrers,
         "blobs": c.blobs.iter().map(blob).collect::<Vec<_>>(),
         "bytes_sent": c.bytes_sent(),
         "timings_ms": {"total": ms(c.took)},

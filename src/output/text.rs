@@ -215,8 +215,12 @@ pub fn planned(p: &Planned) -> String {
 /// What a copy did, in one line.
 pub fn copied(c: &Copied) -> String {
     let n = |o: Outcome| count(&c.blobs, o);
+    let referrers = match c.referrers {
+        0 => String::new(),
+        r => format!(" and {}", counted(r, "referrer", "referrers")),
+    };
     format!(
-        "copied {} ({}), mounted {}, {} present; {} written in {:.2}s",
+        "copied {} ({}), mounted {}, {} present; {}{referrers} written in {:.2}s",
         counted(n(Outcome::Copied), "blob", "blobs"),
         human(c.bytes_sent()),
         n(Outcome::Mounted),

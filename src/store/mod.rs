@@ -301,6 +301,27 @@ impl Store {
         }
     }
 
+    /// What the referrers API of this store's registry lists for `subject`; `None` where it has
+    /// none (and for a layout).
+    pub async fn referrers(&self, subject: &Digest) -> Result<Option<Vec<serde_json::Value>>> {
+        match self {
+            Store::Registry { registry, repo } => registry.referrers(repo, subject).await,
+            Store::Layout { .. } => Ok(None),
+        }
+    }
+
+    /// The manifest or index under `tag` in this store's repository, `None` when there is none.
+    pub async fn tagged(&self, tag: &str) -> Result<Option<Document>> {
+        let Store::Registry { registry, repo } = self else {
+            return Ok(None);
+        };
+        match registry.manifest(repo, tag).await {
+            Ok(doc) => Ok(Some(doc)),
+            Err(e) if e.code() == crate::error::ExitCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes a manifest by its digest only, untagged: an index's child, which must be there
     /// before the index that names it.
     pub async fn put_child(&self, doc: &Document) -> Result<()> {

@@ -626,9 +626,108 @@ fn registry(shared: &Shared, req: &Request) -> Answer {
         );
         return Answer::new(307, "").with("Location", url);
     }
+    if mode == Mode::Zot && req.path.contains("/referrers/") {
+        return referrers_api(shared, req);
+    }
     let mut answer = forward(shared, &req.method, &path, req);
+    // GitLab: a fallback tag `sha256-<hex>` that is not there resolves to the digest it names.
+    let fallback = path.rsplit_once("/manifests/sha256-").map(|(_, hex)| hex);
+    if let (Mode::Gitlab, 404, Some(hex)) = (mode, answer.status, fallback) {
+        if !hex.contains('.') && matches!(req.method.as_str(), "GET" | "HEAD") {
+            let subject = path.replace("/manifests/sha256-", "/manifests/sha256:");
+            answer = forward(shared, &req.method, &subject, req);
+        }
+    }
+    if mode == Mode::Zot && req.method == "PUT" && answer.status == 201 {
+        if let Some(subject) = listed_by_api(shared, req) {
+            answer.set_header("OCI-Subject", Some(subject));
+        }
+    }
     rewrite(shared, req, &mut answer);
     answer
+}
+
+/// zot's referrers API, kept by the front in the registry behind as the fallback tag's index
+/// (`GET /v2/<repo>/referrers/<digest>`: that index, or an empty one).
+fn referrers_api(shared: &Shared, req: &Request) -> Answer {
+    let repo = req.repo().unwrap_or_default();
+    let digest = req
+        .path
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    let tag = digest.replace(':', "-");
+    let index = upstream_manifest(shared, &repo, &tag).unwrap_or_else(|| {
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+            .to_vec()
+    });
+    let mut a = Answer::new(200, "");
+    a.body = index;
+    a.set_header(
+        "Content-Type",
+        Some("application/vnd.oci.image.index.v1+json".into()),
+    );
+    a
+}
+
+/// A request of the front's own to the registry behind.
+fn upstream(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    header: (&str, &str),
+    body: Vec<u8>,
+) -> Answer {
+    let req = Request {
+        method: method.into(),
+        path: path.into(),
+        headers: vec![
+            ("Host".into(), shared.upstream.clone()),
+            (header.0.into(), header.1.into()),
+        ],
+        body,
+    };
+    forward(shared, method, path, &req)
+}
+
+const MANIFEST_TYPES: &str =
+    "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+
+/// A manifest the registry behind holds under `reference`, as bytes.
+fn upstream_manifest(shared: &Shared, repo: &str, reference: &str) -> Option<Vec<u8>> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let a = upstream(shared, "GET", &path, ("Accept", MANIFEST_TYPES), Vec::new());
+    (a.status == 200).then_some(a.body)
+}
+
+/// zot lists a manifest with a `subject` by itself: the front adds it to the index it keeps
+/// for that subject. The subject's digest, when there was one.
+fn listed_by_api(shared: &Shared, req: &Request) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_slice(&req.body).ok()?;
+    let subject = doc.get("subject")?.get("digest")?.as_str()?.to_string();
+    let repo = req.repo()?;
+    let tag = subject.replace(':', "-");
+    let mut index: serde_json::Value = upstream_manifest(shared, &repo, &tag)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| {
+            serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
+        });
+    let mut entry = serde_json::json!({
+        "mediaType": doc.get("mediaType").cloned().unwrap_or_default(),
+        "digest": super::sha256(&req.body),
+        "size": req.body.len(),
+    });
+    if let Some(t) = doc.get("artifactType") {
+        entry["artifactType"] = t.clone();
+    }
+    index["manifests"].as_array_mut()?.push(entry);
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let path = format!("/v2/{repo}/manifests/{tag}");
+    let index_type = ("Content-Type", "application/vnd.oci.image.index.v1+json");
+    (upstream(shared, "PUT", &path, index_type, bytes).status == 201).then_some(subject)
 }
 
 /// Requests the emulated registry refuses before the registry behind sees them.
@@ -709,19 +808,8 @@ fn refuse(shared: &Shared, req: &Request) -> Option<Answer> {
     {
         let reference = req.path.rsplit('/').next().unwrap_or("");
         if !reference.starts_with("sha256:") {
-            let head = Request {
-                method: "HEAD".into(),
-                path: req.path.clone(),
-                headers: vec![
-                    ("Host".into(), shared.upstream.clone()),
-                    (
-                        "Accept".into(),
-                        req.header("content-type").unwrap_or("*/*").to_string(),
-                    ),
-                ],
-                body: Vec::new(),
-            };
-            if forward(shared, "HEAD", &req.path, &head).status == 200 {
+            let accept = ("Accept", req.header("content-type").unwrap_or("*/*"));
+            if upstream(shared, "HEAD", &req.path, accept, Vec::new()).status == 200 {
                 return Some(Answer::error(
                     400,
                     "TAG_INVALID",

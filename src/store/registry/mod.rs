@@ -923,6 +923,43 @@ impl Registry {
         Ok(false)
     }
 
+    /// The descriptors the OCI 1.1 referrers API lists for `digest` (the manifests whose
+    /// `subject` it is); `None` where the registry has no such API — distribution 2.x, GHCR and
+    /// GitLab answer 404 — or answers with something that is not an index.
+    pub async fn referrers(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<Vec<serde_json::Value>>> {
+        let t = Target::of(repo);
+        let url = self.url(t, &format!("referrers/{digest}"));
+        let action = || format!("cannot list the referrers of {digest} in {}", repo.whole());
+        let res = self
+            .send(t, &action, &|c| {
+                c.get(&url).header(ACCEPT, manifest::OCI_INDEX)
+            })
+            .await?;
+        let status = res.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            let body = self.answer_text(res).await;
+            return Err(status_error(status, &body, &action(), t.host));
+        }
+        if !status.is_success() {
+            return Ok(None);
+        }
+        let mut raw = Vec::new();
+        let mut body = res.bytes_stream();
+        while let Some(piece) = body.next().await {
+            raw.extend_from_slice(&piece.map_err(|e| transport::error(&e, t.host))?);
+            if raw.len() > MANIFEST_LIMIT {
+                return Ok(None);
+            }
+        }
+        Ok(serde_json::from_slice::<serde_json::Value>(&raw)
+            .ok()
+            .and_then(|v| v.get("manifests")?.as_array().cloned()))
+    }
+
     /// Deletes a tag (OCI distribution 1.1 `DELETE /manifests/<tag>`), or a manifest by
     /// digest — which takes every tag naming it along. `false` when the registry allows no such
     /// delete (distribution 2.x refuses a tag: 400 `DIGEST_INVALID`; deletes disabled: 405).
