@@ -588,3 +588,29 @@ fn referrers_can_be_left_behind_and_join_what_the_destination_lists() {
         .collect();
     assert!(tags_written.is_empty(), "{tags_written:?}");
 }
+
+/// ECR before OCI 1.1 refused a manifest with a `subject` (405): the image is copied, the copy
+/// fails on one line saying its referrers are not and how to copy it alone, which works.
+#[test]
+fn a_registry_refusing_referrers_fails_the_copy_saying_so() {
+    let s = setup(Mode::Ecr);
+    s.front.no_subject();
+    let run = s.copy(
+        &s.front.reference("src/big:1"),
+        &s.front.reference("dst/big:1"),
+        &[],
+    );
+    run.fails(
+        8,
+        &["was copied, its referrers not", "405", "--referrers=false"],
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 2, "{}", run.stderr);
+    s.assert_big_copied("dst/big", "1");
+    assert!(!has_referrers(&s.registry.host, "dst/big", "1"));
+    let alone = s.copy(
+        &s.front.reference("src/big:1"),
+        &s.front.reference("dst/big:1"),
+        &["--referrers=false"],
+    );
+    alone.ok();
+}

@@ -113,7 +113,10 @@ pub async fn run(plan: &CopyPlan, told: impl FnOnce(&Planned)) -> Result<Copied>
     if plan.referrers {
         let (more, n) = crate::commands::referrers::copy(&source, &dest, &top.digest, &slots)
             .await
-            .map_err(|e| e.context(format!("{} was copied, its referrers not", top.digest)))?;
+            .map_err(|e| {
+                e.context(format!("{} was copied, its referrers not", top.digest))
+                    .suffixed("(--referrers=false copies the image alone)")
+            })?;
         moved.extend(more);
         referrers = n;
     }

@@ -117,6 +117,8 @@ struct Shared {
     /// ECR's tag immutability: a tag once written is never written again, even to the same
     /// digest (400 `TAG_INVALID`).
     immutable: AtomicBool,
+    /// ECR before it took OCI 1.1: a manifest with a `subject` is refused (405).
+    no_subject: AtomicBool,
 }
 
 pub struct Front {
@@ -151,6 +153,7 @@ impl Front {
             storage_host: hosts[2].clone(),
             state: Mutex::new(State::default()),
             immutable: AtomicBool::new(false),
+            no_subject: AtomicBool::new(false),
         });
         let stop = Arc::new(AtomicBool::new(false));
         for (listener, at) in listeners.into_iter().zip(["registry", "token", "storage"]) {
@@ -184,6 +187,11 @@ impl Front {
     /// Turns ECR's tag immutability on.
     pub fn immutable_tags(&self) {
         self.shared.immutable.store(true, Ordering::SeqCst);
+    }
+
+    /// Turns ECR's old refusal of manifests with a `subject` on.
+    pub fn no_subject(&self) {
+        self.shared.no_subject.store(true, Ordering::SeqCst);
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -800,6 +808,22 @@ fn refuse(shared: &Shared, req: &Request) -> Option<Answer> {
             // zot#3104, zot#724: OCI only; a Docker manifest is "manifest invalid".
             return Some(Answer::error(400, "MANIFEST_INVALID", "manifest invalid"));
         }
+    }
+    let with_subject = || {
+        serde_json::from_slice::<serde_json::Value>(&req.body)
+            .is_ok_and(|d| d.get("subject").is_some())
+    };
+    if mode == Mode::Ecr
+        && req.method == "PUT"
+        && manifest
+        && shared.no_subject.load(Ordering::SeqCst)
+        && with_subject()
+    {
+        return Some(Answer::error(
+            405,
+            "UNSUPPORTED",
+            "the subject field is not supported",
+        ));
     }
     if mode == Mode::Ecr
         && req.method == "PUT"
