@@ -330,6 +330,9 @@ fn behaves_as(mode: Mode, s: &Setup, stderr: &str) {
             assert!(!s
                 .seen(|r| r.method == "PATCH" && r.status == 201)
                 .is_empty());
+            // Each refused mount's session took the blob: no upload was started besides.
+            let posts = s.seen(|r| r.method == "POST" && r.path.starts_with("/v2/mirror/"));
+            assert!(posts.iter().all(|r| r.path.contains("mount=")), "{posts:?}");
         }
         Mode::Gar => {
             assert!(s.seen(|r| r.method == "PATCH" && r.status < 300).is_empty());

@@ -64,6 +64,9 @@ pub struct Registry {
     access: Mutex<HashMap<(String, String), Access>>,
     /// How each host takes blobs, as its answers taught this run (`upload::Style`).
     styles: Mutex<HashMap<String, upload::Style>>,
+    /// Upload sessions a refused mount opened (ECR and GAR answer a mount with 202 and a
+    /// `Location`), by (host, repository, digest): the blob's upload goes on there.
+    opened: Mutex<HashMap<(String, String, String), String>>,
     /// Hosts that have answered in this run: a refused connection to one is a restart or a
     /// blip worth retrying, while one to a host never reached is a wrong address.
     answered: Mutex<HashSet<String>>,
@@ -167,6 +170,7 @@ impl Registry {
             options,
             access: Mutex::new(HashMap::new()),
             styles: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashSet::new()),
             secrets: Mutex::new(Vec::new()),
             challenges: PerHost::default(),
@@ -920,6 +924,14 @@ impl Registry {
             return Ok(true);
         }
         tracing::debug!(status = %res.status(), "{}: not mounted, copying instead", action());
+        // An upload session instead of a mount: the copy goes there, one POST less.
+        let base = format!("{}://{}/", self.scheme(t.host), t.host);
+        if let (StatusCode::ACCEPTED, Some(loc)) = (res.status(), location(&base, &res)) {
+            self.opened
+                .lock()
+                .expect("opened lock")
+                .insert((t.host.into(), t.repo.into(), digest.to_string()), loc);
+        }
         Ok(false)
     }
 

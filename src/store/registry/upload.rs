@@ -123,7 +123,15 @@ impl Registry {
             c.size()
         };
         let base = format!("{}://{}/", self.scheme(t.host), t.host);
-        let (loc, chunk) = self.start_upload(t, &base, action).await?;
+        let opened = self.opened.lock().expect("opened lock").remove(&(
+            t.host.to_string(),
+            t.repo.to_string(),
+            digest.to_string(),
+        ));
+        let (loc, chunk) = match opened {
+            Some(loc) => (loc, self.options.chunk),
+            None => self.start_upload(t, &base, action).await?,
+        };
         let style = self.style(t.host);
         if style.whole || (size <= chunk && !style.patch) {
             return self.put_whole(t, &loc, digest, cursor, size, action).await;
