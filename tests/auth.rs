@@ -781,8 +781,67 @@ fn an_open_registry_is_not_pinged_again_and_one_that_closed_since_is_logged_in_t
         .iter()
         .any(|(m, p, s)| m == "PUT" && p.ends_with("/manifests/3") && *s == 201));
     assert!(pinned.contains("/dev/app@sha256:"), "{pinned}");
-    // Closed now: the next run asks first.
+    // Closed now, and the check of the credentials kept: the next run sends them at once.
     let before = dev.requests().len();
     push("dev/app:4").ok();
-    assert_eq!(pings(&dev, before)[0], 401);
+    let seen = &dev.requests()[before..];
+    assert_eq!(pings(&dev, before), Vec::<u16>::new(), "{seen:?}");
+    assert!(seen.iter().all(|r| r.2 != 401), "{seen:?}");
+}
+
+/// The check of basic credentials is kept between runs (the next push sends no `GET /v2/`); a
+/// password revoked on the registry since is reported as refused, on one line, with nothing
+/// written, and the run after checks again.
+#[test]
+fn a_kept_check_of_a_password_revoked_since_fails_as_refused_and_is_forgotten() {
+    let mut dev = Registry::start_with_htpasswd(USER, PASSWORD);
+    let client = Client::new(auths(
+        &dev.host,
+        serde_json::json!({"auth": basic_b64(USER, PASSWORD)}),
+    ));
+    let state = tempfile::tempdir().unwrap();
+    let tree = app_tree();
+    let host = dev.host.clone();
+    let push = |tag: &str| {
+        Layerup::new()
+            .env("DOCKER_CONFIG", client.config.path())
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(
+                tree.path(),
+                &prod().oci,
+                &format!("{host}/{tag}"),
+            ))
+            .run()
+    };
+    let pings = |dev: &Registry, from: usize| {
+        dev.requests()[from..]
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p == "/v2/")
+            .count()
+    };
+    push("dev/app:1").ok();
+    let before = dev.requests().len();
+    push("dev/app:2").ok();
+    assert_eq!(pings(&dev, before), 0);
+
+    let line = run(std::process::Command::new("htpasswd").args(["-Bbn", USER, "another-Pa55word"]));
+    std::fs::write(dev.data_dir().with_file_name("htpasswd"), line.trim()).unwrap();
+    dev.restart();
+    let writes = dev.writes().len();
+    let refused = push("dev/app:3");
+    refused.fails(
+        5,
+        &["answered 401 Unauthorized (check the credentials for this registry)"],
+    );
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(dev.writes().len(), writes);
+    let before = dev.requests().len();
+    push("dev/app:4").fails(5, &["refused the username and password"]);
+    // Checked again, and asked whether it still takes a password at all.
+    assert_eq!(pings(&dev, before), 2);
 }

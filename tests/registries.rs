@@ -617,3 +617,78 @@ fn a_registry_refusing_referrers_fails_the_copy_saying_so() {
     );
     alone.ok();
 }
+
+/// A one-shot push keeps what logging in cost for the next run: how the registry asks, that the
+/// basic credentials passed, and each token until it expires — in owner-only files that hold no
+/// password. The next push sends no `GET /v2/` and no token request; a token the registry no
+/// longer takes is fetched again there and then, and the push goes through.
+#[rstest]
+#[case::token_service_elsewhere(Mode::Gar)]
+#[case::token_without_lifetime(Mode::Acr)]
+#[case::basic(Mode::Ecr)]
+fn logging_in_is_kept_between_runs(#[case] mode: Mode) {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(mode);
+    let tree = app_tree();
+    let base = s.front.reference("prod/app:1");
+    let to = s.front.reference("dev/app:dev");
+    let push = |edit: &str| {
+        std::fs::write(tree.path().join("VERSION"), edit).unwrap();
+        let before = s.front.seen().len();
+        let run = s
+            .layerup()
+            .args(push_args(tree.path(), &base, &to))
+            .args(["-vv"])
+            .run();
+        let pinned = run.ok().lines().last().unwrap().to_string();
+        let behind = s
+            .registry
+            .reference(&format!("dev/app@{}", digest_of(&pinned)));
+        assert_eq!(run_in(&behind, "cat /app/VERSION"), edit);
+        (run, s.front.seen()[before..].to_vec())
+    };
+    let pings = |seen: &[Seen]| seen.iter().filter(|r| r.path == "/v2/").count();
+    let tokens = |seen: &[Seen]| {
+        seen.iter()
+            .filter(|r| r.at == "token" || r.path.starts_with("/token"))
+            .count()
+    };
+
+    let (first, seen) = push("1\n");
+    assert!(pings(&seen) >= 1, "{seen:?}");
+    let (second, seen) = push("2\n");
+    assert_eq!(pings(&seen), 0, "{seen:?}");
+    assert_eq!(tokens(&seen), 0, "{seen:?}");
+
+    s.front.forget_tokens();
+    let (third, seen) = push("3\n");
+    assert_eq!(pings(&seen), 0, "{seen:?}");
+    if mode != Mode::Ecr {
+        assert!(
+            seen.iter().any(|r| r.status == 401 && r.authorized),
+            "{seen:?}"
+        );
+        assert!(tokens(&seen) >= 1, "{seen:?}");
+    }
+
+    let dir = s.state.path().join("auth");
+    let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode_of(&dir), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    for f in &files {
+        assert_eq!(mode_of(f), 0o600, "{}", f.display());
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(!text.contains(mode.password()), "{text}");
+    }
+    for run in [first, second, third] {
+        let said = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            !said.contains("front-token-") && !said.contains(mode.password()),
+            "{said}"
+        );
+    }
+}

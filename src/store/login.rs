@@ -151,7 +151,7 @@ pub async fn store(place: &Place, registry: &str, user: &str, secret: &str) -> R
             let encoded =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
             auths.insert(key(registry), serde_json::json!({ "auth": encoded }));
-            write_private(path, &Value::Object(config))
+            write_private(path, &pretty(config))
         }
     }
 }
@@ -185,19 +185,28 @@ pub async fn erase(registry: &str) -> Result<Vec<String>> {
         let before = auths.len();
         auths.retain(|k, _| normalise_key(k) != normalise_key(registry));
         if auths.len() != before {
-            write_private(&path, &Value::Object(config))?;
+            write_private(&path, &pretty(config))?;
             gone.push(path.display().to_string());
         }
     }
     Ok(gone)
 }
 
-/// Writes `value` to `path` readable by its owner only: whole, then renamed into place.
-fn write_private(path: &Path, value: &Value) -> Result<()> {
+fn pretty(config: serde_json::Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec_pretty(&Value::Object(config)).expect("JSON values serialise")
+}
+
+/// Writes `text` to `path` readable by its owner only: whole, then renamed into place. A
+/// directory it makes is its owner's only too.
+pub(crate) fn write_private(path: &Path, text: &[u8]) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, &e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create", dir, &e))?;
     let tmp = dir.join(format!(
         ".{}.layerup-{}",
         path.file_name()
@@ -205,7 +214,6 @@ fn write_private(path: &Path, value: &Value) -> Result<()> {
             .unwrap_or("config"),
         std::process::id()
     ));
-    let text = serde_json::to_vec_pretty(value).expect("JSON values serialise");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -213,7 +221,7 @@ fn write_private(path: &Path, value: &Value) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| Error::io("write", &tmp, &e))?;
-    f.write_all(&text)
+    f.write_all(text)
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("write", &tmp, &e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io("write", path, &e))

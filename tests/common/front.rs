@@ -194,6 +194,11 @@ impl Front {
         self.shared.no_subject.store(true, Ordering::SeqCst);
     }
 
+    /// Forgets every token it issued (a restart, or tokens revoked): each is refused from now.
+    pub fn forget_tokens(&self) {
+        self.shared.state.lock().unwrap().tokens.clear();
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.state.lock().unwrap().seen.clone()
     }

@@ -7,6 +7,7 @@
 //! `Location`), its chunked push cannot resume, and its token request carries one scope, while a
 //! cross-repository mount needs `repository:<from>:pull` in the destination's token.
 
+mod kept_auth;
 mod send;
 mod status;
 pub mod transport;
@@ -84,6 +85,9 @@ pub struct Registry {
     /// Hosts taken to be open this run because the last run found them so (their `GET /v2/`
     /// skipped): a 401 from one logs in there and then.
     assumed_open: Mutex<HashSet<String>>,
+    /// Hosts whose challenge this run took from the last run's record (no `GET /v2/`): a login
+    /// failing there asks again before it gives up.
+    recalled: Mutex<HashSet<String>>,
 }
 
 /// What is learnt once per host in a run: the first caller works it out, the others (even
@@ -126,6 +130,8 @@ struct Renew {
     service: Option<String>,
     scopes: Vec<String>,
     creds: Credentials,
+    /// Where its token is kept between runs (`kept_auth`).
+    kept: String,
 }
 
 /// One registry repository, as requests name it.
@@ -144,7 +150,7 @@ impl<'a> Target<'a> {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 enum Challenge {
     Open,
     Basic,
@@ -177,6 +183,7 @@ impl Registry {
             checked: PerHost::default(),
             state: std::sync::OnceLock::new(),
             assumed_open: Mutex::new(HashSet::new()),
+            recalled: Mutex::new(HashSet::new()),
         })
     }
 
@@ -346,7 +353,23 @@ impl Registry {
                 .filter(|m| m.repository() != repo.repository())
                 .map(|m| format!("repository:{}:pull", m.repository())),
         );
-        let access = self.access_for(host, challenge, creds, scopes).await?;
+        let access = match self
+            .access_for(host, challenge.clone(), creds.clone(), scopes.clone())
+            .await
+        {
+            // The challenge the last run kept may be stale: ask the registry, and try again if
+            // it asks otherwise now.
+            Err(e) if self.recalled.lock().expect("recalled lock").remove(host) => {
+                tracing::debug!("{e}; asking registry {host} how it authenticates now");
+                let now = self.ping(host).await?;
+                self.keep_challenge(host, &now);
+                if now == challenge {
+                    return Err(e);
+                }
+                self.access_for(host, now, creds, scopes).await?
+            }
+            other => other?,
+        };
         self.access
             .lock()
             .expect("access lock")
@@ -373,10 +396,17 @@ impl Registry {
                     );
                     self.secret(pass);
                     self.secret(&raw);
-                    // Once per host: a second repository of it takes the same credentials.
-                    self.checked
-                        .once(host, || self.check_basic(host, user, pass))
-                        .await?;
+                    // Once per host: a second repository of it takes the same credentials; and
+                    // not again within the hour a run before checked them.
+                    if !self.checked_lately(host, &creds) {
+                        self.checked
+                            .once(host, || async {
+                                self.check_basic(host, user, pass).await?;
+                                self.keep_checked(host, &creds);
+                                Ok(())
+                            })
+                            .await?;
+                    }
                     Access {
                         header: Some(secret_header(host, format!("Basic {raw}"))?),
                         renew: None,
@@ -413,8 +443,17 @@ impl Registry {
                         service,
                         scopes,
                         creds,
+                        kept: String::new(),
                     };
-                    let token = match self.fetch_token(host, &renew).await {
+                    renew.kept = Self::token_name(host, &renew);
+                    if let Some((token, scopes)) = self.kept_token(&renew.kept) {
+                        renew.scopes = scopes;
+                        return Ok(Access {
+                            header: Some(secret_header(host, format!("Bearer {token}"))?),
+                            renew: Some(renew),
+                        });
+                    }
+                    let (token, life) = match self.fetch_token(host, &renew).await {
                         // Refused for the mount sources beside the repository (Docker Hub
                         // answered several scopes with 400, hub-feedback#2215): the repository
                         // alone; mounts then fail and their blobs are copied.
@@ -425,6 +464,7 @@ impl Registry {
                         }
                         other => other?,
                     };
+                    self.keep_token(&renew.kept, &token, &renew.scopes, life);
                     Access {
                         header: Some(secret_header(host, format!("Bearer {token}"))?),
                         renew: Some(renew),
@@ -449,6 +489,7 @@ impl Registry {
                     service,
                     scopes: Vec::new(),
                     creds: Credentials::Basic(user.into(), secret.into()),
+                    kept: String::new(),
                 };
                 self.fetch_token(host, &renew).await.map(|_| true)
             }
@@ -466,9 +507,13 @@ impl Registry {
             .get(&key)
             .and_then(|a| a.renew.clone());
         let Some(renew) = renew else {
+            // Basic credentials refused: the check a run before kept holds no more.
+            self.forget_checked(t.host);
             return Ok(false);
         };
-        let token = self.fetch_token(t.host, &renew).await?;
+        self.forget_token(&renew.kept);
+        let (token, life) = self.fetch_token(t.host, &renew).await?;
+        self.keep_token(&renew.kept, &token, &renew.scopes, life);
         let header = secret_header(t.host, format!("Bearer {token}"))?;
         if let Some(a) = self.access.lock().expect("access lock").get_mut(&key) {
             a.header = Some(header);
@@ -502,8 +547,17 @@ impl Registry {
                         .insert(host.to_string());
                     return Ok(Challenge::Open);
                 }
+                // Basic or a token service last time: no need to ask again.
+                if let Some(challenge) = self.kept_challenge(host) {
+                    self.recalled
+                        .lock()
+                        .expect("recalled lock")
+                        .insert(host.to_string());
+                    return Ok(challenge);
+                }
                 let challenge = self.ping(host).await?;
                 self.record_open(host, matches!(challenge, Challenge::Open));
+                self.keep_challenge(host, &challenge);
                 Ok(challenge)
             })
             .await
@@ -543,6 +597,7 @@ impl Registry {
                 t.host
             ))
         })?;
+        self.keep_challenge(t.host, &challenge);
         let creds = auth::lookup(t.host).await?;
         let scopes = match t.repo {
             "" => Vec::new(),
@@ -608,12 +663,13 @@ impl Registry {
 
     /// The distribution token flow: `GET realm?service=…&scope=…` with basic credentials when
     /// there are any, answered by `{"token"}` or `{"access_token"}`.
-    async fn fetch_token(&self, host: &str, renew: &Renew) -> Result<String> {
+    async fn fetch_token(&self, host: &str, renew: &Renew) -> Result<(String, Option<u64>)> {
         let Renew {
             realm,
             service,
             scopes,
             creds,
+            ..
         } = renew;
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|_| Error::auth(format!("registry {host} names an invalid token realm")))?;
@@ -720,7 +776,8 @@ impl Registry {
                 ))
             })?;
         self.secret(&token);
-        Ok(token)
+        let life = body.get("expires_in").and_then(|v| v.as_u64());
+        Ok((token, life))
     }
 
     /// GET or HEAD on a manifest, accepting every manifest and index type layerup reads.
