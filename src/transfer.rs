@@ -29,7 +29,8 @@ pub trait Dest: Send + Sync {
     fn mount<'a>(&'a self, d: &'a Digest, from: &'a Store) -> BoxFuture<'a, Result<bool>>;
     /// Whether a blob of `from` could be mounted rather than moved (for [`survey`]'s count).
     fn mountable(&self, from: &Store) -> bool;
-    fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<()>>;
+    /// Writes a blob; `true` when the destination mounted it from elsewhere instead.
+    fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<bool>>;
     /// Writes a manifest under `tag`, or by its digest only (`None`: an index's child).
     fn put_manifest<'a>(
         &'a self,
@@ -48,7 +49,7 @@ impl Dest for Store {
     fn mountable(&self, from: &Store) -> bool {
         self.same_registry(from)
     }
-    fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<()>> {
+    fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<bool>> {
         Store::put_blob(self, d, c).boxed()
     }
     fn put_manifest<'a>(
@@ -333,19 +334,17 @@ async fn one(dest: &dyn Dest, b: &Blob) -> Result<Moved> {
     } else {
         match &b.source {
             Source::Store(from) if dest.mount(&d.digest, from).await? => Outcome::Mounted,
-            Source::Store(from) => {
-                dest.put_blob(d, from.cursor(d)?).await?;
-                Outcome::Copied
-            }
+            Source::Store(from) => match dest.put_blob(d, from.cursor(d)?).await? {
+                true => Outcome::Mounted,
+                false => Outcome::Copied,
+            },
             Source::File(path) => {
                 let origin: Arc<dyn Origin> = Arc::new(FileOrigin(path.clone()));
-                dest.put_blob(d, local(origin, d)?).await?;
-                Outcome::Uploaded
+                uploaded(dest.put_blob(d, local(origin, d)?).await?)
             }
             Source::Bytes(bytes) => {
                 let origin: Arc<dyn Origin> = Arc::new(BytesOrigin(bytes.clone()));
-                dest.put_blob(d, local(origin, d)?).await?;
-                Outcome::Uploaded
+                uploaded(dest.put_blob(d, local(origin, d)?).await?)
             }
         }
     };
@@ -358,6 +357,15 @@ async fn one(dest: &dyn Dest, b: &Blob) -> Result<Moved> {
     tracing::info!("{m}");
     crate::meter::blob_done();
     Ok(m)
+}
+
+/// A blob of this machine's, put: mounted (another repository of the registry had it) or sent.
+fn uploaded(mounted: bool) -> Outcome {
+    if mounted {
+        Outcome::Mounted
+    } else {
+        Outcome::Uploaded
+    }
 }
 
 /// A cursor over bytes on this machine: read once, a failure is not worth a retry.
@@ -397,7 +405,7 @@ mod tests {
         fn mountable(&self, _: &Store) -> bool {
             false
         }
-        fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<()>> {
+        fn put_blob<'a>(&'a self, d: &'a Descriptor, c: Cursor) -> BoxFuture<'a, Result<bool>> {
             async move {
                 // Slow enough that a manifest written early would be seen first.
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -406,7 +414,7 @@ mod tests {
                     return Err(Error::internal("refused"));
                 }
                 self.said(format!("blob {}", bytes.len()));
-                Ok(())
+                Ok(false)
             }
             .boxed()
         }

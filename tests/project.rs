@@ -411,3 +411,41 @@ fn services_build_at_once_each_in_its_directory_and_a_failure_is_its_own() {
         assert!(run.stderr.contains(&line), "{line:?} not in:\n{}", run.stderr);
     }
 }
+
+/// The base crosses once per registry: a project's images on one base, pushed at once to three
+/// repositories, send each base layer once and mount it into the other two (the images wait
+/// for the one receiving it); a later one-shot push to a fourth repository mounts them all from
+/// where the state saw them, and sends none.
+#[test]
+fn a_projects_images_on_one_base_send_the_base_once() {
+    let dev = Registry::start();
+    let dir = shop(&dev);
+    let run = layerup_in(dir.path(), &["push"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let base = prod().layers();
+    let (uploaded, mounted) = (dev.uploaded(), dev.mounted());
+    for layer in &base {
+        let sent = uploaded.iter().filter(|d| *d == layer).count();
+        let linked = mounted.iter().filter(|d| *d == layer).count();
+        assert_eq!((sent, linked), (1, 2), "{layer}: {:?}", dev.requests());
+    }
+    for reference in results(&run).values() {
+        assert_eq!(run_in(reference, "cat /app/NAME").lines().count(), 1);
+    }
+
+    let extra = project(&[("NAME", "extra\n".into())]);
+    let to = dev.reference("shop/extra:dev");
+    let before = dev.uploaded().len();
+    let run = Layerup::new()
+        .env("LAYERUP_STATE_DIR", dir.path().join(".state"))
+        .args(push_args(extra.path(), &prod().oci, &to))
+        .run();
+    let pinned = run.ok().lines().last().unwrap().to_string();
+    let sent = &dev.uploaded()[before..];
+    assert!(base.iter().all(|l| !sent.contains(l)), "{sent:?}");
+    let mounted = dev.mounted();
+    for layer in &base {
+        assert_eq!(mounted.iter().filter(|d| *d == layer).count(), 3);
+    }
+    assert_eq!(run_in(&pinned, "cat /app/NAME"), "extra\n");
+}

@@ -692,3 +692,43 @@ fn logging_in_is_kept_between_runs(#[case] mode: Mode) {
         );
     }
 }
+
+/// The base crosses once per registry, and falls back where the registry will not: a push to a
+/// second repository mounts the base's layers from the first (where the state saw them), asking
+/// its token service for `pull` there; Harbor grants the first repository only and refuses the
+/// mount, and the layers are sent instead — the image is whole and runs.
+#[rstest]
+#[case::mounted(Mode::Gitlab, 201)]
+#[case::refused(Mode::Harbor, 401)]
+fn a_second_repository_mounts_the_base_from_the_first_or_falls_back(
+    #[case] mode: Mode,
+    #[case] answered: u16,
+) {
+    let s = setup(mode);
+    let tree = app_tree();
+    // The base from another registry: its layers are copied, not mounted from the base.
+    let base = s.registry.reference("prod/app:1");
+    s.push(tree.path(), &base, &s.front.reference("dev/a:1"))
+        .ok();
+    let run = s.push(tree.path(), &base, &s.front.reference("dev/b:1"));
+    let pinned = run.ok().lines().last().unwrap().to_string();
+    let from_a = s.seen(|r| {
+        r.method == "POST" && r.path.contains("mount=") && r.path.contains("from=dev%2Fa")
+    });
+    assert!(
+        !from_a.is_empty() && from_a.iter().all(|r| r.status == answered),
+        "{from_a:?}"
+    );
+    let behind = s
+        .registry
+        .reference(&format!("dev/b@{}", digest_of(&pinned)));
+    assert_eq!(run_in(&behind, "cat /app/VERSION").trim(), "1.2.3");
+    let base_puts = s.seen(|r| r.method == "PUT" && r.path.starts_with("/v2/dev/b/blobs/uploads/"));
+    match answered {
+        201 => assert!(
+            base_puts.len() <= 2,
+            "only the app layer and config: {base_puts:?}"
+        ),
+        _ => assert!(base_puts.len() > 2, "{base_puts:?}"),
+    }
+}

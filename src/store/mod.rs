@@ -234,11 +234,12 @@ impl Store {
         }
     }
 
-    /// Writes the blob the cursor reads.
-    pub async fn put_blob(&self, d: &Descriptor, cursor: Cursor) -> Result<()> {
+    /// Writes the blob the cursor reads; `true` when it was mounted from another repository of
+    /// the registry instead (one that held it, or received it this run).
+    pub async fn put_blob(&self, d: &Descriptor, cursor: Cursor) -> Result<bool> {
         let cursor = Arc::new(Mutex::new(cursor));
         match self {
-            Store::Registry { registry, repo } => registry.upload(repo, &d.digest, cursor).await,
+            Store::Registry { registry, repo } => registry.put_blob(repo, &d.digest, cursor).await,
             Store::Layout { layout, .. } => {
                 let body = stream::body(cursor.clone(), d.size);
                 match layout.put_blob(&d.digest, d.size, body).await {
@@ -246,7 +247,7 @@ impl Store {
                         Some(real) => Err(stream::failure(d.digest.as_ref(), &real)),
                         None => Err(e),
                     },
-                    ok => ok,
+                    Ok(()) => Ok(false),
                 }
             }
         }

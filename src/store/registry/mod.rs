@@ -9,6 +9,7 @@
 
 mod kept_auth;
 mod send;
+mod siblings;
 mod status;
 pub mod transport;
 mod upload;
@@ -88,6 +89,10 @@ pub struct Registry {
     /// Hosts whose challenge this run took from the last run's record (no `GET /v2/`): a login
     /// failing there asks again before it gives up.
     recalled: Mutex<HashSet<String>>,
+    /// Where each blob is on each registry, this run and before (`siblings`).
+    places: Mutex<siblings::Places>,
+    /// Tokens widened to `pull` on a sibling repository for a mount, once per run each.
+    widened: PerHost<()>,
 }
 
 /// What is learnt once per host in a run: the first caller works it out, the others (even
@@ -184,6 +189,8 @@ impl Registry {
             state: std::sync::OnceLock::new(),
             assumed_open: Mutex::new(HashSet::new()),
             recalled: Mutex::new(HashSet::new()),
+            places: Mutex::new(siblings::Places::default()),
+            widened: PerHost::default(),
         })
     }
 
@@ -519,6 +526,46 @@ impl Registry {
             a.header = Some(header);
         }
         Ok(true)
+    }
+
+    /// Makes `t`'s token cover `pull` on `from_repo` too, for a mount from there: one token
+    /// request per run and repository, where the token comes from a token service. `false`
+    /// when that service would not (Docker Hub refuses a second repository in a request).
+    async fn widen(&self, t: Target<'_>, from_repo: &str) -> bool {
+        let key = (t.host.to_string(), t.repo.to_string());
+        let renew = self
+            .access
+            .lock()
+            .expect("access lock")
+            .get(&key)
+            .and_then(|a| a.renew.clone());
+        // Open, basic or a configured token: nothing to widen.
+        let Some(mut renew) = renew else {
+            return true;
+        };
+        let scope = format!("repository:{from_repo}:pull");
+        if renew.scopes.contains(&scope) {
+            return true;
+        }
+        let once = format!("{} {} {from_repo}", t.host, t.repo);
+        let widened = self
+            .widened
+            .once(&once, || async {
+                renew.scopes.push(scope);
+                let (token, life) = self.fetch_token(t.host, &renew).await?;
+                self.keep_token(&renew.kept, &token, &renew.scopes, life);
+                let header = secret_header(t.host, format!("Bearer {token}"))?;
+                if let Some(a) = self.access.lock().expect("access lock").get_mut(&key) {
+                    a.header = Some(header);
+                    a.renew = Some(renew);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = &widened {
+            tracing::debug!("{e}: no mount from {from_repo}");
+        }
+        widened.is_ok()
     }
 
     /// The credentials for `t`, for a request to `url`: only when `url` is on `t`'s own host.
@@ -955,7 +1002,10 @@ impl Registry {
         let action = || format!("cannot check for blob {digest} in {}", repo.whole());
         let res = self.send(t, &action, &|c| c.head(&url)).await?;
         match res.status() {
-            s if s.is_success() => Ok(true),
+            s if s.is_success() => {
+                self.saw(t, digest);
+                Ok(true)
+            }
             StatusCode::NOT_FOUND => Ok(false),
             s => Err(status_error(s, "", &action(), t.host)),
         }
@@ -978,6 +1028,7 @@ impl Registry {
             .send(t, &action, &|c| c.post(&url).query(&query))
             .await?;
         if res.status() == StatusCode::CREATED {
+            self.saw(t, digest);
             return Ok(true);
         }
         tracing::debug!(status = %res.status(), "{}: not mounted, copying instead", action());

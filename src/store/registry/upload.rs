@@ -93,7 +93,10 @@ impl Registry {
         loop {
             tries += 1;
             let why = match self.upload_once(t, digest, &cursor, &action).await? {
-                Step::Done => return Ok(()),
+                Step::Done => {
+                    self.saw(t, digest);
+                    return Ok(());
+                }
                 Step::Again(why) => why,
             };
             // The last try may have landed although its answer was lost.
