@@ -732,3 +732,69 @@ fn a_second_repository_mounts_the_base_from_the_first_or_falls_back(
         _ => assert!(base_puts.len() > 2, "{base_puts:?}"),
     }
 }
+
+/// A small blob goes in one request where the registry takes that: zot answers a blob in the
+/// POST with `?digest=` 201, so a delta push sends its layer and config in one POST each and
+/// no upload session. distribution opens a session instead (202): the blob goes on there, and
+/// the next push does not ask again.
+#[test]
+fn small_blobs_go_in_one_post_where_the_registry_takes_it() {
+    let s = setup(Mode::Zot);
+    let tree = app_tree();
+    let base = s.front.reference("prod/app:1");
+    let to = s.front.reference("dev/app:dev");
+    s.push(tree.path(), &base, &to).ok();
+    std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
+    let before = s.front.seen().len();
+    let run = s.push(tree.path(), &base, &to);
+    let pinned = run.ok().lines().last().unwrap().to_string();
+    let seen = s.front.seen()[before..].to_vec();
+    let singles: Vec<_> = seen
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("digest="))
+        .collect();
+    assert_eq!(singles.len(), 2, "the delta and the config: {seen:?}");
+    assert!(singles.iter().all(|r| r.status == 201), "{singles:?}");
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/")),
+        "{seen:?}"
+    );
+    let behind = s
+        .registry
+        .reference(&format!("dev/app@{}", digest_of(&pinned)));
+    assert_eq!(run_in(&behind, "cat /app/VERSION"), "2\n");
+
+    // distribution, straight: 202 to the first, none the next time.
+    let dev = Registry::start();
+    let state = tempfile::tempdir().unwrap();
+    let push = |version: &str| {
+        std::fs::write(tree.path().join("VERSION"), version).unwrap();
+        let run = Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(
+                tree.path(),
+                &prod().oci,
+                &dev.reference("dev/app:dev"),
+            ))
+            .run();
+        let pinned = run.ok().lines().last().unwrap().to_string();
+        assert_eq!(run_in(&pinned, "cat /app/VERSION"), version);
+    };
+    let singles = |dev: &Registry| -> Vec<u16> {
+        dev.requests()
+            .into_iter()
+            .filter(|(m, p, _)| m == "POST" && p.contains("digest="))
+            .map(|r| r.2)
+            .collect()
+    };
+    push("3\n");
+    let first = singles(&dev);
+    assert!(
+        !first.is_empty() && first.iter().all(|s| *s == 202),
+        "{first:?}"
+    );
+    push("4\n");
+    assert_eq!(singles(&dev), first, "not asked again");
+}

@@ -642,6 +642,11 @@ fn registry(shared: &Shared, req: &Request) -> Answer {
     if mode == Mode::Zot && req.path.contains("/referrers/") {
         return referrers_api(shared, req);
     }
+    // zot takes a whole blob in the POST that would open an upload (`?digest=`): 201.
+    let single = req.method == "POST" && req.query("mount").is_none();
+    if let (Mode::Zot, true, Some(digest)) = (mode, single, req.query("digest")) {
+        return single_post(shared, req, &digest);
+    }
     let mut answer = forward(shared, &req.method, &path, req);
     // GitLab: a fallback tag `sha256-<hex>` that is not there resolves to the digest it names.
     let fallback = path.rsplit_once("/manifests/sha256-").map(|(_, hex)| hex);
@@ -658,6 +663,36 @@ fn registry(shared: &Shared, req: &Request) -> Answer {
     }
     rewrite(shared, req, &mut answer);
     answer
+}
+
+/// zot's single-POST upload: a session opened behind, the body put there whole.
+fn single_post(shared: &Shared, req: &Request, digest: &str) -> Answer {
+    let repo = req.repo().unwrap();
+    let opened = upstream(
+        shared,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        ("Accept", "*/*"),
+        Vec::new(),
+    );
+    let loc = opened.header("Location").unwrap_or_default().to_string();
+    let loc = loc
+        .split_once("/v2/")
+        .map(|(_, p)| format!("/v2/{p}"))
+        .unwrap_or(loc);
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let put = format!("{loc}{sep}digest={}", digest.replace(':', "%3A"));
+    let done = upstream(
+        shared,
+        "PUT",
+        &put,
+        ("Content-Type", "application/octet-stream"),
+        req.body.clone(),
+    );
+    if done.status != 201 {
+        return done;
+    }
+    Answer::new(201, "").with("Location", format!("/v2/{repo}/blobs/{digest}"))
 }
 
 /// zot's referrers API, kept by the front in the registry behind as the fallback tag's index

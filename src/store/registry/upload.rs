@@ -1,6 +1,9 @@
 //! Blob uploads that survive bad links (distribution spec, "Pushing blobs").
 //!
-//! A blob up to one chunk goes in one request (POST, then PUT with the body). A larger one
+//! A blob up to 64 KiB goes in the POST itself (`?digest=`, the spec's "single POST") where
+//! the registry takes that (zot: 201); distribution opens a session instead (202), where the
+//! bytes go on in the PUT, and the host is not asked so again. A blob up to one chunk goes in
+//! two requests (POST, then PUT with the body). A larger one
 //! streams in one PATCH with the whole body, then an empty PUT — one round trip and one append
 //! on the registry, as docker and crane send it. Only when that PATCH fails does the upload go
 //! in chunks: the upload's status (GET on its location, `204` with `Range`) says how much
@@ -70,6 +73,7 @@ const STYLES: &str = "upload-styles";
 /// in the state for the next runs (`upload-styles/<host>`), so that a one-shot push does not
 /// meet the same refusal every time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(super) struct Style {
     /// Every blob in the PUT that completes its upload: a PATCH was refused.
     whole: bool,
@@ -77,6 +81,22 @@ pub(super) struct Style {
     chunks: bool,
     /// Never a blob in the PUT: that was refused; a PATCH, then an empty PUT.
     patch: bool,
+    /// No small blob in the POST that opens an upload: the registry opened a session instead
+    /// (distribution), or refused it.
+    no_single_post: bool,
+}
+
+/// Blobs up to this size go in the POST itself (distribution spec, "single POST") where the
+/// registry takes that: one round trip. Where it does not, they are sent again in the session
+/// it opened — a cost paid once per registry, as what it answered is kept.
+const SINGLE_POST_MAX: u64 = 64 << 10;
+
+/// What a single-POST upload came to.
+enum Single {
+    Done,
+    /// Not taken: the blob's bytes, read, and the session the registry opened instead (else
+    /// one is opened as usual).
+    Not(Option<String>, bytes::Bytes),
 }
 
 impl Registry {
@@ -131,6 +151,24 @@ impl Registry {
             t.repo.to_string(),
             digest.to_string(),
         ));
+        let style = self.style(t.host);
+        if opened.is_none() && size <= SINGLE_POST_MAX && !style.no_single_post {
+            match self
+                .single_post(t, &base, digest, cursor, size, action)
+                .await?
+            {
+                Single::Done => return Ok(Step::Done),
+                // The bytes in hand, not read again (a blob of another registry would be).
+                Single::Not(opened, bytes) if !self.style(t.host).patch => {
+                    let loc = match opened {
+                        Some(loc) => loc,
+                        None => self.start_upload(t, &base, action).await?.0,
+                    };
+                    return self.put_bytes(t, &loc, digest, bytes, action).await;
+                }
+                Single::Not(..) => self.rewind(cursor, 0).await?,
+            }
+        }
         let (loc, chunk) = match opened {
             Some(loc) => (loc, self.options.chunk),
             None => self.start_upload(t, &base, action).await?,
@@ -187,6 +225,77 @@ impl Registry {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .map_or(self.options.chunk, |min| min.max(self.options.chunk));
         Ok((loc, chunk))
+    }
+
+    /// The whole blob in the `POST` that would open an upload (`?digest=`): 201, done. A
+    /// registry that answers otherwise is not asked so again (kept in its style).
+    async fn single_post(
+        &self,
+        t: Target<'_>,
+        base: &str,
+        digest: &Digest,
+        cursor: &Arc<Mutex<Cursor>>,
+        size: u64,
+        action: Action<'_>,
+    ) -> Result<Single> {
+        // Small: read whole (verified on the way), so that `send` can retry and renew.
+        let mut bytes = Vec::with_capacity(size as usize);
+        let mut body = stream::body(cursor.clone(), size);
+        while let Some(piece) = futures_util::StreamExt::next(&mut body).await {
+            match piece {
+                Ok(p) => bytes.extend_from_slice(&p),
+                Err(e) => return Err(self.cursor_failure(&mut *cursor.lock().await, &e)),
+            }
+        }
+        let bytes = bytes::Bytes::from(bytes);
+        let url = self.url(t, "blobs/uploads/");
+        let query = [("digest", digest.to_string())];
+        let res = self
+            .send(t, action, &|c| {
+                c.post(&url)
+                    .query(&query)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .body(bytes.clone())
+            })
+            .await?;
+        let status = res.status();
+        if status == StatusCode::CREATED {
+            return Ok(Single::Done);
+        }
+        if status == StatusCode::ACCEPTED || refuses_body(status) {
+            tracing::debug!(
+                "{} answered {status} to a blob in a POST; not sent so again",
+                t.host
+            );
+            self.learn(t.host, |s| s.no_single_post = true);
+            let opened = location(base, &res).filter(|_| status == StatusCode::ACCEPTED);
+            return Ok(Single::Not(opened, bytes));
+        }
+        let body = self.answer_text(res).await;
+        Err(status_error(status, &body, &action(), t.host))
+    }
+
+    /// A small blob already read, in the `PUT` that completes the upload at `loc`.
+    async fn put_bytes(
+        &self,
+        t: Target<'_>,
+        loc: &str,
+        digest: &Digest,
+        bytes: bytes::Bytes,
+        action: Action<'_>,
+    ) -> Result<Step> {
+        let done = with_digest(loc, digest);
+        let res = self
+            .send(t, action, &|c| {
+                c.put(&done)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .body(bytes.clone())
+            })
+            .await?;
+        if res.status().is_success() {
+            return Ok(Step::Done);
+        }
+        self.refused(res, t, action).await
     }
 
     /// The whole blob in the `PUT` that completes the upload.
