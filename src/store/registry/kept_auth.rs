@@ -16,6 +16,8 @@ const DIR: &str = "auth";
 const MARGIN: u64 = 15;
 /// distribution's token spec: a token whose answer names no lifetime is good for 60 s.
 const DEFAULT_LIFE: u64 = 60;
+/// A token is kept no longer than this, whatever its answer said.
+const MAX_LIFE: u64 = 24 * 3600;
 /// A check of basic credentials holds this long (a wrong password still fails the push, with
 /// the registry's 401, and forgets the check).
 const CHECK_LIFE: u64 = 3600;
@@ -143,7 +145,9 @@ impl Registry {
     /// was granted for.
     pub(super) fn kept_token(&self, name: &str) -> Option<(String, Vec<String>)> {
         let kept: KeptToken = self.read_kept(name)?;
-        if kept.expires <= now() + MARGIN {
+        // Expired, or a file that was tampered with: fetched afresh instead.
+        let sendable = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", kept.token));
+        if kept.expires <= now() + MARGIN || sendable.is_err() || kept.token.is_empty() {
             self.forget_kept(name);
             return None;
         }
@@ -156,7 +160,8 @@ impl Registry {
         let kept = KeptToken {
             token: token.to_string(),
             scopes: scopes.to_vec(),
-            expires: now() + life.unwrap_or(DEFAULT_LIFE),
+            // A token service's word, bounded: a day at most, and no overflow.
+            expires: now().saturating_add(life.unwrap_or(DEFAULT_LIFE).min(MAX_LIFE)),
         };
         self.write_kept(name, &kept);
     }
@@ -199,9 +204,14 @@ mod tests {
         assert_eq!(r.kept_token("short"), None);
         assert!(!dir.path().join(DIR).join("short").exists(), "forgotten");
         assert!(r.kept_token("unsaid").is_some(), "60 s when unsaid");
+        r.keep_token("boast", "t-boast", &scopes, Some(u64::MAX));
+        let kept: KeptToken = r.read_kept("boast").unwrap();
+        assert!(kept.expires <= now() + MAX_LIFE, "a day at most");
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join(DIR)), 0o700);
         assert_eq!(mode(&dir.path().join(DIR).join("long")), 0o600);
+        r.keep_token("bent", "a\nb", &scopes, Some(300));
+        assert_eq!(r.kept_token("bent"), None, "not a header value");
         r.forget_token("long");
         assert_eq!(r.kept_token("long"), None);
     }

@@ -262,7 +262,8 @@ impl Registry {
         if status == StatusCode::CREATED {
             return Ok(Single::Done);
         }
-        if status == StatusCode::ACCEPTED || refuses_body(status) {
+        // 202 (a session instead), a refusal, or another 2xx that does not say it stored it.
+        if status.is_success() || refuses_body(status) {
             tracing::debug!(
                 "{} answered {status} to a blob in a POST; not sent so again",
                 t.host
