@@ -18,6 +18,18 @@ fn env(k: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    // A change journal's watcher, started by a push (`push --journal`).
+    if let (Some(root), Some(dir)) = (
+        std::env::var_os(layerup::commands::journal::ROOT_VAR),
+        std::env::var_os(layerup::commands::journal::DIR_VAR),
+    ) {
+        let served = layerup::commands::journal::serve(root.as_ref(), dir.as_ref());
+        return if served.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let invocation = match cli::parse(std::env::args_os().collect(), &cwd, env) {
         Ok(Parsed::Run(i)) => *i,

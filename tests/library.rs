@@ -44,6 +44,7 @@ fn plan(tree: &Path, base: &str, to: &str, state: &Path) -> PushPlan {
         net: net(),
         jobs: 4,
         full: false,
+        journal: false,
         squash: Squash::default(),
         ignore: vec![],
         ref_file: None,

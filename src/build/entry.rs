@@ -246,7 +246,7 @@ pub fn clean_image_path(base: &str, rel: &str) -> String {
 }
 
 /// One `SRC[:DEST]`, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mapping {
     pub src: PathBuf,
     /// An absolute, cleaned path in the image.
@@ -255,7 +255,7 @@ pub struct Mapping {
     pub into_dir: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     /// The path in the layer: relative, `/`-separated, no `.` or `..` parts.
     pub path: String,
@@ -266,7 +266,7 @@ pub struct Entry {
     pub gid: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     Dir,
     File {
@@ -288,7 +288,7 @@ pub enum Kind {
 }
 
 /// The stat data that tells a file unchanged since it was last read (as git's index does).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stat {
     pub mtime_ns: i64,
     pub ctime_ns: i64,

@@ -280,6 +280,11 @@ pub struct PushArgs {
     /// Push the full app layer (in parts), not a delta on the last push.
     #[arg(long)]
     pub full: bool,
+    /// Keep a change journal of the sources: a watcher, started by the first such push and gone
+    /// after 10 quiet minutes, tells the next push what changed, so it reads no other file
+    /// (`watch` watches already).
+    #[arg(long)]
+    pub journal: bool,
     /// Deltas stacked at most before the next push is a full one.
     #[arg(long, default_value_t = Squash::default().max_deltas, value_name = "N")]
     pub max_deltas: usize,

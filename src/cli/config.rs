@@ -83,6 +83,7 @@ const KEYS: &[(&str, &str, Shape)] = &[
     ("debounce", "debounce", Shape::Int),
     ("verify-every", "verify-every", Shape::Str),
     ("sync", "sync", Shape::Bool),
+    ("journal", "journal", Shape::Bool),
     ("then", "then", Shape::Str),
     ("settle", "settle", Shape::Str),
     ("restart-on", "restart-on", Shape::List),

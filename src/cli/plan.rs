@@ -136,6 +136,7 @@ impl PushArgs {
             net: self.transfer.options()?,
             jobs: self.transfer.jobs,
             full: self.full,
+            journal: self.journal,
             squash: Squash {
                 max_deltas: self.max_deltas,
                 share,

@@ -7,6 +7,7 @@ pub mod build_step;
 pub mod copy;
 pub mod deploy;
 pub mod inspect;
+pub mod journal;
 pub mod login;
 pub mod project;
 pub mod push;

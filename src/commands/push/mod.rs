@@ -4,6 +4,7 @@
 //! index; no network), and *write* (`write.rs`: the blobs the destination lacks, then the
 //! manifests, through `transfer::write`; the state saved). Several images share a [`Session`].
 
+mod journaled;
 mod lower;
 mod prepare;
 mod tags;
@@ -65,6 +66,8 @@ pub struct PushPlan {
     pub jobs: usize,
     /// Push the full app layer even when a delta could be stacked.
     pub full: bool,
+    /// `--journal`: a one-shot push asks the sources' change journal what changed.
+    pub journal: bool,
     pub squash: Squash,
     /// `--ignore` patterns, applied after each directory's `.layerupignore`.
     pub ignore: Vec<String>,
@@ -202,7 +205,7 @@ async fn push_and_deploy(
             None => Ok(()),
         }
     };
-    let (pushed, _) = run_gated(plan, session, None, Changes::All, preflight, told).await?;
+    let (pushed, _) = journaled::one_shot(plan, session, preflight, told).await?;
     told(Told::Pushed(&pushed, started.elapsed()));
     let Some(deploy) = &plan.deploy else {
         return Ok((pushed, None));
