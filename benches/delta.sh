@@ -2,7 +2,7 @@
 # Benchmark (not a test): the inner loop. On a large real tree, wall time and bytes for
 #   (a) the first push, (b) a one-file edit, (c) a 100-file edit, (d) nothing changed,
 #   (e) a one-file edit in a 100,000-file tree,
-# and (b) again through a slow link (20 Mbit/s, 20 ms each way: benches/pace.py), next to
+# and (b) and (d) again through a slow link (20 Mbit/s, 20 ms each way: benches/pace.py), next to
 # `umoci insert` + `skopeo copy` re-layering the same tree onto the same base in the same run.
 #
 #   ./benches/delta.sh [TREE] [RUNS]
@@ -102,3 +102,10 @@ done
 before=$(counted)
 read -r us uk <<<"$(umoci_push "$work/tree" slow "$slow")"
 row "(b) one-file edit, 20 Mbit/s+20ms" "$(printf '%s\n' "${ls[@]}" | median) s, $(printf '%s\n' "${up[@]}" | median) B up" "$us s, $(($(counted) - before)) B up"
+# (d) through the slow link: nothing new. The upload sessions a push opens ahead (on the
+# last push's word that a delta is coming) are cancelled here: one round trip more.
+ls=()
+for i in $(seq "$runs"); do
+  read -r s k <<<"$(lpush "$work/tree" slow "$slow")"; ls+=("$s")
+done
+row "(d) nothing changed, 20 Mbit/s+20ms" "$(printf '%s\n' "${ls[@]}" | median) s" ""

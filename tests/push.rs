@@ -420,6 +420,100 @@ fn an_oci_layout_serves_as_base_and_as_destination() {
     );
 }
 
+/// Issue 25: a delta's upload sessions are opened while the destination's tag is asked, not
+/// after its answer — a round trip less on a slow link. The proxy holds the tag's answer back
+/// until two upload POSTs have come (at most 10 s): the push must not have waited that out. A
+/// push with nothing new cancels the sessions it opened: the registry keeps none.
+#[test]
+fn a_delta_opens_its_uploads_while_the_tag_is_asked_and_cancels_what_it_did_not_use() {
+    use common::proxy::{Fault, Proxy, Req};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    let dev = Registry::start();
+    let base = dev.reference("prod/base:1");
+    Layerup::new().args(["copy", &prod().oci, &base]).run().ok();
+    let armed = Arc::new(AtomicBool::new(false));
+    let posts = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let by_posts = Arc::new(AtomicUsize::new(0));
+    let (a, p, h, b) = (armed.clone(), posts.clone(), held.clone(), by_posts.clone());
+    let proxy = Proxy::start(&dev.host, move |r: &Req| {
+        if !a.load(SeqCst) {
+            return Fault::Forward;
+        }
+        if r.method == "POST" && r.path.starts_with("/v2/dev/app/blobs/uploads/") {
+            p.fetch_add(1, SeqCst);
+        }
+        if r.method == "HEAD" && r.path == "/v2/dev/app/manifests/dev" {
+            h.fetch_add(1, SeqCst);
+            let (p, b) = (p.clone(), b.clone());
+            return Fault::HoldUntil(
+                Box::new(move || {
+                    let two = p.load(SeqCst) >= 2;
+                    if two {
+                        b.fetch_add(1, SeqCst);
+                    }
+                    two
+                }),
+                std::time::Duration::from_secs(10),
+            );
+        }
+        Fault::Forward
+    });
+    let tree = app_tree();
+    let state = tempfile::tempdir().unwrap();
+    let to = proxy.reference("dev/app:dev");
+    let push = || {
+        let out = Layerup::new()
+            .env("LAYERUP_STATE_DIR", state.path())
+            .args(push_args(tree.path(), &base, &to))
+            .args(["--json"])
+            .run();
+        serde_json::from_str::<serde_json::Value>(out.ok()).unwrap()
+    };
+    assert_eq!(push()["mode"], "full");
+    armed.store(true, SeqCst);
+    std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
+    let before = dev.requests().len();
+    let delta = push();
+    assert_eq!(delta["mode"], "delta");
+    assert_eq!(held.load(SeqCst), 1, "the tag asked once");
+    assert_eq!(
+        by_posts.load(SeqCst),
+        1,
+        "the tag's answer was held 10 s: no upload was opened before it came"
+    );
+    let seen = &dev.requests()[before..];
+    let posts_seen = seen
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p.contains("/blobs/uploads/"))
+        .count();
+    assert_eq!(
+        posts_seen, 2,
+        "one session per new blob, none opened twice: {seen:?}"
+    );
+    assert_eq!(delta["requests"].as_u64().unwrap() as usize, seen.len());
+    assert!(seen.len() <= 7, "{seen:?}");
+    assert_eq!(dev.open_uploads("dev/app"), 0, "{seen:?}");
+
+    // Nothing new: the sessions opened ahead are cancelled, none is left open.
+    posts.store(0, SeqCst);
+    let before = dev.requests().len();
+    let same = push();
+    assert_eq!(same["mode"], "unchanged");
+    let seen = &dev.requests()[before..];
+    let deletes = seen
+        .iter()
+        .filter(|(m, p, s)| m == "DELETE" && p.contains("/blobs/uploads/") && *s == 204)
+        .count();
+    assert_eq!(deletes, 2, "{seen:?}");
+    assert_eq!(dev.open_uploads("dev/app"), 0, "{seen:?}");
+    assert_eq!(
+        dev.requests().len() - before,
+        same["requests"].as_u64().unwrap() as usize
+    );
+}
+
 /// `requests` in --json counts what reached the registry (its own access log says so; the base
 /// is in the same registry, so that no other test's requests mix in), and a one-file delta takes
 /// seven: the base's manifest (its config is kept from the first push, by digest; the registry

@@ -85,6 +85,21 @@ impl Store {
         Ok(())
     }
 
+    /// Opens `n` upload sessions ahead of need, where the registry wants one per blob (see
+    /// `registry::ahead`); layouts need none.
+    pub fn open_ahead(&self, n: usize) {
+        if let Store::Registry { registry, repo } = self {
+            registry.open_ahead(repo, n);
+        }
+    }
+
+    /// Cancels the sessions opened ahead that no upload took.
+    pub async fn cancel_spares(&self) {
+        if let Store::Registry { registry, repo } = self {
+            registry.cancel_spares(repo).await;
+        }
+    }
+
     fn repo(&self) -> Option<&Reference> {
         match self {
             Store::Registry { repo, .. } => Some(repo),

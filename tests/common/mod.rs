@@ -267,6 +267,22 @@ impl Registry {
             .collect()
     }
 
+    /// Upload sessions the registry holds open in `repo`: its storage's `_uploads` entries with
+    /// a `startedat` (a cancelled one may leave its `hashstates` behind: distribution#4524).
+    pub fn open_uploads(&self, repo: &str) -> usize {
+        let dir = self
+            .dir
+            .path()
+            .join("data/docker/registry/v2/repositories")
+            .join(repo)
+            .join("_uploads");
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.path().join("startedat").exists())
+                .count()
+        })
+    }
+
     /// Requests that wrote anything: POST, PUT, PATCH, DELETE.
     pub fn writes(&self) -> Vec<(String, String, u16)> {
         self.requests()

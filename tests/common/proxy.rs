@@ -41,6 +41,9 @@ pub enum Fault {
     CutAt(u64),
     /// Forward the request, then hold the answer back this long before passing it on.
     Stall(Duration),
+    /// Forward the request, then hold the answer back until the check is true (checked every
+    /// 10 ms), or at most this long.
+    HoldUntil(Box<dyn Fn() -> bool + Send>, Duration),
     /// Forward, flipping one byte of the answer's body at this offset.
     Corrupt(u64),
     /// Forward the first `n` body bytes, run the hook (kill the registry, say), drop both ends.
@@ -269,6 +272,12 @@ fn serve(
         .unwrap_or(0);
     if let Fault::Stall(d) = &fault {
         std::thread::sleep(*d);
+    }
+    if let Fault::HoldUntil(check, most) = &fault {
+        let until = Instant::now() + *most;
+        while !check() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     client.write_all(&head_bytes(&status_line, &rheaders))?;
     let flip = match &fault {

@@ -400,7 +400,7 @@ async fn run_gated(
     } else {
         write::Save::Staged(state_file.clone())
     };
-    let (moved, kept) = write::write(
+    let written = write::write(
         &made,
         next,
         &source,
@@ -409,8 +409,15 @@ async fn run_gated(
         plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
         &session.slots,
         save,
-    )
-    .await?;
+    );
+    // Upload sessions opened ahead and not needed: with nothing new, cancelled beside the
+    // write; else whatever is left once it is done (or failed).
+    let (written, ()) = if made.mode == Mode::Unchanged && !made.platform_files_changed {
+        tokio::join!(written, dest.cancel_spares())
+    } else {
+        (written.await, dest.cancel_spares().await)
+    };
+    let (moved, kept) = written?;
     if let (Some(file), Some(tag)) = (&plan.ref_file, &ref_tag) {
         write::write_ref_file(&plan.to, tag, file)?;
     }

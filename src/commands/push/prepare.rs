@@ -73,7 +73,13 @@ pub(super) async fn read(
         builds,
     } = from;
     let fetch_base = fetch_base(plan, source, logged_in, builds, told);
-    let check_dest = check_dest(source, dest, remembered, state_file, logged_in);
+    // A push on top of the last one sends a delta and a config per platform.
+    let ahead = match (&plan.platforms, plan.full) {
+        (_, true) => 0,
+        (Some(Platforms::These(p)), _) => 1 + p.len(),
+        _ => 2,
+    };
+    let check_dest = check_dest(source, dest, remembered, state_file, logged_in, ahead);
     // A build makes the files: the walk waits for it.
     let needs_base = plan.build.is_some()
         || (plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute()));
@@ -226,7 +232,10 @@ async fn check_dest(
     remembered: Option<Box<State>>,
     state_file: Option<PathBuf>,
     logged_in: bool,
+    ahead: usize,
 ) -> Result<(Loaded, Option<Digest>, bool)> {
+    // With no last push to build on, what the destination holds does not matter.
+    let last_push = remembered.is_some() || state_file.as_ref().is_some_and(|f| f.exists());
     let load = async {
         match remembered {
             Some(s) => Ok(Loaded::Found(s)),
@@ -235,17 +244,22 @@ async fn check_dest(
             }
         }
     };
-    let login = async {
-        if logged_in {
-            return Ok(());
+    // The tag is asked while the state loads; the new blobs' upload sessions are opened
+    // while it is asked.
+    let ask = async {
+        if !logged_in {
+            dest.login(true, Some(source)).await?;
         }
-        dest.login(true, Some(source)).await
+        if !last_push {
+            return Ok(None);
+        }
+        dest.open_ahead(ahead);
+        dest.manifest_digest(None).await.map(Some)
     };
-    let (loaded, ()) = tokio::try_join!(load, login)?;
-    let Loaded::Found(last) = &loaded else {
+    let (loaded, at_tag) = tokio::try_join!(load, ask)?;
+    let (Loaded::Found(last), Some(at_tag)) = (&loaded, at_tag) else {
         return Ok((loaded, None, false));
     };
-    let at_tag = dest.manifest_digest(None).await?;
     let held = at_tag.as_ref() == Some(&last.image)
         || dest.manifest_digest(Some(&last.image)).await?.is_some();
     Ok((loaded, at_tag, held))

@@ -7,6 +7,7 @@
 //! `Location`), its chunked push cannot resume, and its token request carries one scope, while a
 //! cross-repository mount needs `repository:<from>:pull` in the destination's token.
 
+mod ahead;
 mod kept_auth;
 mod send;
 mod siblings;
@@ -69,6 +70,8 @@ pub struct Registry {
     /// Upload sessions a refused mount opened (ECR and GAR answer a mount with 202 and a
     /// `Location`), by (host, repository, digest): the blob's upload goes on there.
     opened: Mutex<HashMap<(String, String, String), String>>,
+    /// Upload sessions opened ahead of need (`ahead`), by (host, repository).
+    spares: Mutex<HashMap<(String, String), Vec<ahead::Spare>>>,
     /// Hosts that have answered in this run: a refused connection to one is a restart or a
     /// blip worth retrying, while one to a host never reached is a wrong address.
     answered: Mutex<HashSet<String>>,
@@ -182,6 +185,7 @@ impl Registry {
             access: Mutex::new(HashMap::new()),
             styles: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
+            spares: Mutex::new(HashMap::new()),
             answered: Mutex::new(HashSet::new()),
             secrets: Mutex::new(Vec::new()),
             challenges: PerHost::default(),

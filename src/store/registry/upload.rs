@@ -162,7 +162,7 @@ impl Registry {
                 Single::Not(opened, bytes) if !self.style(t.host).patch => {
                     let loc = match opened {
                         Some(loc) => loc,
-                        None => self.start_upload(t, &base, action).await?.0,
+                        None => self.open_upload(t, &base, action).await?.0,
                     };
                     return self.put_bytes(t, &loc, digest, bytes, action).await;
                 }
@@ -171,7 +171,7 @@ impl Registry {
         }
         let (loc, chunk) = match opened {
             Some(loc) => (loc, self.options.chunk),
-            None => self.start_upload(t, &base, action).await?,
+            None => self.open_upload(t, &base, action).await?,
         };
         let style = self.style(t.host);
         if style.whole || (size <= chunk && !style.patch) {
@@ -194,9 +194,22 @@ impl Registry {
         self.refused(res, t, action).await
     }
 
+    /// An upload session for a blob: one opened ahead of need, else a new one.
+    async fn open_upload(
+        &self,
+        t: Target<'_>,
+        base: &str,
+        action: Action<'_>,
+    ) -> Result<(String, u64)> {
+        match self.take_spare(t).await {
+            Some(opened) => Ok(opened),
+            None => self.start_upload(t, base, action).await,
+        }
+    }
+
     /// `POST` a new upload session: its location, and the chunk size to use with it (a
     /// registry may ask for larger chunks: `OCI-Chunk-Min-Length`, distribution spec 1.1).
-    async fn start_upload(
+    pub(super) async fn start_upload(
         &self,
         t: Target<'_>,
         base: &str,
@@ -606,6 +619,12 @@ impl Registry {
 }
 
 impl Registry {
+    /// `host` is known to take no blob in the `POST` that opens an upload: every blob there
+    /// needs a session of its own.
+    pub(super) fn session_per_blob(&self, host: &str) -> bool {
+        self.style(host).no_single_post
+    }
+
     fn style(&self, host: &str) -> Style {
         self.with_style(host, |s| *s)
     }
