@@ -164,7 +164,10 @@ fn parse_with(
     } else {
         "--profile"
     };
-    let project = Project::load(cwd, profile, profile_from, whole || !words.is_empty())?;
+    // The layerup.toml files below are looked for (a walk of the current directory's tree,
+    // every run) only when a word may name one of their images.
+    let names_asked = words.iter().any(|w| !never_a_name(w));
+    let project = Project::load(cwd, profile, profile_from, whole || names_asked)?;
     let selected = match project.select(&words) {
         Some(images) if !words.is_empty() => Some(images),
         _ if whole && project.many => Some(project.all()),
@@ -259,6 +262,13 @@ fn words(command: &str, sub: &ArgMatches) -> Vec<String> {
         .flatten()
         .cloned()
         .collect()
+}
+
+/// A word no image of a project can be named: a mapping or reference (`src:/app`,
+/// `host:5000/dev/app:1`), a path written as one (`/src`, `./src`, `~/src`), a per-platform
+/// source (`out/{arch}/app`). Images are named by their directory below, or their table.
+fn never_a_name(w: &str) -> bool {
+    w.contains(':') || w.starts_with(['/', '.', '~']) || placeholder_in(w).is_some()
 }
 
 /// `argv` with the first occurrence of each of `words` taken out.
@@ -623,4 +633,27 @@ fn skaffold(
         put("platform", all.join(","));
     }
     Ok((flags, set))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::never_a_name;
+
+    /// Only a word that may name an image below costs the walk that finds them.
+    #[test]
+    fn mappings_paths_and_references_are_never_names() {
+        for w in [
+            "src:/app",
+            "./src",
+            "/abs/src",
+            "~/src",
+            "out/{arch}/app",
+            "localhost:5000/dev/app:1",
+        ] {
+            assert!(never_a_name(w), "{w}");
+        }
+        for w in ["api", "services/web", "src", "deployment/api"] {
+            assert!(!never_a_name(w), "{w}");
+        }
+    }
 }
