@@ -123,60 +123,87 @@ impl Index {
         Ok(())
     }
 
-    /// Reads what [`Index::write_lines`] wrote; `None` for anything else.
+    /// Reads what [`Index::write_lines`] wrote; `None` for anything else. A large index is
+    /// read in two halves at once (a 100,000-file index is read on every push).
     pub fn parse_lines(text: &str) -> Option<Index> {
-        let mut lines = text.lines();
-        let scanned_at = lines.next()?.strip_prefix("scanned-at ")?.parse().ok()?;
-        let mut files = Vec::new();
-        for line in lines {
-            let mut f = line.splitn(11, ' ');
-            let mut next = || f.next();
-            let kind = RecordKind::from_letter(next()?.chars().next()?)?;
-            let mode = u32::from_str_radix(next()?, 8).ok()?;
-            let mut num = || next()?.parse::<i64>().ok();
-            let (uid, gid, size) = (num()?, num()?, num()?);
-            let (mtime, ctime, ino, dev) = (num()?, num()?, num()?, num()?);
-            let sha = match next()? {
-                "-" => None,
-                hex => {
-                    let mut sha = [0u8; 32];
-                    hex::decode_to_slice(hex, &mut sha).ok()?;
-                    Some(sha)
-                }
-            };
-            let rest = next()?;
-            let (path, to) = match rest.split_once('\t') {
-                Some((p, t)) => (p, Some(unescape(t))),
-                None => (rest, None),
-            };
-            let rec = Record {
-                kind,
-                mode,
-                uid: uid as u64,
-                gid: gid as u64,
-                size: size as u64,
-                mtime,
-                ctime,
-                ino: ino as u64,
-                dev: dev as u64,
-                to,
-                sha,
-            };
-            let path = unescape(path);
-            if !crate::build::entry::is_clean(&path) {
+        let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+        let scanned_at = first.strip_prefix("scanned-at ")?.parse().ok()?;
+        let seam = if rest.len() < (1 << 20) {
+            0
+        } else {
+            // Bytes, not chars: the middle may fall inside a name's UTF-8.
+            let half = rest.len() / 2;
+            rest.as_bytes()[half..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(0, |i| half + i + 1)
+        };
+        let (low, high) = rest.split_at(seam);
+        let (low, high) = std::thread::scope(|s| {
+            let high = s.spawn(|| parse_records(high));
+            (parse_records(low), high.join().ok().flatten())
+        });
+        let (mut files, high) = (low?, high?);
+        // Each half is in order; so must the seam be.
+        if let (Some((a, _)), Some((b, _))) = (files.last(), high.first()) {
+            if a >= b {
                 return None;
             }
-            // Out of order or twice: not what `write_lines` wrote.
-            if files
-                .last()
-                .is_some_and(|(p, _): &(String, Record)| *p >= path)
-            {
-                return None;
-            }
-            files.push((path, rec));
         }
+        files.extend(high);
         Some(Index { scanned_at, files })
     }
+}
+
+/// The record lines of [`Index::write_lines`], in order, each path once; `None` for anything
+/// else.
+fn parse_records(text: &str) -> Option<Vec<(String, Record)>> {
+    let mut files: Vec<(String, Record)> = Vec::with_capacity(text.len() / 100);
+    for line in text.lines() {
+        let mut f = line.splitn(11, ' ');
+        let mut next = || f.next();
+        let kind = RecordKind::from_letter(next()?.chars().next()?)?;
+        let mode = u32::from_str_radix(next()?, 8).ok()?;
+        let mut num = || next()?.parse::<i64>().ok();
+        let (uid, gid, size) = (num()?, num()?, num()?);
+        let (mtime, ctime, ino, dev) = (num()?, num()?, num()?, num()?);
+        let sha = match next()? {
+            "-" => None,
+            hex => {
+                let mut sha = [0u8; 32];
+                hex::decode_to_slice(hex, &mut sha).ok()?;
+                Some(sha)
+            }
+        };
+        let rest = next()?;
+        let (path, to) = match rest.split_once('\t') {
+            Some((p, t)) => (p, Some(unescape(t))),
+            None => (rest, None),
+        };
+        let rec = Record {
+            kind,
+            mode,
+            uid: uid as u64,
+            gid: gid as u64,
+            size: size as u64,
+            mtime,
+            ctime,
+            ino: ino as u64,
+            dev: dev as u64,
+            to,
+            sha,
+        };
+        let path = unescape(path);
+        if !crate::build::entry::is_clean(&path) {
+            return None;
+        }
+        // Out of order or twice: not what `write_lines` wrote.
+        if files.last().is_some_and(|(p, _)| *p >= path) {
+            return None;
+        }
+        files.push((path, rec));
+    }
+    Some(files)
 }
 
 /// A hash as the index writes it: 64 hex digits, or `-` for none.
@@ -1067,6 +1094,31 @@ mod tests {
         let twice = format!("scanned-at 0\n{}{}", line("a"), line("a"));
         assert!(Index::parse_lines(&twice).is_none());
         assert!(Index::parse_lines("").is_none());
+    }
+
+    /// An index over 1 MiB is read in two halves: the same records, names of many bytes
+    /// across the middle included, and a seam out of order refused.
+    #[test]
+    fn a_large_index_read_in_halves_is_the_same_index() {
+        let line = |p: &str| format!("d 755 0 0 0 0 0 0 0 - {p}\n");
+        let names: Vec<String> = (0..30_000).map(|i| format!("app/é{i:06}ü")).collect();
+        let text = format!(
+            "scanned-at 7\n{}",
+            names.iter().map(|n| line(n)).collect::<String>()
+        );
+        assert!(text.len() > 1 << 20);
+        let index = Index::parse_lines(&text).unwrap();
+        assert_eq!(index.scanned_at, 7);
+        let got: Vec<&str> = index.files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(got, names);
+        // Each half in order, the second before the first: the seam falls after line 15,000
+        // of these equal lines (the byte middle, then the next line's end).
+        let rotated: Vec<&String> = names[14_999..].iter().chain(&names[..14_999]).collect();
+        let text = format!(
+            "scanned-at 7\n{}",
+            rotated.iter().map(|n| line(n)).collect::<String>()
+        );
+        assert!(Index::parse_lines(&text).is_none());
     }
 
     #[test]

@@ -13,7 +13,6 @@ use crate::build::tree::Walked;
 use crate::commands::journal::{self, Token};
 use crate::error::Result;
 
-use super::write::save_state;
 use super::{own_paths, run_gated, Changes, Kept, Last, PushPlan, Pushed, Session, Told};
 
 /// More changed paths than this: a walk is as cheap.
@@ -42,7 +41,8 @@ pub(super) async fn one_shot(
 ) -> Result<(Pushed, Option<Kept>)> {
     let roots = roots(plan);
     let (Some(dir), Some(roots)) = (plan.state_dir.clone(), roots) else {
-        return run_gated(plan, session, None, Changes::All, gate, told).await;
+        let (pushed, kept, _) = run_gated(plan, session, None, Changes::All, gate, told).await?;
+        return Ok((pushed, kept));
     };
     let state_file = state::path(&dir, &plan.to.to_string());
     let file = state_file.with_extension("journal");
@@ -94,17 +94,14 @@ pub(super) async fn one_shot(
     let last = Last {
         walked,
         state: remembered,
+        stage: true,
         ..Last::default()
     };
-    let (pushed, kept) = run_gated(plan, session, Some(last), changes, gate, told).await?;
-    if let Some(kept) = &kept {
-        if let Some(state_file) = &kept.save {
-            save_state(state_file, &kept.state);
-        }
-        if let Some(tokens) = tokens {
-            let image = kept.state.image.to_string();
-            save(&file, Cached::new(settings, image, tokens, &kept.walked));
-        }
+    // The state is written as the push runs; the tokens go beside it once it is in place.
+    let (pushed, _, walked) = run_gated(plan, session, Some(last), changes, gate, told).await?;
+    if let Some(tokens) = tokens {
+        let image = pushed.digest.to_string();
+        save(&file, Cached::new(settings, image, tokens, &walked));
     }
     Ok((pushed, None))
 }

@@ -300,6 +300,9 @@ pub struct Last {
     pub logged_in: bool,
     /// Keep the delta, uncompressed, in [`Pushed::delta`] (`watch --sync` applies it).
     pub keep_delta: bool,
+    /// Write the state while the push runs, as a one-shot push does, rather than hand it back
+    /// (a one-shot push through the change journal).
+    pub stage: bool,
 }
 
 /// What a push of a watch leaves for the next: the tree as walked and the state pushed, which
@@ -322,11 +325,12 @@ pub async fn run_in(
     changes: Changes,
     told: &(dyn Fn(Told) + Sync),
 ) -> Result<(Pushed, Option<Kept>)> {
-    run_gated(plan, session, last, changes, async { Ok(()) }, told).await
+    let (pushed, kept, _) = run_gated(plan, session, last, changes, async { Ok(()) }, told).await?;
+    Ok((pushed, kept))
 }
 
 /// [`run_in`], with `gate` run beside the reads and the build: nothing is written unless it
-/// passes (a deploy step's preflight).
+/// passes (a deploy step's preflight). Also returns the tree as walked.
 async fn run_gated(
     plan: &PushPlan,
     session: &Session,
@@ -334,7 +338,7 @@ async fn run_gated(
     changes: Changes,
     gate: impl std::future::Future<Output = Result<()>>,
     told: &(dyn Fn(Told) + Sync),
-) -> Result<(Pushed, Option<Kept>)> {
+) -> Result<(Pushed, Option<Kept>, Walked)> {
     let started = Instant::now();
     let requests = crate::meter::requests();
     if let Some(dir) = &plan.state_dir {
@@ -344,7 +348,7 @@ async fn run_gated(
     let dest = Store::for_writing(&plan.to, &session.registry)?;
     let dest_name = plan.to.to_string();
     let state_file = plan.state_dir.as_ref().map(|d| state::path(d, &dest_name));
-    let watched = last.is_some();
+    let watched = last.as_ref().is_some_and(|l| !l.stage);
     let last = last.unwrap_or_default();
     let from = prepare::From {
         state: last.state,
@@ -431,7 +435,7 @@ async fn run_gated(
     };
     timings.push = started.elapsed();
     let kept = kept.map(|state| Kept {
-        walked: tree,
+        walked: tree.clone(),
         state,
         save: state_file.filter(|_| made.save),
     });
@@ -439,7 +443,7 @@ async fn run_gated(
     pushed.tags_deleted = tags_deleted;
     pushed.requests = crate::meter::requests() - requests;
     tracing::info!("{} registry requests", pushed.requests);
-    Ok((pushed, kept))
+    Ok((pushed, kept, tree))
 }
 
 /// What the new image is made of: what the reads found, and the plan's settings.

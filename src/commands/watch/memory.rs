@@ -30,6 +30,7 @@ impl Memory {
             state: self.state.take(),
             logged_in: self.logged_in,
             keep_delta: self.keep_delta,
+            stage: false,
         }
     }
 
