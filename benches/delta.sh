@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): the inner loop. On a large real tree, wall time and bytes for
 #   (a) the first push, (b) a one-file edit, (c) a 100-file edit, (d) nothing changed,
-#   (e) a one-file edit in a 100,000-file tree,
+#   (e) a one-file edit in a 100,000-file tree, (f) the same through the change journal,
 # and (b) and (d) again through a slow link (20 Mbit/s, 20 ms each way: benches/pace.py), next to
 # `umoci insert` + `skopeo copy` re-layering the same tree onto the same base in the same run.
 #
@@ -86,6 +86,22 @@ for i in $(seq "$runs"); do
 done
 read -r us uk <<<"$(umoci_push "$work/huge" e)"
 row "(e) 100,000 files, one-file edit" "$(fmt "$(printf '%s\n' "${ls[@]}" | median)" "$(printf '%s\n' "${lk[@]}" | median)"), $e_sent" "$(fmt "$us" "$uk"), $(layer_bytes e) B"
+
+# (f) the same through the change journal (--journal): the first push starts its watcher and
+# walks; the edits after it read what the journal names. The watcher stops itself after 10
+# quiet minutes; it is ended here, by the pid file it keeps in the state.
+lpush_j() { timed "$layerup" push "$1:/app" --base "$reg/prod/base:1" --to "$reg/dev/layerup:$2" --insecure --journal -v; }
+lpush_j "$work/huge" journal >/dev/null
+for f in "$work"/state/journal/*/pid; do pids+=("$(cat "$f")"); done
+echo "# journal" >> "$work/huge/mod0500/f050.py"
+lpush_j "$work/huge" journal >/dev/null
+ls=(); lk=()
+for i in $(seq "$runs"); do
+  echo "# edit j$i" >> "$work/huge/mod0500/f050.py"
+  read -r s k <<<"$(lpush_j "$work/huge" journal)"; ls+=("$s"); lk+=("$k")
+  grep -q "change journal names" "$work/err" || { echo "(f) walked: $(cat "$work/err")" >&2; exit 1; }
+done
+row "(f) (e) with --journal" "$(fmt "$(printf '%s\n' "${ls[@]}" | median)" "$(printf '%s\n' "${lk[@]}" | median)")" ""
 
 # (b) through the slow link: layerup's state is per destination, so the first push through the
 # link (to the same repository) is full; the edits after it are deltas. The proxy writes its
