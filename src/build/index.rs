@@ -406,6 +406,47 @@ pub fn diff(
     })
 }
 
+/// The walked `entries` (sorted) may differ from `old`: a path added, a file or link gone, a
+/// record moved, or a file's bytes (`hash` reads those whose stat moved at the same size, as
+/// [`diff`] would; a racy stat is taken as it reads). A hint — upload sessions opened ahead of
+/// a delta — never a decision: [`diff`] decides. A directory of `old` not walked is not
+/// counted: the directories above the mappings are added after the walk, and a directory that
+/// went with files in it shows by them.
+pub fn may_differ(
+    old: &Index,
+    entries: &[Entry],
+    mut hash: impl FnMut(&Path) -> Result<Sha>,
+) -> bool {
+    let mut olds = old.files.iter().peekable();
+    for e in entries {
+        while let Some((_, r)) = olds.next_if(|(p, _)| p.as_str() < e.path.as_str()) {
+            if r.kind != RecordKind::Dir {
+                return true;
+            }
+        }
+        let Some((_, prev)) = olds.next_if(|(p, _)| **p == e.path) else {
+            return true;
+        };
+        let mut rec = Record::of(e);
+        rec.sha = prev.sha;
+        if !rec.same_as_stored(prev) {
+            return true;
+        }
+        if rec.same_stat(prev) {
+            continue;
+        }
+        let moved = match &e.kind {
+            Kind::File { src, .. } => prev.sha.is_none() || hash(src).ok() != prev.sha,
+            // A directory's or a link's stat moves with what is in it, or by itself.
+            _ => false,
+        };
+        if moved {
+            return true;
+        }
+    }
+    olds.any(|(_, r)| r.kind != RecordKind::Dir)
+}
+
 /// The walk merged with the old index, path by path.
 struct Merged<'a> {
     records: Vec<(String, Record)>,
@@ -1001,6 +1042,43 @@ mod tests {
         // Written 10 ms before the last build: its stat may not show a later write.
         assert!(racy_since(&one, 1_010_000_123));
         assert!(!racy_since(&one, 2_000_000_123));
+    }
+
+    #[test]
+    fn may_differ_sees_a_moved_stat_or_path_but_not_a_directory_added_after_the_walk() {
+        let stat = |mtime_ns| Stat {
+            mtime_ns,
+            ..Default::default()
+        };
+        let tree = |m: i64| entries(&base(), &[("app/a.py".to_string(), stat(m))].into());
+        let walked = tree(1_000_000_123);
+        let mut index = index_of(&walked, 9_000_000_000);
+        let src = walked
+            .iter()
+            .find_map(|e| match &e.kind {
+                Kind::File { src, .. } if e.path == "app/a.py" => Some(src.clone()),
+                _ => None,
+            })
+            .unwrap();
+        index.get_mut("app/a.py").unwrap().sha = Some(fake_hash(&src).unwrap());
+        let may_differ = |i: &Index, e: &[Entry]| may_differ(i, e, fake_hash);
+        assert!(!may_differ(&index, &walked));
+        // The stat moved: the bytes are read, and decide.
+        assert!(!may_differ(&index, &tree(1_000_000_124)));
+        index.get_mut("app/a.py").unwrap().sha = Some([7; 32]);
+        assert!(may_differ(&index, &tree(1_000_000_124)));
+        assert!(may_differ(&index, &walked[..walked.len() - 1]));
+        let mut renamed = walked.clone();
+        renamed[1].path = "app/b.py".into();
+        assert!(may_differ(&index, &renamed));
+        // A directory above the mappings, in the index but added to the tree after the walk.
+        let mut with_chain = index.clone();
+        with_chain
+            .files
+            .insert(0, ("0above".into(), with_chain.files[0].1.clone()));
+        assert_eq!(with_chain.files[1].1.kind, RecordKind::Dir);
+        with_chain.files[0].1.kind = RecordKind::Dir;
+        assert!(!may_differ(&with_chain, &walked));
     }
 
     fn paths_of(entries: &[Entry]) -> Vec<&str> {

@@ -434,6 +434,11 @@ pub fn diff(
     index::diff(prev, entries, scanned_at, suspects, hash_file)
 }
 
+/// The tree as walked may differ from the last push's (see [`index::may_differ`]).
+pub fn may_differ(prev: &Index, entries: &[Entry]) -> bool {
+    index::may_differ(prev, entries, hash_file)
+}
+
 /// sha256 of a file's bytes.
 fn hash_file(path: &Path) -> Result<Sha> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("read", path, &e))?;

@@ -346,104 +346,113 @@ async fn run_gated(
     }
     let source = Store::for_reading(&plan.base, &session.registry)?;
     let dest = Store::for_writing(&plan.to, &session.registry)?;
-    let dest_name = plan.to.to_string();
-    let state_file = plan.state_dir.as_ref().map(|d| state::path(d, &dest_name));
-    let watched = last.as_ref().is_some_and(|l| !l.stage);
-    let last = last.unwrap_or_default();
-    let from = prepare::From {
-        state: last.state,
-        walked: last.walked,
-        logged_in: last.logged_in,
-        builds: &session.builds,
-    };
-    crate::meter::phase(crate::meter::Phase::Base);
-    let (read, ()) = tokio::try_join!(
-        prepare::read(
-            plan,
+    // Upload sessions opened ahead and left by a push that failed before its write are
+    // cancelled here (the write cancels its own).
+    let out = async {
+        let dest_name = plan.to.to_string();
+        let state_file = plan.state_dir.as_ref().map(|d| state::path(d, &dest_name));
+        let watched = last.as_ref().is_some_and(|l| !l.stage);
+        let last = last.unwrap_or_default();
+        let from = prepare::From {
+            state: last.state,
+            walked: last.walked,
+            logged_in: last.logged_in,
+            builds: &session.builds,
+        };
+        crate::meter::phase(crate::meter::Phase::Base);
+        let (read, ()) = tokio::try_join!(
+            prepare::read(
+                plan,
+                &source,
+                &dest,
+                state_file.clone(),
+                from,
+                &changes,
+                told
+            ),
+            gate
+        )?;
+        crate::meter::phase(crate::meter::Phase::Building);
+        let mut timings = Timings {
+            base: read.took,
+            build: read.built,
+            ..Timings::default()
+        };
+        let (tmp, _lock) = crate::stale::temp_dir()?;
+        let tree = read.tree.clone();
+        let at_tag = read.at_tag.clone();
+        let input = input(plan, read, dest_name, last.keep_delta, tmp.path());
+        let (mut made, mut next) = blocking(move || new_image::make(input)).await?;
+        timings.layer = started
+            .elapsed()
+            .saturating_sub(timings.base + timings.build);
+
+        let started = Instant::now();
+        crate::meter::phase(crate::meter::Phase::Sending);
+        let ref_tag = plan
+            .ref_file
+            .as_ref()
+            .map(|_| write::ref_tag(&made.top().digest));
+        let doomed = match &ref_tag {
+            Some(tag) => {
+                let known = next.ref_tags.last().is_some_and(|(t, _)| t == tag);
+                // A new tag is remembered even when the image is the last one.
+                made.save |= !known;
+                tags::record(&mut next, tag, &made.top().digest)
+            }
+            None => Vec::new(),
+        };
+        let save = if watched {
+            write::Save::Later
+        } else {
+            write::Save::Staged(state_file.clone())
+        };
+        let written = write::write(
+            &made,
+            next,
             &source,
             &dest,
-            state_file.clone(),
-            from,
-            &changes,
-            told
-        ),
-        gate
-    )?;
-    crate::meter::phase(crate::meter::Phase::Building);
-    let mut timings = Timings {
-        base: read.took,
-        build: read.built,
-        ..Timings::default()
-    };
-    let (tmp, _lock) = crate::stale::temp_dir()?;
-    let tree = read.tree.clone();
-    let at_tag = read.at_tag.clone();
-    let input = input(plan, read, dest_name, last.keep_delta, tmp.path());
-    let (mut made, mut next) = blocking(move || new_image::make(input)).await?;
-    timings.layer = started
-        .elapsed()
-        .saturating_sub(timings.base + timings.build);
-
-    let started = Instant::now();
-    crate::meter::phase(crate::meter::Phase::Sending);
-    let ref_tag = plan
-        .ref_file
-        .as_ref()
-        .map(|_| write::ref_tag(&made.top().digest));
-    let doomed = match &ref_tag {
-        Some(tag) => {
-            let known = next.ref_tags.last().is_some_and(|(t, _)| t == tag);
-            // A new tag is remembered even when the image is the last one.
-            made.save |= !known;
-            tags::record(&mut next, tag, &made.top().digest)
+            at_tag.as_ref(),
+            plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
+            &session.slots,
+            save,
+        );
+        // Upload sessions opened ahead and not needed: with nothing new, cancelled beside the
+        // write; else whatever is left once it is done (or failed).
+        let (written, ()) = if made.mode == Mode::Unchanged && !made.platform_files_changed {
+            tokio::join!(written, dest.cancel_spares())
+        } else {
+            (written.await, dest.cancel_spares().await)
+        };
+        let (moved, kept) = written?;
+        if let (Some(file), Some(tag)) = (&plan.ref_file, &ref_tag) {
+            write::write_ref_file(&plan.to, tag, file)?;
         }
-        None => Vec::new(),
-    };
-    let save = if watched {
-        write::Save::Later
-    } else {
-        write::Save::Staged(state_file.clone())
-    };
-    let written = write::write(
-        &made,
-        next,
-        &source,
-        &dest,
-        at_tag.as_ref(),
-        plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
-        &session.slots,
-        save,
-    );
-    // Upload sessions opened ahead and not needed: with nothing new, cancelled beside the
-    // write; else whatever is left once it is done (or failed).
-    let (written, ()) = if made.mode == Mode::Unchanged && !made.platform_files_changed {
-        tokio::join!(written, dest.cancel_spares())
-    } else {
-        (written.await, dest.cancel_spares().await)
-    };
-    let (moved, kept) = written?;
-    if let (Some(file), Some(tag)) = (&plan.ref_file, &ref_tag) {
-        write::write_ref_file(&plan.to, tag, file)?;
+        // Once the image is there: older ref tags go (a failure only leaves them).
+        let tags_deleted = match tags::delete(&dest, &doomed).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("{e}; the older layerup tags stay");
+                Vec::new()
+            }
+        };
+        timings.push = started.elapsed();
+        let kept = kept.map(|state| Kept {
+            walked: tree.clone(),
+            state,
+            save: state_file.filter(|_| made.save),
+        });
+        let mut pushed = pushed(plan, made, moved, timings);
+        pushed.tags_deleted = tags_deleted;
+        pushed.requests = crate::meter::requests() - requests;
+        tracing::info!("{} registry requests", pushed.requests);
+        Ok((pushed, kept, tree))
     }
-    // Once the image is there: older ref tags go (a failure only leaves them).
-    let tags_deleted = match tags::delete(&dest, &doomed).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!("{e}; the older layerup tags stay");
-            Vec::new()
-        }
-    };
-    timings.push = started.elapsed();
-    let kept = kept.map(|state| Kept {
-        walked: tree.clone(),
-        state,
-        save: state_file.filter(|_| made.save),
-    });
-    let mut pushed = pushed(plan, made, moved, timings);
-    pushed.tags_deleted = tags_deleted;
-    pushed.requests = crate::meter::requests() - requests;
-    tracing::info!("{} registry requests", pushed.requests);
-    Ok((pushed, kept, tree))
+    .await;
+    if out.is_err() {
+        dest.cancel_spares().await;
+    }
+    out
 }
 
 /// What the new image is made of: what the reads found, and the plan's settings.

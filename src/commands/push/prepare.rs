@@ -79,13 +79,17 @@ pub(super) async fn read(
         (Some(Platforms::These(p)), _) => 1 + p.len(),
         _ => 2,
     };
-    let check_dest = check_dest(source, dest, remembered, state_file, logged_in, ahead);
+    // With no last push to build on, what the destination holds does not matter.
+    let last_push = remembered.is_some() || state_file.as_ref().is_some_and(|f| f.exists());
+    let logged = tokio::sync::Notify::new();
+    let load = load_last(remembered, state_file);
+    let ask = ask_tag(source, dest, logged_in, last_push, &logged);
     // A build makes the files: the walk waits for it.
     let needs_base = plan.build.is_some()
         || (plan.tweaks.workdir.is_none() && plan.mappings.iter().any(|m| !m.is_absolute()));
-    let ((bases, index, lowers, (took, built)), (last, at_tag, held), walked, base_workdir) =
+    let ((bases, index, lowers, (took, built)), (last, at_tag), walked, base_workdir) =
         if needs_base {
-            let (base, dest) = tokio::try_join!(fetch_base, check_dest)?;
+            let (base, last, at_tag) = tokio::try_join!(fetch_base, load, ask)?;
             let workdir = match plan.tweaks.workdir {
                 Some(_) => None,
                 None => working_dir(&base.0)?,
@@ -95,26 +99,40 @@ pub(super) async fn read(
             }
             let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
             let walked = walk(plan, placed, last_walk, changes).await?;
-            (base, dest, walked, workdir)
+            let (walked, last, differs) = may_differ(walked, last, ahead).await?;
+            if differs {
+                dest.open_ahead(ahead);
+            }
+            (base, (last, at_tag), walked, workdir)
         } else {
             // The last push's placing, or the DESTs as asked: right unless the base moved one.
             let guess = match &last_walk {
                 Some(w) => w.mappings.clone(),
                 None => asked(plan, None),
             };
-            let (base, dest, walked) = tokio::try_join!(
-                fetch_base,
-                check_dest,
-                walk(plan, guess, last_walk, changes)
-            )?;
+            // The walk and the state, then (once logged in) the new blobs' upload sessions
+            // where they differ, while the tags are asked.
+            let walk_and_load = async {
+                let (walked, last) = tokio::try_join!(walk(plan, guess, last_walk, changes), load)?;
+                let (walked, last, differs) = may_differ(walked, last, ahead).await?;
+                if differs {
+                    if !logged_in {
+                        logged.notified().await;
+                    }
+                    dest.open_ahead(ahead);
+                }
+                Ok((walked, last))
+            };
+            let (base, (walked, last), at_tag) = tokio::try_join!(fetch_base, walk_and_load, ask)?;
             let placed = place(&asked(plan, None), &base.2)?;
             let walked = if placed == walked.mappings {
                 walked
             } else {
                 walk(plan, placed, None, &Changes::All).await?
             };
-            (base, dest, walked, None)
+            (base, (last, at_tag), walked, None)
         };
+    let (last, at_tag, held) = held(dest, last, at_tag).await?;
     let tree = with_base(plan, walked, &lowers, changes).await?;
     let workdir = plan
         .tweaks
@@ -223,40 +241,56 @@ async fn build(
     Ok(built)
 }
 
-/// The last push's state (from memory, else its file), then the destination's answer to "do
-/// you still hold its image?": the state, what the tag names, whether the image is held. Read
-/// with --full too: what the last push's deltas hid stays hidden.
-async fn check_dest(
+/// The last push's state: from memory, else its file.
+async fn load_last(remembered: Option<Box<State>>, state_file: Option<PathBuf>) -> Result<Loaded> {
+    match remembered {
+        Some(s) => Ok(Loaded::Found(s)),
+        _ => blocking(move || Ok(state_file.map_or(Loaded::Missing, |f| state::load(&f)))).await,
+    }
+}
+
+/// Logs in to the destination (`logged` hears when), then with a last push to build on asks
+/// what its tag names: `None` without one.
+async fn ask_tag(
     source: &Store,
     dest: &Store,
-    remembered: Option<Box<State>>,
-    state_file: Option<PathBuf>,
     logged_in: bool,
-    ahead: usize,
+    last_push: bool,
+    logged: &tokio::sync::Notify,
+) -> Result<Option<Option<Digest>>> {
+    if !logged_in {
+        dest.login(true, Some(source)).await?;
+        logged.notify_one();
+    }
+    if !last_push {
+        return Ok(None);
+    }
+    dest.manifest_digest(None).await.map(Some)
+}
+
+/// Whether the upload sessions of `n` new blobs are worth opening before the new image is
+/// made: the tree may differ from the last push's (`stack::may_differ`, off the async threads:
+/// it may read a file whose stat moved). The walk and the state are handed back.
+async fn may_differ(walked: Walked, last: Loaded, n: usize) -> Result<(Walked, Loaded, bool)> {
+    if n == 0 {
+        return Ok((walked, last, false));
+    }
+    blocking(move || {
+        let differs =
+            matches!(&last, Loaded::Found(s) if stack::may_differ(&s.index, &walked.entries));
+        Ok((walked, last, differs))
+    })
+    .await
+}
+
+/// Whether the destination still holds the last push's image, by what its tag names (or the
+/// image's digest, asked): the state, what the tag names, whether the image is held. Read
+/// with --full too: what the last push's deltas hid stays hidden.
+async fn held(
+    dest: &Store,
+    loaded: Loaded,
+    at_tag: Option<Option<Digest>>,
 ) -> Result<(Loaded, Option<Digest>, bool)> {
-    // With no last push to build on, what the destination holds does not matter.
-    let last_push = remembered.is_some() || state_file.as_ref().is_some_and(|f| f.exists());
-    let load = async {
-        match remembered {
-            Some(s) => Ok(Loaded::Found(s)),
-            _ => {
-                blocking(move || Ok(state_file.map_or(Loaded::Missing, |f| state::load(&f)))).await
-            }
-        }
-    };
-    // The tag is asked while the state loads; the new blobs' upload sessions are opened
-    // while it is asked.
-    let ask = async {
-        if !logged_in {
-            dest.login(true, Some(source)).await?;
-        }
-        if !last_push {
-            return Ok(None);
-        }
-        dest.open_ahead(ahead);
-        dest.manifest_digest(None).await.map(Some)
-    };
-    let (loaded, at_tag) = tokio::try_join!(load, ask)?;
     let (Loaded::Found(last), Some(at_tag)) = (&loaded, at_tag) else {
         return Ok((loaded, None, false));
     };
