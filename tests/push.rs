@@ -445,6 +445,15 @@ fn a_delta_opens_its_uploads_while_the_tag_is_asked_and_a_push_of_nothing_none()
         if r.method == "POST" && r.path.starts_with("/v2/dev/app/blobs/uploads/") {
             p.fetch_add(1, SeqCst);
         }
+        // The base that is gone answers once the uploads are open, so that the push fails
+        // after opening them.
+        if r.path == "/v2/prod/base/manifests/gone" {
+            let p = p.clone();
+            return Fault::HoldUntil(
+                Box::new(move || p.load(SeqCst) >= 2),
+                std::time::Duration::from_secs(10),
+            );
+        }
         if r.method == "HEAD" && r.path == "/v2/dev/app/manifests/dev" {
             h.fetch_add(1, SeqCst);
             let (p, b) = (p.clone(), b.clone());
@@ -508,25 +517,26 @@ fn a_delta_opens_its_uploads_while_the_tag_is_asked_and_a_push_of_nothing_none()
         seen.iter().all(|(m, _, _)| m == "HEAD" || m == "GET"),
         "{seen:?}"
     );
+    assert_eq!(seen.len(), same["requests"].as_u64().unwrap() as usize);
 
     // A push that fails after opening them (its base is gone) cancels them.
+    posts.store(0, SeqCst);
     std::fs::write(tree.path().join("VERSION"), "3\n").unwrap();
-    let before = dev.requests().len();
     let gone = Layerup::new()
         .env("LAYERUP_STATE_DIR", state.path())
         .args(push_args(
             tree.path(),
-            &dev.reference("prod/base:gone"),
+            &proxy.reference("prod/base:gone"),
             &to,
         ))
         .run();
     gone.fails(6, &["prod/base:gone"]);
-    let seen = &dev.requests()[before..];
-    assert_eq!(dev.open_uploads("dev/app"), 0, "{seen:?}");
     assert_eq!(
-        dev.requests().len() - before,
-        same["requests"].as_u64().unwrap() as usize
+        posts.load(SeqCst),
+        2,
+        "the uploads were opened before it failed"
     );
+    assert_eq!(dev.open_uploads("dev/app"), 0);
 }
 
 /// `requests` in --json counts what reached the registry (its own access log says so; the base
