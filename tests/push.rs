@@ -473,14 +473,7 @@ fn a_delta_opens_its_uploads_while_the_tag_is_asked_and_a_push_of_nothing_none()
     let tree = app_tree();
     let state = tempfile::tempdir().unwrap();
     let to = proxy.reference("dev/app:dev");
-    let push = || {
-        let out = Layerup::new()
-            .env("LAYERUP_STATE_DIR", state.path())
-            .args(push_args(tree.path(), &base, &to))
-            .args(["--json"])
-            .run();
-        serde_json::from_str::<serde_json::Value>(out.ok()).unwrap()
-    };
+    let push = || json_push(state.path(), tree.path(), &base, &to);
     assert_eq!(push()["mode"], "full");
     armed.store(true, SeqCst);
     std::fs::write(tree.path().join("VERSION"), "2\n").unwrap();
@@ -539,6 +532,21 @@ fn a_delta_opens_its_uploads_while_the_tag_is_asked_and_a_push_of_nothing_none()
     assert_eq!(dev.open_uploads("dev/app"), 0);
 }
 
+/// A push of `tree` with the state in `state`, `--json`: what it printed.
+fn json_push(
+    state: &std::path::Path,
+    tree: &std::path::Path,
+    base: &str,
+    to: &str,
+) -> serde_json::Value {
+    let out = Layerup::new()
+        .env("LAYERUP_STATE_DIR", state)
+        .args(push_args(tree, base, to))
+        .args(["--json"])
+        .run();
+    serde_json::from_str(out.ok()).unwrap()
+}
+
 /// `requests` in --json counts what reached the registry (its own access log says so; the base
 /// is in the same registry, so that no other test's requests mix in), and a one-file delta takes
 /// seven: the base's manifest (its config is kept from the first push, by digest; the registry
@@ -552,14 +560,7 @@ fn json_counts_the_requests_the_registry_saw() {
     let tree = app_tree();
     let state = tempfile::tempdir().unwrap();
     let to = dev.reference("dev/app:dev");
-    let push = || {
-        let out = Layerup::new()
-            .env("LAYERUP_STATE_DIR", state.path())
-            .args(push_args(tree.path(), &base, &to))
-            .args(["--json"])
-            .run();
-        serde_json::from_str::<serde_json::Value>(out.ok()).unwrap()
-    };
+    let push = || json_push(state.path(), tree.path(), &base, &to);
     let before = dev.requests().len();
     let first = push();
     assert_eq!(

@@ -1026,13 +1026,18 @@ mod tests {
         assert!(!paths_of(&part).contains(&"app/pkg/.wh..wh..opq"));
     }
 
-    #[test]
-    fn a_stamp_moves_with_any_stat_and_a_fresh_write_is_racy() {
-        let stat = |mtime_ns| Stat {
+    /// The base tree, `app/a.py` modified at `mtime_ns`.
+    fn a_py_at(mtime_ns: i64) -> Vec<Entry> {
+        let stat = Stat {
             mtime_ns,
             ..Default::default()
         };
-        let tree = |m: i64| entries(&base(), &[("app/a.py".to_string(), stat(m))].into());
+        entries(&base(), &[("app/a.py".to_string(), stat)].into())
+    }
+
+    #[test]
+    fn a_stamp_moves_with_any_stat_and_a_fresh_write_is_racy() {
+        let tree = a_py_at;
         let one = tree(1_000_000_123);
         assert_eq!(stamp(&one), stamp(&tree(1_000_000_123)));
         assert_ne!(stamp(&one), stamp(&tree(1_000_000_124)));
@@ -1046,11 +1051,7 @@ mod tests {
 
     #[test]
     fn may_differ_sees_a_moved_stat_or_path_but_not_a_directory_added_after_the_walk() {
-        let stat = |mtime_ns| Stat {
-            mtime_ns,
-            ..Default::default()
-        };
-        let tree = |m: i64| entries(&base(), &[("app/a.py".to_string(), stat(m))].into());
+        let tree = a_py_at;
         let walked = tree(1_000_000_123);
         let mut index = index_of(&walked, 9_000_000_000);
         let src = walked

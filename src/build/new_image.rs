@@ -263,6 +263,7 @@ fn app_layers(
         entries: tree.entries,
         scanned_at: tree.scanned_at,
         suspects: tree.suspects,
+        hashed: tree.hashed,
         settings,
         hidden,
         lowers: plan.lowers.clone(),
@@ -440,6 +441,7 @@ mod tests {
             entries: Arc::new(entries),
             scanned_at: crate::build::stack::now_ns(),
             suspects: Vec::new(),
+            hashed: Default::default(),
             chain: Vec::new(),
         }
     }

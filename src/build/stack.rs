@@ -12,6 +12,7 @@ use crate::build::entry::{Entry, Mapping};
 use crate::build::image::NewLayer;
 use crate::build::index::{self, Delta, Index};
 use crate::build::state::{Loaded, Setting, Settings, State};
+use crate::build::tree::Hashed;
 use crate::build::{partition, tar};
 use crate::error::{Error, Result};
 use crate::oci::digest::Sha;
@@ -157,6 +158,8 @@ pub struct Job {
     pub scanned_at: i64,
     /// Image paths to hash even when their stat looks unchanged (file events named them).
     pub suspects: Vec<String>,
+    /// Files already read since the walk ([`crate::build::tree::Walked::hashed`]).
+    pub hashed: Hashed,
     pub settings: Settings,
     /// What the last push's deltas hid below the app's layers ([`State::hidden`]); empty when
     /// there is no state or the mappings changed.
@@ -199,7 +202,13 @@ pub fn layers(
             Err(why) => break 'delta why,
             Ok(prev) => prev,
         };
-        let mut delta = diff(&prev.index, &job.entries, job.scanned_at, &job.suspects)?;
+        let mut delta = diff(
+            &prev.index,
+            &job.entries,
+            job.scanned_at,
+            &job.suspects,
+            &job.hashed,
+        )?;
         // Also when this delta is squashed: the full layer must hide what it would have.
         index::hide(&mut hidden, index::hidden_by(&delta.entries));
         let written = if delta.is_empty() {
@@ -424,19 +433,31 @@ fn write_layer(
 }
 
 /// The delta between the last push's index and the tree as walked now; `suspects` (sorted
-/// image paths) are hashed even when their stat looks unchanged.
+/// image paths) are hashed even when their stat looks unchanged; files in `hashed` are not
+/// read again.
 pub fn diff(
     prev: &Index,
     entries: &[Entry],
     scanned_at: i64,
     suspects: &[String],
+    hashed: &Hashed,
 ) -> Result<Delta> {
-    index::diff(prev, entries, scanned_at, suspects, hash_file)
+    index::diff(prev, entries, scanned_at, suspects, |p| {
+        match hashed.get(p) {
+            Some(sha) => Ok(*sha),
+            None => hash_file(p),
+        }
+    })
 }
 
-/// The tree as walked may differ from the last push's (see [`index::may_differ`]).
-pub fn may_differ(prev: &Index, entries: &[Entry]) -> bool {
-    index::may_differ(prev, entries, hash_file)
+/// The tree as walked may differ from the last push's (see [`index::may_differ`]); the files
+/// it read go in `hashed`, for [`diff`].
+pub fn may_differ(prev: &Index, entries: &[Entry], hashed: &mut Hashed) -> bool {
+    index::may_differ(prev, entries, |p| {
+        let sha = hash_file(p)?;
+        hashed.insert(p.to_path_buf(), sha);
+        Ok(sha)
+    })
 }
 
 /// sha256 of a file's bytes.
@@ -459,4 +480,40 @@ pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::tree;
+
+    /// A file the hint read (its stat moved, its size did not) is not read again by the diff:
+    /// gone before the diff, it is still taken at the hash the hint read.
+    #[test]
+    fn the_diff_does_not_read_again_what_may_differ_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, "one").unwrap();
+        let mappings = vec![Mapping {
+            src: dir.path().to_path_buf(),
+            dest: "/app".into(),
+            into_dir: false,
+        }];
+        let first = tree::collect(&mappings, None, &[], &[]).unwrap();
+        let mut index = index::index_of(&first, now_ns());
+        let (_, rec) = index
+            .files
+            .iter_mut()
+            .find(|(p, _)| p.ends_with("a.txt"))
+            .unwrap();
+        rec.sha = Some(hash_file(&file).unwrap());
+        std::fs::write(&file, "two").unwrap();
+        let second = tree::collect(&mappings, None, &[], &[]).unwrap();
+        let mut hashed = Hashed::new();
+        assert!(may_differ(&index, &second, &mut hashed));
+        assert_eq!(hashed.len(), 1);
+        std::fs::remove_file(&file).unwrap();
+        let delta = diff(&index, &second, now_ns(), &[], &hashed).unwrap();
+        assert_eq!(delta.changed, 1);
+    }
 }

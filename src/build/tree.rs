@@ -13,6 +13,7 @@ use crate::build::entry::{
 use crate::build::ignore::IgnoreRules;
 use crate::build::walk::{self, Item};
 use crate::error::{Error, Result};
+use crate::oci::digest::Sha;
 
 /// Walks every mapping and returns the layer's entries in byte order of their paths, parents
 /// before children. Later mappings win over earlier ones at the same path.
@@ -102,6 +103,9 @@ pub fn collect(
     Ok(entries)
 }
 
+/// Files read since a walk, by source path, and their hashes.
+pub type Hashed = HashMap<PathBuf, Sha>;
+
 /// The tree of one push: its mappings (DEST resolved), their entries, and what a delta needs
 /// to know of the walk.
 #[derive(Clone)]
@@ -112,6 +116,9 @@ pub struct Walked {
     pub scanned_at: i64,
     /// Image paths file events named: hashed even when their stat looks unchanged.
     pub suspects: Vec<String>,
+    /// Files already read since the walk, by source path, and their hashes: the delta does
+    /// not read them again (`stack::may_differ` fills it).
+    pub hashed: Hashed,
     /// The directories above the mappings, as the base has them (`build::lower::chain`),
     /// in `entries` too.
     pub chain: Vec<Entry>,

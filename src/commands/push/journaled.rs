@@ -82,6 +82,7 @@ pub(super) async fn one_shot(
                 entries: std::sync::Arc::new(entries),
                 scanned_at: c.scanned_at,
                 suspects: Vec::new(),
+                hashed: Default::default(),
                 chain: c.chain,
             };
             (Some(walked), Some(state), Changes::Paths(paths))

@@ -382,68 +382,36 @@ async fn run_gated(
         let tree = read.tree.clone();
         let at_tag = read.at_tag.clone();
         let input = input(plan, read, dest_name, last.keep_delta, tmp.path());
-        let (mut made, mut next) = blocking(move || new_image::make(input)).await?;
+        let (mut made, next) = blocking(move || new_image::make(input)).await?;
         timings.layer = started
             .elapsed()
             .saturating_sub(timings.base + timings.build);
 
         let started = Instant::now();
         crate::meter::phase(crate::meter::Phase::Sending);
-        let ref_tag = plan
-            .ref_file
-            .as_ref()
-            .map(|_| write::ref_tag(&made.top().digest));
-        let doomed = match &ref_tag {
-            Some(tag) => {
-                let known = next.ref_tags.last().is_some_and(|(t, _)| t == tag);
-                // A new tag is remembered even when the image is the last one.
-                made.save |= !known;
-                tags::record(&mut next, tag, &made.top().digest)
-            }
-            None => Vec::new(),
-        };
         let save = if watched {
             write::Save::Later
         } else {
             write::Save::Staged(state_file.clone())
         };
-        let written = write::write(
-            &made,
+        let sent = send(
+            plan,
+            session,
+            (&source, &dest),
+            &mut made,
             next,
-            &source,
-            &dest,
-            at_tag.as_ref(),
-            plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
-            &session.slots,
+            at_tag,
             save,
-        );
-        // Upload sessions opened ahead and not needed: with nothing new, cancelled beside the
-        // write; else whatever is left once it is done (or failed).
-        let (written, ()) = if made.mode == Mode::Unchanged && !made.platform_files_changed {
-            tokio::join!(written, dest.cancel_spares())
-        } else {
-            (written.await, dest.cancel_spares().await)
-        };
-        let (moved, kept) = written?;
-        if let (Some(file), Some(tag)) = (&plan.ref_file, &ref_tag) {
-            write::write_ref_file(&plan.to, tag, file)?;
-        }
-        // Once the image is there: older ref tags go (a failure only leaves them).
-        let tags_deleted = match tags::delete(&dest, &doomed).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!("{e}; the older layerup tags stay");
-                Vec::new()
-            }
-        };
+        )
+        .await?;
         timings.push = started.elapsed();
-        let kept = kept.map(|state| Kept {
+        let kept = sent.state.map(|state| Kept {
             walked: tree.clone(),
             state,
             save: state_file.filter(|_| made.save),
         });
-        let mut pushed = pushed(plan, made, moved, timings);
-        pushed.tags_deleted = tags_deleted;
+        let mut pushed = pushed(plan, made, sent.moved, timings);
+        pushed.tags_deleted = sent.tags_deleted;
         pushed.requests = crate::meter::requests() - requests;
         tracing::info!("{} registry requests", pushed.requests);
         Ok((pushed, kept, tree))
@@ -453,6 +421,75 @@ async fn run_gated(
         dest.cancel_spares().await;
     }
     out
+}
+
+/// What [`send`] came to: each blob's report, the state when it is handed back
+/// ([`write::Save::Later`]), and the older ref tags deleted.
+struct Sent {
+    moved: Vec<Moved>,
+    state: Option<Box<State>>,
+    tags_deleted: Vec<String>,
+}
+
+/// The write step: the new image's blobs and manifests under its tags (`--tag`, and Tilt's ref
+/// tag, remembered in `next`), the upload sessions opened ahead and not used cancelled; then
+/// the `--ref-file` and the older ref tags deleted.
+async fn send(
+    plan: &PushPlan,
+    session: &Session,
+    (source, dest): (&Store, &Store),
+    made: &mut NewImage,
+    mut next: Box<State>,
+    at_tag: Option<Digest>,
+    save: write::Save,
+) -> Result<Sent> {
+    let ref_tag = plan
+        .ref_file
+        .as_ref()
+        .map(|_| write::ref_tag(&made.top().digest));
+    let doomed = match &ref_tag {
+        Some(tag) => {
+            let known = next.ref_tags.last().is_some_and(|(t, _)| t == tag);
+            // A new tag is remembered even when the image is the last one.
+            made.save |= !known;
+            tags::record(&mut next, tag, &made.top().digest)
+        }
+        None => Vec::new(),
+    };
+    let written = write::write(
+        made,
+        next,
+        source,
+        dest,
+        at_tag.as_ref(),
+        plan.tags.iter().cloned().chain(ref_tag.clone()).collect(),
+        &session.slots,
+        save,
+    );
+    // Upload sessions opened ahead and not needed: with nothing new, cancelled beside the
+    // write; else whatever is left once it is done (or failed).
+    let (written, ()) = if made.mode == Mode::Unchanged && !made.platform_files_changed {
+        tokio::join!(written, dest.cancel_spares())
+    } else {
+        (written.await, dest.cancel_spares().await)
+    };
+    let (moved, state) = written?;
+    if let (Some(file), Some(tag)) = (&plan.ref_file, &ref_tag) {
+        write::write_ref_file(&plan.to, tag, file)?;
+    }
+    // Once the image is there: older ref tags go (a failure only leaves them).
+    let tags_deleted = match tags::delete(dest, &doomed).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("{e}; the older layerup tags stay");
+            Vec::new()
+        }
+    };
+    Ok(Sent {
+        moved,
+        state,
+        tags_deleted,
+    })
 }
 
 /// What the new image is made of: what the reads found, and the plan's settings.

@@ -81,7 +81,11 @@ pub(super) async fn read(
     };
     // With no last push to build on, what the destination holds does not matter.
     let last_push = remembered.is_some() || state_file.as_ref().is_some_and(|f| f.exists());
+    // Told once the destination is logged in to (at once when it was already).
     let logged = tokio::sync::Notify::new();
+    if logged_in {
+        logged.notify_one();
+    }
     let load = load_last(remembered, state_file);
     let ask = ask_tag(source, dest, logged_in, last_push, &logged);
     // A build makes the files: the walk waits for it.
@@ -99,10 +103,7 @@ pub(super) async fn read(
             }
             let placed = place(&asked(plan, workdir.as_deref()), &base.2)?;
             let walked = walk(plan, placed, last_walk, changes).await?;
-            let (walked, last, differs) = may_differ(walked, last, ahead).await?;
-            if differs {
-                dest.open_ahead(ahead);
-            }
+            let (walked, last) = open_ahead(dest, walked, last, ahead, &logged).await?;
             (base, (last, at_tag), walked, workdir)
         } else {
             // The last push's placing, or the DESTs as asked: right unless the base moved one.
@@ -114,14 +115,7 @@ pub(super) async fn read(
             // where they differ, while the tags are asked.
             let walk_and_load = async {
                 let (walked, last) = tokio::try_join!(walk(plan, guess, last_walk, changes), load)?;
-                let (walked, last, differs) = may_differ(walked, last, ahead).await?;
-                if differs {
-                    if !logged_in {
-                        logged.notified().await;
-                    }
-                    dest.open_ahead(ahead);
-                }
-                Ok((walked, last))
+                open_ahead(dest, walked, last, ahead, &logged).await
             };
             let (base, (walked, last), at_tag) = tokio::try_join!(fetch_base, walk_and_load, ask)?;
             let placed = place(&asked(plan, None), &base.2)?;
@@ -268,19 +262,33 @@ async fn ask_tag(
     dest.manifest_digest(None).await.map(Some)
 }
 
-/// Whether the upload sessions of `n` new blobs are worth opening before the new image is
-/// made: the tree may differ from the last push's (`stack::may_differ`, off the async threads:
-/// it may read a file whose stat moved). The walk and the state are handed back.
-async fn may_differ(walked: Walked, last: Loaded, n: usize) -> Result<(Walked, Loaded, bool)> {
+/// Opens the upload sessions of `n` new blobs before the new image is made, once logged in
+/// (`logged`), where the tree may differ from the last push's (`stack::may_differ`, off the
+/// async threads: it may read a file whose stat moved). The walk and the state are handed back.
+async fn open_ahead(
+    dest: &Store,
+    walked: Walked,
+    last: Loaded,
+    n: usize,
+    logged: &tokio::sync::Notify,
+) -> Result<(Walked, Loaded)> {
     if n == 0 {
-        return Ok((walked, last, false));
+        return Ok((walked, last));
     }
-    blocking(move || {
-        let differs =
-            matches!(&last, Loaded::Found(s) if stack::may_differ(&s.index, &walked.entries));
+    let (walked, last, differs) = blocking(move || {
+        let mut walked = walked;
+        let differs = match &last {
+            Loaded::Found(s) => stack::may_differ(&s.index, &walked.entries, &mut walked.hashed),
+            _ => false,
+        };
         Ok((walked, last, differs))
     })
-    .await
+    .await?;
+    if differs {
+        logged.notified().await;
+        dest.open_ahead(n);
+    }
+    Ok((walked, last))
 }
 
 /// Whether the destination still holds the last push's image, by what its tag names (or the
@@ -422,6 +430,7 @@ async fn walk(
                             entries: Arc::new(entries),
                             scanned_at,
                             suspects,
+                            hashed: Default::default(),
                             chain: last.chain,
                         })
                     }
@@ -435,6 +444,7 @@ async fn walk(
             entries: Arc::new(entries),
             scanned_at,
             suspects: Vec::new(),
+            hashed: Default::default(),
             chain: Vec::new(),
         })
     })

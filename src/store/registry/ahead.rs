@@ -21,11 +21,10 @@ impl Registry {
     /// is two round trips, of which this takes the first off the push's path).
     pub fn open_ahead(self: &Arc<Self>, repo: &Reference, n: usize) {
         let t = Target::of(repo);
-        if n == 0 || !self.session_per_blob(t.host) {
+        if !self.session_per_blob(t.host) {
             return;
         }
-        let key = (t.host.to_string(), t.repo.to_string());
-        let base = format!("{}://{}/", self.scheme(t.host), t.host);
+        let base = self.origin(t.host);
         let opening: Vec<Spare> = (0..n)
             .map(|_| {
                 let (me, repo, base) = (self.clone(), repo.clone(), base.clone());
@@ -44,7 +43,7 @@ impl Registry {
         self.spares
             .lock()
             .expect("spares lock")
-            .entry(key)
+            .entry(key(t))
             .or_default()
             .extend(opening);
     }
@@ -57,7 +56,7 @@ impl Registry {
                 .spares
                 .lock()
                 .expect("spares lock")
-                .get_mut(&(t.host.to_string(), t.repo.to_string()))
+                .get_mut(&key(t))
                 .and_then(Vec::pop)?;
             if let Ok(Some(opened)) = spare.await {
                 return Some(opened);
@@ -74,7 +73,7 @@ impl Registry {
             .spares
             .lock()
             .expect("spares lock")
-            .remove(&(t.host.to_string(), t.repo.to_string()))
+            .remove(&key(t))
             .unwrap_or_default();
         let cancel = left.into_iter().map(|spare| async move {
             let Ok(Some((loc, _))) = spare.await else {
@@ -89,4 +88,9 @@ impl Registry {
         });
         futures_util::future::join_all(cancel).await;
     }
+}
+
+/// Where a repository's spare sessions are kept: (host, repository).
+fn key(t: Target<'_>) -> (String, String) {
+    (t.host.to_string(), t.repo.to_string())
 }

@@ -337,6 +337,11 @@ impl Registry {
         }
     }
 
+    /// `scheme://host/`: what a `Location` relative to the registry is joined to.
+    fn origin(&self, host: &str) -> String {
+        format!("{}://{host}/", self.scheme(host))
+    }
+
     fn url(&self, t: Target, path: &str) -> String {
         format!("{}://{}/v2/{}/{path}", self.scheme(t.host), t.host, t.repo)
     }
@@ -1037,7 +1042,7 @@ impl Registry {
         }
         tracing::debug!(status = %res.status(), "{}: not mounted, copying instead", action());
         // An upload session instead of a mount: the copy goes there, one POST less.
-        let base = format!("{}://{}/", self.scheme(t.host), t.host);
+        let base = self.origin(t.host);
         if let (StatusCode::ACCEPTED, Some(loc)) = (res.status(), location(&base, &res)) {
             self.opened
                 .lock()

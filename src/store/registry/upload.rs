@@ -145,7 +145,7 @@ impl Registry {
             }
             c.size()
         };
-        let base = format!("{}://{}/", self.scheme(t.host), t.host);
+        let base = self.origin(t.host);
         let opened = self.opened.lock().expect("opened lock").remove(&(
             t.host.to_string(),
             t.repo.to_string(),
